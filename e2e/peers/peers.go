@@ -1,0 +1,385 @@
+// Package peers fetches the real programs the e2e suite runs against (kube-apiserver, etcd,
+// istiod, pilot-agent, kubectl, the Istio CRDs) into a git-ignored cache inside the repository,
+// pinned to the versions below, and tells the harness where they are.
+//
+// Fetching is idempotent: every step writes a stamp naming what it produced (its pinned version and
+// build flags) after its outputs, and a later run skips any step whose stamp matches and whose
+// outputs exist. It uses only the go tool (the module proxy), so it works on a fresh machine.
+//
+// This package depends on the standard library only, so `go run ./cmd/peers` compiles in seconds.
+package peers
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Pinned versions. e2e/go.mod pins the same Kubernetes and etcd releases: the apiserver, kubectl
+// and etcd are built from that module, istiod and pilot-agent with `go install` at IstioVersion.
+const (
+	KubeVersion = "v1.32.4"
+	// EtcdVersion is go.etcd.io/etcd/server/v3 as required by e2e/go.mod (what Kubernetes
+	// v1.32.4 itself pins).
+	EtcdVersion = "v3.5.16"
+	// IstioVersion is Istio master of 2026-08-27: the module proxy serves no Istio release tags.
+	IstioVersion    = "v0.0.0-20260827124520-eed52ebb66ad"
+	IstioAPIVersion = "v1.31.4"
+)
+
+// e2eModule is the module path that marks the e2e module root when searching upwards.
+const e2eModule = "github.com/ewgate/ewgate/e2e"
+
+// EnvDir overrides the cache directory (default: <repo>/.cache/peers).
+const EnvDir = "EWGATE_PEERS_DIR"
+
+// Layout is the cache directory and the e2e module it builds from.
+//
+//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent[,kubectl]}
+//	<Dir>/istio-crds.yaml
+//	<Dir>/stamps/<step>.stamp
+//	<Dir>/.lock
+type Layout struct {
+	Dir     string // the cache
+	E2ERoot string // the e2e module (holds go.mod with the Kubernetes replaces)
+}
+
+// Locate finds the e2e module by walking up from the working directory and returns the layout of
+// the cache next to it (<repo>/.cache/peers, or $EWGATE_PEERS_DIR).
+func Locate() (Layout, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return Layout{}, fmt.Errorf("peers: %w", err)
+	}
+	root, err := findE2ERoot(wd)
+	if err != nil {
+		return Layout{}, err
+	}
+	dir := os.Getenv(EnvDir)
+	if dir == "" {
+		dir = filepath.Join(filepath.Dir(root), ".cache", "peers")
+	}
+	dir, err = filepath.Abs(dir)
+	if err != nil {
+		return Layout{}, fmt.Errorf("peers: %w", err)
+	}
+	return Layout{Dir: dir, E2ERoot: root}, nil
+}
+
+func findE2ERoot(start string) (string, error) {
+	dir := start
+	for i := 0; i < 64; i++ {
+		if modulePath(filepath.Join(dir, "go.mod")) == e2eModule {
+			return dir, nil
+		}
+		if e := filepath.Join(dir, "e2e"); modulePath(filepath.Join(e, "go.mod")) == e2eModule {
+			return e, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	return "", fmt.Errorf("peers: no module %s above %s", e2eModule, start)
+}
+
+func modulePath(gomod string) string {
+	f, err := os.Open(gomod)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(s.Text()), "module "); ok {
+			return strings.Trim(strings.TrimSpace(rest), `"`)
+		}
+	}
+	return ""
+}
+
+// Bin is the path of a cached binary.
+func (l Layout) Bin(name string) string { return filepath.Join(l.Dir, "bin", name) }
+
+// APIServer, Etcd, PilotDiscovery and PilotAgent are the cached binaries.
+func (l Layout) APIServer() string      { return l.Bin("kube-apiserver") }
+func (l Layout) Etcd() string           { return l.Bin("etcd") }
+func (l Layout) PilotDiscovery() string { return l.Bin("pilot-discovery") }
+func (l Layout) PilotAgent() string     { return l.Bin("pilot-agent") }
+
+// IstioCRDs is the copy of istio.io/api's kubernetes/customresourcedefinitions.gen.yaml.
+func (l Layout) IstioCRDs() string { return filepath.Join(l.Dir, "istio-crds.yaml") }
+
+// Kubectl is the kubectl to run: the cached build if there is one, else the one on the PATH.
+func (l Layout) Kubectl() (string, error) {
+	if fileExists(l.Bin("kubectl")) {
+		return l.Bin("kubectl"), nil
+	}
+	p, err := exec.LookPath("kubectl")
+	if err != nil {
+		return "", fmt.Errorf("peers: no kubectl in the cache nor on the PATH (run the fetcher)")
+	}
+	return p, nil
+}
+
+func (l Layout) stampPath(step string) string {
+	return filepath.Join(l.Dir, "stamps", step+".stamp")
+}
+
+// step is one idempotent unit of fetching.
+type step struct {
+	name    string   // also the stamp file name
+	what    string   // shown to the user
+	stamp   string   // the content that marks it done: pinned versions and flags
+	outputs []string // files that must exist for the stamp to count
+	do      func(ctx context.Context) error
+	skip    func() (bool, string) // optional: the step is not needed, and why
+}
+
+// Ensure fetches whatever is missing or stale, printing each step and how long it took with logf.
+// A second call with a warm cache checks the stamps and does nothing else.
+func Ensure(ctx context.Context, l Layout, logf func(format string, args ...any)) error {
+	start := time.Now()
+	if err := os.MkdirAll(filepath.Join(l.Dir, "stamps"), 0o755); err != nil {
+		return fmt.Errorf("peers: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(l.Dir, "bin"), 0o755); err != nil {
+		return fmt.Errorf("peers: %w", err)
+	}
+	unlock, err := lock(filepath.Join(l.Dir, ".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	did := 0
+	for _, s := range steps(l) {
+		if s.skip != nil {
+			if skip, why := s.skip(); skip {
+				logf("peers: %-16s %s", s.name, why)
+				continue
+			}
+		}
+		if l.upToDate(s) {
+			logf("peers: %-16s up to date (%s)", s.name, s.what)
+			continue
+		}
+		logf("peers: %-16s fetching %s ...", s.name, s.what)
+		t0 := time.Now()
+		if err := s.do(ctx); err != nil {
+			return fmt.Errorf("peers: %s: %w", s.name, err)
+		}
+		if err := os.WriteFile(l.stampPath(s.name), []byte(s.stamp), 0o644); err != nil {
+			return fmt.Errorf("peers: %s: stamp: %w", s.name, err)
+		}
+		logf("peers: %-16s done in %s", s.name, time.Since(t0).Round(100*time.Millisecond))
+		did++
+	}
+	logf("peers: %d step(s) run, total %s, cache %s", did, time.Since(start).Round(100*time.Millisecond), l.Dir)
+	return nil
+}
+
+func (l Layout) upToDate(s step) bool {
+	got, err := os.ReadFile(l.stampPath(s.name))
+	if err != nil || string(got) != s.stamp {
+		return false
+	}
+	for _, o := range s.outputs {
+		if !fileExists(o) {
+			return false
+		}
+	}
+	return true
+}
+
+// kubeLDFlags stamps the version the apiserver reports; without it, it says v0.0.0-master,
+// which clients parsing the version dislike.
+func kubeLDFlags() string {
+	const v = "k8s.io/component-base/version"
+	major, minor, _ := strings.Cut(strings.TrimPrefix(KubeVersion, "v"), ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	return strings.Join([]string{
+		"-X " + v + ".gitVersion=" + KubeVersion,
+		"-X " + v + ".gitMajor=" + major,
+		"-X " + v + ".gitMinor=" + minor,
+		"-X " + v + ".gitTreeState=clean",
+	}, " ")
+}
+
+func steps(l Layout) []step {
+	goVer := runtime.Version() // the toolchain building the fetcher builds the peers too
+	kube := func(name, pkg string) step {
+		out := l.Bin(name)
+		return step{
+			name:    name,
+			what:    fmt.Sprintf("%s from k8s.io/kubernetes@%s", name, KubeVersion),
+			stamp:   fmt.Sprintf("%s k8s.io/kubernetes@%s %s ldflags=%q\n", name, KubeVersion, goVer, kubeLDFlags()),
+			outputs: []string{out},
+			do: func(ctx context.Context) error {
+				return l.goBuild(ctx, out, pkg, kubeLDFlags())
+			},
+		}
+	}
+	apiserver := kube("kube-apiserver", "./cmd/kube-apiserver")
+	kubectl := kube("kubectl", "./cmd/kubectl")
+	kubectl.skip = func() (bool, string) {
+		if fileExists(l.Bin("kubectl")) {
+			return false, ""
+		}
+		if p, err := exec.LookPath("kubectl"); err == nil {
+			return true, "using " + p + " from the PATH"
+		}
+		return false, ""
+	}
+	istioBins := []string{l.PilotDiscovery(), l.PilotAgent()}
+	return []step{
+		apiserver,
+		{
+			name:    "etcd",
+			what:    "embedded etcd " + EtcdVersion,
+			stamp:   fmt.Sprintf("etcd go.etcd.io/etcd/server/v3@%s %s\n", EtcdVersion, goVer),
+			outputs: []string{l.Etcd()},
+			do: func(ctx context.Context) error {
+				return l.goBuild(ctx, l.Etcd(), "./cmd/etcd", "")
+			},
+		},
+		{
+			name:    "istio",
+			what:    "pilot-discovery and pilot-agent istio.io/istio@" + IstioVersion,
+			stamp:   fmt.Sprintf("istio istio.io/istio@%s %s\n", IstioVersion, goVer),
+			outputs: istioBins,
+			do: func(ctx context.Context) error {
+				cmd := exec.CommandContext(ctx, "go", "install",
+					"istio.io/istio/pilot/cmd/pilot-discovery@"+IstioVersion,
+					"istio.io/istio/pilot/cmd/pilot-agent@"+IstioVersion)
+				cmd.Dir = os.TempDir() // outside any module: `go install pkg@version`
+				cmd.Env = append(os.Environ(), "GOBIN="+filepath.Join(l.Dir, "bin"), "GOWORK=off")
+				return run(cmd)
+			},
+		},
+		{
+			name:    "istio-crds",
+			what:    "kubernetes/customresourcedefinitions.gen.yaml of istio.io/api@" + IstioAPIVersion,
+			stamp:   fmt.Sprintf("istio-crds istio.io/api@%s\n", IstioAPIVersion),
+			outputs: []string{l.IstioCRDs()},
+			do:      func(ctx context.Context) error { return l.copyCRDs(ctx) },
+		},
+		kubectl,
+	}
+}
+
+// goBuild builds a main package of the e2e module into out (atomically: a failed build leaves
+// no half-written binary behind).
+func (l Layout) goBuild(ctx context.Context, out, pkg, ldflags string) error {
+	tmp := out + ".tmp"
+	args := []string{"build", "-trimpath", "-o", tmp}
+	if ldflags != "" {
+		args = append(args, "-ldflags", ldflags)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	cmd.Dir = l.E2ERoot
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	if err := run(cmd); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, out)
+}
+
+func (l Layout) copyCRDs(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", "istio.io/api@"+IstioAPIVersion)
+	cmd.Dir = os.TempDir()
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
+	}
+	var mod struct{ Dir, Error string }
+	if err := json.Unmarshal(stdout.Bytes(), &mod); err != nil {
+		return fmt.Errorf("go mod download output: %w", err)
+	}
+	if mod.Error != "" || mod.Dir == "" {
+		return fmt.Errorf("go mod download: %q", mod.Error)
+	}
+	src, err := os.Open(filepath.Join(mod.Dir, "kubernetes", "customresourcedefinitions.gen.yaml"))
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp := l.IstioCRDs() + ".tmp"
+	dst, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return err
+	}
+	if err := dst.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, l.IstioCRDs())
+}
+
+func run(cmd *exec.Cmd) error {
+	cmd.Stdout = os.Stderr
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// lock takes an exclusive flock on path so two fetchers (two `make e2e` at once) do not build
+// into the same files; the second waits for the first and then finds everything up to date.
+func lock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("peers: lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("peers: lock: %w", err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// ErrNotFetched is returned by Check when the cache lacks a peer.
+var ErrNotFetched = errors.New("peers: not fetched")
+
+// Check reports whether every step is up to date without doing any work.
+func Check(l Layout) error {
+	for _, s := range steps(l) {
+		if s.skip != nil {
+			if skip, _ := s.skip(); skip {
+				continue
+			}
+		}
+		if !l.upToDate(s) {
+			return fmt.Errorf("%w: %s (%s)", ErrNotFetched, s.name, s.what)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,85 @@
+package registrar
+
+import (
+	"context"
+	"errors"
+)
+
+// Sentinel errors of every Store. Implementations wrap them (errors.Is works); the Kubernetes
+// store maps HTTP 404, 409 (conflict), 409 (AlreadyExists) and 410 onto them.
+var (
+	ErrNotFound      = errors.New("registrar: not found")
+	ErrConflict      = errors.New("registrar: conflict: object was modified")
+	ErrAlreadyExists = errors.New("registrar: already exists")
+	// ErrGone is returned by Watch when the resource version asked for is too old: List again.
+	ErrGone = errors.New("registrar: resource version too old")
+)
+
+// Store is where WorkloadEntries, WorkloadGroups and registrar Leases live: a directory (the file
+// store of this package) or the Kubernetes API (package registrar/kube). It is shaped after the
+// Kubernetes API so that the Kubernetes store is a thin translation.
+type Store interface {
+	WorkloadEntries() Resource[*WorkloadEntry]
+	WorkloadGroups() Resource[*WorkloadGroup]
+	Leases() Leases
+}
+
+// Resource is one kind of object in a Store. The contract, checked by registrar/storetest:
+//
+//   - Objects handed in and out are never retained or shared: callers may modify what they get.
+//   - Get and List may be served from a cache (an informer) and be slightly stale; writes are
+//     always checked against the authority, so staleness shows up as ErrConflict, never as a lost
+//     write.
+//   - Create fails with ErrAlreadyExists if the name is taken; it sets UID, ResourceVersion and
+//     CreationTimestamp, and ignores the ResourceVersion it is given.
+//   - Update replaces metadata (labels, annotations, owner references) and spec, never status.
+//     A non-empty ResourceVersion must equal the stored one, else ErrConflict; an empty one
+//     updates unconditionally (as in Kubernetes). ErrNotFound if the object does not exist.
+//   - UpdateStatus replaces only status, with the same resourceVersion rule.
+//   - Delete honours its preconditions (ErrConflict when they do not hold), ErrNotFound if absent.
+//   - List with namespace "" lists every namespace; it returns the resource version of the
+//     listing, from which Watch continues without a gap.
+//   - Watch sends every change after resourceVersion ("" = from now), in resource-version order,
+//     for one namespace or all (""). The channel is closed when ctx ends or when the store gives
+//     up on a slow watcher; the caller then lists and watches again. ErrGone if resourceVersion
+//     is older than the store remembers.
+type Resource[T Object[T]] interface {
+	Get(ctx context.Context, namespace, name string) (T, error)
+	List(ctx context.Context, namespace string) (items []T, resourceVersion string, err error)
+	Create(ctx context.Context, obj T) (T, error)
+	Update(ctx context.Context, obj T) (T, error)
+	UpdateStatus(ctx context.Context, obj T) (T, error)
+	Delete(ctx context.Context, namespace, name string, pre Preconditions) error
+	Watch(ctx context.Context, namespace, resourceVersion string) (<-chan Event[T], error)
+}
+
+// Leases stores coordination.k8s.io/v1 Leases: get, create, renew (Update with the
+// resourceVersion read, ErrConflict when someone else wrote in between).
+type Leases interface {
+	Get(ctx context.Context, namespace, name string) (*Lease, error)
+	Create(ctx context.Context, l *Lease) (*Lease, error)
+	Update(ctx context.Context, l *Lease) (*Lease, error)
+}
+
+// Preconditions of a Delete, as in metav1.Preconditions: empty fields are not checked.
+type Preconditions struct {
+	UID             string
+	ResourceVersion string
+}
+
+// EventType is the type of a watch event.
+type EventType string
+
+// Watch event types, as Kubernetes names them.
+const (
+	Added    EventType = "ADDED"
+	Modified EventType = "MODIFIED"
+	Deleted  EventType = "DELETED"
+)
+
+// Event is one change seen by a watch. For Deleted, Object is the last state with the
+// resourceVersion of the deletion.
+type Event[T any] struct {
+	Type   EventType
+	Object T
+}

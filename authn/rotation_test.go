@@ -1,0 +1,306 @@
+package authn
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func newECKey(t testing.TB) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// discoveryVerifier is a Verifier with one issuer found through OIDC
+// discovery on srv.
+func discoveryVerifier(t testing.TB, srv *jwksServer, clock *fakeClock, mut func(*Config)) *Verifier {
+	t.Helper()
+	cfg := Config{Issuers: []IssuerConfig{{Issuer: srv.URL, Cluster: "c1", Discovery: true,
+		CAFile: caFile(t, srv.Server), RefreshInterval: time.Hour}}}
+	if mut != nil {
+		mut(&cfg)
+	}
+	v, err := New(context.Background(), cfg, Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
+	return v
+}
+
+func waitReady(t testing.TB, v *Verifier) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := v.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Keys are added and removed at the issuer while verifications run; each
+// change costs exactly one fetch however many callers meet the new kid, and
+// on-demand refetches are limited to one per MinRefetchInterval.
+func TestRotation(t *testing.T) {
+	k1, k2, k3, k4 := newECKey(t), newECKey(t), newECKey(t), newECKey(t)
+	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	clock := newClock()
+	v := discoveryVerifier(t, srv, clock, nil)
+	waitReady(t, v)
+	if n := srv.hits.Load(); n != 1 {
+		t.Fatalf("after start-up: %d JWKS fetches, want 1", n)
+	}
+	iss := srv.URL
+	tok := func(key *ecdsa.PrivateKey, kid string) string {
+		return joseMint(t, jose.ES256, key, kid, saClaims(iss, clock.Now()))
+	}
+	verify := func(token string) error {
+		_, err := v.VerifyToken(context.Background(), token)
+		return err
+	}
+
+	// Background load: fresh k1 tokens, verified continuously. Once k1 is
+	// removed they may be refused, but only as unknown_kid.
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	var bgOK, bgErr atomic.Int64
+	var bgUnexpected atomic.Value
+	for range 3 {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := verify(tok(k1, "k1"))
+				switch {
+				case err == nil:
+					bgOK.Add(1)
+				case errors.Is(err, ErrUnknownKID):
+					bgErr.Add(1)
+				default:
+					bgUnexpected.Store(err.Error())
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		bg.Wait()
+		if u := bgUnexpected.Load(); u != nil {
+			t.Fatalf("background verification: unexpected error %v", u)
+		}
+		if bgOK.Load() == 0 {
+			t.Fatal("no background verification succeeded")
+		}
+	}()
+
+	// 1. A key is added: 16 concurrent callers meet kid k2, one fetch.
+	srv.setKeys(jwk{kid: "k1", key: k1}, jwk{kid: "k2", key: k2})
+	concurrently(t, 16, func() error { return verify(tok(k2, "k2")) })
+	if n := srv.hits.Load(); n != 2 {
+		t.Fatalf("after k2 appeared: %d fetches, want 2", n)
+	}
+
+	// 2. Another new kid within MinRefetchInterval: no fetch, refused.
+	srv.setKeys(jwk{kid: "k1", key: k1}, jwk{kid: "k2", key: k2}, jwk{kid: "k3", key: k3})
+	if err := verify(tok(k3, "k3")); !errors.Is(err, ErrUnknownKID) {
+		t.Fatalf("k3 within the refetch interval: %v, want unknown_kid", err)
+	}
+	if n := srv.hits.Load(); n != 2 {
+		t.Fatalf("rate-limited refetch fetched: %d, want 2", n)
+	}
+
+	// 3. k1 removed, k3 there; 31 s later k3 verifies after one fetch, and
+	// k1 is gone.
+	srv.setKeys(jwk{kid: "k2", key: k2}, jwk{kid: "k3", key: k3})
+	clock.Advance(31 * time.Second)
+	concurrently(t, 16, func() error { return verify(tok(k3, "k3")) })
+	if n := srv.hits.Load(); n != 3 {
+		t.Fatalf("after k3: %d fetches, want 3", n)
+	}
+	if err := verify(tok(k1, "k1")); !errors.Is(err, ErrUnknownKID) {
+		t.Fatalf("removed k1: %v, want unknown_kid", err)
+	}
+	if err := verify(tok(k2, "k2")); err != nil {
+		t.Fatalf("k2 after rotation: %v", err)
+	}
+	if n := srv.hits.Load(); n != 3 {
+		t.Fatalf("k1 refusal fetched again: %d, want 3", n)
+	}
+
+	// 4. And a fourth key, once the interval has passed again.
+	srv.setKeys(jwk{kid: "k3", key: k3}, jwk{kid: "k4", key: k4})
+	clock.Advance(31 * time.Second)
+	concurrently(t, 8, func() error { return verify(tok(k4, "k4")) })
+	if n := srv.hits.Load(); n != 4 {
+		t.Fatalf("after k4: %d fetches, want 4", n)
+	}
+	st := v.Status()[0]
+	if !st.Ready || st.KeyIDs != "k3,k4" || st.Fetches != 4 || st.LastError != "" {
+		t.Fatalf("status %+v", st)
+	}
+	if got := testutil.ToFloat64(v.m.jwksFetches.WithLabelValues(iss, "ok")); got != 4 {
+		t.Fatalf("jwks_fetches_total{result=ok} = %v, want 4", got)
+	}
+}
+
+// concurrently runs f n times at once (released together) and fails on
+// any error.
+func concurrently(t testing.TB, n int, f func() error) {
+	t.Helper()
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs <- f()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent verification: %v", err)
+		}
+	}
+}
+
+// The periodic refresh keeps going, and a failing issuer keeps its last
+// good key set (and readiness), with the failure visible in Status.
+func TestRefreshKeepsLastGoodSet(t *testing.T) {
+	k1 := newECKey(t)
+	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	clock := newClock()
+	v := discoveryVerifier(t, srv, clock, func(c *Config) { c.Issuers[0].RefreshInterval = 20 * time.Millisecond })
+	waitReady(t, v)
+	srv.waitHits(t, 3) // periodic refreshes happen
+	srv.setStatus(http.StatusInternalServerError)
+	n := srv.hits.Load()
+	srv.waitHits(t, n+2) // and go on failing (retry is capped by the interval)
+	if _, err := v.VerifyToken(context.Background(), joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))); err != nil {
+		t.Fatalf("token refused while the issuer is failing: %v", err)
+	}
+	if err := v.Ready(); err != nil {
+		t.Fatalf("Ready with a last good set: %v", err)
+	}
+	st := v.Status()[0]
+	if !st.Ready || st.Keys != 1 || !strings.Contains(st.LastError, "HTTP 500") {
+		t.Fatalf("status %+v", st)
+	}
+	if got := testutil.ToFloat64(v.m.jwksFetches.WithLabelValues(srv.URL, "error")); got < 1 {
+		t.Fatalf("jwks_fetches_total{result=error} = %v", got)
+	}
+}
+
+// Start-up does not fail when the issuer is down; readiness says so; once
+// it answers, verification works.
+func TestStartWhileIssuerDown(t *testing.T) {
+	k1 := newECKey(t)
+	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	srv.setStatus(http.StatusServiceUnavailable)
+	clock := newClock()
+	v := discoveryVerifier(t, srv, clock, nil)
+	token := joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))
+	// The verification waits for a fetch (joined or its own) to finish.
+	if _, err := v.VerifyToken(context.Background(), token); !errors.Is(err, ErrKeysUnavailable) {
+		t.Fatalf("while down: %v, want keys_unavailable", err)
+	}
+	err := v.Ready()
+	if err == nil || !strings.Contains(err.Error(), srv.URL) || !strings.Contains(err.Error(), "HTTP 503") {
+		t.Fatalf("Ready = %v, want an error naming the issuer and the failure", err)
+	}
+	srv.setStatus(0)
+	clock.Advance(31 * time.Second)
+	if _, err := v.VerifyToken(context.Background(), token); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+	if err := v.Ready(); err != nil {
+		t.Fatalf("Ready after recovery: %v", err)
+	}
+}
+
+// A hanging issuer never holds a verification longer than VerifyTimeout.
+func TestVerifyTimeoutBoundsFetch(t *testing.T) {
+	k1 := newECKey(t)
+	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	release := make(chan struct{})
+	srv.mu.Lock()
+	srv.hang = release
+	srv.mu.Unlock()
+	defer close(release)
+	clock := newClock()
+	v := discoveryVerifier(t, srv, clock, func(c *Config) {
+		c.VerifyTimeout = 150 * time.Millisecond
+		c.Issuers[0].FetchTimeout = time.Minute
+	})
+	token := joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))
+	start := time.Now()
+	_, err := v.VerifyToken(context.Background(), token)
+	if !errors.Is(err, ErrKeysUnavailable) {
+		t.Fatalf("err %v, want keys_unavailable", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("verification blocked %v", d)
+	}
+	// The caller's own context is honoured too.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := v.VerifyToken(ctx, token); !errors.Is(err, ErrKeysUnavailable) {
+		t.Fatalf("cancelled ctx: %v", err)
+	}
+}
+
+// Close waits for background goroutines and stops fetching; goleak in
+// TestMain checks nothing is left. A Verifier closed by its context too.
+func TestCloseAndContext(t *testing.T) {
+	k1 := newECKey(t)
+	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	clock := newClock()
+	ctx, cancel := context.WithCancel(context.Background())
+	v, err := New(ctx, Config{Issuers: []IssuerConfig{{Issuer: srv.URL, Cluster: "c1", Discovery: true,
+		CAFile: caFile(t, srv.Server), RefreshInterval: 10 * time.Millisecond}}}, Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, v)
+	cancel()
+	v.Close()
+	v.Close() // idempotent
+	n := srv.hits.Load()
+	if v.goTracked(func(context.Context) {}) {
+		t.Fatal("goroutine started after Close")
+	}
+	// After Close, known keys still verify, unknown kids do not fetch.
+	if _, err := v.VerifyToken(context.Background(), joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Minute)
+	if _, err := v.VerifyToken(context.Background(), joseMint(t, jose.ES256, k1, "kx", saClaims(srv.URL, clock.Now()))); !errors.Is(err, ErrUnknownKID) {
+		t.Fatalf("unknown kid after close: %v", err)
+	}
+	if srv.hits.Load() != n {
+		t.Fatal("fetched after Close")
+	}
+}

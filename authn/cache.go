@@ -35,7 +35,7 @@ func newTokenCache(max int) *tokenCache {
 
 // get returns the identity (a copy) or the cached refusal of a token.
 func (c *tokenCache) get(token string, now time.Time) (*Identity, error, bool) {
-	h := xxhash.Sum64String(token)
+	h := hashOf(token)
 	c.mu.RLock()
 	e, ok := c.m[h]
 	c.mu.RUnlock()
@@ -53,7 +53,7 @@ func (c *tokenCache) put(token string, id *Identity, err error, expires, now tim
 	if !now.Before(expires) {
 		return
 	}
-	h := xxhash.Sum64String(token)
+	h := hashOf(token)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.m[h]; !ok && len(c.m) >= c.max {
@@ -88,3 +88,5 @@ func (c *tokenCache) len() int {
 	defer c.mu.RUnlock()
 	return len(c.m)
 }
+
+func hashOf(token string) uint64 { return xxhash.Sum64String(token) }

@@ -135,7 +135,9 @@ func TestConfigValidate(t *testing.T) {
 		{"no key source", func(c *Config) { c.Issuers[0].JWKS = "" }, "issuers[0]: exactly one key source"},
 		{"http jwks_url", func(c *Config) { c.Issuers[0].JWKS, c.Issuers[0].JWKSURL = "", "http://x/jwks" }, "issuers[0].jwks_url: must be an absolute https URL"},
 		{"http discovery_url", func(c *Config) { c.Issuers[0].JWKS, c.Issuers[0].DiscoveryURL = "", "http://x" }, "issuers[0].discovery_url: must be an absolute https URL"},
-		{"discovery of a non-URL issuer", func(c *Config) { c.Issuers[0].JWKS, c.Issuers[0].Discovery, c.Issuers[0].Issuer = "", true, "kubernetes/serviceaccount" }, "issuers[0].issuer: must be an absolute https URL"},
+		{"discovery of a non-URL issuer", func(c *Config) {
+			c.Issuers[0].JWKS, c.Issuers[0].Discovery, c.Issuers[0].Issuer = "", true, "kubernetes/serviceaccount"
+		}, "issuers[0].issuer: must be an absolute https URL"},
 		{"bad inline jwks", func(c *Config) { c.Issuers[0].JWKS = `{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}` }, "issuers[0].jwks: JSON Web Key Set has no usable signing key"},
 		{"missing jwks_file", func(c *Config) { c.Issuers[0].JWKS, c.Issuers[0].JWKSFile = "", "/nonexistent/jwks.json" }, "issuers[0].jwks_file: cannot read"},
 		{"ca_file with inline jwks", func(c *Config) { c.Issuers[0].CAFile = "/x" }, "issuers[0].ca_file: only used with jwks_url or discovery"},

@@ -15,6 +15,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"hash"
+	"io"
+	"log"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -325,7 +327,9 @@ func newJWKSServer(t testing.TB, keys ...jwk) *jwksServer {
 		w.Header().Set("Content-Type", "application/jwk-set+json")
 		fmt.Fprint(w, jwksJSON(t, keys...))
 	})
-	s.Server = httptest.NewTLSServer(mux)
+	s.Server = httptest.NewUnstartedServer(mux)
+	s.Server.Config.ErrorLog = log.New(io.Discard, "", 0) // handshake failures are expected in some tests
+	s.Server.StartTLS()
 	t.Cleanup(s.Close)
 	return s
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -302,5 +303,67 @@ func TestCloseAndContext(t *testing.T) {
 	}
 	if srv.hits.Load() != n {
 		t.Fatal("fetched after Close")
+	}
+}
+
+// A JWKS file is re-read on an unknown kid (a rotated, mounted ConfigMap),
+// and a plain jwks_url works with a bearer token.
+func TestFileAndURLSources(t *testing.T) {
+	k1, k2 := newECKey(t), newECKey(t)
+	clock := newClock()
+	file := writeFile(t, "jwks.json", []byte(jwksJSON(t, jwk{kid: "k1", key: k1})))
+	srv := newJWKSServer(t, jwk{kid: "u1", key: k2})
+	cfg := Config{Issuers: []IssuerConfig{
+		{Issuer: "https://file.example", Cluster: "f", JWKSFile: file, RefreshInterval: time.Hour},
+		{Issuer: "https://url.example", Cluster: "u", JWKSURL: srv.URL + "/openid/v1/jwks", CAFile: caFile(t, srv.Server),
+			BearerTokenFile: writeFile(t, "tok", []byte("url-reader")), RefreshInterval: time.Hour},
+	}}
+	v, err := New(context.Background(), cfg, Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	waitReady(t, v)
+	ctx := context.Background()
+	if _, err := v.VerifyToken(ctx, joseMint(t, jose.ES256, k1, "k1", saClaims("https://file.example", clock.Now()))); err != nil {
+		t.Fatalf("file source: %v", err)
+	}
+	if _, err := v.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "u1", saClaims("https://url.example", clock.Now()))); err != nil {
+		t.Fatalf("url source: %v", err)
+	}
+	if got := srv.auth.Load(); got != "Bearer url-reader" {
+		t.Fatalf("Authorization %q", got)
+	}
+	if err := os.WriteFile(file, []byte(jwksJSON(t, jwk{kid: "k1", key: k1}, jwk{kid: "k2", key: k2})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "k2", saClaims("https://file.example", clock.Now()))); err != nil {
+		t.Fatalf("rotated file: %v", err)
+	}
+	// A discovery document naming another issuer is refused.
+	v2, err := New(context.Background(), Config{Issuers: []IssuerConfig{{Issuer: "https://not-this-server.example", Cluster: "x",
+		DiscoveryURL: srv.URL, CAFile: caFile(t, srv.Server), RefreshInterval: time.Hour}}}, Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v2.Close()
+	if _, err := v2.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "u1", saClaims("https://not-this-server.example", clock.Now()))); !errors.Is(err, ErrKeysUnavailable) {
+		t.Fatalf("mismatched discovery issuer: %v", err)
+	}
+	if st := v2.Status()[0]; !strings.Contains(st.LastError, "document names issuer") {
+		t.Fatalf("status %+v", st)
+	}
+	// Without the CA bundle the server's certificate is not trusted.
+	v3, err := New(context.Background(), Config{Issuers: []IssuerConfig{{Issuer: srv.URL, Cluster: "x",
+		Discovery: true, RefreshInterval: time.Hour}}}, Options{Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v3.Close()
+	if _, err := v3.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "u1", saClaims(srv.URL, clock.Now()))); !errors.Is(err, ErrKeysUnavailable) {
+		t.Fatalf("untrusted JWKS server: %v", err)
+	}
+	if st := v3.Status()[0]; !strings.Contains(st.LastError, "certificate") {
+		t.Fatalf("status %+v", st)
 	}
 }

@@ -177,6 +177,14 @@ func (v *Verifier) Close() {
 	v.mu.Unlock()
 	v.cancel()
 	v.wg.Wait()
+	for _, is := range v.order {
+		if is.keys.client != nil {
+			is.keys.client.CloseIdleConnections()
+		}
+		if is.review != nil {
+			is.review.client.CloseIdleConnections()
+		}
+	}
 }
 
 // Ready returns nil when every issuer has a key set, or an error naming the

@@ -226,7 +226,7 @@ func (v *Verifier) lookupKey(ctx context.Context, is *issuer, kid string) ([]jos
 		return nil, ErrKeysUnavailable
 	}
 	if !fetched && now == set {
-		return nil, refuse(ErrUnknownKID, "kid "+quote(kid)+" (refetch rate-limited)")
+		return nil, refuse(ErrUnknownKID, "kid "+quote(kid)+" not in the key set (no refetch: static set or rate-limited)")
 	}
 	keys, err := now.lookup(kid)
 	if errors.Is(err, ErrUnknownKID) {

@@ -77,14 +77,34 @@ func (r *Registrar) syncConnected(ctx context.Context, w *workload) error {
 		return r.withdraw(ctx, w, stateRefused) // the group changed to exclude this VM
 	}
 	want := r.desiredEntry(g, w)
-	got, err := r.writeEntry(ctx, w, want)
+	cur, err := r.entries.Get(ctx, want.Namespace, want.Name)
+	if errors.Is(err, ErrNotFound) {
+		cur, err = nil, nil
+	}
+	if err != nil {
+		return err
+	}
+	var older []*WorkloadEntry
+	if !w.oldChecked || (cur == nil && w.written == want.Name) {
+		// First write, or the entry vanished: the VM may be registered under another address,
+		// by a newer connection elsewhere (then that one stands) or an older one (removed below).
+		var newer bool
+		if older, newer, err = r.siblings(ctx, w, want.Name); err != nil {
+			return err
+		}
+		if newer {
+			r.lost(w)
+			return nil
+		}
+	}
+	got, err := r.writeEntry(ctx, w, want, cur)
 	if err != nil || got == nil {
 		return err
 	}
 	if err := r.writeHealth(ctx, w, got); err != nil {
 		return err
 	}
-	if err := r.removeOld(ctx, w, got.Name); err != nil {
+	if err := r.removeOld(ctx, w, got.Name, older); err != nil {
 		return err
 	}
 	r.update(w, func(cur *workload) {
@@ -99,9 +119,8 @@ func (r *Registrar) syncConnected(ctx context.Context, w *workload) error {
 }
 
 // writeEntry creates or updates the entry; nil, nil when another owner keeps it.
-func (r *Registrar) writeEntry(ctx context.Context, w *workload, want *WorkloadEntry) (*WorkloadEntry, error) {
-	cur, err := r.entries.Get(ctx, want.Namespace, want.Name)
-	if errors.Is(err, ErrNotFound) {
+func (r *Registrar) writeEntry(ctx context.Context, w *workload, want, cur *WorkloadEntry) (*WorkloadEntry, error) {
+	if cur == nil {
 		got, err := r.entries.Create(ctx, want)
 		if err != nil {
 			return nil, fmt.Errorf("registrar: create %s/%s: %w", want.Namespace, want.Name, err)
@@ -110,9 +129,6 @@ func (r *Registrar) writeEntry(ctx context.Context, w *workload, want *WorkloadE
 		r.log.Info("registrar: entry created", zap.String("entry", want.Namespace+"/"+want.Name),
 			zap.String("identity", w.id.String()), zap.String("address", want.Spec.Address))
 		return got, nil
-	}
-	if err != nil {
-		return nil, err
 	}
 	claim, takeover, err := r.claim(ctx, cur, w)
 	if err != nil || !claim {
@@ -228,21 +244,12 @@ func (r *Registrar) deleteEntry(ctx context.Context, cur *WorkloadEntry) error {
 	return nil
 }
 
-// removeOld deletes the VM's entries under other names (its IP or network changed), after the
-// new one has been written: there is no moment without an entry. The first time, entries written
-// by other replicas or before a restart are looked for by identity and node annotations.
-func (r *Registrar) removeOld(ctx context.Context, w *workload, name string) error {
-	if w.written != "" && w.written != name && w.owned {
-		if err := r.deleteOwned(ctx, w.ns, w.written); err != nil {
-			return err
-		}
-	}
-	if w.oldChecked {
-		return nil
-	}
+// siblings finds the VM's entries under names other than name (same group, identity and node),
+// and reports whether one of them records a newer connection than w's.
+func (r *Registrar) siblings(ctx context.Context, w *workload, name string) (older []*WorkloadEntry, newer bool, err error) {
 	list, _, err := r.entries.List(ctx, w.ns)
 	if err != nil {
-		return err
+		return nil, false, err
 	}
 	for _, e := range list {
 		a := e.Annotations
@@ -254,10 +261,28 @@ func (r *Registrar) removeOld(ctx context.Context, w *workload, name string) err
 		if d := parseTime(a, AnnotationDisconnectedAt); d.After(last) {
 			last = d
 		}
-		if last.Before(w.connectedAt) {
-			if err := r.deleteEntry(ctx, e); err != nil {
-				return err
-			}
+		switch {
+		case last.Before(w.connectedAt):
+			older = append(older, e)
+		case a[AnnotationDisconnectedAt] == "" && a[AnnotationWorkloadController] != r.cfg.Instance &&
+			!r.leaseExpired(ctx, a[AnnotationWorkloadController]):
+			newer = true
+		}
+	}
+	return older, newer, nil
+}
+
+// removeOld deletes the VM's entries under other names (its IP or network changed), after the
+// new one has been written: there is no moment without an entry (istio#44128).
+func (r *Registrar) removeOld(ctx context.Context, w *workload, name string, older []*WorkloadEntry) error {
+	if w.written != "" && w.written != name && w.owned {
+		if err := r.deleteOwned(ctx, w.ns, w.written); err != nil {
+			return err
+		}
+	}
+	for _, e := range older {
+		if err := r.deleteEntry(ctx, e); err != nil && !errors.Is(err, ErrConflict) {
+			return err
 		}
 	}
 	return nil

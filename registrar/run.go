@@ -204,7 +204,7 @@ func (r *Registrar) syncOrphan(ctx context.Context, ns, name string) error {
 // (istio#45329), and a deleted group's entries are withdrawn.
 func (r *Registrar) watchGroups(ctx context.Context) {
 	for ctx.Err() == nil {
-		items, rv, err := r.groups.List(ctx, "")
+		_, rv, err := r.groups.List(ctx, "")
 		var ch <-chan Event[*WorkloadGroup]
 		if err == nil {
 			ch, err = r.groups.Watch(ctx, "", rv)
@@ -215,8 +215,10 @@ func (r *Registrar) watchGroups(ctx context.Context) {
 			r.wait(ctx, r.cfg.RetryMax.D())
 			continue
 		}
-		for _, g := range items {
-			r.enqueueGroup(g.Namespace, g.Name)
+		// After a (re)list every VM is looked at again: changes between watches, deletions
+		// included, left no event.
+		for _, k := range r.keysWhere(func(*workload) bool { return true }) {
+			r.queue.Add(workloadQueueKey(k))
 		}
 		for ev := range ch {
 			r.enqueueGroup(ev.Object.Namespace, ev.Object.Name)

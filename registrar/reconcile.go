@@ -49,7 +49,11 @@ func (r *Registrar) worker(ctx context.Context) {
 
 func (r *Registrar) process(ctx context.Context, key string) error {
 	kind, rest, _ := strings.Cut(key, ":")
-	if kind == "e" {
+	switch kind {
+	case "l", "s":
+		r.periodic(ctx, key)
+		return nil
+	case "e":
 		ns, name, _ := strings.Cut(rest, "/")
 		return r.syncOrphan(ctx, ns, name)
 	}

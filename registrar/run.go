@@ -26,38 +26,34 @@ func (r *Registrar) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { r.watchGroups(ctx) })
 	r.sweep(ctx) // entries this replica owned before a restart are reconciled now
-
-	leaseC, sweepC := make(chan struct{}, 1), make(chan struct{}, 1)
-	tick := func(c chan struct{}) func() {
-		return func() {
-			select {
-			case c <- struct{}{}:
-			default:
-			}
-		}
-	}
-	leaseT := r.clock.AfterFunc(r.cfg.LeaseRenew.D(), tick(leaseC))
-	sweepT := r.clock.AfterFunc(r.cfg.SweepInterval.D(), tick(sweepC))
-	for done := false; !done; {
-		select {
-		case <-ctx.Done():
-			done = true
-		case <-leaseC:
-			if err := r.renewLease(ctx); err != nil && ctx.Err() == nil {
-				r.m.errors.WithLabelValues("lease").Inc()
-				r.log.Warn("registrar: lease renewal failed", zap.Error(err))
-			}
-			leaseT = r.clock.AfterFunc(r.cfg.LeaseRenew.D(), tick(leaseC))
-		case <-sweepC:
-			r.sweep(ctx)
-			sweepT = r.clock.AfterFunc(r.cfg.SweepInterval.D(), tick(sweepC))
-		}
-	}
-	leaseT.Stop()
-	sweepT.Stop()
+	// Lease renewals and sweeps are queue items too: they run on the workers, and a test that
+	// advances a fake clock sees them done once the queue is idle.
+	r.queue.AddAfter(leaseKey, r.cfg.LeaseRenew.D())
+	r.queue.AddAfter(sweepKey, r.cfg.SweepInterval.D())
+	<-ctx.Done()
 	r.queue.ShutDown()
 	wg.Wait()
 	return nil
+}
+
+// Queue keys of the periodic jobs.
+const (
+	leaseKey = "l:"
+	sweepKey = "s:"
+)
+
+// periodic runs a lease renewal or a sweep and schedules the next one.
+func (r *Registrar) periodic(ctx context.Context, key string) {
+	if key == leaseKey {
+		if err := r.renewLease(ctx); err != nil && ctx.Err() == nil {
+			r.m.errors.WithLabelValues("lease").Inc()
+			r.log.Warn("registrar: lease renewal failed", zap.Error(err))
+		}
+		r.queue.AddAfter(leaseKey, r.cfg.LeaseRenew.D())
+		return
+	}
+	r.sweep(ctx)
+	r.queue.AddAfter(sweepKey, r.cfg.SweepInterval.D())
 }
 
 // renewLease creates or renews this replica's Lease. A replica that missed renewals past the

@@ -230,4 +230,3 @@ func ContainsAll(s string, subs ...string) error {
 	}
 	return nil
 }
-

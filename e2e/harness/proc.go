@@ -43,6 +43,9 @@ type Proc struct {
 	waitErr  error
 	stopOnce sync.Once
 	stopErr  error
+
+	mu    sync.Mutex
+	saved []byte // the end of the log, kept when Stop removes the directory
 }
 
 var (
@@ -144,6 +147,14 @@ func (p *Proc) stop(grace time.Duration) error {
 	if keepDirs() {
 		return nil
 	}
+	// Keep the end of the log for failure reports after the directory is gone.
+	b, _ := os.ReadFile(p.LogPath)
+	if len(b) > savedMax {
+		b = b[len(b)-savedMax:]
+	}
+	p.mu.Lock()
+	p.saved = b
+	p.mu.Unlock()
 	return os.RemoveAll(p.Dir)
 }
 
@@ -161,8 +172,17 @@ func StopAll() {
 	}
 }
 
-// Log returns everything the peer wrote so far.
+// savedMax bounds the log kept in memory after Stop.
+const savedMax = 256 << 10
+
+// Log returns everything the peer wrote so far (after Stop: the last 256 KiB).
 func (p *Proc) Log() string {
+	p.mu.Lock()
+	saved := p.saved
+	p.mu.Unlock()
+	if saved != nil {
+		return string(saved)
+	}
 	b, _ := os.ReadFile(p.LogPath)
 	return string(b)
 }
@@ -176,8 +196,14 @@ func (p *Proc) LogSize() int64 {
 	return st.Size()
 }
 
-// LogSince returns what the peer wrote after offset.
+// LogSince returns what the peer wrote after offset (after Stop: at most what Log keeps).
 func (p *Proc) LogSince(offset int64) string {
+	p.mu.Lock()
+	saved := p.saved
+	p.mu.Unlock()
+	if saved != nil {
+		return tailLines(string(saved), 1<<20)
+	}
 	f, err := os.Open(p.LogPath)
 	if err != nil {
 		return ""

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,7 +43,8 @@ type VM struct {
 	// CertsDir is OUTPUT_CERTS: the agent writes cert-chain.pem, key.pem, root-cert.pem there.
 	CertsDir string
 
-	bin string
+	bin        string
+	statusHold net.Listener
 }
 
 // StartVM starts a pilot-agent as a VM (DISABLE_ENVOY) and stops it when t ends, printing its log
@@ -79,8 +81,22 @@ func startVM(agentBin string, o VMOptions) (*VM, error) {
 	if err := os.MkdirAll(vm.CertsDir, 0o755); err != nil {
 		return nil, err
 	}
-	proxyConfig, err := json.Marshal(map[string]any{"discoveryAddress": o.DiscoveryAddr})
+	// pilot-agent always serves its status port on all interfaces (":15020" by default; no bind
+	// address option; 0 is refused by validation; a --statusPort flag is silently ignored). The
+	// harness holds a loopback listener on a free port and gives the agent that port: the agent's
+	// wildcard bind then fails ("Error listening on status port", not fatal), so nothing listens
+	// beyond loopback and two VMs do not collide on 15020.
+	hold, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		return nil, fmt.Errorf("harness: vm status port: %w", err)
+	}
+	vm.statusHold = hold
+	proxyConfig, err := json.Marshal(map[string]any{
+		"discoveryAddress": o.DiscoveryAddr,
+		"statusPort":       hold.Addr().(*net.TCPAddr).Port,
+	})
+	if err != nil {
+		hold.Close()
 		return nil, err
 	}
 	env := []string{
@@ -104,15 +120,19 @@ func startVM(agentBin string, o VMOptions) (*VM, error) {
 		env = append(env, "ISTIO_META_AUTO_REGISTER_GROUP="+o.Group, "ISTIO_META_WORKLOAD_NAME="+o.Group)
 	}
 	env = append(env, o.Env...)
-	// --statusPort 0: no status server (it would listen on all interfaces).
 	p, err := StartProc(ProcSpec{
 		Name: "pilot-agent-" + o.Name, Path: agentBin, Dir: dir, Env: env,
-		Args: []string{"proxy", "sidecar", "--statusPort", "0"},
+		Args: []string{"proxy", "sidecar"},
 	})
 	if err != nil {
+		hold.Close()
 		return nil, err
 	}
 	vm.Proc = p
+	go func() { // the holder lives as long as the agent
+		<-p.Exited()
+		hold.Close()
+	}()
 	return vm, nil
 }
 

@@ -89,6 +89,12 @@ func TestVMOnboardingDirectToIstiod(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: poolOf(t, root), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		t.Fatalf("workload certificate does not chain to the mesh root: %v", err)
 	}
+	// The agent's status server binds all interfaces; the harness makes that bind fail (see
+	// harness.VMOptions), so the agent listens on nothing beyond loopback.
+	if err := vm.Proc.WaitLog(harness.Context(t, 30*time.Second), "Error listening on status port"); err != nil {
+		t.Fatal(err)
+	}
+	assertLoopbackOnly(t, vm.Proc)
 	// No ADS before a local xDS client connects: nothing is registered yet.
 	if l, err := cluster.API.ListWorkloadEntries(ctx, ns); err != nil || len(l) != 0 {
 		t.Fatalf("entries before any xDS client: %d %v", len(l), err)

@@ -31,8 +31,7 @@ func TestAPIServerReadyWithPinnedVersion(t *testing.T) {
 	if v.GitVersion != peers.KubeVersion || v.Major != "1" || v.Minor != "32" {
 		t.Fatalf("version %q (major %q minor %q), want %s", v.GitVersion, v.Major, v.Minor, peers.KubeVersion)
 	}
-	// Anonymous requests are authenticated as system:anonymous and not authorized for /readyz
-	// beyond what RBAC's defaults allow (system:public-info-viewer allows it).
+	// Anonymous auth is on (OIDC discovery needs it) but RBAC still refuses anonymous API reads.
 	if _, code, err := cluster.API.Get(ctx, "/api/v1/namespaces", false); err != nil || code != http.StatusForbidden {
 		t.Fatalf("anonymous list namespaces: %d %v, want 403", code, err)
 	}
@@ -184,8 +183,8 @@ func TestOIDCDiscoveryAnonymous(t *testing.T) {
 		t.Fatalf("openid-configuration: %d %v %s", code, err, body)
 	}
 	var disc struct {
-		Issuer  string `json:"issuer"`
-		JWKSURI string `json:"jwks_uri"`
+		Issuer  string   `json:"issuer"`
+		JWKSURI string   `json:"jwks_uri"`
 		Algs    []string `json:"id_token_signing_alg_values_supported"`
 	}
 	if err := json.Unmarshal(body, &disc); err != nil {

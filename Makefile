@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X github.com/ewgate/ewgate/cmd/ewgate/internal/version.Version=$(VERSION)
+LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Debian packages the tests drive as real peers (see docs/testing.md).
 APT_TOOLS := openssl curl gnutls-bin

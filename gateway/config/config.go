@@ -1,0 +1,153 @@
+// Package config is ewgate's configuration file: one strict YAML document (unknown keys are errors)
+// that names the listeners, the clusters behind them and, as later parts of ewgate land, whom to
+// trust and how to register VMs.
+//
+// Load decodes, fills defaults in one place (SetDefaults) and validates once (Validate); every error
+// names the field path and the line it comes from, and says what is allowed:
+//
+//	f, err := config.Load("ewgate.yaml")
+//	if err != nil {
+//		// ewgate.yaml:14: listeners[0].address: "15443" is not host:port (for example 127.0.0.1:15443)
+//	}
+//
+// The zero value of every optional field means "the default", documented on the field and in
+// docs/config.md.
+package config
+
+import (
+	"time"
+)
+
+// Listener kinds.
+const (
+	KindMesh    = "mesh"    // Istio AUTO_PASSTHROUGH: outbound_ SNI + Istio ALPN, routes are cluster names
+	KindIngress = "ingress" // untrusted traffic: host patterns -> clusters, never a mesh cluster
+)
+
+// Load-balancing policies.
+const (
+	RoundRobin = "round_robin"
+	LeastConn  = "least_conn"
+	Maglev     = "maglev"
+)
+
+// Log formats.
+const (
+	LogJSON    = "json"
+	LogConsole = "console"
+)
+
+// Defaults, resolved by SetDefaults and documented in docs/config.md.
+const (
+	DefaultAdminAddress       = "127.0.0.1:15021"
+	DefaultMeshAddress        = "127.0.0.1:15443"
+	DefaultDrainTimeout       = 30 * time.Second
+	DefaultWatchInterval      = 2 * time.Second
+	DefaultMaxConnections     = 10000
+	DefaultHelloTimeout       = 5 * time.Second
+	DefaultMaxHelloBytes      = 16 << 10
+	DefaultIdleTimeout        = time.Hour
+	DefaultConnectTimeout     = 5 * time.Second
+	DefaultMaxConnectAttempts = 3
+	DefaultConsecutiveFails   = 5
+	DefaultBaseEjectionTime   = 30 * time.Second
+	DefaultMaxEjectionTime    = 5 * time.Minute
+	DefaultMeshDomain         = "cluster.local"
+)
+
+// File is the whole configuration file.
+type File struct {
+	Log          Log           `yaml:"log"`
+	Admin        Admin         `yaml:"admin"`
+	DrainTimeout time.Duration `yaml:"drain_timeout"` // zero: 30s
+	Reload       Reload        `yaml:"reload"`
+	Listeners    []Listener    `yaml:"listeners"` // none: one mesh listener on 127.0.0.1:15443
+	Clusters     []Cluster     `yaml:"clusters"`
+}
+
+// Log selects the log encoding and level.
+type Log struct {
+	Format string `yaml:"format"` // json (default) or console
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+}
+
+// Admin is the admin HTTP listener: readiness, metrics, debug.
+type Admin struct {
+	Address string `yaml:"address"` // zero: 127.0.0.1:15021
+	// Pprof mounts /debug/pprof/ on the admin listener. Nil means true: the admin listener is
+	// meant to be reachable only from the node (loopback by default).
+	Pprof *bool `yaml:"pprof"`
+}
+
+// Reload controls how the file is re-read. SIGHUP always reloads.
+type Reload struct {
+	// WatchInterval is how often the file's content is checked for a change; zero: 2s; a negative
+	// value switches watching off.
+	WatchInterval time.Duration `yaml:"watch_interval"`
+}
+
+// Listener is one accepting socket and the route table behind it.
+type Listener struct {
+	Name    string `yaml:"name"`    // required, unique; clusters refer to it
+	Kind    string `yaml:"kind"`    // mesh or ingress
+	Address string `yaml:"address"` // host:port; port 0 picks a free port (tests)
+	// RequireIstioALPN (mesh only) refuses a client whose ALPN offers none of Istio's mTLS
+	// protocols. Nil means true, Istio's AUTO_PASSTHROUGH behaviour.
+	RequireIstioALPN *bool `yaml:"require_istio_alpn"`
+	// MeshDomains (ingress only) are DNS suffixes of mesh-internal hosts; an SNI under one of them is
+	// refused on this listener and no route may name one. Zero: [cluster.local].
+	MeshDomains    []string       `yaml:"mesh_domains"`
+	MaxConnections int            `yaml:"max_connections"` // zero: 10000; excess connections are closed at once
+	HelloTimeout   time.Duration  `yaml:"hello_timeout"`   // zero: 5s, for the PROXY header and the whole ClientHello
+	MaxHelloBytes  int            `yaml:"max_hello_bytes"` // zero: 16384
+	IdleTimeout    time.Duration  `yaml:"idle_timeout"`    // zero: 1h without a byte either way
+	ProxyProtocol  *ProxyProtocol `yaml:"proxy_protocol"`  // nil: no PROXY protocol
+	Routes         []Route        `yaml:"routes"`          // ingress only
+}
+
+// ProxyProtocol accepts a PROXY protocol v1/v2 header from trusted peers (a cloud load balancer).
+type ProxyProtocol struct {
+	// TrustedCIDRs: a connection from one of these must start with a PROXY header, whose source
+	// address is then used for logs and maglev; from anywhere else no header is read.
+	TrustedCIDRs []string `yaml:"trusted_cidrs"`
+}
+
+// Route sends TLS connections whose SNI matches one of Hosts to Cluster (ingress listeners).
+type Route struct {
+	Hosts   []string `yaml:"hosts"` // exact (app.example.com) or wildcard (*.example.com)
+	Cluster string   `yaml:"cluster"`
+}
+
+// Cluster is a set of endpoints and how to pick among them.
+type Cluster struct {
+	// Name is the cluster's name. For a mesh cluster it is the Istio SNI that reaches it,
+	// outbound_.<port>_.<subset>_.<host>.
+	Name               string            `yaml:"name"`
+	Listener           string            `yaml:"listener"`             // the listener this cluster serves
+	LBPolicy           string            `yaml:"lb_policy"`            // round_robin (default), least_conn, maglev
+	ConnectTimeout     time.Duration     `yaml:"connect_timeout"`      // zero: 5s
+	MaxConnectAttempts int               `yaml:"max_connect_attempts"` // zero: 3 endpoints tried before giving up
+	OutlierDetection   *OutlierDetection `yaml:"outlier_detection"`    // nil: defaults
+	Endpoints          []Endpoint        `yaml:"endpoints"`
+}
+
+// OutlierDetection is passive health checking: connect failures eject an endpoint for a while.
+type OutlierDetection struct {
+	ConsecutiveFailures int           `yaml:"consecutive_failures"` // zero: 5; negative: never eject
+	BaseEjectionTime    time.Duration `yaml:"base_ejection_time"`   // zero: 30s, doubled at each new ejection
+	MaxEjectionTime     time.Duration `yaml:"max_ejection_time"`    // zero: 5m
+}
+
+// Endpoint is one upstream address.
+type Endpoint struct {
+	Address string `yaml:"address"` // host:port
+	Weight  uint32 `yaml:"weight"`  // zero: 1
+}
+
+// BoolOr returns *b, or def when b is nil.
+func BoolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}

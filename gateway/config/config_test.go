@@ -1,0 +1,114 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+func exampleConfig(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "deploy", "local", "ewgate.yaml")
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	f, err := Load(exampleConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Listeners) != 2 || f.Listeners[0].Address != DefaultMeshAddress || f.Admin.Address != DefaultAdminAddress {
+		t.Fatalf("example config: listeners %+v admin %q; want the default mesh and admin addresses", f.Listeners, f.Admin.Address)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	f, err := Parse([]byte("clusters: []\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := f.Listeners[0]
+	if l.Kind != KindMesh || l.Address != DefaultMeshAddress || l.MaxConnections != DefaultMaxConnections ||
+		l.HelloTimeout != DefaultHelloTimeout || l.MaxHelloBytes != DefaultMaxHelloBytes || l.IdleTimeout != DefaultIdleTimeout {
+		t.Fatalf("default listener = %+v", l)
+	}
+	if f.DrainTimeout != 30*time.Second || f.Log.Format != LogJSON || !BoolOr(l.RequireIstioALPN, true) {
+		t.Fatalf("defaults: %+v", f)
+	}
+}
+
+const base = `listeners:
+  - name: mesh
+    kind: mesh
+    address: 127.0.0.1:0
+  - name: ingress
+    kind: ingress
+    address: 127.0.0.1:0
+    routes:
+      - hosts: [app.example.com]
+        cluster: web
+clusters:
+  - name: outbound_.80_._.web.default.svc.cluster.local
+    listener: mesh
+    endpoints: [{address: 127.0.0.1:9000}]
+  - name: web
+    listener: ingress
+    endpoints: [{address: 127.0.0.1:9001}]
+`
+
+func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		want       string // substring of the error
+	}{
+		{"unknown key", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    colour: blue\n", 1), `t.yaml:4: unknown key "colour"`},
+		{"bad duration", "drain_timeout: soon\n", `t.yaml:1: "soon" is not valid here: want a duration`},
+		{"bad kind", strings.Replace(base, "kind: mesh", "kind: sidecar", 1), `t.yaml:3: listeners[0].kind: "sidecar" is not a listener kind`},
+		{"bad address", strings.Replace(base, "address: 127.0.0.1:0\n  - name: ingress", "address: 15443\n  - name: ingress", 1), `t.yaml:4: listeners[0].address: "15443" is not host:port`},
+		{"mesh cluster not an Istio name", strings.Replace(base, "outbound_.80_._.web.default.svc.cluster.local", "web-mesh", 1), `t.yaml:12: clusters[0].name: "web-mesh": a mesh cluster is named by the Istio SNI`},
+		{"inbound name", strings.Replace(base, "outbound_.80_", "inbound_.80_", 1), `clusters[0].name`},
+		{"route crosses listeners", strings.Replace(base, "cluster: web\n", "cluster: outbound_.80_._.web.default.svc.cluster.local\n", 1), `t.yaml:10: listeners[1].routes[0].cluster: cluster "outbound_.80_._.web.default.svc.cluster.local" serves listener "mesh", not "ingress"`},
+		{"mesh host on ingress", strings.Replace(base, "[app.example.com]", "[web.default.svc.cluster.local]", 1), `listeners[1].routes[0].hosts[0]: "web.default.svc.cluster.local" is under the mesh domain cluster.local`},
+		{"unknown cluster", strings.Replace(base, "cluster: web\n", "cluster: nope\n", 1), `listeners[1].routes[0].cluster: no cluster is named "nope"`},
+		{"unknown listener", strings.Replace(base, "listener: ingress\n", "listener: edge\n", 1), `clusters[1].listener: no listener is named "edge"`},
+		{"no endpoints", strings.Replace(base, "    endpoints: [{address: 127.0.0.1:9001}]\n", "", 1), `clusters[1].endpoints: required`},
+		{"bad policy", strings.Replace(base, "    listener: ingress\n", "    listener: ingress\n    lb_policy: random\n", 1), `clusters[1].lb_policy: "random" is not a policy`},
+		{"duplicate listener", strings.Replace(base, "name: ingress", "name: mesh", 1), `listeners[1].name: "mesh" is used by another listener`},
+		{"bad wildcard", strings.Replace(base, "[app.example.com]", "[\"app.*.com\"]", 1), `listeners[1].routes[0].hosts[0]: "app.*.com" is not a host name`},
+		{"routes on mesh", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    routes: [{hosts: [a.example.com], cluster: web}]\n", 1), `listeners[0].routes: a mesh listener routes by cluster name`},
+		{"proxy cidr", strings.Replace(base, "    kind: ingress\n", "    kind: ingress\n    proxy_protocol: {trusted_cidrs: [10.0.0.0/33]}\n", 1), `listeners[1].proxy_protocol.trusted_cidrs[0]: "10.0.0.0/33" is not a CIDR`},
+		{"two documents", base + "---\nlog: {}\n", "more than one YAML document"},
+		{"hello cap", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    max_hello_bytes: 10\n", 1), `listeners[0].max_hello_bytes: 10 is out of range`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml), "t.yaml")
+			if err == nil {
+				t.Fatalf("accepted; want an error containing %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error:\n%v\nwant it to contain:\n%s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestAllErrorsReportedAtOnce(t *testing.T) {
+	y := strings.Replace(strings.Replace(base, "kind: mesh", "kind: x", 1), "cluster: web\n", "cluster: nope\n", 1)
+	_, err := Parse([]byte(y), "t.yaml")
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) < 2 {
+		t.Fatalf("got %v; want every problem listed", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("err = %v; want not-exist", err)
+	}
+}

@@ -1,0 +1,309 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// SetDefaults fills every zero optional field with its default. It is the only place defaults
+// are decided.
+func (f *File) SetDefaults() {
+	if f.Log.Format == "" {
+		f.Log.Format = LogJSON
+	}
+	if f.Log.Level == "" {
+		f.Log.Level = "info"
+	}
+	if f.Admin.Address == "" {
+		f.Admin.Address = DefaultAdminAddress
+	}
+	if f.DrainTimeout == 0 {
+		f.DrainTimeout = DefaultDrainTimeout
+	}
+	if f.Reload.WatchInterval == 0 {
+		f.Reload.WatchInterval = DefaultWatchInterval
+	}
+	if len(f.Listeners) == 0 {
+		f.Listeners = []Listener{{Name: KindMesh, Kind: KindMesh, Address: DefaultMeshAddress}}
+	}
+	for i := range f.Listeners {
+		f.Listeners[i].setDefaults()
+	}
+	for i := range f.Clusters {
+		f.Clusters[i].setDefaults()
+	}
+}
+
+func (l *Listener) setDefaults() {
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
+	if l.HelloTimeout == 0 {
+		l.HelloTimeout = DefaultHelloTimeout
+	}
+	if l.MaxHelloBytes == 0 {
+		l.MaxHelloBytes = DefaultMaxHelloBytes
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = DefaultIdleTimeout
+	}
+	if l.Kind == KindIngress && len(l.MeshDomains) == 0 {
+		l.MeshDomains = []string{DefaultMeshDomain}
+	}
+}
+
+func (c *Cluster) setDefaults() {
+	if c.LBPolicy == "" {
+		c.LBPolicy = RoundRobin
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.MaxConnectAttempts == 0 {
+		c.MaxConnectAttempts = DefaultMaxConnectAttempts
+	}
+	if c.OutlierDetection == nil {
+		c.OutlierDetection = &OutlierDetection{}
+	}
+	od := c.OutlierDetection
+	if od.ConsecutiveFailures == 0 {
+		od.ConsecutiveFailures = DefaultConsecutiveFails
+	}
+	if od.BaseEjectionTime == 0 {
+		od.BaseEjectionTime = DefaultBaseEjectionTime
+	}
+	if od.MaxEjectionTime == 0 {
+		od.MaxEjectionTime = DefaultMaxEjectionTime
+	}
+	for i := range c.Endpoints {
+		if c.Endpoints[i].Weight == 0 {
+			c.Endpoints[i].Weight = 1
+		}
+	}
+}
+
+// validator collects FieldErrors with their paths.
+type validator struct{ errs Errors }
+
+func (v *validator) add(path, format string, args ...any) {
+	v.errs = append(v.errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Validate checks a defaulted File and returns every problem found (nil when it is valid).
+func (f *File) Validate() Errors {
+	v := &validator{}
+	switch f.Log.Format {
+	case LogJSON, LogConsole:
+	default:
+		v.add("log.format", "%q is not a log format: want json or console", f.Log.Format)
+	}
+	switch f.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.add("log.level", "%q is not a log level: want debug, info, warn or error", f.Log.Level)
+	}
+	v.hostPort("admin.address", f.Admin.Address)
+	if f.DrainTimeout < 0 {
+		v.add("drain_timeout", "must not be negative")
+	}
+	listeners := f.validateListeners(v)
+	clusters := f.validateClusters(v, listeners)
+	f.validateRoutes(v, listeners, clusters)
+	if len(v.errs) == 0 {
+		return nil
+	}
+	return v.errs
+}
+
+func (v *validator) hostPort(path, addr string) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.add(path, "%q is not host:port (for example 127.0.0.1:15443)", addr)
+		return
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		v.add(path, "%q: port must be a number from 0 to 65535", addr)
+	}
+	if host == "" {
+		v.add(path, "%q: give the host to listen on or dial (0.0.0.0 for every IPv4 address)", addr)
+	}
+}
+
+func (f *File) validateListeners(v *validator) map[string]*Listener {
+	byName := map[string]*Listener{}
+	addrs := map[string]string{}
+	for i := range f.Listeners {
+		l := &f.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+		if l.Name == "" {
+			v.add(p+".name", "required: a unique name that clusters refer to")
+		} else if _, dup := byName[l.Name]; dup {
+			v.add(p+".name", "%q is used by another listener; names must be unique", l.Name)
+		} else {
+			byName[l.Name] = l
+		}
+		switch l.Kind {
+		case KindMesh:
+			if len(l.Routes) > 0 {
+				v.add(p+".routes", "a mesh listener routes by cluster name (the Istio SNI); routes are for ingress listeners")
+			}
+			if len(l.MeshDomains) > 0 {
+				v.add(p+".mesh_domains", "only ingress listeners refuse mesh domains")
+			}
+		case KindIngress:
+			if l.RequireIstioALPN != nil {
+				v.add(p+".require_istio_alpn", "only mesh listeners check the Istio ALPN")
+			}
+		default:
+			v.add(p+".kind", "%q is not a listener kind: want mesh or ingress", l.Kind)
+		}
+		v.hostPort(p+".address", l.Address)
+		if other, dup := addrs[l.Address]; dup && !strings.HasSuffix(l.Address, ":0") {
+			v.add(p+".address", "%s is also the address of listener %q", l.Address, other)
+		}
+		addrs[l.Address] = l.Name
+		if l.MaxConnections < 0 {
+			v.add(p+".max_connections", "must be positive")
+		}
+		if l.HelloTimeout < 0 {
+			v.add(p+".hello_timeout", "must be positive")
+		}
+		if l.MaxHelloBytes < 512 || l.MaxHelloBytes > 1<<20 {
+			v.add(p+".max_hello_bytes", "%d is out of range: want 512 to 1048576 (16384 fits every real client hello seen)", l.MaxHelloBytes)
+		}
+		if l.IdleTimeout < 0 {
+			v.add(p+".idle_timeout", "must be positive")
+		}
+		for j, d := range l.MeshDomains {
+			if err := sni.ValidHostPattern(d); err != nil || strings.HasPrefix(d, "*") {
+				v.add(fmt.Sprintf("%s.mesh_domains[%d]", p, j), "%q is not a DNS suffix such as cluster.local", d)
+			}
+		}
+		if l.ProxyProtocol != nil {
+			if len(l.ProxyProtocol.TrustedCIDRs) == 0 {
+				v.add(p+".proxy_protocol.trusted_cidrs", "required: the load balancers' addresses (PROXY headers from anyone else are never trusted)")
+			}
+			for j, c := range l.ProxyProtocol.TrustedCIDRs {
+				if _, err := netip.ParsePrefix(c); err != nil {
+					v.add(fmt.Sprintf("%s.proxy_protocol.trusted_cidrs[%d]", p, j), "%q is not a CIDR such as 10.0.0.0/8", c)
+				}
+			}
+		}
+	}
+	return byName
+}
+
+func (f *File) validateClusters(v *validator, listeners map[string]*Listener) map[string]*Cluster {
+	byName := map[string]*Cluster{}
+	for i := range f.Clusters {
+		c := &f.Clusters[i]
+		p := fmt.Sprintf("clusters[%d]", i)
+		if c.Name == "" {
+			v.add(p+".name", "required")
+		} else if _, dup := byName[c.Name]; dup {
+			v.add(p+".name", "%q is used by another cluster; names must be unique", c.Name)
+		} else {
+			byName[c.Name] = c
+		}
+		l, ok := listeners[c.Listener]
+		switch {
+		case c.Listener == "":
+			v.add(p+".listener", "required: the name of the listener this cluster serves")
+		case !ok:
+			v.add(p+".listener", "no listener is named %q", c.Listener)
+		case l.Kind == KindMesh:
+			n, err := sni.ParseIstioName(c.Name)
+			if err != nil || n.Direction != sni.Outbound {
+				v.add(p+".name", "%q: a mesh cluster is named by the Istio SNI that reaches it, outbound_.<port>_.<subset>_.<host> (subset may be empty)", c.Name)
+			}
+		}
+		switch c.LBPolicy {
+		case RoundRobin, LeastConn, Maglev:
+		default:
+			v.add(p+".lb_policy", "%q is not a policy: want round_robin, least_conn or maglev", c.LBPolicy)
+		}
+		if c.ConnectTimeout < 0 {
+			v.add(p+".connect_timeout", "must be positive")
+		}
+		if c.MaxConnectAttempts < 0 {
+			v.add(p+".max_connect_attempts", "must be positive")
+		}
+		od := c.OutlierDetection
+		if od.BaseEjectionTime < 0 || od.MaxEjectionTime < od.BaseEjectionTime {
+			v.add(p+".outlier_detection", "want 0 < base_ejection_time <= max_ejection_time")
+		}
+		if len(c.Endpoints) == 0 {
+			v.add(p+".endpoints", "required: at least one endpoint")
+		}
+		seen := map[string]bool{}
+		for j, e := range c.Endpoints {
+			ep := fmt.Sprintf("%s.endpoints[%d]", p, j)
+			v.hostPort(ep+".address", e.Address)
+			if seen[e.Address] {
+				v.add(ep+".address", "%s is listed twice in this cluster", e.Address)
+			}
+			seen[e.Address] = true
+		}
+	}
+	return byName
+}
+
+func (f *File) validateRoutes(v *validator, listeners map[string]*Listener, clusters map[string]*Cluster) {
+	for i := range f.Listeners {
+		l := &f.Listeners[i]
+		if l.Kind != KindIngress {
+			continue
+		}
+		hosts := map[string]bool{}
+		for j, r := range l.Routes {
+			p := fmt.Sprintf("listeners[%d].routes[%d]", i, j)
+			if len(r.Hosts) == 0 {
+				v.add(p+".hosts", "required: at least one host (app.example.com or *.example.com)")
+			}
+			for k, h := range r.Hosts {
+				hp := fmt.Sprintf("%s.hosts[%d]", p, k)
+				h = strings.ToLower(strings.TrimSuffix(h, "."))
+				if err := sni.ValidHostPattern(h); err != nil {
+					v.add(hp, "%q is not a host name or *.suffix pattern", r.Hosts[k])
+					continue
+				}
+				if d := meshDomainOf(h, l.MeshDomains); d != "" {
+					v.add(hp, "%q is under the mesh domain %s; mesh hosts are never reachable from an ingress listener", r.Hosts[k], d)
+				}
+				if hosts[h] {
+					v.add(hp, "%q is routed twice on this listener", r.Hosts[k])
+				}
+				hosts[h] = true
+			}
+			c, ok := clusters[r.Cluster]
+			switch {
+			case r.Cluster == "":
+				v.add(p+".cluster", "required")
+			case !ok:
+				v.add(p+".cluster", "no cluster is named %q", r.Cluster)
+			case c.Listener != l.Name:
+				v.add(p+".cluster", "cluster %q serves listener %q, not %q; a route never crosses listeners", r.Cluster, c.Listener, l.Name)
+			}
+		}
+	}
+}
+
+// meshDomainOf returns the mesh domain that host (or pattern) falls under, or "".
+func meshDomainOf(host string, domains []string) string {
+	host = strings.TrimPrefix(host, "*.")
+	for _, d := range domains {
+		d = strings.ToLower(strings.TrimSuffix(d, "."))
+		if host == d || strings.HasSuffix(host, "."+d) {
+			return d
+		}
+	}
+	return ""
+}
+
+// MeshDomainOf reports the mesh domain an SNI falls under on an ingress listener, or "".
+func (l *Listener) MeshDomainOf(host string) string { return meshDomainOf(host, l.MeshDomains) }

@@ -1,0 +1,283 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"go.uber.org/zap"
+
+	"github.com/ewgate/ewgate/gateway/proxyproto"
+	"github.com/ewgate/ewgate/sni"
+)
+
+// Connection results: the metric label and the access log's result field.
+const (
+	resultOK            = "ok"
+	resultOverLimit     = "over_limit"
+	resultProxyProtocol = "proxy_protocol_error"
+	resultNoEndpoint    = "no_endpoint"
+	resultConnectFailed = "connect_failed"
+	resultUpstreamWrite = "upstream_write_failed"
+	resultIdle          = "idle_timeout"
+	resultDrained       = "drained"
+	resultReset         = "reset"
+)
+
+// refusal maps a peek or routing error to its result label.
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, sni.ErrTimeout):
+		return "hello_timeout"
+	case errors.Is(err, sni.ErrTooLarge):
+		return "hello_too_large"
+	case errors.Is(err, sni.ErrNotTLS):
+		return "not_tls"
+	case errors.Is(err, sni.ErrNoSNI):
+		return "no_sni"
+	case errors.Is(err, sni.ErrTruncated):
+		return "hello_truncated"
+	case errors.Is(err, ErrNotIstioName):
+		return "not_istio_name"
+	case errors.Is(err, ErrNoIstioALPN):
+		return "no_istio_alpn"
+	case errors.Is(err, ErrMeshOnIngress):
+		return "mesh_name_on_ingress"
+	case errors.Is(err, ErrNoRoute):
+		return "unknown_sni"
+	default:
+		return "malformed_hello"
+	}
+}
+
+// connLog is what the access-log line of one connection says.
+type connLog struct {
+	listener string
+	client   netip.AddrPort
+	hello    *sni.Hello
+	cluster  string
+	endpoint string
+	up, down int64
+	start    time.Time
+	result   string
+	err      error
+}
+
+func (g *Gateway) acceptLoop(l *listener) {
+	defer g.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			if l.closed.Load() {
+				return
+			}
+			// Out of files or a transient kernel error: back off (5 ms doubling to 1 s) rather than
+			// spin, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			g.log.Warn("accept failed; backing off", zap.String("listener", l.name), zap.Duration("delay", delay), zap.Error(err))
+			t := time.NewTimer(delay)
+			<-t.C
+			continue
+		}
+		delay = 0
+		t := g.snap.Load().Table(l.name)
+		if t == nil || l.active.Load() >= int64(t.Listener.MaxConnections) {
+			g.refuseOverLimit(l, c)
+			continue
+		}
+		rc := &relayConn{client: c}
+		l.active.Add(1)
+		g.m.active.WithLabelValues(l.name).Inc()
+		g.track(rc)
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.serveConn(l, t, rc, c)
+			g.untrack(rc)
+			l.active.Add(-1)
+			g.m.active.WithLabelValues(l.name).Dec()
+		}()
+	}
+}
+
+func (g *Gateway) refuseOverLimit(l *listener, c *net.TCPConn) {
+	c.SetLinger(0) // RST: the client learns at once and no TIME_WAIT piles up under a flood
+	c.Close()
+	g.m.conns.WithLabelValues(l.name, "", resultOverLimit).Inc()
+	g.log.Warn("connection refused: listener at max_connections", zap.String("listener", l.name),
+		zap.Stringer("client", c.RemoteAddr()))
+}
+
+// serveConn handles one connection from accept to close and writes its one access-log line.
+func (g *Gateway) serveConn(l *listener, t *Table, rc *relayConn, c *net.TCPConn) {
+	rec := connLog{listener: l.name, start: g.now(), client: addrPort(c.RemoteAddr())}
+	defer g.finish(&rec)
+	defer c.Close()
+
+	lc := &t.Listener
+	deadline := time.Now().Add(lc.HelloTimeout)
+	if t.trustsProxy(rec.client.Addr()) {
+		h, err := proxyproto.Read(c, lc.HelloTimeout)
+		if err != nil {
+			rec.result, rec.err = resultProxyProtocol, err
+			return
+		}
+		if src, ok := h.Source.(*net.TCPAddr); ok && src != nil {
+			rec.client = src.AddrPort()
+		}
+	}
+	hello, peeked, err := sni.Peek(c, sni.PeekOptions{Timeout: time.Until(deadline), MaxSize: lc.MaxHelloBytes})
+	g.m.peek.WithLabelValues(l.name).Observe(time.Since(rec.start).Seconds())
+	rec.hello = hello
+	if err != nil {
+		rec.result, rec.err = refusal(err), err
+		return
+	}
+	cl, err := t.Route(hello)
+	if err != nil {
+		rec.result, rec.err = refusal(err), err
+		sendAlert(c, alertUnrecognizedName)
+		return
+	}
+	rec.cluster = cl.Name
+	up, ep, err := g.dialCluster(cl, rec.client.Addr())
+	if err != nil {
+		rec.result, rec.err = resultConnectFailed, err
+		if errors.Is(err, errNoEndpoint) {
+			rec.result = resultNoEndpoint
+		}
+		return
+	}
+	rec.endpoint = ep.Address
+	ep.state.active.Add(1)
+	defer ep.state.active.Add(-1)
+	g.relayConn(&rec, rc, c, up, peeked, lc.IdleTimeout)
+}
+
+// relayConn writes the peeked ClientHello upstream, then splices until both sides are done.
+func (g *Gateway) relayConn(rec *connLog, rc *relayConn, client *net.TCPConn, up net.Conn, peeked []byte, idle time.Duration) {
+	up.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	n, err := up.Write(peeked)
+	up.SetWriteDeadline(time.Time{})
+	rec.up = int64(n)
+	if err != nil {
+		up.Close()
+		rec.result, rec.err = resultUpstreamWrite, err
+		return
+	}
+	r := &relay{client: client, upstream: up, idle: idle}
+	rc.relay.Store(r)
+	if g.cutting.Load() { // Shutdown's cut may have missed this relay
+		r.stop(cutDrain)
+	}
+	u, d, err := r.run()
+	rec.up += u
+	rec.down = d
+	switch r.cut.Load() {
+	case cutIdle:
+		rec.result = resultIdle
+	case cutDrain:
+		rec.result = resultDrained
+	default:
+		rec.result = resultOK
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			rec.result, rec.err = resultReset, err
+		}
+	}
+}
+
+var errNoEndpoint = errors.New("gateway: no endpoint left to try")
+
+// dialCluster connects to an endpoint of c, trying up to max_connect_attempts endpoints; each
+// failure counts toward the endpoint's ejection.
+func (g *Gateway) dialCluster(c *Cluster, client netip.Addr) (net.Conn, *Endpoint, error) {
+	h := xxhash.Sum64String(client.String())
+	var tried []*Endpoint
+	lastErr := errNoEndpoint
+	for range c.Config.MaxConnectAttempts {
+		now := g.now()
+		e := c.lb.pick(h, tried, now.UnixNano())
+		if e == nil {
+			break
+		}
+		tried = append(tried, e)
+		ctx, cancel := context.WithTimeout(context.Background(), c.Config.ConnectTimeout)
+		conn, err := g.dial(ctx, "tcp", e.Address)
+		cancel()
+		if err == nil {
+			e.state.success(now, c.Config.OutlierDetection)
+			return conn, e, nil
+		}
+		lastErr = err
+		g.m.connectFail.WithLabelValues(c.Name).Inc()
+		if e.state.failure(now, c.Config.OutlierDetection) {
+			g.m.ejections.WithLabelValues(c.Name).Inc()
+			g.log.Warn("endpoint ejected after consecutive connect failures", zap.String("cluster", c.Name),
+				zap.String("endpoint", e.Address), zap.Int32("ejections", e.state.ejections.Load()), zap.Error(err))
+		}
+	}
+	return nil, nil, lastErr
+}
+
+func (g *Gateway) finish(rec *connLog) {
+	g.m.conns.WithLabelValues(rec.listener, rec.cluster, rec.result).Inc()
+	if rec.up > 0 {
+		g.m.bytes.WithLabelValues(rec.listener, rec.cluster, "upstream").Add(float64(rec.up))
+	}
+	if rec.down > 0 {
+		g.m.bytes.WithLabelValues(rec.listener, rec.cluster, "downstream").Add(float64(rec.down))
+	}
+	fields := []zap.Field{
+		zap.String("listener", rec.listener),
+		zap.Stringer("client", rec.client),
+		zap.String("result", rec.result),
+		zap.Int64("bytes_up", rec.up),
+		zap.Int64("bytes_down", rec.down),
+		zap.Duration("duration", g.now().Sub(rec.start)),
+	}
+	if rec.hello != nil {
+		fields = append(fields, zap.String("sni", rec.hello.ServerName), zap.Strings("alpn", rec.hello.ALPN))
+	}
+	if rec.cluster != "" {
+		fields = append(fields, zap.String("cluster", rec.cluster))
+	}
+	if rec.endpoint != "" {
+		fields = append(fields, zap.String("endpoint", rec.endpoint))
+	}
+	if rec.err != nil {
+		fields = append(fields, zap.String("error", rec.err.Error()))
+	}
+	g.log.Info("connection", fields...)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// TLS alerts (RFC 8446 6.2). ewgate never terminates TLS, but a fatal alert tells a client why
+// it was refused instead of a bare reset.
+const alertUnrecognizedName = 112
+
+//
+// The alert is followed by a FIN, and what the client still sends is read and dropped for a
+// moment (bounded in time and bytes) before the socket closes: closing with unread bytes makes
+// the kernel send a reset, which can overtake the alert.
+func sendAlert(c *net.TCPConn, desc byte) {
+	c.SetDeadline(time.Now().Add(time.Second))
+	// record: type alert(21), version TLS 1.2 (what TLS 1.3 uses on the wire too), length 2,
+	// level fatal(2), description.
+	if _, err := c.Write([]byte{21, 3, 3, 0, 2, 2, desc}); err != nil {
+		return
+	}
+	c.CloseWrite()
+	io.CopyN(io.Discard, c, 64<<10)
+}

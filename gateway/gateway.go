@@ -1,0 +1,270 @@
+// Package gateway is ewgate's data plane: listeners that peek the TLS ClientHello, route it by
+// SNI through an immutable route snapshot, dial an endpoint and splice bytes both ways without
+// terminating TLS. Mesh listeners accept only Istio outbound_ names with an Istio mTLS ALPN;
+// ingress listeners have their own host table and never reach a mesh cluster.
+//
+// It does not parse configuration files (package config does) and does not speak xDS; whoever
+// owns the routes hands it a config with Apply, and open connections are never cut by that.
+//
+//	g := gateway.New(gateway.Options{Logger: log, Registerer: reg})
+//	if err := g.Apply(cfg); err != nil { ... }   // binds the listeners and starts serving
+//	...
+//	g.Shutdown(ctx)                               // stop accepting, drain, close the rest
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ewgate/ewgate/gateway/config"
+)
+
+// ErrShutdown is returned by Apply after Shutdown has begun.
+var ErrShutdown = errors.New("gateway: shutting down")
+
+// Options are the Gateway's seams; the zero value works.
+type Options struct {
+	// Logger receives one line per connection at info and problems at warn. Nil: no logs.
+	Logger *zap.Logger
+	// Registerer receives the ewgate_* data-plane metrics. Nil: metrics are not exported.
+	Registerer prometheus.Registerer
+	// DialContext dials an endpoint. Nil: a net.Dialer with the cluster's connect timeout.
+	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	// Now is the clock for ejections. Nil: time.Now.
+	Now func() time.Time
+}
+
+// Gateway serves the listeners of the current config.
+type Gateway struct {
+	log  *zap.Logger
+	m    *metrics
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	now  func() time.Time
+
+	snap     atomic.Pointer[Snapshot]
+	states   states
+	ready    atomic.Bool
+	draining atomic.Bool // Shutdown began: no accepting, not ready
+	cutting  atomic.Bool // the drain deadline passed: every connection is being closed
+
+	mu        sync.Mutex // guards listeners, conns, version and serialises Apply
+	listeners map[string]*listener
+	conns     map[*relayConn]struct{}
+	version   uint64
+	wg        sync.WaitGroup // accept loops and connection handlers
+}
+
+// listener is one bound socket; its settings come from the snapshot's table of the same name.
+type listener struct {
+	name    string
+	address string // as configured
+	ln      *net.TCPListener
+	active  atomic.Int64
+	closed  atomic.Bool
+}
+
+// relayConn is an accepted connection the gateway may have to close at the drain deadline.
+type relayConn struct {
+	client net.Conn
+	relay  atomic.Pointer[relay] // set once relaying starts
+}
+
+// New returns a Gateway with no listeners; Apply starts serving.
+func New(opts Options) *Gateway {
+	g := &Gateway{
+		log:       opts.Logger,
+		m:         newMetrics(opts.Registerer),
+		dial:      opts.DialContext,
+		now:       opts.Now,
+		listeners: map[string]*listener{},
+		conns:     map[*relayConn]struct{}{},
+	}
+	if g.log == nil {
+		g.log = zap.NewNop()
+	}
+	if g.dial == nil {
+		var d net.Dialer
+		g.dial = d.DialContext
+	}
+	if g.now == nil {
+		g.now = time.Now
+	}
+	g.reportFileLimit()
+	return g
+}
+
+// Apply makes f the serving config: listeners that are new (or moved) are bound, those gone are
+// closed, and the route snapshot is swapped for new connections. Open connections continue on
+// the routes they were given. If a listener cannot be bound nothing changes and the old
+// config keeps serving.
+func (g *Gateway) Apply(f *config.File) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.draining.Load() {
+		return ErrShutdown
+	}
+	bound, err := g.bindNew(f)
+	if err != nil {
+		g.m.reloads.WithLabelValues("failed").Inc()
+		return err
+	}
+	g.version++
+	s := buildSnapshot(f, &g.states, g.version, g.now())
+	g.snap.Store(s)
+	keep := map[string]bool{}
+	for _, lc := range f.Listeners {
+		keep[lc.Name] = true
+	}
+	for name, l := range g.listeners {
+		if _, moved := bound[name]; moved || !keep[name] {
+			l.close()
+			delete(g.listeners, name)
+		}
+	}
+	for name, l := range bound {
+		g.listeners[name] = l
+		g.wg.Add(1)
+		go g.acceptLoop(l)
+	}
+	g.m.reloads.WithLabelValues("ok").Inc()
+	g.m.snapshotVer.Set(float64(s.Version))
+	g.m.snapshotAt.Set(float64(s.Built.Unix()))
+	g.ready.Store(true)
+	return nil
+}
+
+// bindNew binds every listener of f that is not already bound at the same address. On error it
+// closes what it bound.
+func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
+	bound := map[string]*listener{}
+	for _, lc := range f.Listeners {
+		if old := g.listeners[lc.Name]; old != nil && old.address == lc.Address {
+			continue
+		}
+		ln, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			for _, l := range bound {
+				l.close()
+			}
+			return nil, fmt.Errorf("gateway: listener %q: %w", lc.Name, err)
+		}
+		bound[lc.Name] = &listener{name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
+	}
+	return bound, nil
+}
+
+func (l *listener) close() {
+	l.closed.Store(true)
+	l.ln.Close()
+}
+
+// RecordConfigError counts a configuration that was refused before it reached Apply (it did not
+// parse or validate); the serving config is unchanged.
+func (g *Gateway) RecordConfigError() { g.m.reloads.WithLabelValues("failed").Inc() }
+
+// Snapshot returns the route snapshot serving new connections (nil before the first Apply).
+func (g *Gateway) Snapshot() *Snapshot { return g.snap.Load() }
+
+// Addr returns the bound address of the named listener, or nil.
+func (g *Gateway) Addr(name string) net.Addr {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if l := g.listeners[name]; l != nil {
+		return l.ln.Addr()
+	}
+	return nil
+}
+
+// Ready reports whether a config is serving and the gateway is not draining.
+func (g *Gateway) Ready() bool { return g.ready.Load() && !g.draining.Load() }
+
+// ActiveConnections is the number of connections open now, across listeners.
+func (g *Gateway) ActiveConnections() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.conns)
+}
+
+// Shutdown stops accepting (readiness turns false first), waits for open connections to end
+// until ctx is done, then closes the rest, and returns when every goroutine has exited. It
+// returns ctx.Err() when connections had to be cut.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.draining.Store(true)
+	for name, l := range g.listeners {
+		l.close()
+		delete(g.listeners, name)
+	}
+	g.mu.Unlock()
+	err := g.waitIdle(ctx)
+	if err != nil {
+		g.mu.Lock()
+		g.cutting.Store(true)
+		for c := range g.conns {
+			c.cut(cutDrain)
+		}
+		g.mu.Unlock()
+	}
+	g.wg.Wait()
+	return err
+}
+
+// waitIdle polls until no connection is open or ctx ends. Polling (every 10-500 ms, like
+// net/http's Shutdown) keeps the per-connection path free of any wake-up bookkeeping.
+func (g *Gateway) waitIdle(ctx context.Context) error {
+	tick := 10 * time.Millisecond
+	for {
+		if g.ActiveConnections() == 0 {
+			return nil
+		}
+		t := time.NewTimer(tick)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		tick = min(tick*2, 500*time.Millisecond)
+	}
+}
+
+func (c *relayConn) cut(reason int32) {
+	if r := c.relay.Load(); r != nil {
+		r.stop(reason)
+		return
+	}
+	c.client.Close()
+}
+
+func (g *Gateway) track(c *relayConn) {
+	g.mu.Lock()
+	g.conns[c] = struct{}{}
+	g.mu.Unlock()
+}
+
+func (g *Gateway) untrack(c *relayConn) {
+	g.mu.Lock()
+	delete(g.conns, c)
+	g.mu.Unlock()
+}
+
+// reportFileLimit logs and exports the open-file limit: on the splice path a proxied
+// connection holds 6 files (two sockets, two pipes), so the limit caps the connections.
+func (g *Gateway) reportFileLimit() {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return
+	}
+	g.m.openFilesLimit.Set(float64(rl.Cur))
+	g.log.Info("open-file limit", zap.Uint64("soft", rl.Cur), zap.Uint64("hard", rl.Max),
+		zap.Uint64("max_proxied_connections", rl.Cur/6))
+}

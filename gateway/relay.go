@@ -1,0 +1,108 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Why a relay was cut short by ewgate rather than ended by its peers.
+const (
+	cutNone int32 = iota
+	cutIdle
+	cutDrain
+)
+
+// relay moves bytes both ways between a client and an upstream until both directions have
+// ended. When both sides are *net.TCPConn, io.Copy reaches TCPConn.ReadFrom and the kernel
+// splices (no userspace copy); that is why nothing here wraps either conn.
+//
+// The idle timeout needs no per-read deadline (a deadline that fires mid-splice would drop the
+// bytes in the pipe): a timer samples the kernel's byte counters of both sockets
+// (TCP_INFO bytes_received/bytes_acked) every idle period and cuts the pair when none moved, so
+// a connection is cut between one and two idle periods after its last byte.
+type relay struct {
+	client, upstream net.Conn
+	idle             time.Duration
+
+	cut       atomic.Int32
+	done      atomic.Bool
+	closeOnce sync.Once
+	timer     *time.Timer
+	last      uint64 // activity signature at the previous idle check; timer goroutine only
+}
+
+// run relays until both directions end, and returns the bytes moved client->upstream and
+// upstream->client and the first error that was not a clean EOF.
+func (r *relay) run() (up, down int64, err error) {
+	if r.idle > 0 {
+		r.last, _ = activity(r.client, r.upstream)
+		r.timer = time.AfterFunc(r.idle, r.checkIdle)
+	}
+	var wg sync.WaitGroup
+	var downErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		down, downErr = r.copyHalf(r.client, r.upstream)
+	}()
+	up, err = r.copyHalf(r.upstream, r.client)
+	wg.Wait()
+	r.done.Store(true)
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.close()
+	if err == nil {
+		err = downErr
+	}
+	return up, down, err
+}
+
+// copyHalf copies src to dst until EOF, then half-closes dst so the peer sees the EOF while
+// the other direction goes on. An error ends the whole pair.
+func (r *relay) copyHalf(dst, src net.Conn) (int64, error) {
+	n, err := io.Copy(dst, src)
+	if err != nil {
+		r.close()
+		return n, err
+	}
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+			r.close()
+			return n, err
+		}
+	} else {
+		r.close()
+	}
+	return n, nil
+}
+
+func (r *relay) checkIdle() {
+	if r.done.Load() {
+		return
+	}
+	sig, ok := activity(r.client, r.upstream)
+	if ok && sig == r.last {
+		r.stop(cutIdle)
+		return
+	}
+	r.last = sig
+	r.timer.Reset(r.idle)
+}
+
+// stop cuts the pair for the given reason (the first reason wins).
+func (r *relay) stop(reason int32) {
+	r.cut.CompareAndSwap(cutNone, reason)
+	r.close()
+}
+
+func (r *relay) close() {
+	r.closeOnce.Do(func() {
+		r.client.Close()
+		r.upstream.Close()
+	})
+}

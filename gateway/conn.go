@@ -267,7 +267,6 @@ func addrPort(a net.Addr) netip.AddrPort {
 // it was refused instead of a bare reset.
 const alertUnrecognizedName = 112
 
-//
 // The alert is followed by a FIN, and what the client still sends is read and dropped for a
 // moment (bounded in time and bytes) before the socket closes: closing with unread bytes makes
 // the kernel send a reset, which can overtake the alert.

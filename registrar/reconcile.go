@@ -160,8 +160,11 @@ func (r *Registrar) writeEntry(ctx context.Context, w *workload, want, cur *Work
 }
 
 // lost records that a newer connection on another replica owns the VM's entry; the session is
-// released (Registered closes) since the VM is registered, only not by us.
+// released (Registered closes) since the VM is registered, only not by us. The entry is looked
+// at again every half grace period: if that other connection ends while this one lives, this
+// replica takes the entry over before the owner's grace period deletes it.
 func (r *Registrar) lost(w *workload) {
+	r.queue.AddAfter(workloadQueueKey(w.key), r.cfg.GracePeriod.D()/2)
 	r.update(w, func(cur *workload) {
 		cur.state, cur.owned = stateLost, false
 		if !cur.readyClosed {
@@ -265,10 +268,11 @@ func (r *Registrar) siblings(ctx context.Context, w *workload, name string) (old
 		if d := parseTime(a, AnnotationDisconnectedAt); d.After(last) {
 			last = d
 		}
+		gone := a[AnnotationDisconnectedAt] != ""
 		switch {
-		case last.Before(w.connectedAt):
+		case last.Before(w.connectedAt) || gone && last.Equal(w.connectedAt):
 			older = append(older, e)
-		case a[AnnotationDisconnectedAt] == "" && a[AnnotationWorkloadController] != r.cfg.Instance &&
+		case !gone && a[AnnotationWorkloadController] != r.cfg.Instance &&
 			!r.leaseExpired(ctx, a[AnnotationWorkloadController]):
 			newer = true
 		}

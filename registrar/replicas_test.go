@@ -15,10 +15,11 @@ import (
 // with the test, so the condition, not a fixed amount of fake time, ends the wait.
 func (e *env) advanceUntil(what string, step, limit time.Duration, cond func() bool, rigs ...*rig) {
 	e.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for passed := time.Duration(0); !cond(); passed += step {
 		if passed > limit || time.Now().After(deadline) {
-			e.t.Fatalf("not within %s of fake time: %s (entries %v)", limit, what, e.entryNames())
+			names := e.entryNames()
+			e.t.Fatalf("not within %s of fake time: %s (%d entries: %.10v)", limit, what, len(names), names)
 		}
 		e.advance(step, step, rigs...)
 	}

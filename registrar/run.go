@@ -25,6 +25,7 @@ func (r *Registrar) Run(ctx context.Context) error {
 		wg.Go(func() { r.worker(ctx) })
 	}
 	wg.Go(func() { r.watchGroups(ctx) })
+	wg.Go(func() { r.watchEntries(ctx) })
 	r.sweep(ctx) // entries this replica owned before a restart are reconciled now
 	// Lease renewals and sweeps are queue items too: they run on the workers, and a test that
 	// advances a fake clock sees them done once the queue is idle.
@@ -112,7 +113,7 @@ func (r *Registrar) leaseExpired(ctx context.Context, owner string) bool {
 
 // sweep queues the entries nobody alive looks after: this replica's own that it does not track
 // (written before a restart) and those of replicas whose Lease expired. It also re-queues
-// connected VMs whose entry another replica owned, in case that owner has gone.
+// every connected VM: a resync in case a watch event was missed, or an owner has gone.
 func (r *Registrar) sweep(ctx context.Context) {
 	list, _, err := r.entries.List(ctx, "")
 	if err != nil {
@@ -142,7 +143,8 @@ func (r *Registrar) sweep(ctx context.Context) {
 			r.queue.Add(entryQueueKey(e.Namespace, e.Name))
 		}
 	}
-	for _, k := range r.keysWhere(func(w *workload) bool { return w.sessions > 0 && !w.owned }) {
+	// A resync of every connected VM, in case a watch event was missed.
+	for _, k := range r.keysWhere(func(w *workload) bool { return w.sessions > 0 }) {
 		r.queue.Add(workloadQueueKey(k))
 	}
 }
@@ -199,25 +201,48 @@ func (r *Registrar) syncOrphan(ctx context.Context, ns, name string) error {
 // re-created while its VMs are connected gets their entries back without a reconnect
 // (istio#45329), and a deleted group's entries are withdrawn.
 func (r *Registrar) watchGroups(ctx context.Context) {
+	watch(ctx, r, r.groups, func(ev Event[*WorkloadGroup]) {
+		r.enqueueGroup(ev.Object.Namespace, ev.Object.Name)
+	})
+}
+
+// watchEntries re-queues a connected VM whose entry another replica changed or anybody deleted:
+// when a VM holds streams to two replicas and the newer one ends, the older one takes the entry
+// over as soon as it is marked disconnected, before the grace period deletes it.
+func (r *Registrar) watchEntries(ctx context.Context) {
+	watch(ctx, r, r.entries, func(ev Event[*WorkloadEntry]) {
+		e := ev.Object
+		if ev.Type != Deleted && e.Annotations[AnnotationWorkloadController] == r.cfg.Instance {
+			return // our own write
+		}
+		for _, k := range r.keysWhere(func(w *workload) bool {
+			return w.sessions > 0 && w.ns == e.Namespace && (w.entryName == e.Name || w.written == e.Name)
+		}) {
+			r.queue.Add(workloadQueueKey(k))
+		}
+	})
+}
+
+// watch lists and watches res until ctx ends, calling on for every event. After each (re)list
+// every VM is looked at again: changes between two watches left no event.
+func watch[T Object[T]](ctx context.Context, r *Registrar, res Resource[T], on func(Event[T])) {
 	for ctx.Err() == nil {
-		_, rv, err := r.groups.List(ctx, "")
-		var ch <-chan Event[*WorkloadGroup]
+		_, rv, err := res.List(ctx, "")
+		var ch <-chan Event[T]
 		if err == nil {
-			ch, err = r.groups.Watch(ctx, "", rv)
+			ch, err = res.Watch(ctx, "", rv)
 		}
 		if err != nil {
 			r.m.errors.WithLabelValues(reasonOf(err)).Inc()
-			r.log.Warn("registrar: group watch failed", zap.Error(err))
+			r.log.Warn("registrar: watch failed", zap.Error(err))
 			r.wait(ctx, r.cfg.RetryMax.D())
 			continue
 		}
-		// After a (re)list every VM is looked at again: changes between watches, deletions
-		// included, left no event.
 		for _, k := range r.keysWhere(func(*workload) bool { return true }) {
 			r.queue.Add(workloadQueueKey(k))
 		}
 		for ev := range ch {
-			r.enqueueGroup(ev.Object.Namespace, ev.Object.Name)
+			on(ev)
 		}
 	}
 }

@@ -113,7 +113,7 @@ func closeRandom(rng *rand.Rand, v *churnVM) {
 
 // churnDiff compares the store with the fleet; "" when they agree.
 func churnDiff(t *testing.T, e *env, fleet []*churnVM, rigs []*rig) string {
-	list, _, err := e.store.WorkloadEntries().List(t.Context(), ns)
+	list, _, err := e.store.WorkloadEntries().List(t.Context(), ns, registrar.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 package registrar
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -21,6 +23,11 @@ const (
 	AnnotationIdentity              = "ewgate.io/identity"
 	AnnotationNode                  = "ewgate.io/node"
 	AnnotationClaimedAddress        = "ewgate.io/claimed-address"
+
+	// LabelVM is a hash of the workload key (namespace, group, identity, node) on the entry's
+	// metadata (not its spec): a label selector finds a VM's entries under every address
+	// without listing the namespace.
+	LabelVM = "ewgate.io/vm"
 )
 
 // Errors of Connect: the gateway maps them onto gRPC codes at the stream edge.
@@ -108,6 +115,12 @@ func nodeKey(id string) string {
 // workloadKey identifies a VM: namespace, group, identity and node key. Not its IP.
 func workloadKey(ns, group string, id Identity, node string) string {
 	return ns + "/" + group + "|" + id.String() + "|" + node
+}
+
+// vmLabel is LabelVM's value for a workload key: 32 hex digits of its SHA-256.
+func vmLabel(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:16])
 }
 
 // EntryName is istiod's name for an auto-registered entry: <group>-<ip with ':' as '-'>
@@ -245,11 +258,13 @@ func (r *Registrar) desiredEntry(g *WorkloadGroup, w *workload) *WorkloadEntry {
 	if w.claimed.IsValid() && w.claimed != w.addr {
 		ann[AnnotationClaimedAddress] = w.claimed.String()
 	}
+	meta := maps.Clone(labels)
+	meta[LabelVM] = vmLabel(w.key)
 	yes := true
 	return &WorkloadEntry{
 		ObjectMeta: ObjectMeta{
 			Name: w.entryName, Namespace: w.ns,
-			Labels: maps.Clone(labels), Annotations: ann,
+			Labels: meta, Annotations: ann,
 			OwnerReferences: []OwnerReference{{
 				APIVersion: IstioAPIVersion, Kind: KindWorkloadGroup,
 				Name: g.Name, UID: g.UID, Controller: &yes,

@@ -160,7 +160,7 @@ func (e *env) mustEntry(name string) *registrar.WorkloadEntry {
 
 func (e *env) entryNames() []string {
 	e.t.Helper()
-	list, _, err := e.store.WorkloadEntries().List(e.t.Context(), "")
+	list, _, err := e.store.WorkloadEntries().List(e.t.Context(), "", registrar.ListOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}

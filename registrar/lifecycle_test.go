@@ -116,7 +116,7 @@ func TestIPChange(t *testing.T) {
 	registered(t, s)
 	s.Close()
 	g.settle(t)
-	_, rv, _ := e.store.WorkloadEntries().List(t.Context(), ns)
+	_, rv, _ := e.store.WorkloadEntries().List(t.Context(), ns, registrar.ListOptions{})
 	ch, err := e.store.WorkloadEntries().Watch(t.Context(), ns, rv)
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +176,7 @@ func TestReconnectReconciles(t *testing.T) {
 	g.settle(t)
 	got := e.mustEntry(entry1)
 	want := map[string]string{"app": "web", "tier": "group", "from-template": "yes", "canary": "true"}
-	if !maps.Equal(got.Labels, want) || got.Spec.Locality != "us/us-2/c" ||
+	if !maps.Equal(got.Spec.Labels, want) || got.Spec.Locality != "us/us-2/c" ||
 		got.Annotations[registrar.AnnotationHealthChecksEnabled] != "true" {
 		t.Fatalf("not reconciled: labels %v locality %s annotations %v", got.Labels, got.Spec.Locality, got.Annotations)
 	}

@@ -69,12 +69,12 @@ func (r *memResource[T]) Get(_ context.Context, namespace, name string) (T, erro
 	return o.DeepCopy(), nil
 }
 
-func (r *memResource[T]) List(_ context.Context, namespace string) ([]T, string, error) {
+func (r *memResource[T]) List(_ context.Context, namespace string, opts ListOptions) ([]T, string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []T
 	for k, o := range r.objs {
-		if namespace == "" || k.namespace == namespace {
+		if (namespace == "" || k.namespace == namespace) && opts.matches(o.Meta()) {
 			out = append(out, o.DeepCopy())
 		}
 	}

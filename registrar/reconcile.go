@@ -254,7 +254,7 @@ func (r *Registrar) deleteEntry(ctx context.Context, cur *WorkloadEntry) error {
 // siblings finds the VM's entries under names other than name (same group, identity and node),
 // and reports whether one of them records a newer connection than w's.
 func (r *Registrar) siblings(ctx context.Context, w *workload, name string) (older []*WorkloadEntry, newer bool, err error) {
-	list, _, err := r.entries.List(ctx, w.ns)
+	list, _, err := r.entries.List(ctx, w.ns, ListOptions{LabelSelector: map[string]string{LabelVM: vmLabel(w.key)}})
 	if err != nil {
 		return nil, false, err
 	}

@@ -115,7 +115,7 @@ func (r *Registrar) leaseExpired(ctx context.Context, owner string) bool {
 // (written before a restart) and those of replicas whose Lease expired. It also re-queues
 // every connected VM: a resync in case a watch event was missed, or an owner has gone.
 func (r *Registrar) sweep(ctx context.Context) {
-	list, _, err := r.entries.List(ctx, "")
+	list, _, err := r.entries.List(ctx, "", ListOptions{})
 	if err != nil {
 		r.m.errors.WithLabelValues(reasonOf(err)).Inc()
 		r.log.Warn("registrar: sweep list failed", zap.Error(err))
@@ -227,7 +227,7 @@ func (r *Registrar) watchEntries(ctx context.Context) {
 // every VM is looked at again: changes between two watches left no event.
 func watch[T Object[T]](ctx context.Context, r *Registrar, res Resource[T], on func(Event[T])) {
 	for ctx.Err() == nil {
-		_, rv, err := res.List(ctx, "")
+		_, rv, err := res.List(ctx, "", ListOptions{})
 		var ch <-chan Event[T]
 		if err == nil {
 			ch, err = res.Watch(ctx, "", rv)

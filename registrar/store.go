@@ -37,15 +37,16 @@ type Store interface {
 //     updates unconditionally (as in Kubernetes). ErrNotFound if the object does not exist.
 //   - UpdateStatus replaces only status, with the same resourceVersion rule.
 //   - Delete honours its preconditions (ErrConflict when they do not hold), ErrNotFound if absent.
-//   - List with namespace "" lists every namespace; it returns the resource version of the
-//     listing, from which Watch continues without a gap.
+//   - List with namespace "" lists every namespace, and only objects carrying every label of
+//     opts.LabelSelector; it returns the resource version of the listing, from which Watch
+//     continues without a gap.
 //   - Watch sends every change after resourceVersion ("" = from now), in resource-version order,
 //     for one namespace or all (""). The channel is closed when ctx ends or when the store gives
 //     up on a slow watcher; the caller then lists and watches again. ErrGone if resourceVersion
 //     is older than the store remembers.
 type Resource[T Object[T]] interface {
 	Get(ctx context.Context, namespace, name string) (T, error)
-	List(ctx context.Context, namespace string) (items []T, resourceVersion string, err error)
+	List(ctx context.Context, namespace string, opts ListOptions) (items []T, resourceVersion string, err error)
 	Create(ctx context.Context, obj T) (T, error)
 	Update(ctx context.Context, obj T) (T, error)
 	UpdateStatus(ctx context.Context, obj T) (T, error)
@@ -59,6 +60,21 @@ type Leases interface {
 	Get(ctx context.Context, namespace, name string) (*Lease, error)
 	Create(ctx context.Context, l *Lease) (*Lease, error)
 	Update(ctx context.Context, l *Lease) (*Lease, error)
+}
+
+// ListOptions narrow a List, as metav1.ListOptions does.
+type ListOptions struct {
+	// LabelSelector keeps objects whose labels include all of these (an equality selector).
+	LabelSelector map[string]string
+}
+
+func (o ListOptions) matches(m *ObjectMeta) bool {
+	for k, v := range o.LabelSelector {
+		if got, ok := m.Labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
 }
 
 // Preconditions of a Delete, as in metav1.Preconditions: empty fields are not checked.

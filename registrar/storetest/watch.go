@@ -49,7 +49,7 @@ func expect(t *testing.T, ch <-chan registrar.Event[*registrar.WorkloadEntry], w
 
 func testWatchOrder(t *testing.T, s registrar.Store) {
 	es := s.WorkloadEntries()
-	_, rv, err := es.List(ctx(t), Namespaces[0])
+	_, rv, err := es.List(ctx(t), Namespaces[0], registrar.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func testWatchOrder(t *testing.T, s registrar.Store) {
 func testWatchFromList(t *testing.T, s registrar.Store) {
 	es := s.WorkloadEntries()
 	mustCreate(t, s, Entry(Namespaces[0], "before"))
-	items, rv, err := es.List(ctx(t), Namespaces[0])
+	items, rv, err := es.List(ctx(t), Namespaces[0], registrar.ListOptions{})
 	if err != nil || len(items) != 1 {
 		t.Fatalf("list: %d items, %v", len(items), err)
 	}
@@ -98,7 +98,7 @@ func testWatchFromList(t *testing.T, s registrar.Store) {
 
 func testWatchNamespace(t *testing.T, s registrar.Store) {
 	es := s.WorkloadEntries()
-	_, rv, err := es.List(ctx(t), "")
+	_, rv, err := es.List(ctx(t), "", registrar.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,14 +101,14 @@ func testList(t *testing.T, s registrar.Store) {
 		mustCreate(t, s, Entry(Namespaces[0], "a-"+strconv.Itoa(i)))
 	}
 	mustCreate(t, s, Entry(Namespaces[1], "b-0"))
-	a, rv, err := s.WorkloadEntries().List(ctx(t), Namespaces[0])
+	a, rv, err := s.WorkloadEntries().List(ctx(t), Namespaces[0], registrar.ListOptions{})
 	if err != nil || rv == "" {
 		t.Fatalf("list: %v (resourceVersion %q)", err, rv)
 	}
 	if len(a) != 3 {
 		t.Fatalf("list %s: %d items, want 3", Namespaces[0], len(a))
 	}
-	all, _, err := s.WorkloadEntries().List(ctx(t), "")
+	all, _, err := s.WorkloadEntries().List(ctx(t), "", registrar.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +120,25 @@ func testList(t *testing.T, s registrar.Store) {
 	}
 	if n != 4 {
 		t.Fatalf("list all namespaces: %d items of the suite's, want 4", n)
+	}
+	sel := Entry(Namespaces[0], "selected")
+	sel.Labels["ewgate.io/vm"] = "0123abcd"
+	mustCreate(t, s, sel)
+	for _, c := range []struct {
+		ns       string
+		selector map[string]string
+		want     int
+	}{
+		{Namespaces[0], map[string]string{"ewgate.io/vm": "0123abcd"}, 1},
+		{"", map[string]string{"ewgate.io/vm": "0123abcd", "app": "web"}, 1},
+		{Namespaces[0], map[string]string{"ewgate.io/vm": "0123abcd", "app": "db"}, 0},
+		{Namespaces[1], map[string]string{"ewgate.io/vm": "0123abcd"}, 0},
+		{Namespaces[0], map[string]string{"app": "web"}, 4},
+	} {
+		got, _, err := s.WorkloadEntries().List(ctx(t), c.ns, registrar.ListOptions{LabelSelector: c.selector})
+		if err != nil || len(got) != c.want {
+			t.Fatalf("list %q %v: %d items (%v), want %d", c.ns, c.selector, len(got), err, c.want)
+		}
 	}
 }
 

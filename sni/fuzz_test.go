@@ -50,8 +50,8 @@ func FuzzParseClientHello(f *testing.F) {
 		if !bytes.Contains(bytes.ToLower(data), []byte(h.ServerName)) {
 			t.Fatalf("server name %q does not occur in the input", h.ServerName)
 		}
-		if err := ValidHostPattern(h.ServerName); err != nil && !bytes.ContainsAny([]byte(h.ServerName), "_-") {
-			t.Fatalf("server name %q is not a host name: %v", h.ServerName, err)
+		if n, err := normalizeHostName([]byte(h.ServerName)); err != nil || n != h.ServerName {
+			t.Fatalf("server name %q is not a normalised host name: %q, %v", h.ServerName, n, err)
 		}
 		for _, p := range h.ALPN {
 			if p == "" || !bytes.Contains(data, []byte(p)) {

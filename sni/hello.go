@@ -133,11 +133,8 @@ func handshakeMessage(data []byte) (msg []byte, need int, err error) {
 		for i := 0; hdrN < handshakeHeaderLen && i < len(frag); i++ {
 			hdr[hdrN] = frag[i]
 			hdrN++
-			if hdrN == 1 && hdr[0] != handshakeTypeClientHello {
-				if records == 1 {
-					return nil, 0, fmt.Errorf("%w: handshake type %d, want %d (client_hello)", ErrNotTLS, hdr[0], handshakeTypeClientHello)
-				}
-				return nil, 0, fmt.Errorf("%w: handshake type %d", ErrMalformed, hdr[0])
+			if hdrN == 1 && hdr[0] != handshakeTypeClientHello { // records are non-empty: this is the first
+				return nil, 0, fmt.Errorf("%w: handshake type %d, want %d (client_hello)", ErrNotTLS, hdr[0], handshakeTypeClientHello)
 			}
 		}
 		if hdrN == handshakeHeaderLen && msgLen < 0 {

@@ -48,7 +48,7 @@ test: tools vet
 # The real-peer suite (its own Go module under e2e/; builds and caches the peers first).
 e2e:
 	cd e2e && $(GO) run ./cmd/peers
-	cd e2e && $(GO) test -count=1 -timeout 45m ./...
+	cd e2e && $(GO) test -trimpath -count=1 -timeout 45m ./...
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseClientHello$$' -fuzztime 20s ./sni

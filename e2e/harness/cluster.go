@@ -155,6 +155,7 @@ func (c *Cluster) Namespace(t testing.TB, prefix string) string {
 // the peers' log tails if anything failed, and stops everything (also on SIGINT/SIGTERM).
 func Main(m *testing.M, o Options, shared **Cluster) int {
 	RunXDSClientIfRequested()
+	RemoveStaleTempRoots()
 	defer RemoveTempRoot()
 
 	l, err := peers.Locate()

@@ -367,13 +367,37 @@ var (
 func TempRoot() string {
 	tempRootOnce.Do(func() {
 		// Short paths: unix sockets of pilot-agent live below it (108-byte limit).
-		d, err := os.MkdirTemp("", "ewe2e-")
+		d, err := os.MkdirTemp("", tempPrefix)
 		if err != nil {
 			panic(fmt.Sprintf("harness: temp root: %v", err))
 		}
+		// The owner's pid lets a later run remove this root if this process dies without
+		// cleaning up (a panic or `go test -timeout`; its peers die with it by Pdeathsig).
+		_ = os.WriteFile(filepath.Join(d, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
 		tempRoot = d
 	})
 	return tempRoot
+}
+
+const tempPrefix = "ewe2e-"
+
+// RemoveStaleTempRoots removes the temp roots of earlier test processes that died without
+// cleaning up: those whose owner.pid names a process that no longer exists.
+func RemoveStaleTempRoots() {
+	roots, _ := filepath.Glob(filepath.Join(os.TempDir(), tempPrefix+"*"))
+	for _, r := range roots {
+		b, err := os.ReadFile(filepath.Join(r, "owner.pid"))
+		if err != nil {
+			continue // not ours, or being created right now
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(r)
+		}
+	}
 }
 
 // RemoveTempRoot removes TempRoot unless EWGATE_E2E_KEEP is set.

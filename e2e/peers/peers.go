@@ -44,6 +44,10 @@ const e2eModule = "github.com/ewgate/ewgate/e2e"
 // EnvDir overrides the cache directory (default: <repo>/.cache/peers).
 const EnvDir = "EWGATE_PEERS_DIR"
 
+// EnvBuildKubectl set to anything builds kubectl into the cache even when one is on the PATH
+// (the harness prefers the cached one).
+const EnvBuildKubectl = "EWGATE_BUILD_KUBECTL"
+
 // Layout is the cache directory and the e2e module it builds from.
 //
 //	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent[,kubectl]}
@@ -220,7 +224,7 @@ func kubeLDFlags() string {
 
 func steps(l Layout) []step {
 	goVer := runtime.Version() // the toolchain building the fetcher builds the peers too
-	kube := func(name, pkg string) step {
+	kube := func(name, pkg string, tags ...string) step {
 		out := l.Bin(name)
 		return step{
 			name:    name,
@@ -228,18 +232,21 @@ func steps(l Layout) []step {
 			stamp:   fmt.Sprintf("%s k8s.io/kubernetes@%s %s ldflags=%q\n", name, KubeVersion, goVer, kubeLDFlags()),
 			outputs: []string{out},
 			do: func(ctx context.Context) error {
-				return l.goBuild(ctx, out, pkg, kubeLDFlags())
+				return l.goBuild(ctx, out, pkg, kubeLDFlags(), tags...)
 			},
 		}
 	}
 	apiserver := kube("kube-apiserver", "./cmd/kube-apiserver")
-	kubectl := kube("kubectl", "./cmd/kubectl")
+	kubectl := kube("kubectl", "./cmd/kubectl", "e2e_kubectl")
 	kubectl.skip = func() (bool, string) {
 		if fileExists(l.Bin("kubectl")) {
 			return false, ""
 		}
+		if os.Getenv(EnvBuildKubectl) != "" {
+			return false, ""
+		}
 		if p, err := exec.LookPath("kubectl"); err == nil {
-			return true, "using " + p + " from the PATH"
+			return true, "using " + p + " from the PATH (" + EnvBuildKubectl + "=1 builds the pinned one)"
 		}
 		return false, ""
 	}
@@ -282,9 +289,12 @@ func steps(l Layout) []step {
 
 // goBuild builds a main package of the e2e module into out (atomically: a failed build leaves
 // no half-written binary behind).
-func (l Layout) goBuild(ctx context.Context, out, pkg, ldflags string) error {
+func (l Layout) goBuild(ctx context.Context, out, pkg, ldflags string, tags ...string) error {
 	tmp := out + ".tmp"
 	args := []string{"build", "-trimpath", "-o", tmp}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
 	if ldflags != "" {
 		args = append(args, "-ldflags", ldflags)
 	}

@@ -1,5 +1,8 @@
+//go:build e2e_kubectl
+
 // Command kubectl is the upstream kubectl, built from the k8s.io/kubernetes module at the version
-// pinned in e2e/go.mod. The e2e peer fetcher builds it only when no kubectl is on the PATH.
+// pinned in e2e/go.mod. The e2e peer fetcher builds it (with -tags e2e_kubectl) only when no kubectl
+// is on the PATH; the tag keeps `go test ./...` from compiling kubectl for nothing.
 package main
 
 import (

@@ -141,8 +141,8 @@ func (p *Proc) stop(grace time.Duration) error {
 			}
 		}
 	}
-	// The leader is gone; anything it left in its group goes too.
-	_ = syscall.Kill(-p.PID(), syscall.SIGKILL)
+	// No group kill after the leader is reaped: its pid (the group id) may be reused. The peers
+	// run no children of their own; SIGTERM/SIGKILL above went to the whole group while it lived.
 	p.log.Close()
 	if keepDirs() {
 		return nil

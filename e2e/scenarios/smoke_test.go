@@ -207,3 +207,41 @@ func TestOIDCDiscoveryAnonymous(t *testing.T) {
 		t.Fatalf("jwks %+v", jwks)
 	}
 }
+
+// The Gateway and ServiceEntry helpers make objects the apiserver accepts under the real CRD
+// schemas, as kubectl shows.
+func TestGatewayAndServiceEntryHelpers(t *testing.T) {
+	cluster.LogOnFailure(t)
+	ctx := harness.Context(t, 60*time.Second)
+	ns := cluster.Namespace(t, "objects")
+	if _, err := cluster.API.CreateGateway(ctx, ns, "eastwest", harness.EastWestGateway(15443)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "reviews", map[string]any{
+		"hosts":      []any{"reviews." + ns + ".svc.cluster.local"},
+		"location":   "MESH_INTERNAL",
+		"resolution": "STATIC",
+		"ports":      []any{map[string]any{"number": int64(9080), "name": "http", "protocol": "HTTP"}},
+		"workloadSelector": map[string]any{
+			"labels": map[string]any{"app": "reviews"},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cluster.API.Kubectl(ctx, "-n", ns, "get", "gateways,serviceentries", "-o",
+		`jsonpath={range .items[*]}{.kind}/{.metadata.name}:{.spec.servers[0].tls.mode}{.spec.location}{"\n"}{end}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Fields(string(out))
+	want := []string{"Gateway/eastwest:AUTO_PASSTHROUGH", "ServiceEntry/reviews:MESH_INTERNAL"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("kubectl: %q, want %q", got, want)
+	}
+	// A spec the CRD schema refuses is refused (the schemas are real, not permissive).
+	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "bad", map[string]any{
+		"hosts": []any{"bad.example"}, "location": "NOT_A_LOCATION",
+	}); err == nil {
+		t.Fatal("a ServiceEntry with location NOT_A_LOCATION was accepted")
+	}
+}

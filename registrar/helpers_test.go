@@ -8,9 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/ewgate/ewgate/registrar"
 	"github.com/ewgate/ewgate/registrar/internal/fakeclock"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const ns = "vm-ns"
 

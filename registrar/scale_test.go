@@ -1,10 +1,13 @@
 package registrar_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,43 +34,20 @@ func (v *churnVM) open() int {
 // a replica that holds one of its streams, and nothing else. Seeded: a failure replays.
 func TestChurn(t *testing.T) {
 	const (
-		vms      = 1000
-		ops      = 5000
-		budget   = 60 * time.Second // of real time for the random phase
-		replicas = 2
+		vms    = 1000
+		ops    = 5000
+		budget = 60 * time.Second // of real time for the random phase
 	)
 	e := newEnv(t)
 	e.store = openFileStore(t, t.TempDir())
 	e.putGroup(webGroup())
 	rigs := []*rig{e.start("gw-a"), e.start("gw-b")}
-	rng := rand.New(rand.NewPCG(2026, 5))
 	fleet := make([]*churnVM, vms)
 	for i := range fleet {
 		fleet[i] = &churnVM{ip: fmt.Sprintf("10.%d.%d.1", 1+i/250, i%250), sessions: map[int][]*registrar.Session{}}
 	}
 	start := time.Now()
-	done := 0
-	for ; done < ops && time.Since(start) < budget; done++ {
-		i := rng.IntN(vms)
-		v := fleet[i]
-		if v.open() == 0 || rng.IntN(100) < 55 {
-			if v.open() == 0 && rng.IntN(100) < 10 {
-				v.ip = fmt.Sprintf("10.9.%d.%d", rng.IntN(250), 1+rng.IntN(250)) // back with a new address
-			}
-			k := rng.IntN(replicas)
-			v.sessions[k] = append(v.sessions[k], rigs[k].connect(t, request(i, v.ip)))
-		} else {
-			closeRandom(rng, v)
-		}
-		if rng.IntN(20) == 0 {
-			e.clock.Advance(time.Duration(rng.IntN(3000)) * time.Millisecond)
-		}
-		if done%100 == 99 { // let writes land between bursts, so later events meet written entries
-			for _, g := range rigs {
-				g.settle(t)
-			}
-		}
-	}
+	done := churnOps(t, e, rigs, fleet, ops, budget)
 	connected := 0
 	for _, v := range fleet {
 		if v.open() > 0 {
@@ -94,6 +74,36 @@ func TestChurn(t *testing.T) {
 	if d := churnDiff(t, e, fleet, rigs); d != "" {
 		t.Fatal(d)
 	}
+}
+
+// churnOps runs up to ops random connects and closes (seeded), within budget of real time.
+func churnOps(t *testing.T, e *env, rigs []*rig, fleet []*churnVM, ops int, budget time.Duration) int {
+	rng := rand.New(rand.NewPCG(2026, 5))
+	start := time.Now()
+	done, moved := 0, 0
+	for ; done < ops && time.Since(start) < budget; done++ {
+		i := rng.IntN(len(fleet))
+		v := fleet[i]
+		if v.open() == 0 || rng.IntN(100) < 55 {
+			if v.open() == 0 && rng.IntN(100) < 10 {
+				v.ip = fmt.Sprintf("10.9.%d.%d", moved/250, 1+moved%250) // back with a new address
+				moved++
+			}
+			k := rng.IntN(len(rigs))
+			v.sessions[k] = append(v.sessions[k], rigs[k].connect(t, request(i, v.ip)))
+		} else {
+			closeRandom(rng, v)
+		}
+		if rng.IntN(20) == 0 {
+			e.clock.Advance(time.Duration(rng.IntN(3000)) * time.Millisecond)
+		}
+		if done%100 == 99 { // let writes land between bursts, so later events meet written entries
+			for _, g := range rigs {
+				g.settle(t)
+			}
+		}
+	}
+	return done
 }
 
 func closeRandom(rng *rand.Rand, v *churnVM) {
@@ -160,4 +170,58 @@ func churnDiff(t *testing.T, e *env, fleet []*churnVM, rigs []*rig) string {
 
 func first(names []string) []string {
 	return names[:min(5, len(names))]
+}
+
+// BenchmarkRegister measures registrations per second against the file store: a VM connects
+// and the benchmark waits until its entry is on disk (synced). Sequential: one VM at a time, the
+// latency of one registration; parallel: 64 VMs connecting at once, the throughput of the
+// registrar's workers sharing the store.
+func BenchmarkRegister(b *testing.B) {
+	b.Run("file/sequential", func(b *testing.B) { benchRegister(b, 1) })
+	b.Run("file/parallel64", func(b *testing.B) { benchRegister(b, 64) })
+}
+
+func benchRegister(b *testing.B, conc int) {
+	s, err := registrar.OpenFileStore(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.WorkloadGroups().Create(context.Background(), webGroup()); err != nil {
+		b.Fatal(err)
+	}
+	r, err := registrar.New(registrar.Config{Instance: "gw-bench"}, registrar.Options{Store: s})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = r.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	var workers sync.WaitGroup
+	for range conc {
+		workers.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				req := request(i, fmt.Sprintf("10.%d.%d.%d", 100+i>>16&0xff, i>>8&0xff, i&0xff))
+				sess, err := r.Connect(ctx, req)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				<-sess.Registered()
+			}
+		})
+	}
+	workers.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "regs/s")
 }

@@ -133,15 +133,34 @@ func EntryName(group string, ip netip.Addr, network string) string {
 	if len(name) > 253 {
 		name = name[len(name)-253:]
 	}
-	return sanitizeName(name)
+	if name = sanitizeName(name); name == "" { // only for names istiod could not have made either
+		name = sanitizeName("vm-" + strings.ReplaceAll(ip.WithZone("").String(), ":", "-"))
+	}
+	return name
+}
+
+// validNetwork accepts what can be a Kubernetes label value (topology.istio.io/network is one).
+func validNetwork(s string) bool {
+	if len(s) > 63 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // sanitizeName makes s a DNS subdomain: lower case, [a-z0-9-.], each dot-separated label
 // starting and ending with an alphanumeric.
 func sanitizeName(s string) string {
-	b := []byte(strings.ToLower(s))
+	b := []byte(s) // byte by byte: never longer than s, whatever its encoding
 	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+		switch {
+		case c >= 'A' && c <= 'Z':
+			b[i] = c + 'a' - 'A'
+		case !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.'):
 			b[i] = '-'
 		}
 	}

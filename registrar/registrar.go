@@ -165,6 +165,9 @@ func (r *Registrar) admit(ctx context.Context, req *Request) (*workload, error) 
 	if req.Node.ID == "" {
 		return nil, fmt.Errorf("%w: empty node id", ErrInvalidNode)
 	}
+	if !validNetwork(req.Node.Network) {
+		return nil, fmt.Errorf("%w: NETWORK %q is not a valid label value", ErrInvalidNode, req.Node.Network)
+	}
 	if err := r.checkLabels(req.Node.Labels); err != nil {
 		return nil, err
 	}

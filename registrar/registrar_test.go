@@ -88,6 +88,7 @@ func TestConnectRefusals(t *testing.T) {
 		{"no instance ip", func(r *registrar.Request) { r.Node.InstanceIPs = nil }, registrar.ErrInvalidNode},
 		{"bad instance ip", func(r *registrar.Request) { r.Node.InstanceIPs = []string{"vm.example"} }, registrar.ErrInvalidNode},
 		{"no group metadata", func(r *registrar.Request) { r.Node.AutoRegisterGroup = "" }, registrar.ErrInvalidNode},
+		{"bad network", func(r *registrar.Request) { r.Node.Network = "net/../x y" }, registrar.ErrInvalidNode},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -188,4 +189,32 @@ func TestIPv6Registration(t *testing.T) {
 	if got.Spec.Address != "fd00::1" {
 		t.Fatalf("address %s", got.Spec.Address)
 	}
+}
+
+// FuzzEntryName: whatever the group, address and network, the name is a valid Kubernetes name
+// of at most 253 characters, and the same inputs give the same name.
+func FuzzEntryName(f *testing.F) {
+	f.Add("web", []byte{10, 0, 0, 5}, "vm-net")
+	f.Add(strings.Repeat("ab-", 100), []byte{0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, "Net_1")
+	f.Add("-.-", []byte{1, 2, 3, 4}, "..")
+	f.Fuzz(func(t *testing.T, group string, ip []byte, network string) {
+		addr, ok := netip.AddrFromSlice(ip)
+		if !ok {
+			return
+		}
+		name := registrar.EntryName(group, addr, network)
+		if len(name) > 253 || name != registrar.EntryName(group, addr, network) {
+			t.Fatalf("EntryName(%q, %s, %q) = %q", group, addr, network, name)
+		}
+		for label := range strings.SplitSeq(name, ".") {
+			if label == "" || label[0] == '-' || label[len(label)-1] == '-' {
+				t.Fatalf("EntryName(%q, %s, %q) = %q: bad label %q", group, addr, network, name, label)
+			}
+			for _, c := range label {
+				if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+					t.Fatalf("EntryName(%q, %s, %q) = %q: bad character %q", group, addr, network, name, c)
+				}
+			}
+		}
+	})
 }

@@ -43,7 +43,9 @@ type Store interface {
 //     opts.LabelSelector; it returns the resource version of the listing, from which Watch
 //     continues without a gap.
 //   - Watch sends every change after resourceVersion ("" = from now), in resource-version order,
-//     for one namespace or all (""). The channel is closed when ctx ends or when the store gives
+//     for one namespace or all (""). "From now" sends no events for objects that already exist
+//     (a Kubernetes store gets it by watching from a List's resourceVersion: an unset one would
+//     replay every object as ADDED). The channel is closed when ctx ends or when the store gives
 //     up on a slow watcher; the caller then lists and watches again. ErrGone if resourceVersion
 //     is older than the store remembers.
 type Resource[T Object[T]] interface {

@@ -258,3 +258,69 @@ func TestHealth(t *testing.T) {
 		t.Fatal("health accepted for a disconnected VM")
 	}
 }
+
+// TestForeignEntryUntouched: an entry of the same name written by hand (no
+// istio.io/autoRegistrationGroup) is never overwritten; the VM's write keeps retrying.
+func TestForeignEntryUntouched(t *testing.T) {
+	e := newEnv(t)
+	manual := &registrar.WorkloadEntry{
+		ObjectMeta: registrar.ObjectMeta{Name: entry1, Namespace: ns},
+		Spec:       registrar.WorkloadEntrySpec{Address: "10.0.0.1", Labels: map[string]string{"app": "legacy"}},
+	}
+	before, err := e.store.WorkloadEntries().Create(t.Context(), manual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := e.start("gw-a")
+	g.connect(t, request(1, "10.0.0.1"))
+	e.advance(5*time.Second, 100*time.Millisecond, g)
+	if got := e.mustEntry(entry1); got.ResourceVersion != before.ResourceVersion {
+		t.Fatalf("hand-written entry overwritten: %v", got.Annotations)
+	}
+	if regs := g.Registrations(); regs[0].State != "pending" || regs[0].LastError == "" {
+		t.Fatalf("registration %+v", regs[0])
+	}
+}
+
+// TestAddressCollision: a second VM claiming the address of a connected VM does not take its
+// entry (istio#43950); it gets it once the first VM has gone.
+func TestAddressCollision(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.start("gw-a"), e.start("gw-b")
+	first := a.connect(t, request(1, "10.0.0.1"))
+	registered(t, first)
+	e.clock.Advance(time.Second)
+	second := b.connect(t, request(2, "10.0.0.1"))
+	e.advance(3*time.Second, 100*time.Millisecond, a, b)
+	got := e.mustEntry(entry1)
+	if got.Annotations[registrar.AnnotationWorkloadController] != "gw-a" ||
+		got.Annotations[registrar.AnnotationNode] != "sidecar~vm-1.vm-ns~vm-ns.svc.cluster.local" {
+		t.Fatalf("entry taken by the second VM: %v", got.Annotations)
+	}
+	first.Close()
+	e.advanceUntil("second VM registered after the first left", time.Second, time.Minute, func() bool {
+		x := e.entry(entry1)
+		return x != nil && x.Annotations[registrar.AnnotationNode] == "sidecar~vm-2.vm-ns~vm-ns.svc.cluster.local" &&
+			x.Annotations[registrar.AnnotationDisconnectedAt] == ""
+	}, a, b)
+	registered(t, second)
+}
+
+// TestLeaseRenewed: a replica's Lease is created at start and renewed on its interval.
+func TestLeaseRenewed(t *testing.T) {
+	e := newEnv(t)
+	g := e.start("gw-a")
+	eventually(t, "lease created", func() bool {
+		_, err := e.store.Leases().Get(t.Context(), "istio-system", "gw-a")
+		return err == nil
+	})
+	e.advance(25*time.Second, 5*time.Second, g)
+	l, err := e.store.Leases().Get(t.Context(), "istio-system", "gw-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Spec.HolderIdentity != "gw-a" || l.Spec.LeaseDurationSeconds != 30 || !l.Spec.RenewTime.Equal(t0.Add(20*time.Second)) ||
+		!l.Spec.AcquireTime.Equal(t0) || l.Expired(t0.Add(45*time.Second)) {
+		t.Fatalf("lease %+v", l.Spec)
+	}
+}

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -135,6 +136,29 @@ func (i *Istiod) RootCert(ctx context.Context, api *APIServer, ns string) ([]byt
 // Metrics returns istiod's Prometheus text.
 func (i *Istiod) Metrics(ctx context.Context) (string, error) {
 	return httpGetBody(ctx, "http://"+i.MonitoringAddr+"/metrics")
+}
+
+// XDSConnection is one ADS stream istiod holds (its /debug/connections).
+type XDSConnection struct {
+	ConnectionID string    `json:"connectionId"` // <node id>-<n>, e.g. web1.vm-ns-1
+	ConnectedAt  time.Time `json:"connectedAt"`
+	Address      string    `json:"address"` // the peer's address as istiod sees it
+}
+
+// Connections lists the ADS streams istiod holds now. Scenarios use it to show that a refused VM
+// never reached istiod.
+func (i *Istiod) Connections(ctx context.Context) ([]XDSConnection, error) {
+	body, err := httpGetBody(ctx, "http://"+i.HTTPAddr+"/debug/connections")
+	if err != nil {
+		return nil, fmt.Errorf("harness: istiod connections: %w", err)
+	}
+	var out struct {
+		Connected []XDSConnection `json:"clients"`
+	}
+	if err := json.Unmarshal([]byte(body), &out); err != nil {
+		return nil, fmt.Errorf("harness: istiod connections: %w", err)
+	}
+	return out.Connected, nil
 }
 
 // Stop stops istiod.

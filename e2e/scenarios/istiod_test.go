@@ -132,6 +132,9 @@ func TestVMOnboardingDirectToIstiod(t *testing.T) {
 	if l, _ := cluster.API.ListWorkloadEntries(ctx, ns); len(l) != 1 {
 		t.Errorf("%d entries, want 1", len(l))
 	}
+	if n := istiodStreams(t, "web1."+ns+"-"); n != 1 {
+		t.Errorf("istiod holds %d ADS streams of the VM, want 1", n)
+	}
 
 	// The VM goes away: disconnectedAt, then deletion after the grace period (10 s by default).
 	if err := client.Stop(5 * time.Second); err != nil {
@@ -151,6 +154,26 @@ func TestVMOnboardingDirectToIstiod(t *testing.T) {
 	if err := cluster.API.WaitWorkloadEntryGone(harness.Context(t, 60*time.Second), ns, name); err != nil {
 		t.Fatal(err)
 	}
+	if n := istiodStreams(t, "web1."+ns+"-"); n != 0 {
+		t.Errorf("istiod still holds %d ADS streams of the stopped VM", n)
+	}
+}
+
+// istiodStreams counts istiod's ADS streams whose connection id starts with prefix
+// (<POD_NAME>.<namespace>-).
+func istiodStreams(t *testing.T, prefix string) int {
+	t.Helper()
+	conns, err := cluster.Istiod.Connections(harness.Context(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range conns {
+		if strings.HasPrefix(c.ConnectionID, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 // A token for another audience gets no certificate: istiod's TokenReview refuses it.
@@ -179,6 +202,9 @@ func TestVMWrongAudienceRefused(t *testing.T) {
 	}
 	if l, err := cluster.API.ListWorkloadEntries(ctx, ns); err != nil || len(l) != 0 {
 		t.Fatalf("entries: %d %v", len(l), err)
+	}
+	if n := istiodStreams(t, "bad1."+ns+"-"); n != 0 {
+		t.Fatalf("istiod holds %d ADS streams of the refused VM", n)
 	}
 }
 

@@ -16,7 +16,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ewgate/ewgate/gateway/config"
-	"github.com/ewgate/ewgate/sni"
 )
 
 func TestMain(m *testing.M) {
@@ -110,7 +109,7 @@ func TestMeshRefusals(t *testing.T) {
 					t.Fatalf("read: %v", err)
 				}
 			case tt.stall:
-				hello := captureHello(t, tt.sni, tt.alpn)
+				hello := helloBytes(t, tt.sni, tt.alpn)
 				c := dialRaw(t, g.addr("mesh"))
 				c.Write(hello[:len(hello)/2])
 				c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -440,20 +439,4 @@ func dialRaw(t *testing.T, addr string) net.Conn {
 
 func isReset(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "connection reset") || errors.Is(err, io.EOF))
-}
-
-// captureHello returns the bytes a crypto/tls client sends as its ClientHello.
-func captureHello(t *testing.T, serverName string, alpn []string) []byte {
-	t.Helper()
-	a, b := net.Pipe()
-	go func() {
-		tls.Client(a, &tls.Config{ServerName: serverName, NextProtos: alpn, InsecureSkipVerify: true}).Handshake()
-		a.Close()
-	}()
-	_, hello, err := sni.Peek(b, sni.PeekOptions{})
-	b.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return hello
 }

@@ -2,16 +2,19 @@ package gateway
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +26,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/sni"
 )
 
 // testPKI is a CA and the leaf certificates the backends serve; made fresh for every test.
@@ -279,4 +283,36 @@ func cluster(name, listener, policy string, endpoints ...string) string {
 		s += fmt.Sprintf("      - address: %s\n", e)
 	}
 	return s
+}
+
+func writePEM(t testing.TB, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func marshalKey(t testing.TB, k crypto.PrivateKey) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// helloBytes returns the bytes a crypto/tls client sends as its ClientHello.
+func helloBytes(t testing.TB, serverName string, alpn []string) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	go func() {
+		tls.Client(a, &tls.Config{ServerName: serverName, NextProtos: alpn, InsecureSkipVerify: true}).Handshake()
+		a.Close()
+	}()
+	_, hello, err := sni.Peek(b, sni.PeekOptions{})
+	b.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hello
 }

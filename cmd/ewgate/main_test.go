@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The tests run the real binaries: ewgate and the demo backend `make run` uses.
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ewgate-bin")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	for _, pkg := range []string{".", "../ewgate-demo"} {
+		out, err := exec.Command("go", "build", "-o", dir, pkg).CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func ewgate(args ...string) *exec.Cmd {
+	return exec.Command(filepath.Join(binDir, "ewgate"), args...)
+}
+
+const example = "../../deploy/local/ewgate.yaml"
+
+func TestCheck(t *testing.T) {
+	out, err := ewgate("check", "--config", example).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "valid (2 listeners, 2 clusters)") {
+		t.Fatalf("check on the example: %v\n%s", err, out)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("listeners:\n  - name: mesh\n    kind: mesh\n    address: nowhere\n"), 0o600)
+	out, err = ewgate("check", "--config", bad).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("check on an invalid file: %v; want exit 1", err)
+	}
+	if want := bad + `:4: listeners[0].address: "nowhere" is not host:port`; !strings.Contains(string(out), want) {
+		t.Fatalf("check output:\n%s\nwant:\n%s", out, want)
+	}
+	if err := ewgate("check").Run(); err == nil {
+		t.Fatal("check without --config succeeded")
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := ewgate("version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "ewgate ") {
+		t.Fatalf("version: %v %s", err, out)
+	}
+}
+
+// process is a running `ewgate serve` whose JSON log lines are collected.
+type process struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs []map[string]any
+	done chan error
+}
+
+func startServe(t *testing.T, config string) *process {
+	t.Helper()
+	p := &process{cmd: ewgate("serve", "--config", config), done: make(chan error, 1)}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				p.mu.Lock()
+				p.logs = append(p.logs, m)
+				p.mu.Unlock()
+			}
+		}
+		p.done <- p.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		if t.Failed() {
+			p.mu.Lock()
+			for _, l := range p.logs {
+				t.Logf("ewgate: %v", l)
+			}
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+// find returns the log lines with this message.
+func (p *process) find(msg string) []map[string]any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []map[string]any
+	for _, l := range p.logs {
+		if l["msg"] == msg {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func (p *process) addr(t *testing.T, listener string) string {
+	t.Helper()
+	var addr string
+	eventually(t, listener+" listening", func() bool {
+		for _, l := range p.find("listening") {
+			if l["listener"] == listener {
+				addr = l["address"].(string)
+				return true
+			}
+		}
+		return false
+	})
+	return addr
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for wait := time.Millisecond; !cond(); wait = min(wait*2, 50*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(wait)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestServeExampleReloadDrain runs the example config (ports moved to free ones) with the demo
+// backend, sends the README's openssl s_client line through it, reloads by file change and by
+// SIGHUP, refuses an invalid file while serving on, and drains on SIGTERM.
+func TestServeExampleReloadDrain(t *testing.T) {
+	raw, err := os.ReadFile(example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoAddr := freeAddr(t)
+	cfg := strings.NewReplacer(
+		"127.0.0.1:15021", "127.0.0.1:0", "127.0.0.1:15443", "127.0.0.1:0", "127.0.0.1:15444", "127.0.0.1:0",
+		"127.0.0.1:18443", demoAddr, "watch_interval: 2s", "watch_interval: 50ms", "drain_timeout: 30s", "drain_timeout: 20s",
+	).Replace(string(raw))
+	path := filepath.Join(t.TempDir(), "ewgate.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	demo := exec.Command(filepath.Join(binDir, "ewgate-demo"), "--listen", demoAddr)
+	if err := demo.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { demo.Process.Kill(); demo.Wait() })
+
+	p := startServe(t, path)
+	admin := "http://" + p.addr(t, "admin")
+	mesh := p.addr(t, "mesh")
+	eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
+
+	// The README's line, pointed at this gateway.
+	readme, _ := os.ReadFile("../../README.md")
+	if !strings.Contains(string(readme), "openssl s_client -connect 127.0.0.1:15443 -servername outbound_.8443_._.demo.default.svc.cluster.local -alpn istio") {
+		t.Fatal("README lost its openssl s_client line (or it no longer matches the example config)")
+	}
+	out := sClient(t, "-connect", mesh, "-servername", "outbound_.8443_._.demo.default.svc.cluster.local", "-alpn", "istio")
+	if !strings.Contains(out, "hello from the ewgate demo backend") {
+		t.Fatalf("s_client through the gateway did not reach the demo backend:\n%s", out)
+	}
+
+	// An invalid file is refused; the old routes keep serving.
+	os.WriteFile(path, []byte(cfg+"bogus_key: 1\n"), 0o600)
+	eventually(t, "refused reload", func() bool { return len(p.find("config reload refused; the previous config keeps serving")) == 1 })
+	if _, body := httpGet(t, admin+"/metrics"); !strings.Contains(body, `ewgate_config_reloads_total{result="failed"} 1`) {
+		t.Fatal("failed reload not counted")
+	}
+	if refused := p.find("config reload refused; the previous config keeps serving")[0]; !strings.Contains(refused["error"].(string), `unknown key "bogus_key"`) {
+		t.Fatalf("refusal does not name the key: %v", refused)
+	}
+	// A valid change is picked up from the file.
+	os.WriteFile(path, []byte(strings.Replace(cfg, "[demo.example.com,", "[demo2.example.com, demo.example.com,", 1)), 0o600)
+	eventually(t, "route from the changed file", func() bool {
+		_, body := httpGet(t, admin+"/debug/routes")
+		return strings.Contains(body, "demo2.example.com")
+	})
+	// SIGHUP reloads too.
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "SIGHUP reload", func() bool {
+		for _, l := range p.find("config reloaded") {
+			if l["trigger"] == "SIGHUP" {
+				return true
+			}
+		}
+		return false
+	})
+
+	// SIGTERM with a connection open: not ready, the connection still works, exit 0 when it ends.
+	c, err := net.Dial("tcp", mesh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := tlsClient(c, "outbound_.8443_._.demo.default.svc.cluster.local")
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	eventually(t, "not ready while draining", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 503 })
+	br := bufio.NewReader(tc)
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "hello from the ewgate demo backend") {
+		t.Fatalf("open connection during drain: %q %v", line, err)
+	}
+	fmt.Fprintf(tc, "still here\n")
+	br.ReadString('\n') // "type a line..."
+	if line, err := br.ReadString('\n'); err != nil || line != "echo: still here\n" {
+		t.Fatalf("echo during drain: %q %v", line, err)
+	}
+	select {
+	case err := <-p.done:
+		t.Fatalf("ewgate exited (%v) with a connection open inside the drain period", err)
+	default:
+	}
+	tc.Close()
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("exit after drain: %v; want 0", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("ewgate did not exit after its last connection closed")
+	}
+}
+
+// sClient runs openssl s_client until the demo greeting arrives (bounded), then closes stdin.
+func sClient(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "openssl", append([]string{"s_client"}, args...)...)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer stdin.Close()
+	var b strings.Builder
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		b.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "hello from the ewgate demo backend") {
+			break
+		}
+	}
+	return b.String()
+}

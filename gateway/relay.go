@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -63,7 +62,9 @@ func (r *relay) run() (up, down int64, err error) {
 }
 
 // copyHalf copies src to dst until EOF, then half-closes dst so the peer sees the EOF while
-// the other direction goes on. An error ends the whole pair.
+// the other direction goes on. A read or write error ends the whole pair. A failed half-close
+// is not an error of the transfer: the peer has already gone (ENOTCONN), and the other
+// direction finds that out by itself.
 func (r *relay) copyHalf(dst, src net.Conn) (int64, error) {
 	n, err := io.Copy(dst, src)
 	if err != nil {
@@ -71,10 +72,7 @@ func (r *relay) copyHalf(dst, src net.Conn) (int64, error) {
 		return n, err
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
-			r.close()
-			return n, err
-		}
+		cw.CloseWrite()
 	} else {
 		r.close()
 	}

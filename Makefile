@@ -50,8 +50,11 @@ e2e:
 	cd e2e && $(GO) run ./cmd/peers
 	cd e2e && $(GO) test -trimpath -count=1 -timeout 45m ./...
 
+# Each fuzz target also runs as a unit test on its seeds; here each gets a short real fuzzing run.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseClientHello$$' -fuzztime 20s ./sni
+	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime 10s ./gateway/proxyproto
+	$(GO) test -run '^$$' -fuzz '^FuzzEntryName$$' -fuzztime 10s ./registrar
 
 clean:
 	rm -rf $(BIN)

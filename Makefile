@@ -5,10 +5,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-# Debian packages the tests drive as real peers (see docs/testing.md).
-APT_TOOLS := openssl curl gnutls-bin
-
-.PHONY: all build run test unit vet fmt-check fuzz tools e2e bench clean
+.PHONY: all build run test unit vet fuzz tools e2e clean
 
 all: build
 
@@ -20,12 +17,12 @@ build:
 run: build
 	./deploy/local/run.sh $(BIN)
 
-# Installs what the tests need that a fresh machine lacks (as root, through apt).
+# Installs the real clients and servers the tests drive (openssl s_client/s_server, curl) when a
+# machine lacks them (as root, through apt). Captured ClientHellos of other clients are in sni/testdata.
 tools:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
-	command -v gnutls-cli >/dev/null || missing="$$missing gnutls-bin"; \
 	if [ -n "$$missing" ]; then \
 		echo "tools: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -77,6 +77,8 @@ type routeView struct {
 type endpointView struct {
 	Address      string     `json:"address"`
 	Weight       uint32     `json:"weight"`
+	Locality     string     `json:"locality,omitempty"`
+	Network      string     `json:"network,omitempty"`
 	Active       int64      `json:"active_connections"`
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
 }
@@ -105,7 +107,7 @@ func (g *Gateway) routesView() routesView {
 func clusterView(match string, c *Cluster, now int64) routeView {
 	rv := routeView{Match: match, Cluster: c.Name, Policy: c.Config.LBPolicy}
 	for _, e := range c.Endpoints {
-		ev := endpointView{Address: e.Address, Weight: e.Weight, Active: e.state.active.Load()}
+		ev := endpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network, Active: e.state.active.Load()}
 		if until := e.state.ejectedUntil.Load(); until > now {
 			t := time.Unix(0, until).UTC()
 			ev.EjectedUntil = &t

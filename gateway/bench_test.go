@@ -24,7 +24,7 @@ func BenchmarkRouteMesh10k(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s := buildSnapshot(f, &states{}, 1, time.Now())
+	s := buildSnapshot(f, nil, &states{}, 1, time.Now())
 	t := s.Table("mesh")
 	h := &sni.Hello{ServerName: sni.OutboundName(8777, "", "svc7777.ns.svc.cluster.local"), ALPN: []string{"istio"}}
 	b.ReportAllocs()

@@ -12,9 +12,11 @@ import (
 // state object shared by every snapshot that lists the same cluster and address, so a config
 // reload or an xDS push keeps ejections and connection counts.
 type Endpoint struct {
-	Address string
-	Weight  uint32
-	state   *endpointState
+	Address  string
+	Weight   uint32
+	Locality string // xDS endpoints: region/zone/subzone
+	Network  string // xDS endpoints
+	state    *endpointState
 }
 
 // endpointState is the mutable part of an endpoint: passive health and active connections.

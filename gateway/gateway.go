@@ -47,6 +47,7 @@ type Options struct {
 type Gateway struct {
 	log  *zap.Logger
 	m    *metrics
+	dm   *dynamicMetrics
 	dial func(ctx context.Context, network, address string) (net.Conn, error)
 	now  func() time.Time
 
@@ -56,7 +57,10 @@ type Gateway struct {
 	draining atomic.Bool // Shutdown began: no accepting, not ready
 	cutting  atomic.Bool // the drain deadline passed: every connection is being closed
 
-	mu        sync.Mutex // guards listeners, conns, version and serialises Apply
+	mu        sync.Mutex // guards listeners, conns, version, cfg, dynamic and serialises Apply
+	cfg       *config.File
+	dynamic   map[string]map[string]*dynamicCluster // routes_from: xds listener -> cluster name -> cluster
+	pending   atomic.Bool                           // a routes_from: xds listener has had no table yet
 	listeners map[string]*listener
 	conns     map[*relayConn]struct{}
 	version   uint64
@@ -83,6 +87,8 @@ func New(opts Options) *Gateway {
 	g := &Gateway{
 		log:       opts.Logger,
 		m:         newMetrics(opts.Registerer),
+		dm:        newDynamicMetrics(opts.Registerer),
+		dynamic:   map[string]map[string]*dynamicCluster{},
 		dial:      opts.DialContext,
 		now:       opts.Now,
 		listeners: map[string]*listener{},
@@ -117,9 +123,17 @@ func (g *Gateway) Apply(f *config.File) error {
 		g.m.reloads.WithLabelValues("failed").Inc()
 		return err
 	}
-	g.version++
-	s := buildSnapshot(f, &g.states, g.version, g.now())
-	g.snap.Store(s)
+	for _, lc := range f.Listeners {
+		if lc.Kind != config.KindMesh || lc.RoutesFrom != config.RoutesXDS {
+			// Its built clusters hold endpoint states this snapshot forgets; rebuild them if
+			// the listener takes routes from xds again.
+			for _, dc := range g.dynamic[lc.Name] {
+				dc.c = nil
+			}
+		}
+	}
+	g.cfg = f
+	g.swapLocked()
 	keep := map[string]bool{}
 	for _, lc := range f.Listeners {
 		keep[lc.Name] = true
@@ -136,10 +150,19 @@ func (g *Gateway) Apply(f *config.File) error {
 		go g.acceptLoop(l)
 	}
 	g.m.reloads.WithLabelValues("ok").Inc()
-	g.m.snapshotVer.Set(float64(s.Version))
-	g.m.snapshotAt.Set(float64(s.Built.Unix()))
 	g.ready.Store(true)
 	return nil
+}
+
+// swapLocked builds a snapshot from the serving config and the dynamic clusters and makes it
+// serve new connections. g.mu is held.
+func (g *Gateway) swapLocked() {
+	g.version++
+	s := buildSnapshot(g.cfg, g.dynamic, &g.states, g.version, g.now())
+	g.snap.Store(s)
+	g.pending.Store(xdsPending(g.cfg, g.dynamic))
+	g.m.snapshotVer.Set(float64(s.Version))
+	g.m.snapshotAt.Set(float64(s.Built.Unix()))
 }
 
 // bindNew binds every listener of f that is not already bound at the same address. On error it
@@ -184,8 +207,9 @@ func (g *Gateway) Addr(name string) net.Addr {
 	return nil
 }
 
-// Ready reports whether a config is serving and the gateway is not draining.
-func (g *Gateway) Ready() bool { return g.ready.Load() && !g.draining.Load() }
+// Ready reports whether a config is serving, every routes_from: xds listener has had its first
+// table (SetMeshClusters), and the gateway is not draining.
+func (g *Gateway) Ready() bool { return g.ready.Load() && !g.pending.Load() && !g.draining.Load() }
 
 // ActiveConnections is the number of connections open now, across listeners.
 func (g *Gateway) ActiveConnections() int {

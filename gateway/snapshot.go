@@ -51,6 +51,7 @@ type Cluster struct {
 	Config    config.Cluster
 	Endpoints []*Endpoint
 	lb        balancer
+	alpn      []string // from an xDS filter chain: the client must offer one of these
 }
 
 // Route returns the cluster for a ClientHello on this table's listener, or the reason there
@@ -76,6 +77,9 @@ func (t *Table) routeMesh(h *sni.Hello) (*Cluster, error) {
 	if c == nil {
 		return nil, ErrNoRoute
 	}
+	if len(c.alpn) > 0 && !offersAny(h.ALPN, c.alpn) {
+		return nil, ErrNoIstioALPN
+	}
 	return c, nil
 }
 
@@ -97,6 +101,17 @@ func (t *Table) routeIngress(h *sni.Hello) (*Cluster, error) {
 	return nil, ErrNoRoute
 }
 
+func offersAny(offered, want []string) bool {
+	for _, o := range offered {
+		for _, w := range want {
+			if o == w {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // trustsProxy reports whether a connection from a must start with a PROXY protocol header.
 func (t *Table) trustsProxy(a netip.Addr) bool {
 	a = a.Unmap()
@@ -108,15 +123,17 @@ func (t *Table) trustsProxy(a netip.Addr) bool {
 	return false
 }
 
-// buildSnapshot turns a validated config into a snapshot. st carries endpoint health across
-// snapshots; it may be shared by successive builds.
-func buildSnapshot(f *config.File, st *states, version uint64, now time.Time) *Snapshot {
+// buildSnapshot turns a validated config and the clusters route sources set for its
+// routes_from: xds listeners into a snapshot. st carries endpoint health across snapshots; it
+// may be shared by successive builds.
+func buildSnapshot(f *config.File, dyn map[string]map[string]*dynamicCluster, st *states, version uint64, now time.Time) *Snapshot {
 	var keys []stateKey
 	for _, c := range f.Clusters {
 		for _, e := range c.Endpoints {
 			keys = append(keys, stateKey{c.Name, e.Address})
 		}
 	}
+	keys = append(keys, dynamicStateKeys(f, dyn)...)
 	kept := st.retain(keys)
 	clusters := map[string]*Cluster{}
 	for _, cc := range f.Clusters {
@@ -135,7 +152,9 @@ func buildSnapshot(f *config.File, st *states, version uint64, now time.Time) *S
 				t.proxies = append(t.proxies, netip.MustParsePrefix(c)) // validated at load
 			}
 		}
-		if l.Kind == config.KindMesh {
+		if l.Kind == config.KindMesh && l.RoutesFrom == config.RoutesXDS {
+			addDynamic(t, dyn[l.Name], kept)
+		} else if l.Kind == config.KindMesh {
 			for _, c := range clusters {
 				if c.Config.Listener == l.Name {
 					t.exact[c.Name] = c

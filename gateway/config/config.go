@@ -31,6 +31,12 @@ const (
 	Maglev     = "maglev"
 )
 
+// Where a mesh listener's routes come from (Listener.RoutesFrom).
+const (
+	RoutesStatic = "static" // the clusters: list of this file
+	RoutesXDS    = "xds"    // an xDS control plane (istiod or the built-in one); no clusters: may name the listener
+)
+
 // Log formats.
 const (
 	LogJSON    = "json"
@@ -103,6 +109,10 @@ type Listener struct {
 	IdleTimeout    time.Duration  `yaml:"idle_timeout"`    // zero: 1h without a byte either way
 	ProxyProtocol  *ProxyProtocol `yaml:"proxy_protocol"`  // nil: no PROXY protocol
 	Routes         []Route        `yaml:"routes"`          // ingress only
+	// RoutesFrom (mesh only) says where the listener's clusters come from: static (the default,
+	// the clusters: list) or xds (the xDS client; then no cluster of this file may name the
+	// listener). One source per listener, so that nobody has to guess which one wins.
+	RoutesFrom string `yaml:"routes_from"`
 }
 
 // ProxyProtocol accepts a PROXY protocol v1/v2 header from trusted peers (a cloud load balancer).

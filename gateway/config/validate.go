@@ -55,6 +55,17 @@ func (l *Listener) setDefaults() {
 	if l.Kind == KindIngress && len(l.MeshDomains) == 0 {
 		l.MeshDomains = []string{DefaultMeshDomain}
 	}
+	if l.Kind == KindMesh && l.RoutesFrom == "" {
+		l.RoutesFrom = RoutesStatic
+	}
+}
+
+// MeshClusterDefaults returns a cluster of listener with every optional field at its default,
+// for clusters that do not come from this file (xDS).
+func MeshClusterDefaults(name, listener string) Cluster {
+	c := Cluster{Name: name, Listener: listener}
+	c.setDefaults()
+	return c
 }
 
 func (c *Cluster) setDefaults() {
@@ -155,9 +166,15 @@ func (f *File) validateListeners(v *validator) map[string]*Listener {
 			if len(l.MeshDomains) > 0 {
 				v.add(p+".mesh_domains", "only ingress listeners refuse mesh domains")
 			}
+			if l.RoutesFrom != RoutesStatic && l.RoutesFrom != RoutesXDS {
+				v.add(p+".routes_from", "%q is not a route source: want static (the clusters: list) or xds", l.RoutesFrom)
+			}
 		case KindIngress:
 			if l.RequireIstioALPN != nil {
 				v.add(p+".require_istio_alpn", "only mesh listeners check the Istio ALPN")
+			}
+			if l.RoutesFrom != "" {
+				v.add(p+".routes_from", "only mesh listeners take routes from xDS; ingress routes are the routes: list")
 			}
 		default:
 			v.add(p+".kind", "%q is not a listener kind: want mesh or ingress", l.Kind)
@@ -216,6 +233,8 @@ func (f *File) validateClusters(v *validator, listeners map[string]*Listener) ma
 			v.add(p+".listener", "required: the name of the listener this cluster serves")
 		case !ok:
 			v.add(p+".listener", "no listener is named %q", c.Listener)
+		case l.Kind == KindMesh && l.RoutesFrom == RoutesXDS:
+			v.add(p+".listener", "listener %q takes its routes from xDS (routes_from: xds); a static cluster may not name it", c.Listener)
 		case l.Kind == KindMesh:
 			n, err := sni.ParseIstioName(c.Name)
 			if err != nil || n.Direction != sni.Outbound {

@@ -69,6 +69,12 @@ type File struct {
 	Reload       Reload        `yaml:"reload"`
 	Listeners    []Listener    `yaml:"listeners"` // none: one mesh listener on 127.0.0.1:15443
 	Clusters     []Cluster     `yaml:"clusters"`
+	// XDS is the gateway's xDS client (routes of routes_from: xds listeners).
+	XDS XDS `yaml:"xds"`
+	// ControlPlane is the built-in xDS server and CA (standalone mode).
+	ControlPlane ControlPlane `yaml:"control_plane"`
+	// Services are the mesh services the built-in control plane serves, in ServiceEntry terms.
+	Services []Service `yaml:"services"`
 }
 
 // Log selects the log encoding and level.

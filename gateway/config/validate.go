@@ -37,6 +37,7 @@ func (f *File) SetDefaults() {
 	for i := range f.Clusters {
 		f.Clusters[i].setDefaults()
 	}
+	f.setXDSDefaults()
 }
 
 func (l *Listener) setDefaults() {
@@ -125,6 +126,7 @@ func (f *File) Validate() Errors {
 	listeners := f.validateListeners(v)
 	clusters := f.validateClusters(v, listeners)
 	f.validateRoutes(v, listeners, clusters)
+	f.validateXDS(v)
 	if len(v.errs) == 0 {
 		return nil
 	}

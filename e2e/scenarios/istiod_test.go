@@ -65,6 +65,7 @@ func vmSetup(t *testing.T, prefix string) (ns string, root []byte) {
 // it open ADS, and istiod auto-registers the VM as <group>-<ip>-<network>; when the VM goes away,
 // istiod marks the entry disconnected and deletes it after its grace period.
 func TestVMOnboardingDirectToIstiod(t *testing.T) {
+	t.Parallel() // waits out a 10 s timer of a peer; independent of the other tests
 	cluster.LogOnFailure(t)
 	ctx := harness.Context(t, 3*time.Minute)
 	ns, root := vmSetup(t, "vmdirect")

@@ -16,6 +16,7 @@ var deleteNow = metav1.DeleteOptions{}
 // are not. A freshly signed, unexpired harness token is accepted, which shows SignToken makes
 // tokens the apiserver cannot tell from its own.
 func TestTokenReview(t *testing.T) {
+	t.Parallel() // waits out a 10 s timer of a peer; independent of the other tests
 	cluster.LogOnFailure(t)
 	ctx := harness.Context(t, 60*time.Second)
 	ns := cluster.Namespace(t, "review")

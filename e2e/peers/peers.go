@@ -13,6 +13,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -222,14 +224,27 @@ func kubeLDFlags() string {
 	}, " ")
 }
 
+// moduleSum identifies the e2e module's dependency graph (go.mod and go.sum), so that the binaries
+// built from it are rebuilt when a dependency moves (e.g. a scenario importing the main module
+// raises grpc for the apiserver build too).
+func (l Layout) moduleSum() string {
+	h := sha256.New()
+	for _, f := range []string{"go.mod", "go.sum"} {
+		b, _ := os.ReadFile(filepath.Join(l.E2ERoot, f))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
 func steps(l Layout) []step {
 	goVer := runtime.Version() // the toolchain building the fetcher builds the peers too
+	modSum := l.moduleSum()
 	kube := func(name, pkg string, tags ...string) step {
 		out := l.Bin(name)
 		return step{
 			name:    name,
 			what:    fmt.Sprintf("%s from k8s.io/kubernetes@%s", name, KubeVersion),
-			stamp:   fmt.Sprintf("%s k8s.io/kubernetes@%s %s ldflags=%q\n", name, KubeVersion, goVer, kubeLDFlags()),
+			stamp:   fmt.Sprintf("%s k8s.io/kubernetes@%s %s e2e-module=%s ldflags=%q\n", name, KubeVersion, goVer, modSum, kubeLDFlags()),
 			outputs: []string{out},
 			do: func(ctx context.Context) error {
 				return l.goBuild(ctx, out, pkg, kubeLDFlags(), tags...)
@@ -256,7 +271,7 @@ func steps(l Layout) []step {
 		{
 			name:    "etcd",
 			what:    "embedded etcd " + EtcdVersion,
-			stamp:   fmt.Sprintf("etcd go.etcd.io/etcd/server/v3@%s %s\n", EtcdVersion, goVer),
+			stamp:   fmt.Sprintf("etcd go.etcd.io/etcd/server/v3@%s %s e2e-module=%s\n", EtcdVersion, goVer, modSum),
 			outputs: []string{l.Etcd()},
 			do: func(ctx context.Context) error {
 				return l.goBuild(ctx, l.Etcd(), "./cmd/etcd", "")

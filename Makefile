@@ -39,6 +39,7 @@ unit:
 # Everything: tools, vet, race-enabled tests, fuzz smoke runs, the real-peer suite.
 test: tools vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	cd bench && $(GO) test -count=1 ./...
 	$(MAKE) fuzz
 	$(MAKE) e2e
 
@@ -52,6 +53,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseClientHello$$' -fuzztime 20s ./sni
 	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime 10s ./gateway/proxyproto
 	$(GO) test -run '^$$' -fuzz '^FuzzEntryName$$' -fuzztime 10s ./registrar
+
+# Side-by-side benchmark (bench/, its own Go module): ewgate against HAProxy, nginx and a direct
+# connection; installs the peers it lacks; writes bench/results/. QUICK=1: a short pass (< 3 min).
+bench:
+	cd bench && $(GO) build -trimpath -o .work/ewbench ./cmd/ewbench && ./.work/ewbench
 
 clean:
 	rm -rf $(BIN)

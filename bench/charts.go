@@ -47,7 +47,7 @@ func groupedBars(file, title, ylabel string, targets []string, groups []string, 
 			}
 		}
 	}
-	w := vg.Points(float64(min(34, 200/max(1, len(present)*len(groups)/2+1))))
+	w := vg.Points(min(60, 480/float64(max(1, len(present)*len(groups)))))
 	ymax := 0.0
 	for i, t := range present {
 		vals := make(plotter.Values, len(figs))
@@ -109,7 +109,7 @@ func latencyChart(file, title string, targets []string, curves map[string][]Poin
 	p.Y.Scale = plot.LogScale{}
 	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.X.Label.Text = "percentile"
-	p.Legend.Left = true
+	p.Legend.Top = false // bottom right: the curves rise to the right
 	lo, hi := math.Inf(1), 0.0
 	for _, t := range targets {
 		pts := curves[t]

@@ -1,0 +1,100 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestHarnessTiny runs the whole harness in its tiny mode against every target: HAProxy and
+// nginx are installed if missing, ewgate is built in release mode. Every target must carry
+// bytes intact both ways (the harness checks echo and bulk data byte for byte before measuring
+// and fails otherwise), and the report, the JSON and the charts must be written.
+func TestHarnessTiny(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds ewgate and starts real proxies")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	res, base, err := Run(ctx, Options{
+		Mode: Tiny, Repo: "..", WorkDir: t.TempDir(), OutDir: out, Host: "test",
+		NoControl: true, Log: testWriter{t},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Integrity) != len(AllTargets) {
+		t.Fatalf("integrity checked for %v, want every target", res.Integrity)
+	}
+	for _, name := range AllTargets {
+		var bulk, conns int
+		for _, r := range res.Throughput {
+			if r.Target == name && r.Bytes > 0 {
+				bulk++
+			}
+		}
+		for _, r := range res.Rate {
+			if r.Target == name {
+				conns += r.OK
+				if r.Errors > 0 {
+					t.Errorf("%s: %d connection errors: %s", name, r.Errors, r.FirstError)
+				}
+			}
+		}
+		if bulk == 0 || conns == 0 {
+			t.Errorf("%s: bulk runs with data %d, connections %d", name, bulk, conns)
+		}
+	}
+	for _, r := range res.Idle {
+		if r.Reached != r.Goal || r.FDsPerConn <= 0 {
+			t.Errorf("%s: idle %d of %d, %.2f fds per connection", r.Target, r.Reached, r.Goal, r.FDsPerConn)
+		}
+	}
+	b, err := os.ReadFile(base + ".json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Results
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("JSON: %v", err)
+	}
+	if len(back.Figures) == 0 || len(back.Throughput) != len(res.Throughput) {
+		t.Errorf("JSON has %d figures, %d throughput runs", len(back.Figures), len(back.Throughput))
+	}
+	for _, f := range []string{".md", "-throughput.png", "-rate.png", "-memory.png", "-latency.png"} {
+		if st, err := os.Stat(base + f); err != nil || st.Size() == 0 {
+			t.Errorf("missing output %s: %v", filepath.Base(base+f), err)
+		}
+	}
+}
+
+func TestPatternAndPercentiles(t *testing.T) {
+	if !checkPattern(pattern[100:70000], 100) || checkPattern(pattern[100:200], 101) {
+		t.Error("checkPattern")
+	}
+	s := []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	for _, c := range []struct{ p, want float64 }{{50, 5}, {90, 9}, {99, 10}, {0, 1}} {
+		if got := pct(s, c.p); got != c.want {
+			t.Errorf("pct(%v) = %v, want %v", c.p, got, c.want)
+		}
+	}
+	st := statOf([]float64{3, 1, 2, 10})
+	if st.Median != 2.5 || st.Min != 1 || st.Max != 10 || st.N != 4 {
+		t.Errorf("statOf: %+v", st)
+	}
+	cb := parseBench("authn", "BenchmarkVerifyCached-2   \t 1000\t  950.5 ns/op\t 1052000 verifications/s\t 120 B/op\t 3 allocs/op\n")
+	if len(cb) != 1 || cb[0].Name != "BenchmarkVerifyCached" || cb[0].Metrics["verifications/s"][0] != 1052000 {
+		t.Errorf("parseBench: %+v", cb)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}

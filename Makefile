@@ -5,7 +5,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test unit vet fuzz tools e2e clean
+.PHONY: all build run test unit vet fuzz tools e2e bench clean
 
 all: build
 

@@ -1,0 +1,159 @@
+package controlplane
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/sni"
+)
+
+// Labels and annotations of WorkloadEntries the model reads (istio.md §1, §4).
+const (
+	labelTLSMode       = "security.istio.io/tlsMode"
+	labelNetwork       = "topology.istio.io/network"
+	annotationHealthOn = "proxy.istio.io/health-checks-enabled"
+)
+
+// endpoint is one address of one service port.
+type endpoint struct {
+	host     string // IP or DNS name
+	port     uint32
+	weight   uint32
+	network  string
+	locality string
+	mtls     bool // Istio mTLS endpoint: only these are routed through the gateway
+}
+
+// servicePort is one host and port of a service: one Istio cluster.
+type servicePort struct {
+	host      string
+	port      config.ServicePort
+	internal  bool // MESH_INTERNAL
+	endpoints []endpoint
+}
+
+// gatewayCluster is the Istio SNI name the gateway routes, outbound_.<port>_._.<host>.
+func (p *servicePort) gatewayCluster() string {
+	return sni.OutboundName(int(p.port.Number), "", p.host)
+}
+
+// grpcCluster is the cluster name proxyless gRPC clients get, as istiod names it.
+func (p *servicePort) grpcCluster() string {
+	return fmt.Sprintf("outbound|%d||%s", p.port.Number, p.host)
+}
+
+// listenerName is the API listener a proxyless client asks for: the target of xds:///<host>:<port>.
+func (p *servicePort) listenerName() string {
+	return net.JoinHostPort(p.host, strconv.Itoa(int(p.port.Number)))
+}
+
+// buildModel resolves every service's endpoints: its static ones, or the WorkloadEntries of
+// its namespace whose labels include its selector. The result is sorted, so the same input
+// always gives the same resources.
+func buildModel(services []config.Service, entries []*registrar.WorkloadEntry) []*servicePort {
+	byNS := map[string][]*registrar.WorkloadEntry{}
+	for _, e := range entries {
+		byNS[e.Namespace] = append(byNS[e.Namespace], e)
+	}
+	var out []*servicePort
+	for i := range services {
+		s := &services[i]
+		var selected []*registrar.WorkloadEntry
+		if s.WorkloadSelector != nil {
+			for _, e := range byNS[s.Namespace] {
+				if selects(s.WorkloadSelector.Labels, e) && healthy(e) {
+					selected = append(selected, e)
+				}
+			}
+		}
+		for _, h := range s.Hosts {
+			for _, p := range s.Ports {
+				sp := &servicePort{host: strings.ToLower(h), port: p, internal: s.Location == config.MeshInternal}
+				for _, e := range s.Endpoints {
+					sp.endpoints = append(sp.endpoints, staticEndpoint(e, p))
+				}
+				for _, e := range selected {
+					sp.endpoints = append(sp.endpoints, entryEndpoint(e, p))
+				}
+				sort.Slice(sp.endpoints, func(i, j int) bool {
+					a, b := sp.endpoints[i], sp.endpoints[j]
+					if a.host != b.host {
+						return a.host < b.host
+					}
+					return a.port < b.port
+				})
+				out = append(out, sp)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].host != out[j].host {
+			return out[i].host < out[j].host
+		}
+		return out[i].port.Number < out[j].port.Number
+	})
+	return out
+}
+
+// selects reports whether every selector label is on the entry (spec labels, then metadata).
+func selects(sel map[string]string, e *registrar.WorkloadEntry) bool {
+	for k, v := range sel {
+		got, ok := e.Spec.Labels[k]
+		if !ok {
+			got, ok = e.Labels[k]
+		}
+		if !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// healthy: an entry with health checks enabled is used only while its Healthy condition is
+// True (istio.md §3); any other entry always.
+func healthy(e *registrar.WorkloadEntry) bool {
+	if e.Annotations[annotationHealthOn] != "true" {
+		return true
+	}
+	c := e.Status.Condition(registrar.ConditionHealthy)
+	return c != nil && c.Status == "True"
+}
+
+// mtls is Istio's rule for a WorkloadEntry: the tlsMode label, else a service account.
+func mtls(labels map[string]string, serviceAccount string) bool {
+	if m, ok := labels[labelTLSMode]; ok {
+		return m == "istio"
+	}
+	return serviceAccount != ""
+}
+
+func staticEndpoint(e config.ServiceEndpoint, p config.ServicePort) endpoint {
+	port := p.TargetPort
+	if n, ok := e.Ports[p.Name]; ok {
+		port = n
+	}
+	return endpoint{host: e.Address, port: port, weight: max(e.Weight, 1), network: e.Network,
+		locality: e.Locality, mtls: mtls(e.Labels, e.ServiceAccount)}
+}
+
+func entryEndpoint(e *registrar.WorkloadEntry, p config.ServicePort) endpoint {
+	port := p.TargetPort
+	if n, ok := e.Spec.Ports[p.Name]; ok {
+		port = n
+	}
+	network := e.Spec.Network
+	if network == "" {
+		network = e.Labels[labelNetwork]
+	}
+	labels := e.Spec.Labels
+	if _, ok := labels[labelTLSMode]; !ok {
+		labels = e.Labels
+	}
+	return endpoint{host: e.Spec.Address, port: port, weight: max(e.Spec.Weight, 1), network: network,
+		locality: e.Spec.Locality, mtls: mtls(labels, e.Spec.ServiceAccount)}
+}

@@ -1,0 +1,241 @@
+package controlplane
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ewgate/ewgate/sni"
+)
+
+// resources are the xDS resources of one kind of client, by type URL.
+type resources map[resource.Type][]types.Resource
+
+// built is everything one push serves: the gateway's view and the proxyless gRPC view, and a
+// digest of both, so that an unchanged input is never pushed.
+type built struct {
+	gateway, grpc resources
+	digest        [32]byte
+	endpoints     int
+}
+
+// buildResources turns the model into the two views. network is the gateway's own network:
+// the gateway is sent only endpoints of it (or of no network), as istiod does with
+// REQUESTED_NETWORK_VIEW, so that traffic never bounces to a third network.
+func buildResources(ports []*servicePort, network string, meshPort uint32) *built {
+	b := &built{gateway: resources{}, grpc: resources{}}
+	var chains []*listenerv3.FilterChain
+	for _, p := range ports {
+		b.endpoints += len(p.endpoints)
+		// Proxyless gRPC: every service, every endpoint.
+		gname := p.grpcCluster()
+		b.grpc[resource.ClusterType] = append(b.grpc[resource.ClusterType], edsCluster(gname))
+		b.grpc[resource.EndpointType] = append(b.grpc[resource.EndpointType], loadAssignment(gname, p.endpoints))
+		lname := p.listenerName()
+		b.grpc[resource.ListenerType] = append(b.grpc[resource.ListenerType], apiListener(lname))
+		b.grpc[resource.RouteType] = append(b.grpc[resource.RouteType], routeConfig(lname, p.host, gname))
+		if !p.internal {
+			continue
+		}
+		// The gateway: MESH_INTERNAL services, mTLS endpoints of its own network.
+		var eps []endpoint
+		for _, e := range p.endpoints {
+			if e.mtls && (network == "" || e.network == "" || e.network == network) {
+				eps = append(eps, e)
+			}
+		}
+		name := p.gatewayCluster()
+		b.gateway[resource.ClusterType] = append(b.gateway[resource.ClusterType], edsCluster(name))
+		b.gateway[resource.EndpointType] = append(b.gateway[resource.EndpointType], loadAssignment(name, eps))
+		chains = append(chains, passthroughChain(name))
+	}
+	b.gateway[resource.ListenerType] = []types.Resource{meshListener(meshPort, chains)}
+	b.digest = digest(b.gateway, b.grpc)
+	return b
+}
+
+// digest hashes the deterministic encoding of every resource, in a fixed order.
+func digest(views ...resources) [32]byte {
+	h := sha256.New()
+	opts := proto.MarshalOptions{Deterministic: true}
+	var buf []byte
+	for _, v := range views {
+		typs := make([]string, 0, len(v))
+		for t := range v {
+			typs = append(typs, t)
+		}
+		sort.Strings(typs)
+		for _, t := range typs {
+			fmt.Fprintf(h, "%s:%d;", t, len(v[t]))
+			for _, r := range v[t] {
+				buf, _ = opts.MarshalAppend(buf[:0], r) // our own messages: they marshal
+				fmt.Fprintf(h, "%d:", len(buf))
+				h.Write(buf)
+			}
+		}
+	}
+	var d [32]byte
+	copy(d[:], h.Sum(nil))
+	return d
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+}
+
+// edsCluster is an EDS cluster with no upstream TLS: for the gateway the bytes are the
+// sidecars' own mTLS; for proxyless gRPC plaintext (a VM's agent adds its own security).
+func edsCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+	}
+}
+
+// loadAssignment groups endpoints by locality. Each locality gets a weight of at least 1: a
+// grpc-go client drops a locality without one ("no targets to pick from").
+func loadAssignment(cluster string, eps []endpoint) *endpointv3.ClusterLoadAssignment {
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	byLoc := map[string]*endpointv3.LocalityLbEndpoints{}
+	var order []string
+	for _, e := range eps {
+		l := byLoc[e.locality]
+		if l == nil {
+			l = &endpointv3.LocalityLbEndpoints{Locality: locality(e.locality), LoadBalancingWeight: wrapperspb.UInt32(0)}
+			byLoc[e.locality] = l
+			order = append(order, e.locality)
+		}
+		lb := &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(e.host, e.port),
+			}},
+			HealthStatus:        corev3.HealthStatus_HEALTHY,
+			LoadBalancingWeight: wrapperspb.UInt32(e.weight),
+		}
+		if e.network != "" {
+			lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+				"istio": {Fields: map[string]*structpb.Value{"network": structpb.NewStringValue(e.network)}},
+			}}
+		}
+		l.LbEndpoints = append(l.LbEndpoints, lb)
+		l.LoadBalancingWeight.Value += e.weight
+	}
+	sort.Strings(order)
+	for _, k := range order {
+		cla.Endpoints = append(cla.Endpoints, byLoc[k])
+	}
+	return cla
+}
+
+func locality(s string) *corev3.Locality {
+	parts := strings.SplitN(s, "/", 3)
+	l := &corev3.Locality{Region: parts[0]}
+	if len(parts) > 1 {
+		l.Zone = parts[1]
+	}
+	if len(parts) > 2 {
+		l.SubZone = parts[2]
+	}
+	return l
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err) // only our own well-formed messages are wrapped
+	}
+	return a
+}
+
+// passthroughChain is istiod's AUTO_PASSTHROUGH chain: SNI = the cluster name, Istio ALPNs,
+// tcp_proxy to the cluster of that name.
+func passthroughChain(cluster string) *listenerv3.FilterChain {
+	return &listenerv3.FilterChain{
+		Name: cluster,
+		FilterChainMatch: &listenerv3.FilterChainMatch{
+			ServerNames:          []string{cluster},
+			TransportProtocol:    "tls",
+			ApplicationProtocols: append([]string(nil), sni.IstioALPNs...),
+		},
+		Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.tcp_proxy",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+				StatPrefix:       cluster,
+				ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+			})},
+		}},
+	}
+}
+
+// meshListener is the gateway's 0.0.0.0_<port> listener.
+func meshListener(port uint32, chains []*listenerv3.FilterChain) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:    fmt.Sprintf("0.0.0.0_%d", port),
+		Address: socketAddress("0.0.0.0", port),
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       "envoy.filters.listener.tls_inspector",
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
+		}},
+		FilterChains:     chains,
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+	}
+}
+
+// apiListener is what a proxyless gRPC client resolves xds:///<name> to: an HTTP connection
+// manager whose routes come over RDS under the same name.
+func apiListener(name string) *listenerv3.Listener {
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource: adsSource(), RouteConfigName: name,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+		}},
+	}
+	return &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(hcm)}}
+}
+
+func routeConfig(name, host, cluster string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name: name,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    name,
+			Domains: []string{name, host, "*"},
+			Routes: []*routev3.Route{{
+				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ""}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}},
+			}},
+		}},
+	}
+}

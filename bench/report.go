@@ -162,7 +162,7 @@ func markdown(r *Results, name string, charts []chart) string {
 	p := m.Plan
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# ewgate vs HAProxy vs nginx vs a direct connection: %s on %s\n\n", m.Date, m.Host)
-	w("`make bench` (mode `%s`), %.1f minutes. Every figure is the **median of %d runs, (min–max)**; runs alternated between the targets (%s, then again) so that drift on this shared machine hits all of them alike. Raw runs: [%s.json](%s.json).\n\n",
+	w("`make bench` (mode `%s`), %.1f minutes. Every figure is the **median of %d runs (min–max)**; runs alternated between the targets (%s, then again) so that drift on this shared machine hits all of them alike. Raw runs: [%s.json](%s.json).\n\n",
 		m.Mode, m.Seconds/60, p.Reps, strings.Join(m.Targets, ", "), name, name)
 
 	w("## Setup\n\n")

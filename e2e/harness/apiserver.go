@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	apiextclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
@@ -299,5 +298,3 @@ func (a *APIServer) Stop() error {
 	// grace period.
 	return a.Proc.Stop(10 * time.Second)
 }
-
-func trimErr(b []byte) string { return strings.TrimSpace(string(b)) }

@@ -25,19 +25,19 @@ import (
 
 // The Istio resources the scenarios use, at the CRDs' storage version.
 var (
-	WorkloadGroupGVR  = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadgroups"}
-	WorkloadEntryGVR  = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
-	ServiceEntryGVR   = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "serviceentries"}
-	GatewayGVR        = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}
-	DestinationRuleGV = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
+	WorkloadGroupGVR   = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadgroups"}
+	WorkloadEntryGVR   = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
+	ServiceEntryGVR    = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "serviceentries"}
+	GatewayGVR         = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}
+	DestinationRuleGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"}
 )
 
 var kinds = map[schema.GroupVersionResource]string{
-	WorkloadGroupGVR:  "WorkloadGroup",
-	WorkloadEntryGVR:  "WorkloadEntry",
-	ServiceEntryGVR:   "ServiceEntry",
-	GatewayGVR:        "Gateway",
-	DestinationRuleGV: "DestinationRule",
+	WorkloadGroupGVR:   "WorkloadGroup",
+	WorkloadEntryGVR:   "WorkloadEntry",
+	ServiceEntryGVR:    "ServiceEntry",
+	GatewayGVR:         "Gateway",
+	DestinationRuleGVR: "DestinationRule",
 }
 
 // ApplyCRDs creates every CustomResourceDefinition in the multi-document YAML file (existing ones

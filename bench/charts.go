@@ -29,7 +29,9 @@ func newPlot(title, ylabel string) *plot.Plot {
 	p.Legend.Top = true
 	p.Legend.Left = false
 	p.Y.Min = 0
-	p.Add(plotter.NewGrid())
+	g := plotter.NewGrid()
+	g.Vertical.Width = 0 // bars stand on nominal positions; vertical lines would cut through them
+	p.Add(g)
 	return p
 }
 
@@ -104,10 +106,9 @@ func short(v float64) string {
 // latencyChart draws each target's latency percentiles (all samples of all runs) on an
 // HdrHistogram-style axis: 90% -> 1, 99% -> 2, 99.9% -> 3.
 func latencyChart(file, title string, targets []string, curves map[string][]Point) error {
-	p := newPlot(title, "latency from intended send time (µs, log scale)")
+	p := newPlot(title, "µs from intended send time (log)")
 	p.Y.Min = math.NaN()
 	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.X.Label.Text = "percentile"
 	p.Legend.Top = false // bottom right: the curves rise to the right
 	lo, hi := math.Inf(1), 0.0
@@ -134,7 +135,16 @@ func latencyChart(file, title string, targets []string, curves map[string][]Poin
 	if hi == 0 {
 		return nil
 	}
-	p.Y.Min, p.Y.Max = lo*0.8, hi*1.6
+	p.Y.Min, p.Y.Max = lo*0.8, hi*1.25
+	var yt []plot.Tick
+	for dec := 1.0; dec < 1e8; dec *= 10 {
+		for _, m := range []float64{1, 2, 5} {
+			if v := m * dec; v >= p.Y.Min && v <= p.Y.Max {
+				yt = append(yt, plot.Tick{Value: v, Label: fmt.Sprintf("%g", v)})
+			}
+		}
+	}
+	p.Y.Tick.Marker = plot.ConstantTicks(yt)
 	var ticks []plot.Tick
 	for _, q := range []struct {
 		v float64

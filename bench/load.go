@@ -281,7 +281,13 @@ func (c *client) latency(ctx context.Context, t *target, conns, rate int, dur ti
 				if !intended.Before(end) || ctx.Err() != nil {
 					break
 				}
-				if d := time.Until(intended); d > 0 {
+				// nanosleep returns early with EINTR when the runtime preempts the thread
+				// (SIGURG): sleep again until the intended time has really come.
+				for n := 0; n < 1000; n++ {
+					d := time.Until(intended)
+					if d <= 0 {
+						break
+					}
 					ts := syscall.NsecToTimespec(int64(d))
 					syscall.Nanosleep(&ts, nil)
 				}

@@ -235,8 +235,10 @@ func httpOK(url string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func httpGet(url string) ([]byte, error) {
-	resp, err := httpClient.Get(url)
+func httpGet(url string) ([]byte, error) { return httpGetTimeout(url, httpClient.Timeout) }
+
+func httpGetTimeout(url string, timeout time.Duration) ([]byte, error) {
+	resp, err := (&http.Client{Timeout: timeout}).Get(url)
 	if err != nil {
 		return nil, err
 	}

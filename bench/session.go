@@ -220,7 +220,7 @@ func (s *session) profile(ctx context.Context) error {
 		file := filepath.Join(s.o.WorkDir, "ewgate-"+l.name+".pprof")
 		var wg sync.WaitGroup
 		wg.Go(l.run)
-		body, err := httpGet(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.admin, secs))
+		body, err := httpGetTimeout(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", t.admin, secs), time.Duration(secs+15)*time.Second)
 		wg.Wait()
 		if err != nil {
 			return err

@@ -69,6 +69,7 @@ type server struct {
 	gw       *gateway.Gateway
 	cfg      *config.File // the serving config
 	lastHash [32]byte
+	xds      *xdsParts
 }
 
 func (s *server) serve(cfg *config.File) error {
@@ -86,6 +87,12 @@ func (s *server) serve(cfg *config.File) error {
 	s.log.Info("listening", zap.String("listener", "admin"), zap.String("kind", "admin"), zap.Stringer("address", adminLn.Addr()))
 
 	if err := s.apply(cfg); err != nil {
+		admin.Close()
+		<-adminDone
+		return err
+	}
+	if s.xds, err = s.startXDS(cfg, reg); err != nil {
+		s.drain(nil, 0)
 		admin.Close()
 		<-adminDone
 		return err
@@ -109,6 +116,7 @@ func (s *server) serve(cfg *config.File) error {
 	}
 	stopWatch()
 	<-watchDone
+	s.xds.stop() // the routes stay as they are while the connections drain
 	s.drain(sigs, s.cfg.DrainTimeout)
 	shutdownAdmin(admin)
 	if err := <-adminDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -149,6 +157,7 @@ func (s *server) apply(cfg *config.File) error {
 		return err
 	}
 	s.cfg = cfg
+	s.xds.reload(cfg)
 	if lvl, err := zapcore.ParseLevel(cfg.Log.Level); err == nil {
 		s.level.SetLevel(lvl)
 	}

@@ -3,6 +3,7 @@ package xds_test
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -12,6 +13,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
+	"github.com/ewgate/ewgate/gateway"
+	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/xds"
 	"github.com/ewgate/ewgate/gateway/xds/controlplane"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -195,4 +199,52 @@ func listenRetry(t *testing.T, addr string) net.Listener {
 		return err == nil
 	})
 	return ln
+}
+
+// countingSink records how many endpoints the last table had, for the latency benchmark.
+type countingSink struct{ eps chan int }
+
+func (s *countingSink) SetMeshClusters(_ string, cs []gateway.ClusterSpec) error {
+	n := 0
+	for _, c := range cs {
+		n += len(c.Endpoints)
+	}
+	select {
+	case s.eps <- n:
+	default:
+	}
+	return nil
+}
+
+// Time from a WorkloadEntry being created to the gateway's xDS client applying a table with it
+// (debounce 100ms, the default, and 5ms).
+func BenchmarkRegistrationToPush(b *testing.B) {
+	for _, debounce := range []time.Duration{5 * time.Millisecond, 100 * time.Millisecond} {
+		b.Run(debounce.String(), func(b *testing.B) {
+			store := registrar.NewMemoryStore()
+			entries := store.WorkloadEntries()
+			ln := listen(b, "127.0.0.1:0")
+			runCP(b, ln, controlplane.Options{Services: reviewsService(), Entries: entries, Debounce: debounce, MaxDelay: 10 * debounce})
+			sink := &countingSink{eps: make(chan int, 1)}
+			f, _ := config.Parse([]byte("{}"), "b.yaml")
+			c := xds.New(xds.Options{Target: ln.Addr().String(), Node: xds.NewNode(f.XDS.Node, "bench"), Listeners: []string{"mesh"}, Sink: sink})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); c.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			eventually(b, "ready", c.Ready)
+			i := 0
+			for b.Loop() {
+				i++
+				if _, err := entries.Create(ctx, entry(fmt.Sprintf("r-%d", i), "127.0.0.1", uint32(1000+i), map[string]string{"app": "reviews"})); err != nil {
+					b.Fatal(err)
+				}
+				for n := range sink.eps {
+					if n == i {
+						break
+					}
+				}
+			}
+		})
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -183,6 +184,11 @@ func listen(t testing.TB, addr string) net.Listener {
 		t.Fatal(err)
 	}
 	return ln
+}
+
+func xdsNode(t testing.TB) *corev3.Node {
+	f, _ := config.Parse([]byte("{}"), "t.yaml")
+	return xds.NewNode(f.XDS.Node, "test")
 }
 
 // runClient runs the gateway's xDS client against addr.

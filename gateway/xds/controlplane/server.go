@@ -138,6 +138,15 @@ func (s *Server) Version() string { return s.version.Load().(string) }
 // Pushes is the number of snapshots pushed so far (an unchanged build is not a push).
 func (s *Server) Pushes() uint64 { return s.pushes.Load() }
 
+func (s *Server) lastEndpoints() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last == nil {
+		return -1
+	}
+	return s.last.endpoints
+}
+
 // Synced is closed once the first snapshot is served.
 func (s *Server) Synced() <-chan struct{} { return s.synced }
 

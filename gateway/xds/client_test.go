@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -202,15 +203,19 @@ func listenRetry(t *testing.T, addr string) net.Listener {
 }
 
 // countingSink records how many endpoints the last table had, for the latency benchmark.
-type countingSink struct{ eps chan int }
+type countingSink struct {
+	last atomic.Int64
+	wake chan struct{} // capacity 1; a token after each store
+}
 
 func (s *countingSink) SetMeshClusters(_ string, cs []gateway.ClusterSpec) error {
 	n := 0
 	for _, c := range cs {
 		n += len(c.Endpoints)
 	}
+	s.last.Store(int64(n))
 	select {
-	case s.eps <- n:
+	case s.wake <- struct{}{}:
 	default:
 	}
 	return nil
@@ -225,7 +230,7 @@ func BenchmarkRegistrationToPush(b *testing.B) {
 			entries := store.WorkloadEntries()
 			ln := listen(b, "127.0.0.1:0")
 			runCP(b, ln, controlplane.Options{Services: reviewsService(), Entries: entries, Debounce: debounce, MaxDelay: 10 * debounce})
-			sink := &countingSink{eps: make(chan int, 1)}
+			sink := &countingSink{wake: make(chan struct{}, 1)}
 			f, _ := config.Parse([]byte("{}"), "b.yaml")
 			c := xds.New(xds.Options{Target: ln.Addr().String(), Node: xds.NewNode(f.XDS.Node, "bench"), Listeners: []string{"mesh"}, Sink: sink})
 			ctx, cancel := context.WithCancel(context.Background())
@@ -239,10 +244,8 @@ func BenchmarkRegistrationToPush(b *testing.B) {
 				if _, err := entries.Create(ctx, entry(fmt.Sprintf("r-%d", i), "127.0.0.1", uint32(1000+i), map[string]string{"app": "reviews"})); err != nil {
 					b.Fatal(err)
 				}
-				for n := range sink.eps {
-					if n == i {
-						break
-					}
+				for sink.last.Load() != int64(i) {
+					<-sink.wake
 				}
 			}
 		})

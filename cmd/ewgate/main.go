@@ -96,6 +96,6 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "%s: valid (%d listeners, %d clusters)\n", path, len(f.Listeners), len(f.Clusters))
+	fmt.Fprintf(stdout, "%s: valid (listeners: %d, static clusters: %d, services: %d)\n", path, len(f.Listeners), len(f.Clusters), len(f.Services))
 	return 0
 }

@@ -47,7 +47,7 @@ const example = "../../deploy/local/ewgate.yaml"
 
 func TestCheck(t *testing.T) {
 	out, err := ewgate("check", "--config", example).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "valid (2 listeners, 2 clusters)") {
+	if err != nil || !strings.Contains(string(out), "valid (listeners: 2, static clusters: 1, services: 1)") {
 		t.Fatalf("check on the example: %v\n%s", err, out)
 	}
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
@@ -182,8 +182,9 @@ func TestServeExampleReloadDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	demoAddr := freeAddr(t)
-	cfg := strings.NewReplacer(
-		"127.0.0.1:15021", "127.0.0.1:0", "127.0.0.1:15443", "127.0.0.1:0", "127.0.0.1:15444", "127.0.0.1:0",
+	_, demoPort, _ := net.SplitHostPort(demoAddr)
+	cfg := strings.NewReplacer("ports: {tls: 18443}", "ports: {tls: "+demoPort+"}",
+		"127.0.0.1:15021", "127.0.0.1:0", "127.0.0.1:15443", "127.0.0.1:0", "127.0.0.1:15444", "127.0.0.1:0", "127.0.0.1:15010", "127.0.0.1:0",
 		"127.0.0.1:18443", demoAddr, "watch_interval: 2s", "watch_interval: 50ms", "drain_timeout: 30s", "drain_timeout: 20s",
 	).Replace(string(raw))
 	path := filepath.Join(t.TempDir(), "ewgate.yaml")
@@ -220,11 +221,14 @@ func TestServeExampleReloadDrain(t *testing.T) {
 	if refused := p.find("config reload refused; the previous config keeps serving")[0]; !strings.Contains(refused["error"].(string), `unknown key "bogus_key"`) {
 		t.Fatalf("refusal does not name the key: %v", refused)
 	}
-	// A valid change is picked up from the file.
-	os.WriteFile(path, []byte(strings.Replace(cfg, "[demo.example.com,", "[demo2.example.com, demo.example.com,", 1)), 0o600)
-	eventually(t, "route from the changed file", func() bool {
+	// A valid change is picked up from the file: a new ingress host (static routes) and a new
+	// service (pushed by the built-in control plane over xDS to the mesh listener).
+	changed := strings.Replace(cfg, "[demo.example.com,", "[demo2.example.com, demo.example.com,", 1)
+	changed = strings.Replace(changed, "services:\n", "services:\n  - {name: extra, hosts: [extra.default.svc.cluster.local], ports: [{number: 9443, name: tls}], endpoints: [{address: 127.0.0.1, service_account: extra}]}\n", 1)
+	os.WriteFile(path, []byte(changed), 0o600)
+	eventually(t, "routes from the changed file", func() bool {
 		_, body := httpGet(t, admin+"/debug/routes")
-		return strings.Contains(body, "demo2.example.com")
+		return strings.Contains(body, "demo2.example.com") && strings.Contains(body, "outbound_.9443_._.extra.default.svc.cluster.local")
 	})
 	// SIGHUP reloads too.
 	p.cmd.Process.Signal(syscall.SIGHUP)

@@ -11,6 +11,7 @@ trap 'kill "$demo" 2>/dev/null || true' EXIT
 cat <<MSG
 ewgate: admin   http://127.0.0.1:15021/healthz/ready  (/metrics, /debug/routes)
         mesh    127.0.0.1:15443  -> outbound_.8443_._.demo.default.svc.cluster.local -> demo backend 127.0.0.1:18443
+                (routes over xDS from the built-in control plane on 127.0.0.1:15010)
         ingress 127.0.0.1:15444  -> demo.example.com -> demo backend 127.0.0.1:18443
 try:    openssl s_client -connect 127.0.0.1:15443 -servername outbound_.8443_._.demo.default.svc.cluster.local -alpn istio
         curl -sk --resolve demo.example.com:15444:127.0.0.1 https://demo.example.com:15444/

@@ -156,6 +156,11 @@ func analysis(r *Results) string {
 		w("In ewgate's CPU profile under this load (cumulative shares of its samples): relaying the one small exchange with `splice` %.0f%%, dialing the backend (`socket`+`connect`) %.0f%%, the scheduler (`runtime.schedule`) %.0f%%, the ClientHello peek %.0f%%, close and half-close %.0f%%; all syscalls together %.0f%%. ",
 			cumShare(pr, "internal/poll.Splice"), cumShare(pr, "net.(*Dialer).DialContext"), cumShare(pr, "runtime.schedule"),
 			cumShare(pr, "sni.Peek"), cumShare(pr, "relay).close"), cumShare(pr, "linux.Syscall6"))
+		if ecs, ok := med(r, fmt.Sprintf("csconn%d", c), Ewgate); ok {
+			hcs, _ := med(r, fmt.Sprintf("csconn%d", c), HAProxy)
+			ncs, _ := med(r, fmt.Sprintf("csconn%d", c), Nginx)
+			w("The proxies' threads were switched out %.1f times per connection for ewgate, %.1f for HAProxy and %.1f for nginx (`/proc/<pid>/task/*/status`). ", ecs, hcs, ncs)
+		}
 		w("The splice path is built for bulk data and is expensive for a short connection: per direction it takes a pipe from Go's pool, calls `splice` into the pipe (usually `EAGAIN` first, then a netpoller wait and a goroutine wake-up), `splice` out of it, and one more `splice` to see the EOF, where a read/write proxy does one `recv` and one `send`; and every connection starts three goroutines (serve + two copy directions) that the scheduler must run on 2 cores. ")
 		w("What would close it: the relay engine of issue 9 (no relay goroutines; one readiness event drives a `splice` in and out in the polling thread), and for short exchanges trying a plain `read`/`write` of the first bytes before committing to the pipe.\n\n")
 	}
@@ -168,6 +173,10 @@ func analysis(r *Results) string {
 		if g, ok := med(r, fmt.Sprintf("bulk%d", n), Ewgate); ok {
 			d, _ := med(r, fmt.Sprintf("bulk%d", n), Direct)
 			w("At %.2f GB/s that is %.2f of a core taken from the client and backend, whose TLS (AES-GCM both ends) already fills the 2 cores in the direct run (%.2f GB/s): so here the bulk ratio against direct is set by the proxy's CPU per GB (and the cache and scheduling cost of a third busy process), and the proxy with the least CPU per GB comes closest. ", g, g*e, d)
+		}
+		if ecs, ok := med(r, fmt.Sprintf("csmb%d", n), Ewgate); ok {
+			hcs, _ := med(r, fmt.Sprintf("csmb%d", n), HAProxy)
+			w("Context switches per MB: ewgate %.2f, HAProxy %.2f. ", ecs, hcs)
 		}
 		w("Each chunk is two `splice` calls plus an `epoll` wake-up and a goroutine switch per direction; an event loop (issue 9) that splices for many connections per wake-up, with pipes sized to the socket buffers, removes the goroutine switches.\n\n")
 	}

@@ -57,6 +57,7 @@ type ThroughputRun struct {
 	GBps     float64 `json:"gb_per_s"`
 	ProxyCPU float64 `json:"proxy_cpu_s"`
 	CPUPerGB float64 `json:"proxy_cpu_s_per_gb"`
+	CtxPerMB float64 `json:"proxy_ctx_switches_per_mb"`
 	Errors   int     `json:"errors"`
 }
 
@@ -86,7 +87,7 @@ func (c *client) throughput(ctx context.Context, t *target, streams int, dur tim
 	var once sync.Once
 	start := time.Now()
 	end := start.Add(dur)
-	cpu0 := cpuSeconds(t.pids)
+	cpu0, cs0 := cpuSeconds(t.pids), ctxSwitches(t.pids)
 	var wg sync.WaitGroup
 	for _, tc := range conns {
 		wg.Go(func() {
@@ -117,11 +118,13 @@ func (c *client) throughput(ctx context.Context, t *target, streams int, dur tim
 	wg.Wait()
 	el := time.Since(start).Seconds()
 	cpu := cpuSeconds(t.pids) - cpu0
+	cs := ctxSwitches(t.pids) - cs0
 	r.Bytes, r.Seconds, r.Errors = total.Load(), el, int(errs.Load())
 	r.GBps = float64(r.Bytes) / el / 1e9
 	if len(t.pids) > 0 && r.Bytes > 0 {
 		r.ProxyCPU = cpu
 		r.CPUPerGB = cpu / (float64(r.Bytes) / 1e9)
+		r.CtxPerMB = float64(cs) / (float64(r.Bytes) / 1e6)
 	}
 	if firstErr != nil {
 		return r, firstErr
@@ -156,6 +159,7 @@ type RateRun struct {
 	PerSec      float64 `json:"conns_per_s"`
 	ProxyCPU    float64 `json:"proxy_cpu_s"`
 	CPUPerConn  float64 `json:"proxy_cpu_us_per_conn"`
+	CtxPerConn  float64 `json:"proxy_ctx_switches_per_conn"`
 	FirstError  string  `json:"first_error,omitempty"`
 }
 
@@ -167,7 +171,7 @@ func (c *client) rate(ctx context.Context, t *target, conc int, dur time.Duratio
 	var firstErr atomic.Value
 	start := time.Now()
 	end := start.Add(dur)
-	cpu0 := cpuSeconds(t.pids)
+	cpu0, cs0 := cpuSeconds(t.pids), ctxSwitches(t.pids)
 	var wg sync.WaitGroup
 	for range conc {
 		wg.Go(func() {
@@ -190,6 +194,7 @@ func (c *client) rate(ctx context.Context, t *target, conc int, dur time.Duratio
 	if len(t.pids) > 0 && r.OK > 0 {
 		r.ProxyCPU = cpuSeconds(t.pids) - cpu0
 		r.CPUPerConn = r.ProxyCPU / float64(r.OK) * 1e6
+		r.CtxPerConn = float64(ctxSwitches(t.pids)-cs0) / float64(r.OK)
 	}
 	if v, _ := firstErr.Load().(string); v != "" {
 		r.FirstError = v

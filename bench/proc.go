@@ -281,3 +281,29 @@ func startPiped(ctx context.Context, logFile string, argv []string) (*proc, io.W
 	p.stop()
 	return nil, nil, "", fmt.Errorf("bench: backend did not report its address")
 }
+
+// ctxSwitches sums voluntary and involuntary context switches over every thread of the
+// processes (/proc/<pid>/task/*/status). Threads that exit in between drop out of the sum;
+// the proxies here keep theirs.
+func ctxSwitches(pids []int) int64 {
+	var sum int64
+	for _, p := range pids {
+		tasks, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(p), "task"))
+		if err != nil {
+			continue
+		}
+		for _, t := range tasks {
+			b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p), "task", t.Name(), "status"))
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+					n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+					sum += n
+				}
+			}
+		}
+	}
+	return sum
+}

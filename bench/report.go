@@ -221,11 +221,11 @@ func markdown(r *Results, name string, charts []chart) string {
 		}
 		w("\n")
 	}
-	w("Time from a registration to the xDS push: **not measured: ewgate has no xDS server yet** (istiod pushes to the VMs today; the measurement lands with the xDS issue).\n\n")
+	w("Time from a registration to the xDS push: **not measured: ewgate does not push xDS yet**, so there is no registration-to-push path to time; the figure comes with the xDS work.\n\n")
 
 	if len(r.Profiles) > 0 {
 		w("## ewgate CPU profiles\n\n")
-		w("Taken from ewgate's `/debug/pprof/profile` in extra runs after the measured ones (profiling costs a little, so these runs are not in the table).\n\n")
+		w("Taken from ewgate's `/debug/pprof/profile` in extra runs after the measured ones (profiling costs a little, so these runs are not in the table). Go's profiler sees a system call as one frame (`Syscall6`): the kernel work inside `splice`, `connect` and `accept` is in it. `perf` would split that up, but it counts no events in the VMs these runs are made on.\n\n")
 		for _, pr := range r.Profiles {
 			w("### %s (%ds)\n\n```\n%s\n```\n\nBy cumulative time:\n\n```\n%s\n```\n\n", pr.Load, pr.Seconds, strings.Join(head(pr.Flat, 22), "\n"), strings.Join(head(pr.Cum, 22), "\n"))
 		}
@@ -242,4 +242,18 @@ func head(lines []string, n int) []string {
 		return lines[:n]
 	}
 	return lines
+}
+
+// Render rewrites the report, charts and JSON of an earlier run from its JSON file (for a
+// change of the report's text without measuring again).
+func Render(jsonFile string) (string, error) {
+	b, err := os.ReadFile(jsonFile)
+	if err != nil {
+		return "", err
+	}
+	var r Results
+	if err := json.Unmarshal(b, &r); err != nil {
+		return "", fmt.Errorf("bench: %s: %w", filepath.Base(jsonFile), err)
+	}
+	return writeOutputs(Options{Mode: r.Meta.Mode, Host: r.Meta.Host, OutDir: filepath.Dir(jsonFile)}, &r)
 }

@@ -134,31 +134,35 @@ func (r *Results) compute() {
 		}
 	}
 	for _, n := range r.Meta.Plan.BulkStreams {
-		gb, cpu := map[string][]float64{}, map[string][]float64{}
+		gb, cpu, cs := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 		for _, x := range r.Throughput {
 			if x.Streams == n {
 				gb[x.Target] = append(gb[x.Target], x.GBps)
 				if x.Target != Direct {
 					cpu[x.Target] = append(cpu[x.Target], x.CPUPerGB)
+					cs[x.Target] = append(cs[x.Target], x.CtxPerMB)
 				}
 			}
 		}
 		add(fmt.Sprintf("bulk%d", n), fmt.Sprintf("Throughput, %d stream(s)", n), "GB/s", true, 2, gb)
 		add(fmt.Sprintf("cpugb%d", n), fmt.Sprintf("Proxy CPU per GB, %d stream(s)", n), "CPU s/GB", false, 3, cpu)
+		add(fmt.Sprintf("csmb%d", n), fmt.Sprintf("Proxy context switches per MB, %d stream(s)", n), "switches", false, 2, cs)
 	}
 	for _, c := range r.Meta.Plan.RateConc {
-		rate, cpu, errs := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
+		rate, cpu, errs, cs := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 		for _, x := range r.Rate {
 			if x.Concurrency == c {
 				rate[x.Target] = append(rate[x.Target], x.PerSec)
 				errs[x.Target] = append(errs[x.Target], float64(x.Errors))
 				if x.Target != Direct {
 					cpu[x.Target] = append(cpu[x.Target], x.CPUPerConn)
+					cs[x.Target] = append(cs[x.Target], x.CtxPerConn)
 				}
 			}
 		}
 		add(fmt.Sprintf("rate%d", c), fmt.Sprintf("Connection rate, concurrency %d", c), "conn/s", true, 0, rate)
 		add(fmt.Sprintf("cpuconn%d", c), fmt.Sprintf("Proxy CPU per connection, concurrency %d", c), "CPU µs", false, 0, cpu)
+		add(fmt.Sprintf("csconn%d", c), fmt.Sprintf("Proxy context switches per connection, concurrency %d", c), "switches", false, 2, cs)
 		add(fmt.Sprintf("rateerr%d", c), fmt.Sprintf("Connection errors per run, concurrency %d", c), "errors", false, 0, errs)
 	}
 	abs := map[string]map[string][]float64{"p50": {}, "p99": {}, "p999": {}}
@@ -203,6 +207,13 @@ func (r *Results) compute() {
 	add("idlegor", "Goroutines per idle connection (ewgate /metrics)", "goroutines", false, 2, gor)
 	add("idlestack", "Goroutine stack per idle connection (ewgate /metrics)", "KiB", false, 2, stack)
 
+	haveSamples := false
+	for _, x := range r.Latency {
+		haveSamples = haveSamples || len(x.Samples) > 0
+	}
+	if !haveSamples {
+		return // loaded from JSON: keep the curves it holds
+	}
 	r.LatencyCurves = map[string][]Point{}
 	for _, t := range r.Meta.Targets {
 		var all []float64

@@ -35,7 +35,17 @@ func main() {
 	targets := flag.String("targets", "", "comma-separated subset of ewgate,haproxy,nginx,direct")
 	flag.BoolVar(&o.NoControl, "no-control", false, "skip the authn/registrar Go benchmarks")
 	flag.BoolVar(&o.NoProfile, "no-profile", false, "skip the ewgate pprof captures")
+	render := flag.String("render", "", "only rewrite the report and charts of an earlier run from its JSON file")
 	flag.Parse()
+	if *render != "" {
+		base, err := bench.Render(*render)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ewbench:", err)
+			os.Exit(1)
+		}
+		fmt.Println(base + ".md")
+		return
+	}
 	o.Mode = bench.Full
 	if q := os.Getenv("QUICK"); q != "" && q != "0" {
 		o.Mode = bench.Quick

@@ -42,6 +42,8 @@ type standalone struct {
 	store  *registrar.MemoryStore
 	clock  *fakeClock
 	cp     *controlplane.Server
+	cpOpts controlplane.Options
+	cpStop func() // stops the running control plane and waits for it
 	ca     *xdsca.CA
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -79,14 +81,21 @@ func startStandalone(t *testing.T) *standalone {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.cp = controlplane.New(controlplane.Options{Services: f.Services, Entries: s.store.WorkloadEntries(), CA: s.ca,
-		ServerOptions: s.g.BuiltinServerOptions(), Debounce: 5 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
-	runDone := make(chan struct{}, 2)
-	go func() { r.Run(ctx); runDone <- struct{}{} }()
-	go func() { s.cp.Run(ctx, s.g.BuiltinListener()); runDone <- struct{}{} }()
-	go func() { <-runDone; <-runDone; close(s.done) }()
-	t.Cleanup(func() { s.g.stop(); cancel(); <-s.done })
+	s.cpOpts = controlplane.Options{Services: f.Services, Entries: s.store.WorkloadEntries(), CA: s.ca,
+		ServerOptions: s.g.BuiltinServerOptions(), Debounce: 5 * time.Millisecond, MaxDelay: 50 * time.Millisecond}
+	s.startControlPlane()
+	go func() { r.Run(ctx); close(s.done) }()
+	t.Cleanup(func() { s.g.stop(); s.cpStop(); cancel(); <-s.done })
 	return s
+}
+
+// startControlPlane runs a (new) built-in control plane on a fresh in-memory listener.
+func (s *standalone) startControlPlane() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cp = controlplane.New(s.cpOpts)
+	done := make(chan struct{})
+	go func() { s.cp.Run(ctx, s.g.BuiltinListener()); close(done) }()
+	s.cpStop = func() { cancel(); <-done }
 }
 
 func vmNode(group, ip, cluster string) *corev3.Node {
@@ -273,4 +282,3 @@ func TestBuiltinRefusals(t *testing.T) {
 		t.Fatalf("%d entries written for refused VMs", n)
 	}
 }
-

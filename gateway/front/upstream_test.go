@@ -134,6 +134,24 @@ func (u *testUpstream) handle(_ any, ss grpc.ServerStream) error {
 		<-ctx.Done()
 		c.err = ctx.Err()
 		return status.FromContextError(ctx.Err()).Err()
+	case "/test.Echo/Stall":
+		select { // read nothing until released
+		case <-u.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		for {
+			m := &msg{}
+			if err := ss.RecvMsg(m); err != nil {
+				if errors.Is(err, io.EOF) {
+					return nil
+				}
+				return err
+			}
+			u.mu.Lock()
+			c.msgs = append(c.msgs, nil)
+			u.mu.Unlock()
+		}
 	case "/test.Echo/Flood":
 		m := &msg{}
 		if err := ss.RecvMsg(m); err != nil {

@@ -3,8 +3,8 @@ package front_test
 import (
 	"context"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"runtime"
 	"strconv"
 	"sync"

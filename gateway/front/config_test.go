@@ -1,0 +1,84 @@
+package front_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ewgate/ewgate/gateway/front"
+)
+
+func TestValidateNamesTheField(t *testing.T) {
+	p := newPKI(t)
+	base := func() front.Config {
+		return front.Config{TLS: front.TLSConfig{CertFile: p.certFile, KeyFile: p.keyFile},
+			Upstreams: []front.UpstreamConfig{{Cluster: "c1", Builtin: true}}}
+	}
+	cases := []struct {
+		name   string
+		mutate func(*front.Config)
+		path   string
+	}{
+		{"valid", func(*front.Config) {}, ""},
+		{"no upstreams", func(c *front.Config) { c.Upstreams = nil }, "upstreams"},
+		{"bad address", func(c *front.Config) { c.Address = "nowhere" }, "address"},
+		{"missing cert", func(c *front.Config) { c.TLS.CertFile = "" }, "tls.cert_file"},
+		{"client certs mode", func(c *front.Config) { c.TLS.ClientCerts = "maybe" }, "tls.client_certs"},
+		{"duplicate cluster", func(c *front.Config) {
+			c.Upstreams = append(c.Upstreams, front.UpstreamConfig{Cluster: "c1", Address: "istiod:15012"})
+		}, "upstreams[1].cluster"},
+		{"no address", func(c *front.Config) { c.Upstreams[0].Builtin = false }, "upstreams[0].address"},
+		{"builtin with address", func(c *front.Config) { c.Upstreams[0].Address = "x:1" }, "upstreams[0].builtin"},
+		{"identity mode", func(c *front.Config) { c.Upstreams[0].Identity = "trust-me" }, "upstreams[0].identity"},
+		{"plaintext forward", func(c *front.Config) {
+			c.Upstreams[0] = front.UpstreamConfig{Cluster: "c1", Address: "127.0.0.1:15010", Plaintext: true}
+		}, "upstreams[0].plaintext"},
+		{"per identity above total", func(c *front.Config) { c.Limits.MaxStreams, c.Limits.MaxStreamsPerID = 5, 10 }, "limits.max_streams_per_identity"},
+		{"tiny messages", func(c *front.Config) { c.Limits.MaxMessageBytes = 10 }, "limits.max_message_bytes"},
+		{"keepalive", func(c *front.Config) { c.Limits.KeepaliveMinTime = time.Millisecond }, "limits.keepalive_min_time"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base()
+			tc.mutate(&c)
+			c.SetDefaults()
+			err := c.Validate()
+			if tc.path == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var fe *front.FieldError
+			if !errors.As(err, &fe) || !strings.Contains(err.Error(), tc.path+": ") {
+				t.Fatalf("got %v, want an error at %s", err, tc.path)
+			}
+		})
+	}
+}
+
+func TestServingCertificateIsReloaded(t *testing.T) {
+	p := newPKI(t)
+	u := startUpstream(t, p, "")
+	g := startFront(t, p, front.Config{TLS: front.TLSConfig{CheckInterval: time.Millisecond},
+		Upstreams: []front.UpstreamConfig{p.upstreamConfig(u, "")}}, front.Options{})
+	newCA := newCA(t, "renewed serving CA")
+	certFile, keyFile := writePair(t, t.TempDir(), "renewed", newCA.leaf(t, []string{serverName}, ""))
+	for _, f := range [][2]string{{certFile, p.certFile}, {keyFile, p.keyFile}} {
+		b, _ := os.ReadFile(f[0])
+		if err := os.WriteFile(f[1], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the renewed certificate is served", func() bool {
+		c, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: newCA.pool(), ServerName: serverName, NextProtos: []string{"h2"}})
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+}

@@ -69,7 +69,7 @@ type server struct {
 	gw       *gateway.Gateway
 	cfg      *config.File // the serving config
 	lastHash [32]byte
-	xds      *xdsParts
+	parts    *parts // set once at start, before any reload
 }
 
 func (s *server) serve(cfg *config.File) error {
@@ -81,7 +81,7 @@ func (s *server) serve(cfg *config.File) error {
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}
-	admin := gateway.NewAdminServer(s.gw.AdminHandler(reg, config.BoolOr(cfg.Admin.Pprof, true), nil))
+	admin := gateway.NewAdminServer(s.gw.AdminHandler(reg, config.BoolOr(cfg.Admin.Pprof, true), s.debugHandlers()))
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- admin.Serve(adminLn) }()
 	s.log.Info("listening", zap.String("listener", "admin"), zap.String("kind", "admin"), zap.Stringer("address", adminLn.Addr()))
@@ -91,7 +91,7 @@ func (s *server) serve(cfg *config.File) error {
 		<-adminDone
 		return err
 	}
-	if s.xds, err = s.startXDS(cfg, reg); err != nil {
+	if s.parts, err = s.startParts(cfg, reg); err != nil {
 		s.drain(nil, 0)
 		admin.Close()
 		<-adminDone
@@ -116,7 +116,7 @@ func (s *server) serve(cfg *config.File) error {
 	}
 	stopWatch()
 	<-watchDone
-	s.xds.stop() // the routes stay as they are while the connections drain
+	s.parts.stop() // the routes stay as they are while the connections drain
 	s.drain(sigs, s.cfg.DrainTimeout)
 	shutdownAdmin(admin)
 	if err := <-adminDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -157,7 +157,9 @@ func (s *server) apply(cfg *config.File) error {
 		return err
 	}
 	s.cfg = cfg
-	s.xds.reload(cfg)
+	if err := s.parts.reload(cfg); err != nil {
+		s.log.Error("reload: workload groups not written; the registrar keeps the previous ones", zap.Error(err))
+	}
 	if lvl, err := zapcore.ParseLevel(cfg.Log.Level); err == nil {
 		s.level.SetLevel(lvl)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/xds"
@@ -20,47 +21,69 @@ import (
 	"github.com/ewgate/ewgate/registrar"
 )
 
-// xdsParts are the built-in control plane and the gateway's xDS client, when the config asks
-// for them. Changing their settings needs a restart; services follow reloads.
-type xdsParts struct {
-	cp     *controlplane.Server
+// parts are what runs beside the data plane when the config asks for it: the registrar's store,
+// the VM control endpoint with authn and the registrar (vm.go), the built-in control plane and
+// the gateway's xDS client. Changing their settings needs a restart; services and workload
+// groups follow reloads.
+type parts struct {
+	log    *zap.Logger
+	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	store  *registrar.FileStore
+	cp     *controlplane.Server
+	vm     *vmParts
 }
 
-// startXDS starts the built-in control plane (standalone mode) and the gateway's xDS client
-// (routes_from: xds listeners), as cfg says.
-func (s *server) startXDS(cfg *config.File, reg prometheus.Registerer) (*xdsParts, error) {
+// startParts starts, in dependency order, the store, the VM control endpoint, the built-in
+// control plane (standalone mode) and the gateway's xDS client (routes_from: xds listeners).
+func (s *server) startParts(cfg *config.File, reg prometheus.Registerer) (p *parts, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &xdsParts{cancel: cancel}
-	target := cfg.XDS.Server
-	if cfg.ControlPlaneEnabled() {
-		addr, err := p.startControlPlane(ctx, cfg, reg, s.log)
+	p = &parts{log: s.log, ctx: ctx, cancel: cancel}
+	defer func() {
 		if err != nil {
 			p.stop()
+		}
+	}()
+	if dir := cfg.ControlPlane.WorkloadEntriesDir; dir != "" {
+		if p.store, err = registrar.OpenFileStore(dir); err != nil {
+			return nil, fmt.Errorf("control_plane.workload_entries_dir: %w", err)
+		}
+	}
+	if err = p.startVM(cfg, reg); err != nil {
+		return nil, err
+	}
+	target := cfg.XDS.Server
+	if cfg.ControlPlaneEnabled() {
+		addr, err := p.startControlPlane(cfg, reg)
+		if err != nil {
 			return nil, err
 		}
 		if target == config.XDSServerBuiltin {
 			target = addr
 		}
 	}
-	if !cfg.UsesXDS() {
-		return p, nil
+	p.vm.run(p)
+	if cfg.UsesXDS() {
+		if err := p.startXDSClient(cfg, reg, s, target); err != nil {
+			return nil, err
+		}
 	}
+	return p, nil
+}
+
+func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, s *server, target string) error {
 	var tlsCfg *tls.Config
 	if t := cfg.XDS.TLS; t != nil {
 		tlsCfg = &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
 		if t.CAFile != "" {
 			pem, err := os.ReadFile(t.CAFile)
 			if err != nil {
-				p.stop()
-				return nil, fmt.Errorf("xds.tls.ca_file: %w", err)
+				return fmt.Errorf("xds.tls.ca_file: %w", err)
 			}
 			tlsCfg.RootCAs = x509.NewCertPool()
 			if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
-				p.stop()
-				return nil, errors.New("xds.tls.ca_file: no PEM certificate in it")
+				return errors.New("xds.tls.ca_file: no PEM certificate in it")
 			}
 		}
 	}
@@ -74,31 +97,25 @@ func (s *server) startXDS(cfg *config.File, reg prometheus.Registerer) (*xdsPart
 		Target: target, TLS: tlsCfg, TokenFile: cfg.XDS.TokenFile, Node: xds.NewNode(cfg.XDS.Node, versionString()),
 		MeshPort: cfg.XDS.MeshPort, Listeners: listeners, Sink: s.gw,
 		InitialBackoff: cfg.XDS.InitialBackoff, MaxBackoff: cfg.XDS.MaxBackoff,
-		Logger: s.log.Named("xds"), Registerer: reg,
+		Logger: p.log.Named("xds"), Registerer: reg,
 	})
-	p.wg.Add(1)
-	go func() { defer p.wg.Done(); c.Run(ctx) }()
-	s.log.Info("xds client started", zap.String("server", target), zap.Strings("listeners", listeners))
-	return p, nil
+	p.goRun("xds client", func(ctx context.Context) error { return c.Run(ctx) })
+	p.log.Info("xds client started", zap.String("server", target), zap.Strings("listeners", listeners))
+	return nil
 }
 
-func (p *xdsParts) startControlPlane(ctx context.Context, cfg *config.File, reg prometheus.Registerer, log *zap.Logger) (string, error) {
+func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (string, error) {
 	cpc := cfg.ControlPlane
 	opts := controlplane.Options{
 		Services: cfg.Services, Network: cfg.XDS.Node.Network, MeshPort: cfg.XDS.MeshPort,
-		Debounce: cpc.Debounce, MaxDelay: cpc.MaxPushDelay, Logger: log.Named("controlplane"), Registerer: reg,
+		Debounce: cpc.Debounce, MaxDelay: cpc.MaxPushDelay, Logger: p.log.Named("controlplane"), Registerer: reg,
 	}
-	if cpc.WorkloadEntriesDir != "" {
-		st, err := registrar.OpenFileStore(cpc.WorkloadEntriesDir)
-		if err != nil {
-			return "", fmt.Errorf("control_plane.workload_entries_dir: %w", err)
-		}
-		p.store = st
-		opts.Entries = st.WorkloadEntries()
+	if p.store != nil {
+		opts.Entries = p.store.WorkloadEntries()
 	}
 	if cpc.CA.DataDir != "" || cpc.CA.CertFile != "" {
 		a, err := ca.Open(ca.Options{DataDir: cpc.CA.DataDir, CertFile: cpc.CA.CertFile, KeyFile: cpc.CA.KeyFile,
-			TTL: cpc.CA.TTL, MaxTTL: cpc.CA.MaxTTL, TrustDomain: cpc.CA.TrustDomain, Logger: log.Named("ca"), Registerer: reg})
+			TTL: cpc.CA.TTL, MaxTTL: cpc.CA.MaxTTL, TrustDomain: cpc.CA.TrustDomain, Logger: p.log.Named("ca"), Registerer: reg})
 		if err != nil {
 			return "", err
 		}
@@ -109,31 +126,53 @@ func (p *xdsParts) startControlPlane(ctx context.Context, cfg *config.File, reg 
 		return "", fmt.Errorf("control plane listener: %w", err)
 	}
 	p.cp = controlplane.New(opts)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		if err := p.cp.Run(ctx, ln); err != nil {
-			log.Error("control plane stopped", zap.Error(err))
-		}
-	}()
-	log.Info("listening", zap.String("listener", "control_plane"), zap.String("kind", "xds"), zap.Stringer("address", ln.Addr()))
+	p.goRun("control plane", func(ctx context.Context) error { return p.cp.Run(ctx, ln) })
+	p.log.Info("listening", zap.String("listener", "control_plane"), zap.String("kind", "xds"), zap.Stringer("address", ln.Addr()))
+	if p.vm != nil && p.vm.front != nil && cfg.BuiltinUpstream() {
+		// The VM control endpoint reaches the same control plane in-process, over a listener
+		// nothing outside the process can open, with its interceptors turning each call back
+		// into the verified identity (so the CA signs for the caller).
+		gs := grpc.NewServer(p.vm.front.BuiltinServerOptions()...)
+		p.cp.Register(p.ctx, gs)
+		bl := p.vm.front.BuiltinListener()
+		p.goRun("built-in upstream", func(ctx context.Context) error {
+			go func() { <-ctx.Done(); gs.Stop() }()
+			return gs.Serve(bl)
+		})
+	}
 	return ln.Addr().String(), nil
 }
 
-// reload hands the new services to the control plane.
-func (p *xdsParts) reload(cfg *config.File) {
-	if p != nil && p.cp != nil {
-		p.cp.SetServices(cfg.Services)
-	}
+// goRun runs fn until the parts stop; stop waits for it.
+func (p *parts) goRun(name string, fn func(ctx context.Context) error) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		if err := fn(p.ctx); err != nil && p.ctx.Err() == nil {
+			p.log.Error(name+" stopped", zap.Error(err))
+		}
+	}()
 }
 
-// stop ends the client and the control plane and waits for them.
-func (p *xdsParts) stop() {
+// reload hands the new services to the control plane and the new groups to the store.
+func (p *parts) reload(cfg *config.File) error {
+	if p == nil {
+		return nil
+	}
+	if p.cp != nil {
+		p.cp.SetServices(cfg.Services)
+	}
+	return p.vm.syncGroups(p.ctx, cfg)
+}
+
+// stop ends everything and waits for it.
+func (p *parts) stop() {
 	if p == nil {
 		return
 	}
 	p.cancel()
 	p.wg.Wait()
+	p.vm.close()
 	if p.store != nil {
 		p.store.Close()
 	}

@@ -16,6 +16,10 @@ package config
 
 import (
 	"time"
+
+	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/front"
+	"github.com/ewgate/ewgate/registrar"
 )
 
 // Listener kinds.
@@ -75,6 +79,18 @@ type File struct {
 	ControlPlane ControlPlane `yaml:"control_plane"`
 	// Services are the mesh services the built-in control plane serves, in ServiceEntry terms.
 	Services []Service `yaml:"services"`
+
+	// VM onboarding (docs/vm-onboarding.md); a section left out is off.
+
+	// Authn names whom to trust: token issuers and client-certificate trust bundles.
+	Authn *authn.Config `yaml:"authn"`
+	// Control is the VM control endpoint (port 15012): TLS, authentication, forwarding.
+	Control *front.Config `yaml:"control"`
+	// Registrar registers VMs that connect with AUTO_REGISTER_GROUP as WorkloadEntries.
+	Registrar *registrar.Config `yaml:"registrar"`
+	// WorkloadGroups are the groups VMs may join in standalone mode (metadata + spec, as in
+	// Kubernetes); they are written to the registrar's store at start and on every reload.
+	WorkloadGroups []*registrar.WorkloadGroup `yaml:"workload_groups"`
 }
 
 // Log selects the log encoding and level.

@@ -115,3 +115,35 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Fatalf("err = %v; want not-exist", err)
 	}
 }
+
+func TestVMSectionsValidation(t *testing.T) {
+	const tlsFiles = "control:\n  tls: {cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key}\n  upstreams: [{cluster: c1, builtin: true}]\n"
+	tests := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"control needs authn", tlsFiles, []string{"control: the control endpoint authenticates every call"}},
+		{"section errors keep their paths", tlsFiles + "authn:\n  issuers: [{cluster: c1}]\n",
+			[]string{"authn.issuers[0].issuer", "control.tls.cert_file"}},
+		{"registrar needs control and a store", "registrar: {grace_period: 5s}\n",
+			[]string{"registrar: VMs register through the control endpoint", "registrar: needs a store"}},
+		{"registrar's own checks", "registrar: {address_policy: guess}\n", []string{`registrar.address_policy: "guess"`}},
+		{"groups need the registrar", "workload_groups: [{metadata: {name: web, namespace: vms}}]\n",
+			[]string{"workload_groups: groups are for the registrar"}},
+		{"group without namespace", "workload_groups: [{metadata: {name: web}}]\n",
+			[]string{"workload_groups[0].metadata.namespace: required"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml), "t.yaml")
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error:\n%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -13,6 +13,7 @@ import (
 // SetDefaults fills every zero optional field with its default. It is the only place defaults
 // are decided.
 func (f *File) SetDefaults() {
+	f.setVMDefaults()
 	if f.Log.Format == "" {
 		f.Log.Format = LogJSON
 	}
@@ -127,6 +128,7 @@ func (f *File) Validate() Errors {
 	clusters := f.validateClusters(v, listeners)
 	f.validateRoutes(v, listeners, clusters)
 	f.validateXDS(v)
+	f.validateVM(v)
 	if len(v.errs) == 0 {
 		return nil
 	}

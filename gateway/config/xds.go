@@ -142,11 +142,12 @@ func (f *File) UsesXDS() bool {
 	return false
 }
 
-// ControlPlaneEnabled reports whether the built-in control plane runs: services are configured,
-// or an xds listener takes its routes from the builtin server.
+// ControlPlaneEnabled reports whether the built-in control plane runs: services or a CA are
+// configured, an xds listener takes its routes from the builtin server, or the VM control
+// endpoint forwards a cluster to it.
 func (f *File) ControlPlaneEnabled() bool {
 	return len(f.Services) > 0 || f.ControlPlane.CA.DataDir != "" || f.ControlPlane.CA.CertFile != "" ||
-		(f.UsesXDS() && f.XDS.Server == XDSServerBuiltin)
+		(f.UsesXDS() && f.XDS.Server == XDSServerBuiltin) || f.BuiltinUpstream()
 }
 
 func (f *File) setXDSDefaults() {

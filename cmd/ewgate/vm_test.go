@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	securityv1alpha1 "istio.io/api/security/v1alpha1"
+)
+
+const (
+	testIssuer = "https://issuer.ewgate.test"
+	vmCA       = "istiod.istio-system.svc" // the name VMs dial for 15012
+)
+
+// vmTestEnv is what a standalone ewgate with VM onboarding needs from the outside: a token
+// issuer's key and a serving certificate for 15012, both made here.
+type vmTestEnv struct {
+	dir      string
+	key      *rsa.PrivateKey
+	jwks     string
+	roots    *x509.CertPool
+	certFile string
+	keyFile  string
+}
+
+func newVMTestEnv(t *testing.T) *vmTestEnv {
+	t.Helper()
+	e := &vmTestEnv{dir: t.TempDir()}
+	var err error
+	if e.key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
+		t.Fatal(err)
+	}
+	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &e.key.PublicKey, KeyID: "k1", Algorithm: "RS256", Use: "sig"}}}
+	b, _ := json.Marshal(set)
+	e.jwks = string(b)
+
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "15012 test CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	caCert, _ := x509.ParseCertificate(caDER)
+	e.roots = x509.NewCertPool()
+	e.roots.AddCert(caCert)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: vmCA}, DNSNames: []string{vmCA},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	leafDER, _ := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(leafKey)
+	e.certFile, e.keyFile = filepath.Join(e.dir, "tls.crt"), filepath.Join(e.dir, "tls.key")
+	os.WriteFile(e.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}), 0o600)
+	os.WriteFile(e.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return e
+}
+
+// token is a Kubernetes-shaped service-account token for ns/sa, audience istio-ca.
+func (e *vmTestEnv) token(t *testing.T, ns, sa string) string {
+	t.Helper()
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: e.key},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tok, err := jwt.Signed(signer).Claims(map[string]any{
+		"iss": testIssuer, "aud": []string{"istio-ca"}, "sub": "system:serviceaccount:" + ns + ":" + sa,
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+		"kubernetes.io": map[string]any{"namespace": ns, "serviceaccount": map[string]any{"name": sa, "uid": "uid-" + sa}},
+	}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func (e *vmTestEnv) config() string {
+	return fmt.Sprintf(`
+admin: {address: 127.0.0.1:0}
+listeners:
+  - {name: mesh, kind: mesh, address: 127.0.0.1:0, routes_from: xds}
+xds:
+  node: {network: vmnet}
+control_plane:
+  address: 127.0.0.1:0
+  debounce: 20ms
+  workload_entries_dir: %[1]s/store
+  ca: {data_dir: %[1]s/ca}
+authn:
+  issuers:
+    - issuer: %[2]s
+      cluster: cluster1
+      jwks: '%[3]s'
+control:
+  address: 127.0.0.1:0
+  tls: {cert_file: %[4]s, key_file: %[5]s}
+  upstreams: [{cluster: cluster1, builtin: true}]
+registrar:
+  instance: ewgate-test
+  grace_period: 1s
+workload_groups:
+  - metadata: {name: web, namespace: vms}
+    spec:
+      metadata: {labels: {app: web}}
+      template: {serviceAccount: web, ports: {http: 8080}}
+services:
+  - name: web
+    namespace: vms
+    hosts: [web.vms.svc.cluster.local]
+    ports: [{number: 8080, name: http, protocol: TLS}]
+    workload_selector: {labels: {app: web}}
+`, e.dir, testIssuer, e.jwks, e.certFile, e.keyFile)
+}
+
+// TestStandaloneVMOnboarding runs the binary in standalone mode with VM onboarding on and plays a
+// VM as pilot-agent does: the CA signs its certificate for its verified identity, its ADS stream
+// registers it as a WorkloadEntry from its group, the built-in control plane turns the entry into
+// an endpoint of the service that selects it (the mesh listener's route, over xDS), and when the
+// VM goes the entry goes after the grace period. A VM without a valid token gets nothing.
+func TestStandaloneVMOnboarding(t *testing.T) {
+	env := newVMTestEnv(t)
+	path := filepath.Join(env.dir, "ewgate.yaml")
+	if err := os.WriteFile(path, []byte(env.config()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, path)
+	admin := "http://" + p.addr(t, "admin")
+	control := p.addr(t, "control")
+	eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
+
+	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: env.roots, ServerName: vmCA})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+env.token(t, "vms", "web"), "ClusterID", "cluster1")
+
+	// No token: refused before anything reaches the control plane.
+	_, err = securityv1alpha1.NewIstioCertificateServiceClient(cc).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{Csr: csr(t, "spiffe://cluster.local/ns/vms/sa/web")})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("CreateCertificate without a token: %v; want Unauthenticated", err)
+	}
+	// With the token: a certificate for the verified identity, whatever the CSR asks for.
+	resp, err := securityv1alpha1.NewIstioCertificateServiceClient(cc).CreateCertificate(asVM, &securityv1alpha1.IstioCertificateRequest{
+		Csr: csr(t, "spiffe://cluster.local/ns/istio-system/sa/istiod"), ValidityDuration: 3600})
+	if err != nil {
+		t.Fatalf("CreateCertificate: %v", err)
+	}
+	if id := spiffeOf(t, resp.CertChain[0]); id != "spiffe://cluster.local/ns/vms/sa/web" {
+		t.Fatalf("certificate for %q; want the caller's identity", id)
+	}
+
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, _ := structpb.NewStruct(map[string]any{"AUTO_REGISTER_GROUP": "web", "INSTANCE_IPS": "10.1.2.3", "NETWORK": "vmnet",
+		"CLUSTER_ID": "cluster1", "NAMESPACE": "vms", "LABELS": map[string]any{"version": "v1"}})
+	node := &corev3.Node{Id: "sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local", Metadata: md}
+	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ads.Recv(); err != nil {
+		t.Fatalf("first ADS response: %v", err)
+	}
+	const entry = "web-10.1.2.3-vmnet"
+	if _, err := os.Stat(filepath.Join(env.dir, "store", "workloadentries", "vms", entry+".yaml")); err != nil {
+		t.Fatalf("no WorkloadEntry in the store after the first ADS response: %v", err)
+	}
+	if _, body := httpGet(t, admin+"/debug/registrations"); !strings.Contains(body, entry) {
+		t.Fatalf("/debug/registrations does not list %s:\n%s", entry, body)
+	}
+	sni := "outbound_.8080_._.web.vms.svc.cluster.local"
+	eventually(t, "the VM as an endpoint of the mesh route", func() bool {
+		_, body := httpGet(t, admin+"/debug/routes")
+		return strings.Contains(body, sni) && strings.Contains(body, "10.1.2.3:8080")
+	})
+
+	// The VM goes: after the grace period its entry and its endpoint go.
+	cancel()
+	eventually(t, "entry deleted after the grace period", func() bool {
+		_, err := os.Stat(filepath.Join(env.dir, "store", "workloadentries", "vms", entry+".yaml"))
+		return os.IsNotExist(err)
+	})
+	eventually(t, "endpoint removed from the mesh route", func() bool {
+		_, body := httpGet(t, admin+"/debug/routes")
+		return !strings.Contains(body, "10.1.2.3:8080")
+	})
+}
+
+func csr(t *testing.T, uri string) string {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	u, _ := url.Parse(uri)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
+
+func spiffeOf(t *testing.T, certPEM string) string {
+	t.Helper()
+	b, _ := pem.Decode([]byte(certPEM))
+	if b == nil {
+		t.Fatal("no PEM in the certificate chain")
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil || len(c.URIs) != 1 {
+		t.Fatalf("leaf: %v, URIs %v", err, c.URIs)
+	}
+	return c.URIs[0].String()
+}

@@ -1,0 +1,111 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/front"
+)
+
+// The VM onboarding sections keep their own types, defaults and validation in their packages;
+// this file only calls them and checks how the sections depend on each other.
+
+func (f *File) setVMDefaults() {
+	if f.Authn != nil {
+		f.Authn.SetDefaults()
+	}
+	if f.Control != nil {
+		f.Control.SetDefaults()
+	}
+	if f.Registrar != nil {
+		f.Registrar.SetDefaults()
+	}
+}
+
+// BuiltinUpstream reports whether the control endpoint forwards a cluster to the built-in
+// control plane.
+func (f *File) BuiltinUpstream() bool {
+	if f.Control == nil {
+		return false
+	}
+	for _, u := range f.Control.Upstreams {
+		if u.Builtin {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *File) validateVM(v *validator) {
+	if f.Authn != nil {
+		v.section("authn", f.Authn.Validate())
+	}
+	if f.Registrar != nil {
+		v.section("", f.Registrar.Validate()) // its messages already start with "registrar."
+	}
+	if f.Control != nil {
+		v.section("control", f.Control.Validate())
+		if f.Authn == nil || len(f.Authn.Issuers) == 0 && len(f.Authn.ClientCerts.TrustBundles) == 0 {
+			v.add("control", "the control endpoint authenticates every call: configure authn.issuers or authn.client_certs.trust_bundles")
+		}
+	}
+	if f.Registrar != nil {
+		if f.Control == nil {
+			v.add("registrar", "VMs register through the control endpoint: configure control as well")
+		}
+		if f.ControlPlane.WorkloadEntriesDir == "" {
+			v.add("registrar", "needs a store: set control_plane.workload_entries_dir (the directory the registrar and the built-in control plane share)")
+		}
+	}
+	if len(f.WorkloadGroups) > 0 && f.Registrar == nil {
+		v.add("workload_groups", "groups are for the registrar: configure registrar as well")
+	}
+	seen := map[string]bool{}
+	for i, g := range f.WorkloadGroups {
+		p := fmt.Sprintf("workload_groups[%d]", i)
+		switch {
+		case g == nil || g.Name == "":
+			v.add(p+".metadata.name", "required")
+			continue
+		case g.Namespace == "":
+			v.add(p+".metadata.namespace", "required: a VM joins a group of its own namespace")
+		}
+		if key := g.Namespace + "/" + g.Name; seen[key] {
+			v.add(p+".metadata.name", "%s is listed twice", key)
+		} else {
+			seen[key] = true
+		}
+	}
+}
+
+// section adds the errors a section's own Validate returned, under prefix.
+func (v *validator) section(prefix string, err error) {
+	if err == nil {
+		return
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		path, msg := "", e.Error()
+		var ae *authn.FieldError
+		var fe *front.FieldError
+		switch {
+		case errors.As(e, &ae):
+			path, msg = ae.Path, ae.Msg
+		case errors.As(e, &fe):
+			path, msg = fe.Path, fe.Msg
+		default:
+			if p, m, ok := strings.Cut(msg, ": "); ok && !strings.Contains(p, " ") {
+				path, msg = p, m
+			}
+		}
+		if prefix != "" {
+			path = prefix + "." + path
+		}
+		v.add(path, "%s", msg)
+	}
+}

@@ -131,7 +131,13 @@ func (g *Gateway) serveConn(l *listener, t *Table, rc *relayConn, c *net.TCPConn
 			rec.client = src.AddrPort()
 		}
 	}
-	hello, peeked, err := sni.Peek(c, sni.PeekOptions{Timeout: time.Until(deadline), MaxSize: lc.MaxHelloBytes})
+	// One deadline covers the PROXY header and the hello (a zero Timeout would mean Peek's default).
+	remaining := time.Until(deadline)
+	if remaining <= 0 {
+		rec.result, rec.err = refusal(sni.ErrTimeout), sni.ErrTimeout
+		return
+	}
+	hello, peeked, err := sni.Peek(c, sni.PeekOptions{Timeout: remaining, MaxSize: lc.MaxHelloBytes})
 	g.m.peek.WithLabelValues(l.name).Observe(time.Since(rec.start).Seconds())
 	rec.hello = hello
 	if err != nil {

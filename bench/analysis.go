@@ -172,7 +172,7 @@ func analysis(r *Results) string {
 			n, e, h, cumShare(pr, "syscall.Syscall", "Syscall6"), cumShare(pr, "runtime.schedule", "runtime.findRunnable", "netpoll"))
 		if g, ok := med(r, fmt.Sprintf("bulk%d", n), Ewgate); ok {
 			d, _ := med(r, fmt.Sprintf("bulk%d", n), Direct)
-			w("At %.2f GB/s that is %.2f of a core taken from the client and backend, whose TLS (AES-GCM both ends) already fills the 2 cores in the direct run (%.2f GB/s): so here the bulk ratio against direct is set by the proxy's CPU per GB (and the cache and scheduling cost of a third busy process), and the proxy with the least CPU per GB comes closest. ", g, g*e, d)
+			w("At %.2f GB/s that is %.2f of a core taken from the client and backend, whose TLS (AES-GCM both ends) already fills the 2 cores in the direct run (%.2f GB/s): so here the bulk ratio against direct is set mostly by the CPU the proxy takes from the endpoints (and the cache and scheduling cost of a third busy process), for every proxy alike; between the proxies, the throughput differences are within the min–max spread of this shared machine, while the CPU per GB differences are not. ", g, g*e, d)
 		}
 		if ecs, ok := med(r, fmt.Sprintf("csmb%d", n), Ewgate); ok {
 			hcs, _ := med(r, fmt.Sprintf("csmb%d", n), HAProxy)

@@ -69,6 +69,10 @@ func bearer(file string) (string, error) {
 	return tok, nil
 }
 
+// acceptJSON is the Accept header of every fetch: discovery documents and TokenReviews are
+// application/json, key sets application/jwk-set+json.
+const acceptJSON = "application/json, application/jwk-set+json"
+
 // doJSON sends req and decodes a JSON answer with one of the wanted status
 // codes into out. Errors never include the bearer token.
 func doJSON(client *http.Client, req *http.Request, tokenFile string, out any, want ...int) error {
@@ -79,7 +83,9 @@ func doJSON(client *http.Client, req *http.Request, tokenFile string, out any, w
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	req.Header.Set("Accept", "application/json")
+	// A kube-apiserver serves its key set only as application/jwk-set+json (RFC 7517 §8.5.1)
+	// and answers 406 to a request that accepts application/json alone.
+	req.Header.Set("Accept", acceptJSON)
 	resp, err := client.Do(req)
 	if err != nil {
 		return err

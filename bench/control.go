@@ -20,12 +20,15 @@ type ControlBench struct {
 
 var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+(.*)$`)
 
-// runControl runs the authn and registrar benchmarks of the main module (go test -bench).
+// runControl runs the control-side benchmarks of the main module (go test -bench): token
+// verification, registration, and the xDS path from a registration to the push that carries it.
 func runControl(ctx context.Context, repo, benchtime string, count int) ([]ControlBench, error) {
 	var out []ControlBench
 	for _, pkg := range []struct{ dir, pattern string }{
 		{"./authn", "^BenchmarkVerify"},
 		{"./registrar", "^BenchmarkRegister$"},
+		{"./gateway/xds", "^BenchmarkRegistrationToPush$"},
+		{"./gateway/xds/controlplane", "^Benchmark(Build10kEndpoints|Burst1000Registrations)$"},
 	} {
 		cmd := exec.CommandContext(ctx, goTool(), "test", "-run", "^$", "-bench", pkg.pattern,
 			"-benchtime", benchtime, "-count", strconv.Itoa(count), "-benchmem", pkg.dir)

@@ -19,6 +19,7 @@ import (
 	"github.com/ewgate/ewgate/gateway/xds/ca"
 	"github.com/ewgate/ewgate/gateway/xds/controlplane"
 	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/registrar/kube"
 )
 
 // parts are what runs beside the data plane when the config asks for it: the registrar's store,
@@ -30,7 +31,8 @@ type parts struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	store  *registrar.FileStore
+	store  registrar.Store // nil when the config needs none
+	close  func()          // releases the store
 	cp     *controlplane.Server
 	vm     *vmParts
 }
@@ -45,10 +47,8 @@ func (s *server) startParts(cfg *config.File, reg prometheus.Registerer) (p *par
 			p.stop()
 		}
 	}()
-	if dir := cfg.ControlPlane.WorkloadEntriesDir; dir != "" {
-		if p.store, err = registrar.OpenFileStore(dir); err != nil {
-			return nil, fmt.Errorf("control_plane.workload_entries_dir: %w", err)
-		}
+	if err = p.openStore(cfg); err != nil {
+		return nil, err
 	}
 	if err = p.startVM(cfg, reg); err != nil {
 		return nil, err
@@ -173,7 +173,35 @@ func (p *parts) stop() {
 	p.cancel()
 	p.wg.Wait()
 	p.vm.close()
-	if p.store != nil {
-		p.store.Close()
+	if p.close != nil {
+		p.close()
 	}
+}
+
+// openStore opens the store of WorkloadEntries and WorkloadGroups that the registrar writes and
+// the built-in control plane reads: the API server, or a directory.
+func (p *parts) openStore(cfg *config.File) error {
+	switch {
+	case cfg.Kubernetes != nil:
+		rc, err := kube.RESTConfig(cfg.Kubernetes.Kubeconfig)
+		if err != nil {
+			return fmt.Errorf("kubernetes: %w", err)
+		}
+		leaseNS := ""
+		if cfg.Registrar != nil {
+			leaseNS = cfg.Registrar.LeaseNamespace
+		}
+		st, err := kube.New(p.ctx, kube.Options{Config: rc, LeaseNamespace: leaseNS, Logger: p.log.Named("kube")})
+		if err != nil {
+			return fmt.Errorf("kubernetes: %w", err)
+		}
+		p.store, p.close = st, st.Close
+	case cfg.ControlPlane.WorkloadEntriesDir != "":
+		st, err := registrar.OpenFileStore(cfg.ControlPlane.WorkloadEntriesDir)
+		if err != nil {
+			return fmt.Errorf("control_plane.workload_entries_dir: %w", err)
+		}
+		p.store, p.close = st, func() { st.Close() }
+	}
+	return nil
 }

@@ -88,9 +88,19 @@ type File struct {
 	Control *front.Config `yaml:"control"`
 	// Registrar registers VMs that connect with AUTO_REGISTER_GROUP as WorkloadEntries.
 	Registrar *registrar.Config `yaml:"registrar"`
+	// Kubernetes is the API server whose WorkloadEntries and WorkloadGroups the registrar and the
+	// built-in control plane use (in a mesh). Nil: the file store at
+	// control_plane.workload_entries_dir.
+	Kubernetes *Kubernetes `yaml:"kubernetes"`
 	// WorkloadGroups are the groups VMs may join in standalone mode (metadata + spec, as in
 	// Kubernetes); they are written to the registrar's store at start and on every reload.
 	WorkloadGroups []*registrar.WorkloadGroup `yaml:"workload_groups"`
+}
+
+// Kubernetes says how to reach the API server.
+type Kubernetes struct {
+	// Kubeconfig is a kubeconfig file. Empty: the in-cluster service account.
+	Kubeconfig string `yaml:"kubeconfig"`
 }
 
 // Log selects the log encoding and level.

@@ -55,9 +55,12 @@ func (f *File) validateVM(v *validator) {
 		if f.Control == nil {
 			v.add("registrar", "VMs register through the control endpoint: configure control as well")
 		}
-		if f.ControlPlane.WorkloadEntriesDir == "" {
-			v.add("registrar", "needs a store: set control_plane.workload_entries_dir (the directory the registrar and the built-in control plane share)")
+		if f.ControlPlane.WorkloadEntriesDir == "" && f.Kubernetes == nil {
+			v.add("registrar", "needs a store: kubernetes (the API server, in a mesh) or control_plane.workload_entries_dir (a directory, standalone)")
 		}
+	}
+	if f.Kubernetes != nil && f.ControlPlane.WorkloadEntriesDir != "" {
+		v.add("kubernetes", "the store is the API server or control_plane.workload_entries_dir, not both")
 	}
 	if len(f.WorkloadGroups) > 0 && f.Registrar == nil {
 		v.add("workload_groups", "groups are for the registrar: configure registrar as well")

@@ -1,11 +1,14 @@
 package scenarios
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ewgate/ewgate/e2e/harness"
 	"google.golang.org/grpc"
@@ -80,4 +83,106 @@ func assertNoCert(t *testing.T, vm *harness.VM) {
 	if _, err := os.Stat(filepath.Join(vm.CertsDir, "cert-chain.pem")); err == nil {
 		t.Errorf("VM %s got a workload certificate", vm.Opts.Name)
 	}
+}
+
+// frontOfIstiod is an ewgate whose VM control endpoint forwards the shared istiod's cluster to
+// istiod (identity forward), with the registrar writing to the real apiserver (the Kubernetes
+// store): the mesh set-up of docs/vm-onboarding.md.
+type frontOfIstiod struct {
+	gw       *harness.Ewgate
+	control  string // ewgate's 15012 (host:port)
+	roots    []byte // what the VMs trust: ewgate's serving CA + the mesh root
+	meshRoot []byte
+	instance string // registrar.instance: the workloadController of ewgate's entries
+}
+
+// startFrontOfIstiod starts that ewgate and waits until it holds the apiserver issuer's keys.
+func startFrontOfIstiod(t *testing.T, rootNS, instance string) *frontOfIstiod {
+	t.Helper()
+	ctx := harness.Context(t, 60*time.Second)
+	meshRoot, err := cluster.Istiod.RootCert(ctx, cluster.API, rootNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	serving, err := harness.NewControlServingCert(dir, controlSAN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootFile := writeTemp(t, dir, "istiod-root.pem", meshRoot)
+	admin, mesh, control := freeAddr(t), freeAddr(t), freeAddr(t)
+	gw := harness.StartEwgate(t, admin, fmt.Sprintf(`
+admin: {address: %[1]s}
+listeners:
+  - {name: mesh, kind: mesh, address: %[2]s}
+kubernetes: {kubeconfig: %[3]s}
+authn:
+  issuers:
+    - issuer: %[4]s
+      cluster: %[5]s
+      discovery_url: %[6]s
+      ca_file: %[7]s
+control:
+  address: %[8]s
+  tls: {cert_file: %[9]s, key_file: %[10]s}
+  upstreams:
+    - cluster: %[5]s
+      address: %[11]s
+      ca_file: %[12]s
+      server_name: %[13]s
+      identity: forward
+registrar:
+  instance: %[14]s
+  grace_period: 2s
+`, admin, mesh, yamlQuote(cluster.API.Kubeconfig),
+		yamlQuote(cluster.API.Issuer), cluster.Istiod.ClusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
+		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile),
+		cluster.Istiod.SecureAddr, yamlQuote(rootFile), cluster.Istiod.SAN, instance))
+	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
+		m, err := gw.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
+			return errors.New("the apiserver's issuer has no key set yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return &frontOfIstiod{gw: gw, control: control, roots: bundle(serving.CA.CertPEM, meshRoot), meshRoot: meshRoot, instance: instance}
+}
+
+// vm starts a pilot-agent pointed at this ewgate, trusting ewgate's serving CA and the mesh root.
+func (f *frontOfIstiod) vm(t *testing.T, o harness.VMOptions) *harness.VM {
+	t.Helper()
+	o.RootPEM, o.DiscoveryAddr, o.SAN = f.roots, f.control, controlSAN
+	if o.ClusterID == "" {
+		o.ClusterID = cluster.Istiod.ClusterID
+	}
+	if o.Network == "" {
+		o.Network = "vmnet"
+	}
+	o.Env = append(o.Env, agentUsesDiscoveryAddrForCA...)
+	return harness.StartVM(t, cluster.Peers.PilotAgent(), o)
+}
+
+// metric reads one sum of ewgate's metrics.
+func (f *frontOfIstiod) metric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	m, err := f.gw.Metrics(harness.Context(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return harness.MetricSum(m, name, labels...)
+}
+
+// istiodMetric reads one sum of istiod's metrics.
+func istiodMetric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	m, err := cluster.Istiod.Metrics(harness.Context(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return harness.MetricSum(m, name, labels...)
 }

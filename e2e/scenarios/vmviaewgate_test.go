@@ -1,0 +1,134 @@
+package scenarios
+
+import (
+	"crypto/x509"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ewgate/ewgate/e2e/harness"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+// Scenario 3, VM onboarding through ewgate to a real istiod: a real pilot-agent pointed at
+// ewgate's 15012 with a real token (the WorkloadGroup, its service account and a ServiceEntry live
+// in the real apiserver, as in TestVMOnboardingDirectToIstiod without ewgate):
+//
+//   - gets its SPIFFE certificate from istiod (the CA call forwarded with the VM's own token,
+//     identity forward): it chains to istiod's mesh root;
+//   - its grpc-go xDS client makes the agent open ADS through ewgate to istiod, resolves the
+//     ServiceEntry's host (istiod's grpc generator) and makes a working RPC to a loopback backend;
+//     istiod holds the VM's ADS stream;
+//   - ewgate, not istiod, registered the VM: the WorkloadEntry in the apiserver has Istio's name
+//     and annotations with ewgate's replica as istio.io/workloadController, and istiod's own
+//     auto-registration counted nothing (ewgate removes AUTO_REGISTER_GROUP before forwarding);
+//   - the agent stops: istio.io/disconnectedAt, then the entry is deleted after ewgate's grace
+//     period (2 s) and istiod no longer holds the stream.
+//
+// The agent trusts a bundle of ewgate's 15012 serving CA and the mesh root (XDS_ROOT_CA and
+// CA_ROOT_CA): it verifies ewgate's certificate with the first; the second is the root istioctl
+// gives VMs anyway, and the workload certificate from istiod chains to it. Having ewgate's
+// serving certificate signed by the mesh CA would need istiod's CA key outside istiod.
+func TestVMOnboardingThroughEwgateToIstiod(t *testing.T) {
+	cluster.LogOnFailure(t)
+	ctx := harness.Context(t, 3*time.Minute)
+	ns, root := vmSetup(t, "vmewgate")
+	backend := startHealthServer(t, "127.0.0.1")
+	host := "echo." + ns + ".svc.cluster.local"
+	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "echo", map[string]any{
+		"hosts":      []any{host},
+		"location":   "MESH_INTERNAL",
+		"resolution": "STATIC",
+		"ports":      []any{map[string]any{"number": int64(backend.Port), "name": "grpc", "protocol": "GRPC"}},
+		"endpoints":  []any{map[string]any{"address": "127.0.0.1"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := cluster.API.IstioToken(ctx, ns, "vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := startFrontOfIstiod(t, ns, "ewgate-e2e-onboard")
+	istiodRegistered := istiodMetric(t, "auto_registration_success_total")
+
+	vm := front.vm(t, harness.VMOptions{Name: "via1", Namespace: ns, ServiceAccount: "vm", Group: "web", IP: "127.0.9.70", Token: tok})
+	leaf, err := vm.WaitCert(harness.Context(t, 60*time.Second))
+	if err != nil {
+		t.Fatalf("%v\n---- ewgate ----\n%s", err, front.gw.Proc.Tail(40))
+	}
+	if want := vm.SPIFFEID("cluster.local"); len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
+		t.Fatalf("certificate URIs %v, want [%s]", leaf.URIs, want)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: poolOf(t, root), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("workload certificate does not chain to istiod's mesh root: %v", err)
+	}
+
+	client := vm.StartXDSClient(t, ctx, host+":"+strconv.Itoa(backend.Port), "health")
+	if err := client.WaitLog(harness.Context(t, 60*time.Second), "xds-client: rpc ok SERVING"); err != nil {
+		t.Fatalf("%v\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, client.Tail(30), front.gw.Proc.Tail(40))
+	}
+	if n := istiodStreams(t, "via1."+ns+"-"); n != 1 {
+		t.Errorf("istiod holds %d ADS streams of the VM, want 1 (through ewgate)", n)
+	}
+
+	name := vm.AutoRegisteredName()
+	we, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
+		if u.GetAnnotations()["istio.io/connectedAt"] == "" {
+			return fmt.Errorf("not connected yet")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := we.GetAnnotations()
+	if ann["istio.io/autoRegistrationGroup"] != "web" || ann["istio.io/workloadController"] != front.instance {
+		t.Errorf("annotations %v; want group web, controller %s (ewgate)", ann, front.instance)
+	}
+	if ann["ewgate.io/identity"] != vm.SPIFFEID("cluster.local") {
+		t.Errorf("ewgate.io/identity %q", ann["ewgate.io/identity"])
+	}
+	spec, _ := we.Object["spec"].(map[string]any)
+	if spec["address"] != "127.0.9.70" || spec["network"] != "vmnet" || spec["serviceAccount"] != "vm" {
+		t.Errorf("spec %v", spec)
+	}
+	if we.GetLabels()["app"] != "web" {
+		t.Errorf("labels %v", we.GetLabels())
+	}
+	owners := we.GetOwnerReferences()
+	if len(owners) != 1 || owners[0].Kind != "WorkloadGroup" || owners[0].Name != "web" || owners[0].Controller == nil || !*owners[0].Controller {
+		t.Errorf("owner references %+v", owners)
+	}
+	if l, err := cluster.API.ListWorkloadEntries(ctx, ns); err != nil || len(l) != 1 {
+		t.Errorf("%d entries (%v), want 1", len(l), err)
+	}
+	if d := istiodMetric(t, "auto_registration_success_total") - istiodRegistered; d != 0 {
+		t.Errorf("istiod auto-registered %v VMs itself while the VM came through ewgate", d)
+	}
+
+	// The VM goes: disconnectedAt, then deletion after ewgate's grace period.
+	if err := client.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Proc.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
+		if u.GetAnnotations()["istio.io/disconnectedAt"] == "" {
+			return fmt.Errorf("not disconnected yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.API.WaitWorkloadEntryGone(harness.Context(t, 30*time.Second), ns, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := harness.Poll(harness.Context(t, 30*time.Second), 100*time.Millisecond, func() (bool, error) {
+		n := istiodStreams(t, "via1."+ns+"-")
+		return n == 0, fmt.Errorf("istiod still holds %d ADS streams of the stopped VM", n)
+	}); err != nil {
+		t.Error(err)
+	}
+}

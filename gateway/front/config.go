@@ -78,7 +78,8 @@ type TLSConfig struct {
 	// re-read when they change.
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
-	// ClientCerts: request (default), require or off.
+	// ClientCerts: request (default), require or off. With require, the handshake checks the
+	// chain against authn's trust bundles, which (unlike CertFile) are read once, at start-up.
 	ClientCerts string `yaml:"client_certs"`
 	// CheckInterval: how often, at most, the files are checked for changes (on a handshake).
 	// Zero: 1s.

@@ -12,7 +12,9 @@
 // Only the first request of an ADS stream is decoded: its node drives the registrar (the
 // stream waits for the WorkloadEntry), and it is re-encoded without AUTO_REGISTER_GROUP so
 // istiod does not register the VM a second time. Health reports on the stream update the
-// entry; the end of the stream closes the registrar session.
+// entry; the end of the stream closes the registrar session. Limits are counted when hit,
+// including gRPC's own keepalive enforcement, seen as the GOAWAY too_many_pings it writes
+// (keepalive.go).
 //
 // It does not verify credentials itself (authn does), write entries (registrar does), or
 // serve xDS (the upstream does: istiod, or the built-in control plane reached in-process

@@ -205,7 +205,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 	}
 	after := heap()
 	per := float64(int64(after)-int64(before)) / float64(n)
-	t.Logf("%d concurrent streams on %d connections set up in %s; heap per stream %.1f KiB (VM client, front and upstream together), goroutines %d",
+	t.Logf("%d concurrent streams on %d connections set up in %s; heap per stream %.1f KiB (VM client, front and upstream together; the front alone: TestFrontMemoryPerStream), goroutines %d",
 		n, len(conns), elapsed.Round(time.Millisecond), per/1024, runtime.NumGoroutine())
 	if got := len(u.seen()); got != n {
 		t.Fatalf("upstream saw %d streams, want %d", got, n)

@@ -119,7 +119,8 @@ func (f *Front) tlsConfig() *tls.Config {
 func (f *Front) serverOptions() []grpc.ServerOption {
 	l := f.cfg.Limits
 	return []grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(f.tlsConfig())),
+		grpc.Creds(&calmCreds{TransportCredentials: credentials.NewTLS(f.tlsConfig()),
+			onCalm: f.m.limits.WithLabelValues("keepalive").Inc}),
 		grpc.UnknownServiceHandler(f.handle),
 		grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.MaxRecvMsgSize(l.MaxMessageBytes),

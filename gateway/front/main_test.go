@@ -35,7 +35,12 @@ import (
 	"github.com/ewgate/ewgate/registrar"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(memoryChildEnv); dir != "" {
+		os.Exit(memoryChild(dir)) // the VM side of TestFrontMemoryPerStream, in a process of its own
+	}
+	goleak.VerifyTestMain(m)
+}
 
 const (
 	issuer     = "https://kubernetes.default.svc.cluster.local"

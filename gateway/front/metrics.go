@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Message bytes forwarded, by cluster and direction (to_upstream, to_vm)."},
 			[]string{"cluster", "direction"}),
 		limits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ewgate_control_limits_total",
-			Help: "Times a limit was hit: max_streams, max_streams_per_identity, message_size, idle_timeout, first_message_timeout."},
+			Help: "Times a limit was hit: max_streams, max_streams_per_identity, message_size, idle_timeout, first_message_timeout, auth_failures, keepalive (a VM disconnected for pinging too often)."},
 			[]string{"limit"}),
 		registers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ewgate_control_registrations_total",
 			Help: "ADS streams with AUTO_REGISTER_GROUP, by result: registered, refused, timeout."},

@@ -3,6 +3,7 @@
 //
 //	ewgate serve --config FILE     serve until SIGTERM/SIGINT; SIGHUP or a file change reloads
 //	ewgate check --config FILE     validate FILE; exit 0 when valid, 1 with the errors when not
+//	ewgate vm-config ...           write a VM's onboarding bundle (docs/vm-onboarding.md)
 //	ewgate version                 print the version
 package main
 
@@ -26,6 +27,7 @@ const usage = `usage: ewgate <command> [flags]
 commands:
   serve --config FILE [--log-format json|console]   run the gateway
   check --config FILE                               validate a config file (exit 0 valid, 1 not)
+  vm-config --group NS/NAME --out DIR ...           write a VM's onboarding bundle (-h for flags)
   version                                           print the version
 `
 
@@ -43,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdServe(args[1:], stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
+	case "vm-config":
+		return cmdVMConfig(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "ewgate %s %s %s/%s\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

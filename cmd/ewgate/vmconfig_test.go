@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/registrar"
+)
+
+// testCAPEM is a self-signed CA certificate in PEM.
+func testCAPEM(t *testing.T, cn string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func testBundle(t *testing.T) *bundle {
+	root, err := rootBundle(testCAPEM(t, "ewgate 15012"), testCAPEM(t, "mesh root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &bundle{
+		Group: registrar.WorkloadGroup{
+			ObjectMeta: registrar.ObjectMeta{Name: "web", Namespace: "vms"},
+			Spec: registrar.WorkloadGroupSpec{
+				Metadata: registrar.GroupMetadata{Labels: map[string]string{"app": "web"}},
+				Template: registrar.WorkloadEntrySpec{ServiceAccount: "web-sa", Network: "tmpl-net"},
+			},
+		},
+		ClusterID: "cluster1", Network: "vmnet", TrustDomain: "cluster.local", SAN: defaultSAN,
+		Address: "192.0.2.10", Port: 15012, InternalIP: "10.0.0.5", Root: root, Token: "header.payload.sig",
+	}
+}
+
+// envFile parses cluster.env (KEY='value' lines, as istioctl writes them).
+func envFile(t *testing.T, b []byte) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || len(v) < 2 || v[0] != '\'' || v[len(v)-1] != '\'' {
+			t.Fatalf("cluster.env line %q is not KEY='value'", line)
+		}
+		env[k] = v[1 : len(v)-1]
+	}
+	return env
+}
+
+func TestVMBundleFormat(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		edit      func(*bundle)
+		discovery string
+		hosts     string
+		ip        string
+	}{
+		{name: "ip address, internal ip", discovery: "istiod.istio-system.svc:15012", hosts: "192.0.2.10 istiod.istio-system.svc\n", ip: "10.0.0.5"},
+		{name: "dns name, external ip", edit: func(b *bundle) { b.Address, b.InternalIP, b.ExternalIP = "ewgate.example.com", "", "203.0.113.7" },
+			discovery: "ewgate.example.com:15012", ip: "203.0.113.7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := testBundle(t)
+			if tc.edit != nil {
+				tc.edit(b)
+			}
+			files, err := b.files()
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := envFile(t, files["cluster.env"])
+			want := map[string]string{
+				"ISTIO_META_AUTO_REGISTER_GROUP": "web", "ISTIO_META_WORKLOAD_NAME": "web",
+				"ISTIO_META_CLUSTER_ID": "cluster1", "ISTIO_META_NETWORK": "vmnet",
+				"POD_NAMESPACE": "vms", "ISTIO_NAMESPACE": "vms", "SERVICE_ACCOUNT": "web-sa",
+				"CANONICAL_SERVICE": "web", "CANONICAL_REVISION": "latest", "TRUST_DOMAIN": "cluster.local",
+				"ISTIO_METAJSON_LABELS": `{"app":"web"}`, "ISTIO_SVC_IP": tc.ip, "INSTANCE_IP": tc.ip,
+				"CA_ADDR": tc.discovery, "ISTIOD_SAN": "istiod.istio-system.svc",
+			}
+			for k, v := range want {
+				if env[k] != v {
+					t.Errorf("cluster.env %s=%q, want %q", k, env[k], v)
+				}
+			}
+			var mesh struct {
+				DefaultConfig struct {
+					DiscoveryAddress string            `yaml:"discoveryAddress"`
+					ProxyMetadata    map[string]string `yaml:"proxyMetadata"`
+				} `yaml:"defaultConfig"`
+			}
+			if err := yaml.Unmarshal(files["mesh.yaml"], &mesh); err != nil {
+				t.Fatalf("mesh.yaml: %v\n%s", err, files["mesh.yaml"])
+			}
+			if mesh.DefaultConfig.DiscoveryAddress != tc.discovery {
+				t.Errorf("mesh.yaml discoveryAddress %q, want %q", mesh.DefaultConfig.DiscoveryAddress, tc.discovery)
+			}
+			if mesh.DefaultConfig.ProxyMetadata["ISTIO_META_AUTO_REGISTER_GROUP"] != "web" {
+				t.Errorf("mesh.yaml proxyMetadata %v lacks the group", mesh.DefaultConfig.ProxyMetadata)
+			}
+			if tc.hosts != "" && string(files["hosts"]) != tc.hosts {
+				t.Errorf("hosts %q, want %q", files["hosts"], tc.hosts)
+			}
+			if n := bytes.Count(files["root-cert.pem"], []byte("BEGIN CERTIFICATE")); n != 2 {
+				t.Errorf("root-cert.pem holds %d certificates, want 2 (ewgate's serving CA and the mesh root)", n)
+			}
+		})
+	}
+}
+
+func TestVMBundleWriteRefusesOverwrite(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "bundle")
+	files, err := testBundle(t).files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeBundle(dir, files, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range bundleFiles {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := os.FileMode(0o644); name == "istio-token" && st.Mode().Perm() != 0o600 || name != "istio-token" && st.Mode().Perm() != want {
+			t.Errorf("%s mode %v", name, st.Mode().Perm())
+		}
+	}
+	if err := writeBundle(dir, files, false); err == nil || !strings.Contains(err.Error(), "--overwrite") {
+		t.Fatalf("second write without overwrite: %v, want a refusal naming --overwrite", err)
+	}
+	if err := writeBundle(dir, files, true); err != nil {
+		t.Fatalf("with overwrite: %v", err)
+	}
+}
+
+func TestVMConfigFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run([]string{"vm-config", "--group", "web"}, &bytes.Buffer{}, &stderr); code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	for _, want := range []string{"--kubeconfig", "namespace/name", "--out", "--ewgate-address", "--serving-ca"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("usage error %q does not mention %s", stderr.String(), want)
+		}
+	}
+}
+
+// TestVMConfigStandalone runs the command against a standalone config: the group from
+// workload_groups, the cluster from the builtin upstream, the token signed by ewgate's VM-token
+// key and accepted by ewgate's own authn through the documented issuer entry.
+func TestVMConfigStandalone(t *testing.T) {
+	dir := t.TempDir()
+	keyDir := filepath.Join(dir, "vm-tokens")
+	if _, _, err := vmTokenKey(keyDir); err != nil { // the JWKS the config below names
+		t.Fatal(err)
+	}
+	meshRoot := filepath.Join(dir, "ca", "root-cert.pem")
+	servingCA := filepath.Join(dir, "serving-ca.pem")
+	for path, b := range map[string][]byte{meshRoot: testCAPEM(t, "mesh"), servingCA: testCAPEM(t, "serving")} {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	certFile, keyFile := writeServingCert(t, dir)
+	cfg := `
+listeners: [{name: mesh, kind: mesh, address: 127.0.0.1:0, routes_from: xds}]
+xds: {node: {network: vmnet}}
+control_plane:
+  workload_entries_dir: ` + filepath.Join(dir, "store") + `
+  ca: {data_dir: ` + filepath.Join(dir, "ca") + `}
+authn:
+  issuers:
+    - issuer: https://ewgate.local/vm-tokens
+      cluster: cluster1
+      jwks_file: ` + filepath.Join(keyDir, "vm-token-jwks.json") + `
+control:
+  address: 127.0.0.1:0
+  tls: {cert_file: ` + certFile + `, key_file: ` + keyFile + `}
+  upstreams: [{cluster: cluster1, builtin: true}]
+registrar: {}
+workload_groups:
+  - metadata: {name: web, namespace: vms}
+    spec:
+      metadata: {labels: {app: web}}
+      template: {serviceAccount: web}
+`
+	cfgPath := filepath.Join(dir, "ewgate.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "bundle")
+	args := []string{"vm-config", "--config", cfgPath, "--group", "vms/web", "--out", out, "--ewgate-address", "127.0.0.1",
+		"--internal-ip", "10.0.0.5", "--serving-ca", servingCA, "--token-key-dir", keyDir}
+	var stdout, stderr bytes.Buffer
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	token, err := os.ReadFile(filepath.Join(out, "istio-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(stdout.String()+stderr.String(), string(token)) {
+		t.Fatal("the token was printed")
+	}
+	env, _ := os.ReadFile(filepath.Join(out, "cluster.env"))
+	if e := envFile(t, env); e["ISTIO_META_CLUSTER_ID"] != "cluster1" || e["ISTIO_META_NETWORK"] != "vmnet" || e["SERVICE_ACCOUNT"] != "web" {
+		t.Errorf("cluster.env: %s", env)
+	}
+	if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "--overwrite") {
+		t.Errorf("second run: exit %d, %s; want a refusal", code, stderr.String())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v, err := authn.New(ctx, authn.Config{Issuers: []authn.IssuerConfig{{
+		Issuer: defaultVMIssuer, Cluster: "cluster1", JWKSFile: filepath.Join(keyDir, "vm-token-jwks.json"),
+	}}}, authn.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if err := v.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	id, err := v.VerifyToken(ctx, string(token))
+	if err != nil {
+		t.Fatalf("ewgate's authn refuses the token vm-config signed: %v", err)
+	}
+	if id.Namespace != "vms" || id.ServiceAccount != "web" || id.Cluster != "cluster1" {
+		t.Errorf("identity %+v", id)
+	}
+	if d := time.Until(id.ExpiresAt); d < 55*time.Minute || d > time.Hour+time.Minute {
+		t.Errorf("token expires in %v, want about 1h", d)
+	}
+}
+
+// writeServingCert writes a self-signed serving certificate and key for the control endpoint.
+func writeServingCert(t *testing.T, dir string) (string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: defaultSAN}, DNSNames: []string{defaultSAN},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}

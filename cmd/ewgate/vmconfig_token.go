@@ -1,0 +1,184 @@
+package main
+
+// Standalone VM tokens: with no Kubernetes to issue them, ewgate vm-config signs a token itself,
+// shaped like a Kubernetes service-account token (iss, sub system:serviceaccount:<ns>:<sa>,
+// aud istio-ca, the kubernetes.io claims, exp), with an ECDSA P-256 key kept in --token-key-dir
+// (vm-token-key.pem, 0600, created on first use). Next to it, vm-token-jwks.json holds the
+// public key; ewgate's authn trusts the tokens through an issuer entry naming that file:
+//
+//	authn:
+//	  issuers:
+//	    - issuer: https://ewgate.local/vm-tokens     # --issuer
+//	      cluster: cluster1                          # the builtin upstream's cluster
+//	      jwks_file: /var/lib/ewgate/vm-tokens/vm-token-jwks.json
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/ewgate/ewgate/gateway/config"
+)
+
+const (
+	defaultVMIssuer = "https://ewgate.local/vm-tokens"
+	vmTokenKeyFile  = "vm-token-key.pem"
+	vmTokenJWKSFile = "vm-token-jwks.json"
+)
+
+// vmTokenKey loads the signing key from dir, creating it (and the JWKS beside it) on first use.
+func vmTokenKey(dir string) (*ecdsa.PrivateKey, string, error) {
+	path := filepath.Join(dir, vmTokenKeyFile)
+	b, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		key, gerr := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if gerr != nil {
+			return nil, "", gerr
+		}
+		der, merr := x509.MarshalPKCS8PrivateKey(key)
+		if merr != nil {
+			return nil, "", merr
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, "", err
+		}
+		b = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			return nil, "", err
+		}
+	case err != nil:
+		return nil, "", err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, "", fmt.Errorf("%s: no PEM key", path)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	key, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, "", fmt.Errorf("%s: not an ECDSA key", path)
+	}
+	kid, err := keyID(&key.PublicKey)
+	if err != nil {
+		return nil, "", err
+	}
+	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: kid, Algorithm: string(jose.ES256), Use: "sig"}}})
+	if err != nil {
+		return nil, "", err
+	}
+	// Rewritten every time, so a deleted or stale JWKS heals itself.
+	if err := os.WriteFile(filepath.Join(dir, vmTokenJWKSFile), append(jwks, '\n'), 0o644); err != nil {
+		return nil, "", err
+	}
+	return key, kid, nil
+}
+
+// keyID is the RFC 7638 thumbprint of the public key, hex.
+func keyID(pub *ecdsa.PublicKey) (string, error) {
+	t, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(t[:16]), nil
+}
+
+// signVMToken signs a service-account-shaped token for ns/sa.
+func signVMToken(key *ecdsa.PrivateKey, kid, issuer, ns, sa string, now time.Time, ttl time.Duration) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
+	if err != nil {
+		return "", err
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return "", err
+	}
+	claims := jwt.Claims{
+		Issuer:    issuer,
+		Subject:   "system:serviceaccount:" + ns + ":" + sa,
+		Audience:  jwt.Audience{"istio-ca"},
+		IssuedAt:  jwt.NewNumericDate(now),
+		NotBefore: jwt.NewNumericDate(now),
+		Expiry:    jwt.NewNumericDate(now.Add(ttl)),
+		ID:        hex.EncodeToString(id),
+	}
+	k8s := map[string]any{"kubernetes.io": map[string]any{
+		"namespace":      ns,
+		"serviceaccount": map[string]string{"name": sa, "uid": ""},
+	}}
+	return jwt.Signed(signer).Claims(claims).Claims(k8s).Serialize()
+}
+
+// standaloneBundle reads the group, cluster, CA and trust domain from ewgate's own config and
+// signs the token with ewgate's VM-token key.
+func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
+	cfg, err := config.Load(f.config)
+	if err != nil {
+		return nil, err
+	}
+	ns, name := f.namespaceName()
+	b := &bundle{TrustDomain: cfg.ControlPlane.CA.TrustDomain, Network: cfg.XDS.Node.Network}
+	found := false
+	for _, g := range cfg.WorkloadGroups {
+		if g.Name == name && g.Namespace == ns {
+			b.Group, found = *g, true
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%s: no workload_groups entry %s/%s", f.config, ns, name)
+	}
+	if cfg.Control != nil {
+		for _, u := range cfg.Control.Upstreams {
+			if u.Builtin {
+				b.ClusterID = u.Cluster
+			}
+		}
+	}
+	if b.ClusterID == "" && f.clusterID == "" {
+		return nil, fmt.Errorf("%s: no control.upstreams entry with builtin: true; pass --cluster-id", f.config)
+	}
+	key, kid, err := vmTokenKey(f.keyDir)
+	if err != nil {
+		return nil, fmt.Errorf("VM token key: %w", err)
+	}
+	if b.Token, err = signVMToken(key, kid, f.issuer, ns, serviceAccountOf(&b.Group), now, f.duration); err != nil {
+		return nil, err
+	}
+	meshRootFile := f.meshRoot
+	switch {
+	case meshRootFile != "":
+	case cfg.ControlPlane.CA.CertFile != "":
+		meshRootFile = cfg.ControlPlane.CA.CertFile
+	case cfg.ControlPlane.CA.DataDir != "":
+		meshRootFile = filepath.Join(cfg.ControlPlane.CA.DataDir, "root-cert.pem")
+	default:
+		return nil, fmt.Errorf("%s: no control_plane.ca to take the mesh root from; pass --mesh-root", f.config)
+	}
+	meshRoot, err := os.ReadFile(meshRootFile)
+	if err != nil {
+		return nil, fmt.Errorf("mesh root: %w", err)
+	}
+	serving, err := os.ReadFile(f.servingCA)
+	if err != nil {
+		return nil, err
+	}
+	b.Root, err = rootBundle(serving, meshRoot)
+	return b, err
+}

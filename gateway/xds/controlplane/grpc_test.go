@@ -112,6 +112,12 @@ func TestProxylessGRPCClientResolvesAndFollowsWorkloads(t *testing.T) {
     hosts: [echo.default.svc.cluster.local]
     ports: [{number: 7070, name: grpc, protocol: GRPC}]
     workload_selector: {labels: {app: echo}}
+  # A second service: grpc-go subscribes to the names it dials only, so the server must answer
+  # a request naming a subset of what it has (a go-control-plane ADS-mode cache never does).
+  - name: other
+    hosts: [other.default.svc.cluster.local]
+    ports: [{number: 7071, name: grpc, protocol: GRPC}]
+    endpoints: [{address: 127.0.0.1, ports: {grpc: 1}}]
 `), "t.yaml")
 	if err != nil {
 		t.Fatal(err)

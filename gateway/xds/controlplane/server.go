@@ -102,7 +102,12 @@ func New(opts Options) *Server {
 		entries: map[string]*registrar.WorkloadEntry{},
 		synced:  make(chan struct{}),
 	}
-	s.cache = cache.NewSnapshotCache(true, nodeGroup{}, nil)
+	// Not go-control-plane's ADS mode: in that mode a request naming only some of a type's
+	// resources is never answered (it expects Envoy to name them all), and proxyless grpc-go
+	// subscribes to exactly the listener, route, cluster and endpoints it dials. Both views are
+	// built whole in one snapshot, and the gateway client applies only complete sets, so the
+	// ordering ADS mode adds is not needed.
+	s.cache = cache.NewSnapshotCache(false, nodeGroup{}, nil)
 	s.version.Store("")
 	return s
 }

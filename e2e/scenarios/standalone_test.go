@@ -30,12 +30,9 @@ import (
 //   - when the agent stops, the entry is deleted after the (2 s) grace period, not before, and
 //     its endpoint goes.
 //
-// One service only: with two or more services the built-in control plane never answers a
-// proxyless gRPC client (ewgate bug, reported with this scenario: its go-control-plane snapshot
-// cache runs in ADS mode, which answers a request naming resources only when the request names
-// every resource of that type in the snapshot; grpc-go subscribes to exactly the listener,
-// route, cluster and endpoints it dials). Add a second service with a static endpoint here when
-// that is fixed.
+// A second service with a static endpoint sits beside the VM's: grpc-go subscribes to exactly
+// the listener, route, cluster and endpoints it dials, so the built-in control plane must answer
+// a request naming a subset of what it has (it did not, until this scenario found it).
 //
 // The root bundle given to the agent (XDS_ROOT_CA = CA_ROOT_CA) is the CA of ewgate's 15012
 // serving certificate plus the built-in mesh root, which exists only once ewgate has started (it
@@ -103,6 +100,11 @@ services:
     hosts: [%[14]s]
     ports: [{number: %[15]d, name: grpc, protocol: GRPC}]
     workload_selector: {labels: {app: web}}
+  - name: other
+    namespace: %[13]s
+    hosts: [other.%[13]s.svc.cluster.local]
+    ports: [{number: 7071, name: grpc, protocol: GRPC}]
+    endpoints: [{address: 127.0.0.1, ports: {grpc: 1}, service_account: other}]
 `, admin, mesh, cp, yamlQuote(store), yamlQuote(caDir),
 		yamlQuote(cluster.API.Issuer), clusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
 		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile),

@@ -97,7 +97,8 @@ type frontOfIstiod struct {
 }
 
 // startFrontOfIstiod starts that ewgate and waits until it holds the apiserver issuer's keys.
-func startFrontOfIstiod(t *testing.T, rootNS, instance string) *frontOfIstiod {
+// registrar adds lines to its registrar section (e.g. lease and sweep timings).
+func startFrontOfIstiod(t *testing.T, rootNS, instance string, registrar ...string) *frontOfIstiod {
 	t.Helper()
 	ctx := harness.Context(t, 60*time.Second)
 	meshRoot, err := cluster.Istiod.RootCert(ctx, cluster.API, rootNS)
@@ -134,10 +135,10 @@ control:
 registrar:
   instance: %[14]s
   grace_period: 2s
-`, admin, mesh, yamlQuote(cluster.API.Kubeconfig),
+%[15]s`, admin, mesh, yamlQuote(cluster.API.Kubeconfig),
 		yamlQuote(cluster.API.Issuer), cluster.Istiod.ClusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
 		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile),
-		cluster.Istiod.SecureAddr, yamlQuote(rootFile), cluster.Istiod.SAN, instance))
+		cluster.Istiod.SecureAddr, yamlQuote(rootFile), cluster.Istiod.SAN, instance, registrarLines(registrar)))
 	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
 		m, err := gw.Metrics(ctx)
 		if err != nil {
@@ -185,4 +186,12 @@ func istiodMetric(t *testing.T, name string, labels ...string) float64 {
 		t.Fatal(err)
 	}
 	return harness.MetricSum(m, name, labels...)
+}
+
+func registrarLines(lines []string) string {
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString("  " + l + "\n")
+	}
+	return b.String()
 }

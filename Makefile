@@ -5,7 +5,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test unit vet fuzz tools e2e bench clean
+.PHONY: all build run test unit vet fuzz tools e2e bench image clean
 
 all: build
 
@@ -58,6 +58,14 @@ fuzz:
 # connection; installs the peers it lacks; writes bench/results/. QUICK=1: a short pass (< 3 min).
 bench:
 	cd bench && $(GO) build -trimpath -o .work/ewbench ./cmd/ewbench && ./.work/ewbench
+
+# An OCI image of the static binary as an image-layout tarball (bin/ewgate-image.tar), without a
+# Docker daemon or a base image; the same commit gives the same digest. `docker load -i` it, or
+# push it with skopeo/crane. deploy/image/Dockerfile builds an equivalent image with Docker.
+IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
+image:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS) -buildid=' -o $(BIN)/ewgate-linux-$(IMAGE_ARCH) ./cmd/ewgate
+	$(GO) run ./deploy/image -binary $(BIN)/ewgate-linux-$(IMAGE_ARCH) -arch $(IMAGE_ARCH) -tag $(VERSION) -out $(BIN)/ewgate-image.tar
 
 clean:
 	rm -rf $(BIN)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -38,6 +39,13 @@ func TestDefaults(t *testing.T) {
 	}
 	if f.DrainTimeout != 30*time.Second || f.Log.Format != LogJSON || !BoolOr(l.RequireIstioALPN, true) {
 		t.Fatalf("defaults: %+v", f)
+	}
+	// The gateway node is named after the host (the pod), so replicas differ.
+	if h, _ := os.Hostname(); h != "" && f.XDS.Node.Name != strings.ToLower(h) {
+		t.Fatalf("xds.node.name = %q, want the host name %q", f.XDS.Node.Name, h)
+	}
+	if net.ParseIP(f.XDS.Node.IP) == nil {
+		t.Fatalf("xds.node.ip = %q, want an address", f.XDS.Node.IP)
 	}
 }
 

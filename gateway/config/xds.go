@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"time"
 
@@ -22,8 +23,8 @@ const (
 	DefaultMaxCertTTL           = 7 * 24 * time.Hour
 	DefaultTrustDomain          = "cluster.local"
 	DefaultNodeNamespace        = "istio-system"
-	DefaultNodeName             = "ewgate"
-	DefaultNodeIP               = "127.0.0.1"
+	DefaultNodeName             = "ewgate"    // when the host name is unknown
+	DefaultNodeIP               = "127.0.0.1" // when the host has no other address
 	DefaultClusterID            = "Kubernetes"
 	MeshInternal                = "MESH_INTERNAL"
 	MeshExternal                = "MESH_EXTERNAL"
@@ -165,8 +166,8 @@ func (f *File) setXDSDefaults() {
 		x.MaxBackoff = DefaultXDSMaxBackoff
 	}
 	n := &x.Node
-	n.IP = or(n.IP, DefaultNodeIP)
-	n.Name = or(n.Name, DefaultNodeName)
+	n.IP = or(n.IP, hostIP())
+	n.Name = or(n.Name, hostName())
 	n.Namespace = or(n.Namespace, DefaultNodeNamespace)
 	n.ClusterID = or(n.ClusterID, DefaultClusterID)
 	if len(n.RequestedNetworkView) == 0 && n.Network != "" {
@@ -336,4 +337,28 @@ func (f *File) validateServices(v *validator) {
 			}
 		}
 	}
+}
+
+// hostName is the default gateway node name: the host name, which in Kubernetes is the pod's
+// name, so that replicas sharing one ConfigMap still connect to istiod as distinct proxies.
+func hostName() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return strings.ToLower(h)
+	}
+	return DefaultNodeName
+}
+
+// hostIP is the default gateway node IP: the host's first non-loopback unicast address (the pod
+// IP in Kubernetes), else 127.0.0.1.
+func hostIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return DefaultNodeIP
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.IsGlobalUnicast() && !ipn.IP.IsLoopback() {
+			return ipn.IP.String()
+		}
+	}
+	return DefaultNodeIP
 }

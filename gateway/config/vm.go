@@ -1,12 +1,8 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"strings"
-
-	"github.com/ewgate/ewgate/authn"
-	"github.com/ewgate/ewgate/gateway/front"
 )
 
 // The VM onboarding sections keep their own types, defaults and validation in their packages;
@@ -83,7 +79,9 @@ func (f *File) validateVM(v *validator) {
 	}
 }
 
-// section adds the errors a section's own Validate returned, under prefix.
+// section adds the errors a section's own Validate returned, under prefix. Every section reports
+// "<path>: <message>" (authn and control relative to their section, the registrar with its
+// "registrar." prefix), so the path is what comes before the first ": ".
 func (v *validator) section(prefix string, err error) {
 	if err == nil {
 		return
@@ -93,21 +91,12 @@ func (v *validator) section(prefix string, err error) {
 		errs = j.Unwrap()
 	}
 	for _, e := range errs {
-		path, msg := "", e.Error()
-		var ae *authn.FieldError
-		var fe *front.FieldError
-		switch {
-		case errors.As(e, &ae):
-			path, msg = ae.Path, ae.Msg
-		case errors.As(e, &fe):
-			path, msg = fe.Path, fe.Msg
-		default:
-			if p, m, ok := strings.Cut(msg, ": "); ok && !strings.Contains(p, " ") {
-				path, msg = p, m
-			}
+		path, msg, ok := strings.Cut(e.Error(), ": ")
+		if !ok || strings.Contains(path, " ") {
+			path, msg = "", e.Error()
 		}
 		if prefix != "" {
-			path = prefix + "." + path
+			path = strings.TrimSuffix(prefix+"."+path, ".")
 		}
 		v.add(path, "%s", msg)
 	}

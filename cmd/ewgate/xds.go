@@ -108,7 +108,7 @@ func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (
 	cpc := cfg.ControlPlane
 	opts := controlplane.Options{
 		Services: cfg.Services, Network: cfg.XDS.Node.Network, MeshPort: cfg.XDS.MeshPort,
-		Debounce: cpc.Debounce, MaxDelay: cpc.MaxPushDelay, Logger: p.log.Named("controlplane"), Registerer: reg,
+		Debounce: cpc.Debounce, MaxDelay: cpc.MaxPushDelay, DNSVIPRange: cpc.DNS.VIPRange, Logger: p.log.Named("controlplane"), Registerer: reg,
 	}
 	if p.store != nil {
 		opts.Entries = p.store.WorkloadEntries()

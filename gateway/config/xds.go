@@ -80,6 +80,7 @@ type ControlPlane struct {
 	Debounce           time.Duration `yaml:"debounce"`       // zero: 100ms of quiet before a push
 	MaxPushDelay       time.Duration `yaml:"max_push_delay"` // zero: 1s; a push is never held longer
 	CA                 CA            `yaml:"ca"`
+	DNS                DNS           `yaml:"dns"` // the name table VMs' DNS proxies get
 }
 
 // CA is the Istio certificate service of the built-in control plane.
@@ -107,6 +108,9 @@ type Service struct {
 	Ports            []ServicePort     `yaml:"ports"`
 	WorkloadSelector *WorkloadSelector `yaml:"workload_selector"` // or endpoints, not both
 	Endpoints        []ServiceEndpoint `yaml:"endpoints"`
+	// Addresses are the IPs the service's hosts resolve to in VMs' DNS proxies (a ServiceEntry's
+	// addresses); zero: a virtual IP per host from control_plane.dns.vip_range.
+	Addresses []string `yaml:"addresses"`
 }
 
 // ServicePort is a port of a Service.
@@ -191,6 +195,7 @@ func (f *File) setXDSDefaults() {
 		cp.CA.MaxTTL = DefaultMaxCertTTL
 	}
 	cp.CA.TrustDomain = or(cp.CA.TrustDomain, DefaultTrustDomain)
+	cp.DNS.VIPRange = or(cp.DNS.VIPRange, DefaultVIPRange)
 	for i := range f.Services {
 		s := &f.Services[i]
 		s.Namespace = or(s.Namespace, defaultServiceNamespaceName)
@@ -256,6 +261,7 @@ func (f *File) validateXDS(v *validator) {
 		v.add("control_plane.ca", "want 0 < ttl <= max_ttl")
 	}
 	f.validateServices(v)
+	f.validateDNS(v)
 }
 
 func isLoopbackHost(h string) bool {

@@ -54,6 +54,9 @@ type Options struct {
 	MeshPort uint32        // zero: 15443
 	Debounce time.Duration // zero: 100ms of quiet before a push
 	MaxDelay time.Duration // zero: 1s; a change is never held longer
+	// DNSVIPRange is the IPv4 CIDR of the virtual IPs of service hosts without addresses in the
+	// name table (NDS); zero: config.DefaultVIPRange.
+	DNSVIPRange string
 	// CA, when not nil, is served as istio.v1.auth.IstioCertificateService.
 	CA *ca.CA
 	// ServerOptions are added to the gRPC server Run creates (an authenticating interceptor).
@@ -67,6 +70,7 @@ type Server struct {
 	opts  Options
 	log   *zap.Logger
 	cache cache.SnapshotCache
+	dns   *dnsTable // the NameTable type, in a cache of its own (dns.go)
 	m     *cpMetrics
 
 	trigger chan struct{} // capacity 1: "something changed"
@@ -108,6 +112,7 @@ func New(opts Options) *Server {
 	// built whole in one snapshot, and the gateway client applies only complete sets, so the
 	// ordering ADS mode adds is not needed.
 	s.cache = cache.NewSnapshotCache(false, nodeGroup{}, nil)
+	s.dns = newDNSTable(opts.DNSVIPRange, opts.Services, s.log)
 	s.version.Store("")
 	return s
 }
@@ -158,7 +163,7 @@ func (s *Server) Synced() <-chan struct{} { return s.synced }
 // Register puts the ADS service (and the CA, if any) on gs, for callers that run their own
 // gRPC server. Run does this on a server of its own.
 func (s *Server) Register(ctx context.Context, gs *grpc.Server) {
-	xs := server.NewServer(ctx, s.cache, s.callbacks())
+	xs := server.NewServer(ctx, s.xdsCache(), s.callbacks())
 	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, xs)
 	if s.opts.CA != nil {
 		securityv1alpha1.RegisterIstioCertificateServiceServer(gs, s.opts.CA)
@@ -240,6 +245,7 @@ func (s *Server) push(ctx context.Context) {
 	}
 	prev := s.last
 	s.mu.Unlock()
+	s.dns.push(svcs)
 	b := buildResources(buildModel(svcs, entries), s.opts.Network, s.opts.MeshPort)
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	if prev != nil && prev.digest == b.digest {

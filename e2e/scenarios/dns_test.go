@@ -171,6 +171,8 @@ services:
 		return func(a []string) bool { return len(a) == 1 && a[0] == want }
 	}
 	waitResolves(webHost, only(webAddr))
+	// The VM itself, registered behind the service, has a name of its own under the host.
+	waitResolves("web-"+strings.ReplaceAll(vmIP, ".", "-")+"-vmnet."+webHost, only(vmIP))
 	if got, err := lookup("web." + ns); err != nil || !only(webAddr)(got) {
 		t.Errorf("web.%s (Kubernetes short form): %v %v, want [%s]", ns, got, err, webAddr)
 	}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/registrar"
 )
 
 // Service registries as Istio names them in the name table: a Kubernetes entry makes the agent
@@ -48,7 +49,7 @@ func newDNSTable(vipRange string, svcs []config.Service, log *zap.Logger) *dnsTa
 		p, _ = parseVIPRange(config.DefaultVIPRange)
 	}
 	d := &dnsTable{vips: p, log: log, cache: cache.NewLinearCache(NameTableType)}
-	d.push(svcs)
+	d.push(svcs, nil)
 	return d
 }
 
@@ -59,9 +60,9 @@ func parseVIPRange(s string) (netip.Prefix, error) {
 	return config.ParseVIPRange(s)
 }
 
-// push serves the table of these services if it changed.
-func (d *dnsTable) push(svcs []config.Service) {
-	table := buildNameTable(svcs, d.vips)
+// push serves the table of these services and workloads if it changed.
+func (d *dnsTable) push(svcs []config.Service, entries []*registrar.WorkloadEntry) {
+	table := buildNameTable(svcs, entries, d.vips)
 	msg := nameTableMessage(table)
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
 	if err != nil {
@@ -82,7 +83,12 @@ func (d *dnsTable) push(svcs []config.Service) {
 // (the service's own name and namespace) are Kubernetes entries, as istiod sends them for
 // Kubernetes services: the agent then also answers <name>.<namespace>, <name>.<namespace>.svc,
 // and <name> in its own namespace.
-func buildNameTable(svcs []config.Service, vips netip.Prefix) map[string]nameInfo {
+//
+// Each registered workload behind a service (a WorkloadEntry its selector selects) also gets a
+// name of its own under every host of the service, <entry name with '.' as '-'>.<host>, with
+// its address: the way a headless Kubernetes service names its pods, so a VM can reach one
+// given workload by name.
+func buildNameTable(svcs []config.Service, entries []*registrar.WorkloadEntry, vips netip.Prefix) map[string]nameInfo {
 	table := map[string]nameInfo{}
 	taken := map[netip.Addr]bool{}
 	var auto []string
@@ -107,6 +113,19 @@ func buildNameTable(svcs []config.Service, vips netip.Prefix) map[string]nameInf
 				auto = append(auto, h)
 			}
 			table[h] = ni
+		}
+	}
+	byNS := entriesByNamespace(entries)
+	for i := range svcs {
+		for _, e := range selectEntries(&svcs[i], byNS) {
+			ip, err := netip.ParseAddr(e.Spec.Address)
+			if err != nil {
+				continue // a DNS name or unix:// address: nothing to put in the table
+			}
+			label := strings.ReplaceAll(e.Name, ".", "-")
+			for _, h := range svcs[i].Hosts {
+				table[label+"."+strings.ToLower(h)] = nameInfo{Registry: registryExternal, IPs: []string{ip.String()}}
+			}
 		}
 	}
 	for h, ip := range allocateVIPs(auto, vips, taken) {

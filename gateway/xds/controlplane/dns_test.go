@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/registrar"
 )
 
 func dnsServices(t *testing.T, yaml string) []config.Service {
@@ -42,7 +43,7 @@ const dnsTestServices = `services:
 func TestBuildNameTable(t *testing.T) {
 	vips := netip.MustParsePrefix("240.240.0.0/16")
 	svcs := dnsServices(t, dnsTestServices)
-	got := buildNameTable(svcs, vips)
+	got := buildNameTable(svcs, nil, vips)
 	if len(got) != 3 {
 		t.Fatalf("table %+v, want 3 hosts", got)
 	}
@@ -60,8 +61,37 @@ func TestBuildNameTable(t *testing.T) {
 		t.Errorf("db: %+v", db)
 	}
 	// The same config gives the same table (a restart changes nothing).
-	if again := buildNameTable(dnsServices(t, dnsTestServices), vips); !reflect.DeepEqual(again, got) {
+	if again := buildNameTable(dnsServices(t, dnsTestServices), nil, vips); !reflect.DeepEqual(again, got) {
 		t.Errorf("rebuilt table differs:\n%+v\n%+v", again, got)
+	}
+}
+
+// Registered workloads behind a service get names of their own under its hosts; entries the
+// selector does not select, of another namespace, or without an IP address get none.
+func TestNameTableNamesRegisteredWorkloads(t *testing.T) {
+	svcs := dnsServices(t, `services:
+  - name: app
+    namespace: vms
+    hosts: [app.vms.svc.cluster.local]
+    ports: [{number: 8080, name: http, protocol: HTTP}]
+    workload_selector: {labels: {app: app}}
+`)
+	entry := func(ns, name, addr string, labels map[string]string) *registrar.WorkloadEntry {
+		return &registrar.WorkloadEntry{ObjectMeta: registrar.ObjectMeta{Name: name, Namespace: ns},
+			Spec: registrar.WorkloadEntrySpec{Address: addr, Labels: labels}}
+	}
+	app := map[string]string{"app": "app"}
+	got := buildNameTable(svcs, []*registrar.WorkloadEntry{
+		entry("vms", "app-10.1.2.3-vmnet", "10.1.2.3", app),
+		entry("vms", "other-10.1.2.4", "10.1.2.4", map[string]string{"app": "other"}),
+		entry("elsewhere", "app-10.1.2.5", "10.1.2.5", app),
+		entry("vms", "app-by-name", "vm.example.org", app),
+	}, netip.MustParsePrefix("240.240.0.0/16"))
+	if w := got["app-10-1-2-3-vmnet.app.vms.svc.cluster.local"]; !reflect.DeepEqual(w.IPs, []string{"10.1.2.3"}) {
+		t.Errorf("the registered workload's own name: %+v", w)
+	}
+	if len(got) != 2 {
+		t.Errorf("table %+v; want the service and its one selected workload with an IP", got)
 	}
 }
 
@@ -114,7 +144,7 @@ func TestNameTableOverADS(t *testing.T) {
 		return resp, wireNameTable(t, resp.Resources[0].Value)
 	}
 	resp, table := recvTable()
-	if want := buildNameTable(svcs, netip.MustParsePrefix("240.240.0.0/16")); !reflect.DeepEqual(table, want) {
+	if want := buildNameTable(svcs, nil, netip.MustParsePrefix("240.240.0.0/16")); !reflect.DeepEqual(table, want) {
 		t.Fatalf("served table %+v\nwant %+v", table, want)
 	}
 	if err := stream.Send(&discoverygrpc.DiscoveryRequest{Node: node, TypeUrl: NameTableType,

@@ -56,21 +56,11 @@ func (p *servicePort) listenerName() string {
 // its namespace whose labels include its selector. The result is sorted, so the same input
 // always gives the same resources.
 func buildModel(services []config.Service, entries []*registrar.WorkloadEntry) []*servicePort {
-	byNS := map[string][]*registrar.WorkloadEntry{}
-	for _, e := range entries {
-		byNS[e.Namespace] = append(byNS[e.Namespace], e)
-	}
+	byNS := entriesByNamespace(entries)
 	var out []*servicePort
 	for i := range services {
 		s := &services[i]
-		var selected []*registrar.WorkloadEntry
-		if s.WorkloadSelector != nil {
-			for _, e := range byNS[s.Namespace] {
-				if selects(s.WorkloadSelector.Labels, e) && healthy(e) {
-					selected = append(selected, e)
-				}
-			}
-		}
+		selected := selectEntries(s, byNS)
 		for _, h := range s.Hosts {
 			for _, p := range s.Ports {
 				sp := &servicePort{host: strings.ToLower(h), port: p, internal: s.Location == config.MeshInternal}
@@ -98,6 +88,29 @@ func buildModel(services []config.Service, entries []*registrar.WorkloadEntry) [
 		return out[i].port.Number < out[j].port.Number
 	})
 	return out
+}
+
+func entriesByNamespace(entries []*registrar.WorkloadEntry) map[string][]*registrar.WorkloadEntry {
+	byNS := map[string][]*registrar.WorkloadEntry{}
+	for _, e := range entries {
+		byNS[e.Namespace] = append(byNS[e.Namespace], e)
+	}
+	return byNS
+}
+
+// selectEntries returns the healthy WorkloadEntries of the service's namespace that its
+// workload selector selects (none for a service without a selector).
+func selectEntries(s *config.Service, byNS map[string][]*registrar.WorkloadEntry) []*registrar.WorkloadEntry {
+	if s.WorkloadSelector == nil {
+		return nil
+	}
+	var selected []*registrar.WorkloadEntry
+	for _, e := range byNS[s.Namespace] {
+		if selects(s.WorkloadSelector.Labels, e) && healthy(e) {
+			selected = append(selected, e)
+		}
+	}
+	return selected
 }
 
 // selects reports whether every selector label is on the entry (spec labels, then metadata).

@@ -245,7 +245,7 @@ func (s *Server) push(ctx context.Context) {
 	}
 	prev := s.last
 	s.mu.Unlock()
-	s.dns.push(svcs)
+	s.dns.push(svcs, entries)
 	b := buildResources(buildModel(svcs, entries), s.opts.Network, s.opts.MeshPort)
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	if prev != nil && prev.digest == b.digest {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -153,5 +154,30 @@ func TestVMSectionsValidation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestDNSKeys(t *testing.T) {
+	const svc = "services:\n  - {name: web, hosts: [web.default.svc.cluster.local], ports: [{number: 80, name: http}], addresses: [%s]}\n"
+	f, err := Parse([]byte(fmt.Sprintf(svc, "10.20.0.5")), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.ControlPlane.DNS.VIPRange != DefaultVIPRange && f.ControlPlane.DNS.VIPRange != "" {
+		t.Errorf("vip_range = %q, want the default", f.ControlPlane.DNS.VIPRange)
+	}
+	if got := f.Services[0].Addresses; len(got) != 1 || got[0] != "10.20.0.5" {
+		t.Errorf("addresses = %v", got)
+	}
+	tests := []struct{ yaml, want string }{
+		{fmt.Sprintf(svc, "not-an-ip"), `services[0].addresses[0]: "not-an-ip" is not an IP address`},
+		{"control_plane: {dns: {vip_range: 240.240.0.0/32}}\n", "control_plane.dns.vip_range"},
+		{"control_plane: {dns: {vip_range: fd00::/64}}\n", "control_plane.dns.vip_range"},
+		{"control_plane: {dns: {vip_range: nonsense}}\n", "control_plane.dns.vip_range"},
+	}
+	for _, tt := range tests {
+		if _, err := Parse([]byte(tt.yaml), "t.yaml"); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: error %v, want %q", tt.yaml, err, tt.want)
+		}
 	}
 }

@@ -3,12 +3,9 @@ package scenarios
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,102 +35,23 @@ import (
 func TestStandaloneVMResolvesMeshNamesThroughAgentDNS(t *testing.T) {
 	cluster.LogOnFailure(t)
 	ctx := harness.Context(t, 3*time.Minute)
-	ns := cluster.Namespace(t, "dns")
-	if _, err := cluster.API.CreateServiceAccount(ctx, ns, "vm"); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := cluster.API.IstioToken(ctx, ns, "vm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	serving, err := harness.NewControlServingCert(dir, controlSAN)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const (
-		vmIP      = "127.0.9.70"
-		clusterID = "standalone-dns"
-		webAddr   = "10.77.0.5"
-		vipRange  = "240.241.0.0/24"
+		vmIP     = "127.0.9.70"
+		webAddr  = "10.77.0.5"
+		vipRange = "240.241.0.0/24"
 	)
 	backend := startHealthServer(t, vmIP)
-	webHost := "web." + ns + ".svc.cluster.local"
+	s := startStandaloneEwgate(t, standaloneOptions{
+		prefix: "dns", clusterID: "standalone-dns", instance: "ewgate-e2e-dns", webPort: backend.Port,
+		controlPlane: "  dns: {vip_range: " + vipRange + "}\n",
+		webService:   "    addresses: [" + webAddr + "]\n",
+		reloadEvery:  100 * time.Millisecond,
+	})
+	ns, gw, webHost := s.ns, s.gw, s.webHost
 	addedHost := "added." + ns + ".svc.cluster.local"
-	store, caDir := filepath.Join(dir, "store"), filepath.Join(dir, "ca")
-	admin, mesh, cp, control := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg := func(extra string) string {
-		return fmt.Sprintf(`
-admin: {address: %[1]s}
-reload: {watch_interval: 100ms}
-listeners:
-  - {name: mesh, kind: mesh, address: %[2]s, routes_from: xds}
-xds:
-  node: {network: vmnet}
-control_plane:
-  address: %[3]s
-  debounce: 20ms
-  workload_entries_dir: %[4]s
-  ca: {data_dir: %[5]s}
-  dns: {vip_range: %[16]s}
-authn:
-  issuers:
-    - issuer: %[6]s
-      cluster: %[7]s
-      discovery_url: %[8]s
-      ca_file: %[9]s
-control:
-  address: %[10]s
-  tls: {cert_file: %[11]s, key_file: %[12]s}
-  upstreams: [{cluster: %[7]s, builtin: true}]
-registrar:
-  instance: ewgate-e2e-dns
-workload_groups:
-  - metadata: {name: web, namespace: %[13]s}
-    spec:
-      metadata: {labels: {app: web}}
-      template: {serviceAccount: vm, ports: {grpc: %[15]d}}
-services:
-  - name: web
-    namespace: %[13]s
-    hosts: [%[14]s]
-    addresses: [%[17]s]
-    ports: [{number: %[15]d, name: grpc, protocol: GRPC}]
-    workload_selector: {labels: {app: web}}
-%[18]s`, admin, mesh, cp, yamlQuote(store), yamlQuote(caDir),
-			yamlQuote(cluster.API.Issuer), clusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
-			control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile),
-			ns, webHost, backend.Port, vipRange, webAddr, extra)
-	}
-	gw := harness.StartEwgate(t, admin, cfg(""))
-	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
-		if _, err := gw.Get(ctx, "/healthz/ready"); err != nil {
-			return err
-		}
-		m, err := gw.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
-			return errors.New("the apiserver's issuer has no key set yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	meshRoot, err := harness.ReadFileWait(ctx, gw.Proc, filepath.Join(caDir, "root-cert.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	dnsAddr := freeAddr(t)
-	vm := harness.StartVM(t, cluster.Peers.PilotAgent(), harness.VMOptions{
-		Name: "dns1", Namespace: ns, ServiceAccount: "vm", Group: "web",
-		IP: vmIP, Network: "vmnet", ClusterID: clusterID,
-		Token: tok, RootPEM: bundle(serving.CA.CertPEM, meshRoot),
-		DiscoveryAddr: control, SAN: controlSAN,
-		Env: append(slices.Clone(agentUsesDiscoveryAddrForCA), "ISTIO_META_DNS_CAPTURE=true", "DNS_PROXY_ADDR="+dnsAddr),
-	})
+	vm := s.vm(t, "dns1", vmIP, "ISTIO_META_DNS_CAPTURE=true", "DNS_PROXY_ADDR="+dnsAddr)
 	if _, err := vm.WaitCert(harness.Context(t, 60*time.Second)); err != nil {
 		t.Fatalf("%v\n---- ewgate ----\n%s", err, gw.Proc.Tail(40))
 	}
@@ -196,7 +114,7 @@ services:
 	if _, err := lookup(addedHost); err == nil {
 		t.Fatalf("%s resolves before it is configured", addedHost)
 	}
-	if err := gw.RewriteConfig(cfg(fmt.Sprintf(`  - name: added
+	if err := gw.RewriteConfig(s.config(fmt.Sprintf(`  - name: added
     namespace: %s
     hosts: [%s]
     ports: [{number: 8080, name: http, protocol: HTTP}]

@@ -44,104 +44,22 @@ import (
 func TestStandaloneVMOnboardsWithoutIstiod(t *testing.T) {
 	cluster.LogOnFailure(t)
 	ctx := harness.Context(t, 3*time.Minute)
-	ns := cluster.Namespace(t, "standalone")
-	if _, err := cluster.API.CreateServiceAccount(ctx, ns, "vm"); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := cluster.API.IstioToken(ctx, ns, "vm")
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	dir := t.TempDir()
-	serving, err := harness.NewControlServingCert(dir, controlSAN)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The VM's own service: a gRPC health server on the VM's address (a loopback address here).
 	const vmIP = "127.0.9.60"
 	backend := startHealthServer(t, vmIP)
-	const clusterID = "standalone1" // ewgate's name for the apiserver's cluster; the VM must say the same
-	webHost := "web." + ns + ".svc.cluster.local"
-	store, caDir := filepath.Join(dir, "store"), filepath.Join(dir, "ca")
-	admin, mesh, cp, control := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	gw := harness.StartEwgate(t, admin, fmt.Sprintf(`
-admin: {address: %[1]s}
-listeners:
-  - {name: mesh, kind: mesh, address: %[2]s, routes_from: xds}
-xds:
-  node: {network: vmnet}
-control_plane:
-  address: %[3]s
-  debounce: 20ms
-  workload_entries_dir: %[4]s
-  ca: {data_dir: %[5]s}
-authn:
-  issuers:
-    - issuer: %[6]s
-      cluster: %[7]s
-      discovery_url: %[8]s
-      ca_file: %[9]s
-control:
-  address: %[10]s
-  tls: {cert_file: %[11]s, key_file: %[12]s}
-  upstreams: [{cluster: %[7]s, builtin: true}]
-registrar:
-  instance: ewgate-e2e-standalone
-  grace_period: 2s
-workload_groups:
-  - metadata: {name: web, namespace: %[13]s}
-    spec:
-      metadata: {labels: {app: web}}
-      template: {serviceAccount: vm, ports: {grpc: %[15]d}}
-services:
-  - name: web
-    namespace: %[13]s
-    hosts: [%[14]s]
-    ports: [{number: %[15]d, name: grpc, protocol: GRPC}]
-    workload_selector: {labels: {app: web}}
-  - name: other
-    namespace: %[13]s
-    hosts: [other.%[13]s.svc.cluster.local]
+	s := startStandaloneEwgate(t, standaloneOptions{
+		prefix: "standalone", clusterID: "standalone1", instance: "ewgate-e2e-standalone", webPort: backend.Port,
+		registrar: "  grace_period: 2s\n",
+		services: `  - name: other
+    namespace: {ns}
+    hosts: [other.{ns}.svc.cluster.local]
     ports: [{number: 7071, name: grpc, protocol: GRPC}]
     endpoints: [{address: 127.0.0.1, ports: {grpc: 1}, service_account: other}]
-`, admin, mesh, cp, yamlQuote(store), yamlQuote(caDir),
-		yamlQuote(cluster.API.Issuer), clusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
-		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile),
-		ns, webHost, backend.Port))
-
-	// ewgate is ready once its mesh listener has its first snapshot from the built-in control
-	// plane and the issuer's keys were fetched by discovery from the apiserver.
-	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
-		_, err := gw.Get(ctx, "/healthz/ready")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
-		m, err := gw.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
-			return errors.New("the apiserver's issuer has no key set yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	meshRoot, err := harness.ReadFileWait(ctx, gw.Proc, filepath.Join(caDir, "root-cert.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	vm := harness.StartVM(t, cluster.Peers.PilotAgent(), harness.VMOptions{
-		Name: "sa1", Namespace: ns, ServiceAccount: "vm", Group: "web",
-		IP: vmIP, Network: "vmnet", ClusterID: clusterID,
-		Token: tok, RootPEM: bundle(serving.CA.CertPEM, meshRoot),
-		DiscoveryAddr: control, SAN: controlSAN,
-		Env: agentUsesDiscoveryAddrForCA,
+`,
 	})
+	ns, gw, store, webHost, meshRoot := s.ns, s.gw, s.store, s.webHost, s.meshRoot
+
+	vm := s.vm(t, "sa1", vmIP)
 	leaf, err := vm.WaitCert(harness.Context(t, 60*time.Second))
 	if err != nil {
 		t.Fatalf("%v\n---- ewgate ----\n%s", err, gw.Proc.Tail(40))
@@ -198,11 +116,13 @@ services:
 		t.Fatal(err)
 	}
 
-	// The agent goes: the entry stays for the grace period, then goes, with its endpoint.
+	// The agent goes: the entry stays for the grace period, then goes, with its endpoint. The
+	// clock starts before the local client stops: the agent may end its ADS stream as soon as
+	// its last local client has gone.
+	stopped := time.Now()
 	if err := client.Stop(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	stopped := time.Now()
 	if err := vm.Proc.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -400,11 +401,11 @@ func TestIdleTimeout(t *testing.T) {
 	// The quiet connection is cut; the busy one, trickling a byte every idle/3, survives
 	// several idle periods.
 	start := time.Now()
-	quietClosed := make(chan time.Duration, 1)
+	quietClosed := make(chan error, 1)
 	go func() {
-		quiet.SetReadDeadline(time.Now().Add(10 * time.Second))
-		quiet.Read(make([]byte, 1))
-		quietClosed <- time.Since(start)
+		quiet.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_, err := quiet.Read(make([]byte, 1))
+		quietClosed <- err
 	}()
 	buf := make([]byte, 1)
 	for i := 0; time.Since(start) < 5*idle; i++ {
@@ -417,8 +418,10 @@ func TestIdleTimeout(t *testing.T) {
 		}
 		time.Sleep(idle / 3) // traffic pattern, not a wait for a condition
 	}
-	if d := <-quietClosed; d > 5*idle {
-		t.Fatalf("quiet connection closed after %v; want within two idle periods", d)
+	// Closed by the gateway, not by the test's own (much later) read deadline. How soon is not
+	// asserted (a loaded machine delays timers); the metric below says it was the idle timeout.
+	if err := <-quietClosed; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("quiet connection: read returned %v; want it closed by the idle timeout", err)
 	}
 	eventually(t, "idle_timeout result", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"result": "idle_timeout"}) == 1

@@ -3,7 +3,6 @@ package scenarios
 import (
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/e2e/harness"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 // istiod is ready and has created its CA root, in istio-system and in every new namespace.
@@ -106,55 +104,17 @@ func TestVMOnboardingDirectToIstiod(t *testing.T) {
 	if name != "web-127.0.9.10-vmnet" {
 		t.Fatalf("name %s", name)
 	}
-	we, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 60*time.Second), ns, name, func(u *unstructured.Unstructured) error {
-		if u.GetAnnotations()["istio.io/connectedAt"] == "" {
-			return fmt.Errorf("not connected yet")
-		}
-		return nil
-	})
+	we, err := waitConnectedEntry(t, ns, name, "", 60*time.Second)
 	if err != nil {
 		t.Fatalf("%v\n---- xds client ----\n%s", err, client.Tail(30))
 	}
-	ann := we.GetAnnotations()
-	if ann["istio.io/autoRegistrationGroup"] != "web" || ann["istio.io/workloadController"] == "" {
-		t.Errorf("annotations %v", ann)
-	}
-	spec, _ := we.Object["spec"].(map[string]any)
-	if spec["address"] != "127.0.9.10" || spec["network"] != "vmnet" || spec["serviceAccount"] != "vm" {
-		t.Errorf("spec %v", spec)
-	}
-	if we.GetLabels()["app"] != "web" {
-		t.Errorf("labels %v", we.GetLabels())
-	}
-	owners := we.GetOwnerReferences()
-	if len(owners) != 1 || owners[0].Kind != "WorkloadGroup" || owners[0].Name != "web" || owners[0].Controller == nil || !*owners[0].Controller {
-		t.Errorf("owner references %+v", owners)
-	}
-	if l, _ := cluster.API.ListWorkloadEntries(ctx, ns); len(l) != 1 {
-		t.Errorf("%d entries, want 1", len(l))
-	}
+	checkWebEntry(t, ctx, ns, we, "127.0.9.10")
 	if n := istiodStreams(t, "web1."+ns+"-"); n != 1 {
 		t.Errorf("istiod holds %d ADS streams of the VM, want 1", n)
 	}
 
 	// The VM goes away: disconnectedAt, then deletion after the grace period (10 s by default).
-	if err := client.Stop(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.Proc.Stop(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
-		if u.GetAnnotations()["istio.io/disconnectedAt"] == "" {
-			return fmt.Errorf("not disconnected yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := cluster.API.WaitWorkloadEntryGone(harness.Context(t, 60*time.Second), ns, name); err != nil {
-		t.Fatal(err)
-	}
+	stopVMAndWaitEntryGone(t, vm, client, ns, name, 60*time.Second)
 	if n := istiodStreams(t, "web1."+ns+"-"); n != 0 {
 		t.Errorf("istiod still holds %d ADS streams of the stopped VM", n)
 	}

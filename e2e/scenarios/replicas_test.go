@@ -1,13 +1,10 @@
 package scenarios
 
 import (
-	"fmt"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
-
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/ewgate/ewgate/e2e/harness"
 )
@@ -50,7 +47,10 @@ func TestTwoReplicasHandOverAndCleanUpAfterAKill(t *testing.T) {
 		t.Fatalf("%v\n---- ewgate A ----\n%s", err, a.gw.Proc.Tail(40))
 	}
 	name := viaA.AutoRegisteredName()
-	first := waitController(t, ns, name, "ewgate-a")
+	first, err := waitConnectedEntry(t, ns, name, "ewgate-a", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	uid := first.GetUID()
 
 	// The same VM through B; then its stream through A ends.
@@ -59,7 +59,10 @@ func TestTwoReplicasHandOverAndCleanUpAfterAKill(t *testing.T) {
 	if err := clientB.WaitLog(harness.Context(t, 60*time.Second), "xds-client: rpc ok SERVING"); err != nil {
 		t.Fatalf("%v\n---- ewgate B ----\n%s", err, b.gw.Proc.Tail(40))
 	}
-	moved := waitController(t, ns, name, "ewgate-b")
+	moved, err := waitConnectedEntry(t, ns, name, "ewgate-b", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if moved.GetUID() != uid {
 		t.Fatal("the entry was re-created when the VM moved (new UID): want one entry throughout")
 	}
@@ -99,20 +102,4 @@ func TestTwoReplicasHandOverAndCleanUpAfterAKill(t *testing.T) {
 	if l, err := cluster.API.ListWorkloadEntries(ctx, ns); err != nil || len(l) != 0 {
 		t.Fatalf("%d entries left in %s (%v), want none", len(l), ns, err)
 	}
-}
-
-// waitController waits until the entry is connected and controlled by instance.
-func waitController(t *testing.T, ns, name, instance string) *unstructured.Unstructured {
-	t.Helper()
-	we, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
-		ann := u.GetAnnotations()
-		if ann["istio.io/connectedAt"] == "" || ann["istio.io/workloadController"] != instance {
-			return fmt.Errorf("controller %q, connectedAt %q", ann["istio.io/workloadController"], ann["istio.io/connectedAt"])
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return we
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/e2e/harness"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 // Scenario 3, VM onboarding through ewgate to a real istiod: a real pilot-agent pointed at
@@ -73,58 +72,20 @@ func TestVMOnboardingThroughEwgateToIstiod(t *testing.T) {
 	}
 
 	name := vm.AutoRegisteredName()
-	we, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
-		if u.GetAnnotations()["istio.io/connectedAt"] == "" {
-			return fmt.Errorf("not connected yet")
-		}
-		return nil
-	})
+	we, err := waitConnectedEntry(t, ns, name, front.instance, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ann := we.GetAnnotations()
-	if ann["istio.io/autoRegistrationGroup"] != "web" || ann["istio.io/workloadController"] != front.instance {
-		t.Errorf("annotations %v; want group web, controller %s (ewgate)", ann, front.instance)
-	}
-	if ann["ewgate.io/identity"] != vm.SPIFFEID("cluster.local") {
-		t.Errorf("ewgate.io/identity %q", ann["ewgate.io/identity"])
-	}
-	spec, _ := we.Object["spec"].(map[string]any)
-	if spec["address"] != "127.0.9.70" || spec["network"] != "vmnet" || spec["serviceAccount"] != "vm" {
-		t.Errorf("spec %v", spec)
-	}
-	if we.GetLabels()["app"] != "web" {
-		t.Errorf("labels %v", we.GetLabels())
-	}
-	owners := we.GetOwnerReferences()
-	if len(owners) != 1 || owners[0].Kind != "WorkloadGroup" || owners[0].Name != "web" || owners[0].Controller == nil || !*owners[0].Controller {
-		t.Errorf("owner references %+v", owners)
-	}
-	if l, err := cluster.API.ListWorkloadEntries(ctx, ns); err != nil || len(l) != 1 {
-		t.Errorf("%d entries (%v), want 1", len(l), err)
+	checkWebEntry(t, ctx, ns, we, "127.0.9.70")
+	if id := we.GetAnnotations()["ewgate.io/identity"]; id != vm.SPIFFEID("cluster.local") {
+		t.Errorf("ewgate.io/identity %q", id)
 	}
 	if d := istiodMetric(t, "auto_registration_success_total") - istiodRegistered; d != 0 {
 		t.Errorf("istiod auto-registered %v VMs itself while the VM came through ewgate", d)
 	}
 
 	// The VM goes: disconnectedAt, then deletion after ewgate's grace period.
-	if err := client.Stop(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := vm.Proc.Stop(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
-		if u.GetAnnotations()["istio.io/disconnectedAt"] == "" {
-			return fmt.Errorf("not disconnected yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := cluster.API.WaitWorkloadEntryGone(harness.Context(t, 30*time.Second), ns, name); err != nil {
-		t.Fatal(err)
-	}
+	stopVMAndWaitEntryGone(t, vm, client, ns, name, 30*time.Second)
 	if err := harness.Poll(harness.Context(t, 30*time.Second), 100*time.Millisecond, func() (bool, error) {
 		n := istiodStreams(t, "via1."+ns+"-")
 		return n == 0, fmt.Errorf("istiod still holds %d ADS streams of the stopped VM", n)

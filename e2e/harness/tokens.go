@@ -86,3 +86,14 @@ func (a *APIServer) ReviewToken(ctx context.Context, token string, audiences ...
 	}
 	return tr.Status, nil
 }
+
+// ExpiredIstioToken is a token of the service account ns/sa with audience istio-ca that expired
+// an hour ago, signed with the apiserver's own key (TokenRequest will not mint one).
+func (a *APIServer) ExpiredIstioToken(ctx context.Context, ns, sa string) (string, error) {
+	acct, err := a.Kube.CoreV1().ServiceAccounts(ns).Get(ctx, sa, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("harness: expired token: %w", err)
+	}
+	now := time.Now()
+	return a.SignToken(a.ServiceAccountClaims(ns, sa, string(acct.UID), now.Add(-2*time.Hour), now.Add(-time.Hour), "istio-ca"))
+}

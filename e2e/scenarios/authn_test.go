@@ -54,9 +54,7 @@ func TestAuthnRealTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	expired, err := cluster.API.SignToken(cluster.API.ServiceAccountClaims(ns, "vm", string(sa.UID),
-		now.Add(-2*time.Hour), now.Add(-time.Hour), "istio-ca"))
+	expired, err := cluster.API.ExpiredIstioToken(ctx, ns, "vm")
 	if err != nil {
 		t.Fatal(err)
 	}

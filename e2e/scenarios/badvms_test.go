@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/e2e/harness"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Scenario 4, bad VMs never reach istiod: real pilot-agents with bad credentials or claims,
@@ -42,17 +41,11 @@ func TestBadVMsNeverReachIstiod(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sa, err := cluster.API.Kube.CoreV1().ServiceAccounts(ns).Get(ctx, "vm", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	wrongAud, err := cluster.API.Token(ctx, ns, "vm", time.Hour, "not-istio-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	expired, err := cluster.API.SignToken(cluster.API.ServiceAccountClaims(ns, "vm", string(sa.UID),
-		now.Add(-2*time.Hour), now.Add(-time.Hour), "istio-ca"))
+	expired, err := cluster.API.ExpiredIstioToken(ctx, ns, "vm")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,8 +45,7 @@ func TestTokenReview(t *testing.T) {
 	if st, err := cluster.API.ReviewToken(ctx, fresh, "istio-ca"); err != nil || !st.Authenticated || st.User.Username != wantUser {
 		t.Fatalf("harness-signed token: authenticated %v user %q err %v (%s)", st.Authenticated, st.User.Username, err, st.Error)
 	}
-	expired, err := cluster.API.SignToken(cluster.API.ServiceAccountClaims(ns, "vm", string(sa.UID),
-		now.Add(-2*time.Hour), now.Add(-time.Hour), "istio-ca"))
+	expired, err := cluster.API.ExpiredIstioToken(ctx, ns, "vm")
 	if err != nil {
 		t.Fatal(err)
 	}

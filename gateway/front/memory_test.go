@@ -222,27 +222,8 @@ func runMemoryChild(dir string, in io.Reader, out io.Writer) error {
 		}
 		defer conns[i].Close()
 	}
-	streams := make([]grpc.ClientStream, n)
-	errs := make(chan error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			cs, err := conns[i/perConn].NewStream(ctx, bidi, "/test.Echo/Echo")
-			if err == nil {
-				err = cs.SendMsg(wrapperspb.String(fmt.Sprint(i)))
-			}
-			if err == nil {
-				err = cs.RecvMsg(&wrapperspb.StringValue{})
-			}
-			streams[i] = cs
-			if err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	streams, err := openEchoStreams(ctx, conns, n, perConn)
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "ready %s\n", time.Since(start).Round(time.Millisecond))

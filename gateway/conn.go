@@ -65,6 +65,7 @@ type connLog struct {
 	start    time.Time
 	result   string
 	err      error
+	ep       *Endpoint // whose active count the connection holds; nil before dialling
 }
 
 func (g *Gateway) acceptLoop(l *listener) {
@@ -96,13 +97,26 @@ func (g *Gateway) acceptLoop(l *listener) {
 		g.track(rc)
 		g.wg.Add(1)
 		go func() {
-			defer g.wg.Done()
-			g.serveConn(l, t, rc, c)
-			g.untrack(rc)
-			l.active.Add(-1)
-			g.m.active.WithLabelValues(l.name).Dec()
+			rec := &connLog{listener: l.name, start: g.now(), client: addrPort(c.RemoteAddr())}
+			if !g.serveConn(l, t, rec, rc, c) {
+				c.Close()
+				g.connDone(l, rc, rec)
+			}
 		}()
 	}
+}
+
+// connDone ends the bookkeeping of a connection whose sockets are closed: its access-log line,
+// metrics, endpoint load and the gateway's wait group.
+func (g *Gateway) connDone(l *listener, rc *relayConn, rec *connLog) {
+	if rec.ep != nil {
+		rec.ep.state.active.Add(-1)
+	}
+	g.finish(rec)
+	g.untrack(rc)
+	l.active.Add(-1)
+	g.m.active.WithLabelValues(l.name).Dec()
+	g.wg.Done()
 }
 
 func (g *Gateway) refuseOverLimit(l *listener, c *net.TCPConn) {
@@ -113,11 +127,10 @@ func (g *Gateway) refuseOverLimit(l *listener, c *net.TCPConn) {
 		zap.Stringer("client", c.RemoteAddr()))
 }
 
-// serveConn handles one connection from accept to close and writes its one access-log line.
-func (g *Gateway) serveConn(l *listener, t *Table, rc *relayConn, c *net.TCPConn) {
-	rec := connLog{listener: l.name, start: g.now(), client: addrPort(c.RemoteAddr())}
-	defer g.finish(&rec)
-	defer c.Close()
+// serveConn takes a connection from accept through the relay. It reports true when the relay
+// engine took the connection (the engine then calls connDone); otherwise the connection is over
+// when it returns.
+func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, c *net.TCPConn) (handedOff bool) {
 
 	lc := &t.Listener
 	deadline := time.Now().Add(lc.HelloTimeout)
@@ -125,7 +138,7 @@ func (g *Gateway) serveConn(l *listener, t *Table, rc *relayConn, c *net.TCPConn
 		h, err := proxyproto.Read(c, lc.HelloTimeout)
 		if err != nil {
 			rec.result, rec.err = resultProxyProtocol, err
-			return
+			return false
 		}
 		if src, ok := h.Source.(*net.TCPAddr); ok && src != nil {
 			rec.client = src.AddrPort()
@@ -135,20 +148,20 @@ func (g *Gateway) serveConn(l *listener, t *Table, rc *relayConn, c *net.TCPConn
 	remaining := time.Until(deadline)
 	if remaining <= 0 {
 		rec.result, rec.err = refusal(sni.ErrTimeout), sni.ErrTimeout
-		return
+		return false
 	}
 	hello, peeked, err := sni.Peek(c, sni.PeekOptions{Timeout: remaining, MaxSize: lc.MaxHelloBytes})
 	g.m.peek.WithLabelValues(l.name).Observe(time.Since(rec.start).Seconds())
 	rec.hello = hello
 	if err != nil {
 		rec.result, rec.err = refusal(err), err
-		return
+		return false
 	}
 	cl, err := t.Route(hello)
 	if err != nil {
 		rec.result, rec.err = refusal(err), err
 		sendAlert(c, alertUnrecognizedName)
-		return
+		return false
 	}
 	rec.cluster = cl.Name
 	up, ep, err := g.dialCluster(cl, rec.client.Addr())
@@ -157,16 +170,17 @@ func (g *Gateway) serveConn(l *listener, t *Table, rc *relayConn, c *net.TCPConn
 		if errors.Is(err, errNoEndpoint) {
 			rec.result = resultNoEndpoint
 		}
-		return
+		return false
 	}
 	rec.endpoint = ep.Address
+	rec.ep = ep
 	ep.state.active.Add(1)
-	defer ep.state.active.Add(-1)
-	g.relayConn(&rec, rc, c, up, peeked, lc.IdleTimeout)
+	return g.relayConn(l, rec, rc, c, up, peeked, lc.IdleTimeout)
 }
 
-// relayConn writes the peeked ClientHello upstream, then splices until both sides are done.
-func (g *Gateway) relayConn(rec *connLog, rc *relayConn, client *net.TCPConn, up net.Conn, peeked []byte, idle time.Duration) {
+// relayConn writes the peeked ClientHello upstream, then hands the pair to the relay engine or
+// splices on goroutines until both sides are done.
+func (g *Gateway) relayConn(l *listener, rec *connLog, rc *relayConn, client *net.TCPConn, up net.Conn, peeked []byte, idle time.Duration) (handedOff bool) {
 	up.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	n, err := up.Write(peeked)
 	up.SetWriteDeadline(time.Time{})
@@ -174,7 +188,10 @@ func (g *Gateway) relayConn(rec *connLog, rc *relayConn, client *net.TCPConn, up
 	if err != nil {
 		up.Close()
 		rec.result, rec.err = resultUpstreamWrite, err
-		return
+		return false
+	}
+	if g.handOff(l, rec, rc, client, up, idle) {
+		return true
 	}
 	r := &relay{client: client, upstream: up, idle: idle}
 	rc.relay.Store(r)
@@ -195,6 +212,7 @@ func (g *Gateway) relayConn(rec *connLog, rc *relayConn, client *net.TCPConn, up
 			rec.result, rec.err = resultReset, err
 		}
 	}
+	return false
 }
 
 var errNoEndpoint = errors.New("gateway: no endpoint left to try")

@@ -19,13 +19,13 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/splice"
 )
 
 // ErrShutdown is returned by Apply after Shutdown has begun.
@@ -64,6 +64,8 @@ type Gateway struct {
 	listeners map[string]*listener
 	conns     map[*relayConn]struct{}
 	version   uint64
+	relayCfg  *config.Relay // the relay settings of the first config; nil before it
+	eng       atomic.Pointer[splice.Engine]
 	wg        sync.WaitGroup // accept loops and connection handlers
 }
 
@@ -79,7 +81,8 @@ type listener struct {
 // relayConn is an accepted connection the gateway may have to close at the drain deadline.
 type relayConn struct {
 	client net.Conn
-	relay  atomic.Pointer[relay] // set once relaying starts
+	relay  atomic.Pointer[relay]       // set once relaying starts on goroutines
+	pair   atomic.Pointer[splice.Pair] // set once the relay engine has the connection
 }
 
 // New returns a Gateway with no listeners; Apply starts serving.
@@ -97,6 +100,7 @@ func New(opts Options) *Gateway {
 	if g.log == nil {
 		g.log = zap.NewNop()
 	}
+	g.registerEngineMetrics(opts.Registerer)
 	if g.dial == nil {
 		var d net.Dialer
 		g.dial = d.DialContext
@@ -104,7 +108,6 @@ func New(opts Options) *Gateway {
 	if g.now == nil {
 		g.now = time.Now
 	}
-	g.reportFileLimit()
 	return g
 }
 
@@ -117,6 +120,10 @@ func (g *Gateway) Apply(f *config.File) error {
 	defer g.mu.Unlock()
 	if g.draining.Load() {
 		return ErrShutdown
+	}
+	if err := g.startEngineLocked(f.Relay); err != nil {
+		g.m.reloads.WithLabelValues("failed").Inc()
+		return err
 	}
 	bound, err := g.bindNew(f)
 	if err != nil {
@@ -239,6 +246,9 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.mu.Unlock()
 	}
 	g.wg.Wait()
+	if e := g.eng.Load(); e != nil {
+		e.Close() // every pair has ended: their handlers were in g.wg
+	}
 	return err
 }
 
@@ -266,6 +276,10 @@ func (c *relayConn) cut(reason int32) {
 		r.stop(reason)
 		return
 	}
+	if p := c.pair.Load(); p != nil {
+		p.Cut()
+		return
+	}
 	c.client.Close()
 }
 
@@ -281,14 +295,3 @@ func (g *Gateway) untrack(c *relayConn) {
 	g.mu.Unlock()
 }
 
-// reportFileLimit logs and exports the open-file limit: on the splice path a proxied
-// connection holds 6 files (two sockets, two pipes), so the limit caps the connections.
-func (g *Gateway) reportFileLimit() {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return
-	}
-	g.m.openFilesLimit.Set(float64(rl.Cur))
-	g.log.Info("open-file limit", zap.Uint64("soft", rl.Cur), zap.Uint64("hard", rl.Max),
-		zap.Uint64("max_proxied_connections", rl.Cur/6))
-}

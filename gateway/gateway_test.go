@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -19,8 +22,37 @@ import (
 	"github.com/ewgate/ewgate/gateway/config"
 )
 
+// testRelay is the relay engine the tests' gateways use. The suite runs once per engine:
+// TestMain runs it on epoll (the default on Linux), then runs the same binary again with
+// EWGATE_TEST_RELAY=goroutines, so both paths pass every test.
+var testRelay = config.RelayEpoll
+
+const relayEnv = "EWGATE_TEST_RELAY"
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	if v := os.Getenv(relayEnv); v != "" {
+		testRelay = v
+	} else if runtime.GOOS != "linux" {
+		testRelay = config.RelayGoroutines
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	if code == 0 && testRelay != config.RelayGoroutines {
+		fmt.Printf("=== the same tests on the goroutine relay (%s=%s)\n", relayEnv, config.RelayGoroutines)
+		cmd := exec.Command(os.Args[0], os.Args[1:]...)
+		cmd.Env = append(os.Environ(), relayEnv+"="+config.RelayGoroutines)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutine relay run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 const reviews = "outbound_.9080_._.reviews.default.svc.cluster.local"
@@ -50,6 +82,14 @@ func TestMeshPassthroughEndToEnd(t *testing.T) {
 	}
 	if !bytes.Equal(got, msg) {
 		t.Fatalf("echo differs: got %d bytes, sent %d", len(got), len(msg))
+	}
+	// The connection is relayed by the engine under test, and only by it.
+	wantPairs := 0.0
+	if testRelay == config.RelayEpoll {
+		wantPairs = 1
+	}
+	if v := g.counter("ewgate_relay_engine_pairs", nil); v != wantPairs {
+		t.Fatalf("relay engine %s: ewgate_relay_engine_pairs = %v, want %v", testRelay, v, wantPairs)
 	}
 	if serverKM := <-be.keys; !bytes.Equal(serverKM, clientKM) {
 		t.Fatal("client and backend exported different keying material: the TLS session was not end to end")
@@ -228,6 +268,7 @@ func TestReloadUnderTrafficDropsNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.Relay.Engine = testRelay
 	// Reload while the open connections are mid-stream.
 	var wg sync.WaitGroup
 	errs := make(chan error, n)

@@ -184,6 +184,7 @@ func startGateway(t testing.TB, yaml string) *testGateway {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.Relay.Engine = testRelay
 	core, logs := observer.New(zap.DebugLevel)
 	reg := prometheus.NewRegistry()
 	g := New(Options{Logger: zap.New(core), Registerer: reg})

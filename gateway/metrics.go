@@ -16,6 +16,7 @@ type metrics struct {
 	snapshotVer    prometheus.Gauge
 	snapshotAt     prometheus.Gauge
 	openFilesLimit prometheus.Gauge
+	relayFallbacks prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,12 +52,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ewgate_route_snapshot_timestamp_seconds", Help: "When the serving route snapshot was built (unix seconds).",
 		}),
 		openFilesLimit: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ewgate_open_files_limit", Help: "The process's open-file limit; a proxied connection on the splice path holds 6 files.",
+			Name: "ewgate_open_files_limit", Help: "The process's open-file limit; a proxied connection holds 2 files with the epoll relay engine, 6 with goroutines.",
+		}),
+		relayFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ewgate_relay_fallbacks_total", Help: "Connections the relay engine refused (out of files, not a TCP upstream) and goroutines relayed.",
 		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.active, m.conns, m.bytes, m.peek, m.connectFail, m.ejections, m.reloads,
-			m.snapshotVer, m.snapshotAt, m.openFilesLimit)
+			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks)
 	}
 	return m
 }

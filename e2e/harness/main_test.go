@@ -6,6 +6,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	runMountNSIfRequested()
 	code := m.Run()
 	RemoveTempRoot()
 	os.Exit(code)

@@ -29,6 +29,9 @@ type ProcSpec struct {
 	// Dir is the working directory, created if missing and removed by Stop. If empty, a new
 	// directory under the harness temp root is used.
 	Dir string
+	// Binds, if any, run the peer in a private mount namespace with each bind mount in place
+	// (see mountns.go); the machine's mounts are not touched.
+	Binds []Bind
 }
 
 // Proc is a running peer: its own process group, its output in a log file in its directory.
@@ -71,12 +74,21 @@ func StartProc(spec ProcSpec) (*Proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("harness: %s: %w", spec.Name, err)
 	}
-	cmd := exec.Command(spec.Path, spec.Args...)
+	path, args, env := spec.Path, spec.Args, spec.Env
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if len(spec.Binds) > 0 {
+		if path, args, env, err = mountNSCommand(spec); err != nil {
+			log.Close()
+			return nil, fmt.Errorf("harness: %s: %w", spec.Name, err)
+		}
+		attr.Unshareflags = syscall.CLONE_NEWNS
+	}
+	cmd := exec.Command(path, args...)
 	cmd.Dir = dir
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, spec.Env...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, env...)
 	cmd.Stdout = log
 	cmd.Stderr = log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("harness: start %s: %w", spec.Name, err)

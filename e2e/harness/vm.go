@@ -33,6 +33,11 @@ type VMOptions struct {
 	SAN           string // ISTIOD_SAN: the name the agent checks in the server certificate
 
 	Env []string // added to the agent's environment
+
+	// Bundle, if set, is a directory `ewgate vm-config` wrote: the VM is then set up from it
+	// alone, as Istio's VM packaging sets a VM up (vmbundle.go), and every field above but Name
+	// and Env is ignored (StartVM fills them from the bundle).
+	Bundle string
 }
 
 // VM is a running pilot-agent in its own working directory.
@@ -68,17 +73,19 @@ func startVM(agentBin string, o VMOptions) (*VM, error) {
 		return nil, err
 	}
 	vm := &VM{Opts: o, Dir: dir, CertsDir: filepath.Join(dir, "certs"), bin: agentBin}
-	// The agent reads ./var/run/secrets/tokens/istio-token relative to its working directory.
-	if o.Token != "" {
-		if err := writeFile(filepath.Join(dir, "var/run/secrets/tokens/istio-token"), []byte(o.Token), 0o600); err != nil {
-			return nil, err
-		}
+	var (
+		env         []string
+		binds       []Bind
+		proxyConfig map[string]any
+		args        = []string{"proxy", "sidecar"}
+	)
+	if o.Bundle != "" {
+		env, proxyConfig, binds, err = vm.layOutBundle(o.Bundle)
+		args = []string{"proxy"} // as istio-start.sh runs it
+	} else {
+		env, proxyConfig, err = vm.layOut()
 	}
-	root := filepath.Join(dir, "root-cert.pem")
-	if err := writeFile(root, o.RootPEM, 0o644); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(vm.CertsDir, 0o755); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	// pilot-agent always serves its status port on all interfaces (":15020" by default; no bind
@@ -91,17 +98,48 @@ func startVM(agentBin string, o VMOptions) (*VM, error) {
 		return nil, fmt.Errorf("harness: vm status port: %w", err)
 	}
 	vm.statusHold = hold
-	proxyConfig, err := json.Marshal(map[string]any{
-		"discoveryAddress": o.DiscoveryAddr,
-		"statusPort":       hold.Addr().(*net.TCPAddr).Port,
+	proxyConfig["statusPort"] = hold.Addr().(*net.TCPAddr).Port
+	pc, err := json.Marshal(proxyConfig)
+	if err != nil {
+		hold.Close()
+		return nil, err
+	}
+	// No Envoy on these VMs: their workload is a proxyless gRPC client on the agent's xDS socket.
+	env = append(env, "DISABLE_ENVOY=true", "PROXY_CONFIG="+string(pc))
+	env = append(env, o.Env...)
+	p, err := StartProc(ProcSpec{
+		Name: "pilot-agent-" + o.Name, Path: agentBin, Dir: dir, Env: env, Args: args, Binds: binds,
 	})
 	if err != nil {
 		hold.Close()
 		return nil, err
 	}
-	env := []string{
-		"DISABLE_ENVOY=true",
-		"PROXY_CONFIG=" + string(proxyConfig),
+	vm.Proc = p
+	go func() { // the holder lives as long as the agent
+		<-p.Exited()
+		hold.Close()
+	}()
+	return vm, nil
+}
+
+// layOut writes the token and roots of VMOptions into the VM's directory and returns the
+// agent's environment and proxy config for them.
+func (vm *VM) layOut() (env []string, proxyConfig map[string]any, err error) {
+	o, dir := vm.Opts, vm.Dir
+	// The agent reads ./var/run/secrets/tokens/istio-token relative to its working directory.
+	if o.Token != "" {
+		if err := writeFile(filepath.Join(dir, "var/run/secrets/tokens/istio-token"), []byte(o.Token), 0o600); err != nil {
+			return nil, nil, err
+		}
+	}
+	root := filepath.Join(dir, "root-cert.pem")
+	if err := writeFile(root, o.RootPEM, 0o644); err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(vm.CertsDir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	env = []string{
 		"CA_ADDR=" + o.CAAddr,
 		"ISTIOD_SAN=" + o.SAN,
 		"XDS_ROOT_CA=" + root,
@@ -119,21 +157,7 @@ func startVM(agentBin string, o VMOptions) (*VM, error) {
 	if o.Group != "" {
 		env = append(env, "ISTIO_META_AUTO_REGISTER_GROUP="+o.Group, "ISTIO_META_WORKLOAD_NAME="+o.Group)
 	}
-	env = append(env, o.Env...)
-	p, err := StartProc(ProcSpec{
-		Name: "pilot-agent-" + o.Name, Path: agentBin, Dir: dir, Env: env,
-		Args: []string{"proxy", "sidecar"},
-	})
-	if err != nil {
-		hold.Close()
-		return nil, err
-	}
-	vm.Proc = p
-	go func() { // the holder lives as long as the agent
-		<-p.Exited()
-		hold.Close()
-	}()
-	return vm, nil
+	return env, map[string]any{"discoveryAddress": o.DiscoveryAddr}, nil
 }
 
 // WaitCert waits for the agent's workload certificate in OUTPUT_CERTS and returns its leaf.

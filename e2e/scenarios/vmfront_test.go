@@ -91,14 +91,21 @@ func assertNoCert(t *testing.T, vm *harness.VM) {
 type frontOfIstiod struct {
 	gw       *harness.Ewgate
 	control  string // ewgate's 15012 (host:port)
-	roots    []byte // what the VMs trust: ewgate's serving CA + the mesh root
-	meshRoot []byte
+	roots     []byte // what the VMs trust: ewgate's serving CA + the mesh root
+	servingCA []byte // the CA of ewgate's 15012 serving certificate
+	meshRoot  []byte
 	instance string // registrar.instance: the workloadController of ewgate's entries
 }
 
 // startFrontOfIstiod starts that ewgate and waits until it holds the apiserver issuer's keys.
 // registrar adds lines to its registrar section (e.g. lease and sweep timings).
 func startFrontOfIstiod(t *testing.T, rootNS, instance string, registrar ...string) *frontOfIstiod {
+	t.Helper()
+	return startFrontOfIstiodAt(t, freeAddr(t), rootNS, instance, registrar...)
+}
+
+// startFrontOfIstiodAt is startFrontOfIstiod with its VM control endpoint on control.
+func startFrontOfIstiodAt(t *testing.T, control, rootNS, instance string, registrar ...string) *frontOfIstiod {
 	t.Helper()
 	ctx := harness.Context(t, 60*time.Second)
 	meshRoot, err := cluster.Istiod.RootCert(ctx, cluster.API, rootNS)
@@ -111,7 +118,7 @@ func startFrontOfIstiod(t *testing.T, rootNS, instance string, registrar ...stri
 		t.Fatal(err)
 	}
 	rootFile := writeTemp(t, dir, "istiod-root.pem", meshRoot)
-	admin, mesh, control := freeAddr(t), freeAddr(t), freeAddr(t)
+	admin, mesh := freeAddr(t), freeAddr(t)
 	gw := harness.StartEwgate(t, admin, fmt.Sprintf(`
 admin: {address: %[1]s}
 listeners:
@@ -151,7 +158,8 @@ registrar:
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return &frontOfIstiod{gw: gw, control: control, roots: bundle(serving.CA.CertPEM, meshRoot), meshRoot: meshRoot, instance: instance}
+	return &frontOfIstiod{gw: gw, control: control, roots: bundle(serving.CA.CertPEM, meshRoot),
+		servingCA: serving.CA.CertPEM, meshRoot: meshRoot, instance: instance}
 }
 
 // vm starts a pilot-agent pointed at this ewgate, trusting ewgate's serving CA and the mesh root.

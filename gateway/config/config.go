@@ -71,6 +71,7 @@ type File struct {
 	Admin        Admin         `yaml:"admin"`
 	DrainTimeout time.Duration `yaml:"drain_timeout"` // zero: 30s
 	Reload       Reload        `yaml:"reload"`
+	Relay        Relay         `yaml:"relay"`
 	Listeners    []Listener    `yaml:"listeners"` // none: one mesh listener on 127.0.0.1:15443
 	Clusters     []Cluster     `yaml:"clusters"`
 	// XDS is the gateway's xDS client (routes of routes_from: xds listeners).
@@ -122,6 +123,23 @@ type Reload struct {
 	// WatchInterval is how often the file's content is checked for a change; zero: 2s; a negative
 	// value switches watching off.
 	WatchInterval time.Duration `yaml:"watch_interval"`
+}
+
+// Relay engines: how bytes move between a client and its upstream once routed.
+const (
+	RelayAuto       = "auto"       // epoll on Linux, goroutines elsewhere
+	RelayEpoll      = "epoll"      // event loops with splice; refused where unsupported
+	RelayGoroutines = "goroutines" // two goroutines per connection in io.Copy (splice too)
+)
+
+// Relay selects and tunes the relay engine. It is read when the gateway starts; a reload that
+// changes it is logged and takes effect at the next restart.
+type Relay struct {
+	Engine string `yaml:"engine"` // auto (default), epoll or goroutines
+	// Loops is the number of epoll event loops; zero: one per CPU the process may use.
+	Loops int `yaml:"loops"`
+	// PipeSize is the capacity of each splice pipe in bytes; zero: 256 KiB.
+	PipeSize int `yaml:"pipe_size"`
 }
 
 // Listener is one accepting socket and the route table behind it.

@@ -26,6 +26,9 @@ func (f *File) SetDefaults() {
 	if f.DrainTimeout == 0 {
 		f.DrainTimeout = DefaultDrainTimeout
 	}
+	if f.Relay.Engine == "" {
+		f.Relay.Engine = RelayAuto
+	}
 	if f.Reload.WatchInterval == 0 {
 		f.Reload.WatchInterval = DefaultWatchInterval
 	}
@@ -123,6 +126,17 @@ func (f *File) Validate() Errors {
 	v.hostPort("admin.address", f.Admin.Address)
 	if f.DrainTimeout < 0 {
 		v.add("drain_timeout", "must not be negative")
+	}
+	switch f.Relay.Engine {
+	case RelayAuto, RelayEpoll, RelayGoroutines:
+	default:
+		v.add("relay.engine", "%q is not a relay engine: want auto, epoll or goroutines", f.Relay.Engine)
+	}
+	if f.Relay.Loops < 0 || f.Relay.Loops > 1024 {
+		v.add("relay.loops", "%d: want 0 (one per CPU) to 1024", f.Relay.Loops)
+	}
+	if f.Relay.PipeSize != 0 && (f.Relay.PipeSize < 4096 || f.Relay.PipeSize > 1<<30) {
+		v.add("relay.pipe_size", "%d: want 0 (256 KiB) or 4096 to 1073741824 bytes (the kernel rounds up to pages)", f.Relay.PipeSize)
 	}
 	listeners := f.validateListeners(v)
 	clusters := f.validateClusters(v, listeners)

@@ -1,0 +1,133 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/splice"
+)
+
+// startEngineLocked starts the relay engine the first config asks for; later configs cannot
+// change it (a change is logged, and the running engine keeps relaying). g.mu is held.
+func (g *Gateway) startEngineLocked(rc config.Relay) error {
+	if g.relayCfg != nil {
+		if *g.relayCfg != rc {
+			g.log.Warn("relay settings changed; they take effect at the next restart",
+				zap.String("engine", g.relayCfg.Engine), zap.String("wanted_engine", rc.Engine))
+		}
+		return nil
+	}
+	if rc.Engine != config.RelayGoroutines {
+		e, err := splice.New(splice.Options{Loops: rc.Loops, PipeSize: rc.PipeSize})
+		switch {
+		case err == nil:
+			g.eng.Store(e)
+		case rc.Engine == config.RelayEpoll:
+			return fmt.Errorf("gateway: relay.engine epoll: %w (use auto or goroutines)", err)
+		case !errors.Is(err, splice.ErrUnsupported):
+			g.log.Warn("relay engine could not start; relaying with goroutines", zap.Error(err))
+		}
+	}
+	g.relayCfg = &rc
+	g.reportFileLimit()
+	return nil
+}
+
+// registerEngineMetrics exports the relay engine's gauges (zero while it is off).
+func (g *Gateway) registerEngineMetrics(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	stat := func(f func(splice.Stats) int64) func() float64 {
+		return func() float64 {
+			if e := g.eng.Load(); e != nil {
+				return float64(f(e.Stats()))
+			}
+			return 0
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ewgate_relay_engine_pairs",
+			Help: "Connections the epoll relay engine is relaying now."},
+			stat(func(s splice.Stats) int64 { return s.Pairs })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ewgate_relay_engine_pipes",
+			Help: "Splice pipes of the epoll relay engine: in_use hold bytes in flight, pooled are drained and kept for reuse.", ConstLabels: prometheus.Labels{"state": "in_use"}},
+			stat(func(s splice.Stats) int64 { return s.PipesInUse })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ewgate_relay_engine_pipes",
+			Help: "Splice pipes of the epoll relay engine: in_use hold bytes in flight, pooled are drained and kept for reuse.", ConstLabels: prometheus.Labels{"state": "pooled"}},
+			stat(func(s splice.Stats) int64 { return s.PipesPooled })),
+	)
+}
+
+// relayMode names the relay path in use, for logs.
+func (g *Gateway) relayMode() string {
+	if g.eng.Load() != nil {
+		return config.RelayEpoll
+	}
+	return config.RelayGoroutines
+}
+
+// handOff gives the pair to the relay engine, which ends the connection by calling
+// g.connDone; it reports false when the engine is off or refused the pair (out of files for
+// the duplicated sockets, an upstream that is not a TCP socket): the caller then relays with
+// goroutines on the untouched conns.
+func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client *net.TCPConn, up net.Conn, idle time.Duration) bool {
+	e := g.eng.Load()
+	if e == nil {
+		return false
+	}
+	upTCP, ok := up.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	p, err := e.Relay(client, upTCP, idle, func(r splice.Result) {
+		rec.up += r.Up
+		rec.down = r.Down
+		switch r.Reason {
+		case splice.IdleTimeout:
+			rec.result = resultIdle
+		case splice.Cut:
+			rec.result = resultDrained
+		default:
+			rec.result = resultOK
+			if r.Err != nil {
+				rec.result, rec.err = resultReset, r.Err
+			}
+		}
+		g.connDone(l, rc, rec)
+	})
+	if err != nil {
+		g.m.relayFallbacks.Inc()
+		g.log.Warn("relay engine refused a connection; relaying it with goroutines", zap.Error(err))
+		return false
+	}
+	rc.pair.Store(p)
+	if g.cutting.Load() { // Shutdown's cut may have missed this pair
+		p.Cut()
+	}
+	return true
+}
+
+// reportFileLimit logs and exports the open-file limit: a proxied connection holds 2 files with
+// the epoll engine (its sockets; pipes only while bytes are in flight) and 6 with goroutines
+// (two sockets and two splice pipes for its whole life), so the limit caps the connections.
+func (g *Gateway) reportFileLimit() {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return
+	}
+	per := uint64(6)
+	if g.eng.Load() != nil {
+		per = 2
+	}
+	g.m.openFilesLimit.Set(float64(rl.Cur))
+	g.log.Info("relay engine and open-file limit", zap.String("relay", g.relayMode()),
+		zap.Uint64("soft", rl.Cur), zap.Uint64("hard", rl.Max), zap.Uint64("max_proxied_connections", rl.Cur/per))
+}

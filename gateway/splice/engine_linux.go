@@ -1,0 +1,602 @@
+package splice
+
+import (
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Engine owns a fixed set of event loops; pairs are spread over them round robin.
+type Engine struct {
+	opts  Options
+	loops []*loop
+	next  atomic.Uint32
+	wg    sync.WaitGroup
+	start time.Time // the loops' clock is nanoseconds since start (monotonic)
+
+	pairs, inUse, pooled atomic.Int64
+}
+
+// Pair is one relayed client/upstream pair. Its fields belong to its loop's goroutine.
+type Pair struct {
+	l      *loop
+	fd     [2]int32 // client, upstream
+	ready  [2]uint8 // per socket: canRead|canWrite, cleared on EAGAIN
+	h      [2]half  // h[0]: client -> upstream, h[1]: upstream -> client
+	slot   int32    // index in l.pairs; -1 when not registered
+	gen    uint32   // tells a stale epoll event from one for this pair
+	hidx   int32    // index in l.timers; -1 when not in the heap
+	again  bool     // in l.again: its budget ran out with bytes still to move
+	closed bool
+	idle   int64 // nanoseconds; 0: none
+	last   int64 // when a byte last moved
+	due    int64 // the heap key: when the idle timeout may fire
+	done   func(Result)
+}
+
+// half is one direction. Bytes are counted when written to the destination.
+type half struct {
+	pipe     [2]int32 // read end, write end; -1 when the half holds no pipe
+	buffered int      // bytes in the pipe
+	n        int64
+	eof      bool // the source said EOF
+	shut     bool // the destination was shut for writing
+}
+
+const (
+	canRead  = 1
+	canWrite = 2
+
+	events   = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+	wakeSlot = -1
+	// budget is what one direction moves per turn before other pairs get theirs.
+	budget = 1 << 20
+)
+
+type opKind uint8
+
+const (
+	opAdd opKind = iota
+	opCut
+	opStop
+)
+
+type op struct {
+	kind opKind
+	p    *Pair
+}
+
+type loop struct {
+	e      *Engine
+	epfd   int
+	wakefd int
+
+	mu      sync.Mutex
+	ops     []op
+	stopped bool // under mu: no op is taken any more
+
+	pairs  []*Pair
+	free   []int32
+	timers []*Pair // min-heap on due
+	again  []*Pair
+	pool   [][2]int32
+	now    int64
+	evs    [128]unix.EpollEvent
+	taken  []op // ops being run; reused
+	nextGn uint32
+}
+
+// New starts the event loops.
+func New(o Options) (*Engine, error) {
+	o = o.withDefaults()
+	e := &Engine{opts: o, start: time.Now()}
+	for range o.Loops {
+		l, err := newLoop(e)
+		if err != nil {
+			for _, l := range e.loops {
+				l.closeFDs()
+			}
+			return nil, err
+		}
+		e.loops = append(e.loops, l)
+	}
+	for _, l := range e.loops {
+		e.wg.Add(1)
+		go l.run()
+	}
+	return e, nil
+}
+
+func newLoop(e *Engine) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	l := &loop{e: e, epfd: epfd, wakefd: wakefd}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return l, nil
+}
+
+func (l *loop) closeFDs() {
+	unix.Close(l.epfd)
+	unix.Close(l.wakefd)
+}
+
+// Relay takes over client and upstream: it duplicates their sockets, closes the conns (the
+// engine owns the duplicates from here) and relays between them until both directions end, the
+// pair has been idle for idle (zero: never), or it is cut. done runs once, on a loop
+// goroutine, after both sockets are closed; it must not block.
+//
+// On an error nothing has been taken over: the conns are open and untouched, and the caller
+// can relay them another way.
+func (e *Engine) Relay(client, upstream *net.TCPConn, idle time.Duration, done func(Result)) (*Pair, error) {
+	l := e.loops[int(e.next.Add(1))%len(e.loops)]
+	p := &Pair{l: l, slot: -1, hidx: -1, idle: int64(idle), done: done}
+	p.h[0].pipe = [2]int32{-1, -1}
+	p.h[1].pipe = [2]int32{-1, -1}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return nil, ErrClosed
+	}
+	cfd, err := dupSocket(client)
+	if err != nil {
+		return nil, err
+	}
+	ufd, err := dupSocket(upstream)
+	if err != nil {
+		unix.Close(cfd)
+		return nil, err
+	}
+	client.Close()
+	upstream.Close()
+	p.fd = [2]int32{int32(cfd), int32(ufd)}
+	l.postLocked(op{kind: opAdd, p: p})
+	return p, nil
+}
+
+// dupSocket returns a duplicate of c's socket (non-blocking, close-on-exec).
+func dupSocket(c *net.TCPConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, ErrNotSocket
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(s uintptr) {
+		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, ErrNotSocket
+	}
+	if derr != nil {
+		return -1, os.NewSyscallError("fcntl", derr)
+	}
+	return fd, nil
+}
+
+// Cut ends the pair (Reason Cut) if it is still relaying; done runs on its loop.
+func (p *Pair) Cut() { p.l.post(op{kind: opCut, p: p}) }
+
+// Close cuts every pair (their done runs with Reason Cut), stops the loops and waits for them.
+// Relay returns ErrClosed afterwards.
+func (e *Engine) Close() {
+	for _, l := range e.loops {
+		l.post(op{kind: opStop})
+	}
+	e.wg.Wait()
+}
+
+// Stats returns the engine's gauges.
+func (e *Engine) Stats() Stats {
+	return Stats{Pairs: e.pairs.Load(), PipesInUse: e.inUse.Load(), PipesPooled: e.pooled.Load()}
+}
+
+func (l *loop) post(o op) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return // a stopped loop has ended every pair
+	}
+	l.postLocked(o)
+}
+
+// postLocked queues o and wakes the loop if o is the first op since the loop last took them.
+func (l *loop) postLocked(o op) {
+	l.ops = append(l.ops, o)
+	if len(l.ops) == 1 {
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+}
+
+func (l *loop) clock() int64 { return int64(time.Since(l.e.start)) }
+
+func (l *loop) run() {
+	defer l.e.wg.Done()
+	defer l.closeFDs()
+	l.now = l.clock()
+	for {
+		n, err := unix.EpollWait(l.epfd, l.evs[:], l.waitMillis())
+		l.now = l.clock()
+		if err != nil && err != unix.EINTR {
+			panic(os.NewSyscallError("epoll_wait", err)) // EBADF/EFAULT/EINVAL: a bug here
+		}
+		for i := range n {
+			ev := &l.evs[i]
+			if ev.Fd == wakeSlot {
+				if l.takeOps() {
+					return
+				}
+				continue
+			}
+			p := l.pairs[ev.Fd]
+			if p == nil || p.gen != uint32(ev.Pad)>>1 {
+				continue // an event of a pair that ended earlier in this batch
+			}
+			side := ev.Pad & 1
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				p.ready[side] |= canRead
+			}
+			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				p.ready[side] |= canWrite
+			}
+			if !p.again {
+				l.progress(p)
+			}
+		}
+		l.runAgain()
+		l.expire()
+	}
+}
+
+// waitMillis is how long epoll_wait may block: until the earliest idle deadline, not at all when
+// pairs still have bytes to move, forever when neither.
+func (l *loop) waitMillis() int {
+	if len(l.again) > 0 {
+		return 0
+	}
+	if len(l.timers) == 0 {
+		return -1
+	}
+	d := l.timers[0].due - l.clock()
+	if d <= 0 {
+		return 0
+	}
+	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+}
+
+// takeOps runs the queued ops; it reports whether the loop must stop.
+func (l *loop) takeOps() (stop bool) {
+	var buf [8]byte
+	unix.Read(l.wakefd, buf[:])
+	l.mu.Lock()
+	l.taken, l.ops = l.ops, l.taken[:0]
+	for _, o := range l.taken {
+		if o.kind == opStop {
+			l.stopped = true
+		}
+	}
+	l.mu.Unlock()
+	for i, o := range l.taken {
+		switch o.kind {
+		case opAdd:
+			l.add(o.p)
+		case opCut:
+			if !o.p.closed {
+				l.end(o.p, Cut, nil)
+			}
+		case opStop:
+			stop = true
+		}
+		l.taken[i] = op{}
+	}
+	if stop {
+		for _, p := range l.pairs {
+			if p != nil {
+				l.end(p, Cut, nil)
+			}
+		}
+		for _, pp := range l.pool {
+			unix.Close(int(pp[0]))
+			unix.Close(int(pp[1]))
+		}
+		l.e.pooled.Add(-int64(len(l.pool)))
+		l.pool = nil
+	}
+	return stop
+}
+
+func (l *loop) add(p *Pair) {
+	if n := len(l.free); n > 0 {
+		p.slot = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		p.slot = int32(len(l.pairs))
+		l.pairs = append(l.pairs, nil)
+	}
+	l.nextGn++
+	p.gen = l.nextGn & (1<<31 - 1)
+	l.pairs[p.slot] = p
+	l.e.pairs.Add(1)
+	p.last = l.now
+	for side, fd := range p.fd {
+		ev := unix.EpollEvent{Events: events, Fd: p.slot, Pad: int32(p.gen<<1) | int32(side)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+			l.end(p, Ended, os.NewSyscallError("epoll_ctl", err))
+			return
+		}
+	}
+	if p.idle > 0 {
+		p.due = p.last + p.idle
+		l.push(p)
+	}
+}
+
+// progress moves what it can in both directions and ends the pair when both are done or one
+// failed. The directions use different readiness bits (one reads the client and writes the
+// upstream, the other the reverse), so one pass over each is enough.
+func (l *loop) progress(p *Pair) {
+	more := false
+	for d := range 2 {
+		m, err := l.pump(p, d)
+		if err != nil {
+			l.end(p, Ended, err)
+			return
+		}
+		more = more || m
+	}
+	if p.h[0].shut && p.h[1].shut {
+		l.end(p, Ended, nil)
+		return
+	}
+	if more && !p.again {
+		p.again = true
+		l.again = append(l.again, p)
+	}
+}
+
+// runAgain gives the pairs whose budget ran out another turn.
+func (l *loop) runAgain() {
+	n := len(l.again)
+	for i := 0; i < n; i++ {
+		p := l.again[i]
+		p.again = false
+		if !p.closed {
+			l.progress(p) // may append to l.again again
+		}
+	}
+	rest := copy(l.again, l.again[n:])
+	clear(l.again[rest:])
+	l.again = l.again[:rest]
+}
+
+// pump moves bytes of direction d (source socket d, destination 1-d) until a socket would block,
+// the source ends, or the turn's budget is spent (more is then true).
+func (l *loop) pump(p *Pair, d int) (more bool, err error) {
+	h := &p.h[d]
+	src, dst := int(p.fd[d]), int(p.fd[1-d])
+	moved := 0
+	for {
+		if h.buffered > 0 {
+			if p.ready[1-d]&canWrite == 0 {
+				return false, nil
+			}
+			n, err := splice(int(h.pipe[0]), dst, h.buffered)
+			switch {
+			case err == unix.EAGAIN:
+				p.ready[1-d] &^= canWrite
+				return false, nil
+			case err == unix.EINTR:
+				continue
+			case err != 0:
+				return false, os.NewSyscallError("splice", err)
+			}
+			h.buffered -= n
+			h.n += int64(n)
+			moved += n
+			p.last = l.now
+			if h.buffered == 0 {
+				l.putPipe(h)
+			}
+			continue
+		}
+		if h.eof {
+			if !h.shut {
+				h.shut = true
+				// ENOTCONN: the peer is already gone; the other direction finds out by itself.
+				unix.Shutdown(dst, unix.SHUT_WR)
+			}
+			return false, nil
+		}
+		if p.ready[d]&canRead == 0 {
+			return false, nil
+		}
+		if moved >= budget {
+			return true, nil
+		}
+		if h.pipe[0] < 0 {
+			if err := l.getPipe(h); err != nil {
+				return false, err
+			}
+		}
+		n, err := splice(src, int(h.pipe[1]), l.e.opts.PipeSize)
+		switch {
+		case err == unix.EAGAIN:
+			p.ready[d] &^= canRead
+			l.putPipe(h)
+			return false, nil
+		case err == unix.EINTR:
+			continue
+		case err != 0:
+			return false, os.NewSyscallError("splice", err)
+		case n == 0:
+			h.eof = true
+			l.putPipe(h)
+			continue
+		}
+		h.buffered = n
+		p.last = l.now
+	}
+}
+
+// splice moves up to n bytes from in to out without blocking. The fds are non-blocking and the
+// call never waits, so it skips the scheduler's syscall bookkeeping.
+func splice(in, out, n int) (int, syscall.Errno) {
+	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n),
+		unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	return int(r), e
+}
+
+func (l *loop) getPipe(h *half) error {
+	if n := len(l.pool); n > 0 {
+		h.pipe = l.pool[n-1]
+		l.pool = l.pool[:n-1]
+		l.e.pooled.Add(-1)
+		l.e.inUse.Add(1)
+		return nil
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return os.NewSyscallError("pipe2", err)
+	}
+	// A smaller pipe than asked (over fs.pipe-max-size, or the user's pipe pages spent) only
+	// means more calls per byte.
+	unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, l.e.opts.PipeSize)
+	h.pipe = [2]int32{int32(fds[0]), int32(fds[1])}
+	l.e.inUse.Add(1)
+	return nil
+}
+
+// putPipe takes back h's pipe, which must be empty; beyond the pool's size it is closed.
+func (l *loop) putPipe(h *half) {
+	if h.pipe[0] < 0 {
+		return
+	}
+	l.e.inUse.Add(-1)
+	if len(l.pool) < l.e.opts.MaxIdlePipes {
+		l.pool = append(l.pool, h.pipe)
+		l.e.pooled.Add(1)
+	} else {
+		unix.Close(int(h.pipe[0]))
+		unix.Close(int(h.pipe[1]))
+	}
+	h.pipe = [2]int32{-1, -1}
+}
+
+// end closes the pair's sockets and reports it.
+func (l *loop) end(p *Pair, reason Reason, err error) {
+	p.closed = true
+	for d := range p.h {
+		h := &p.h[d]
+		if h.buffered > 0 { // bytes that will never be delivered: the pipe is not reusable
+			unix.Close(int(h.pipe[0]))
+			unix.Close(int(h.pipe[1]))
+			h.pipe = [2]int32{-1, -1}
+			h.buffered = 0
+			l.e.inUse.Add(-1)
+		}
+		l.putPipe(h)
+	}
+	unix.Close(int(p.fd[0])) // closing the last reference also drops the epoll registration
+	unix.Close(int(p.fd[1]))
+	if p.slot >= 0 {
+		l.pairs[p.slot] = nil
+		l.free = append(l.free, p.slot)
+		p.slot = -1
+		l.e.pairs.Add(-1)
+	}
+	if p.hidx >= 0 {
+		l.remove(p)
+	}
+	done := p.done
+	p.done = nil
+	if reason != Ended {
+		err = nil
+	}
+	done(Result{Up: p.h[0].n, Down: p.h[1].n, Err: err, Reason: reason})
+}
+
+// expire ends the pairs idle for their timeout. Activity does not touch the heap; an entry
+// that comes due for a pair that moved bytes since is pushed back to its new deadline.
+func (l *loop) expire() {
+	for len(l.timers) > 0 && l.timers[0].due <= l.now {
+		p := l.timers[0]
+		if p.last+p.idle <= l.now {
+			l.end(p, IdleTimeout, nil)
+			continue
+		}
+		p.due = p.last + p.idle
+		l.down(0)
+	}
+}
+
+// The idle heap: a binary min-heap on due, each pair knowing its index.
+
+func (l *loop) push(p *Pair) {
+	p.hidx = int32(len(l.timers))
+	l.timers = append(l.timers, p)
+	l.up(int(p.hidx))
+}
+
+func (l *loop) remove(p *Pair) {
+	i, last := int(p.hidx), len(l.timers)-1
+	if i != last {
+		l.swap(i, last)
+	}
+	l.timers[last] = nil
+	l.timers = l.timers[:last]
+	p.hidx = -1
+	if i != last {
+		l.down(i)
+		l.up(i)
+	}
+}
+
+func (l *loop) up(i int) {
+	for i > 0 {
+		parent := (i - 1) / 2
+		if l.timers[parent].due <= l.timers[i].due {
+			return
+		}
+		l.swap(i, parent)
+		i = parent
+	}
+}
+
+func (l *loop) down(i int) {
+	n := len(l.timers)
+	for {
+		c := 2*i + 1
+		if c >= n {
+			return
+		}
+		if r := c + 1; r < n && l.timers[r].due < l.timers[c].due {
+			c = r
+		}
+		if l.timers[i].due <= l.timers[c].due {
+			return
+		}
+		l.swap(i, c)
+		i = c
+	}
+}
+
+func (l *loop) swap(i, j int) {
+	l.timers[i], l.timers[j] = l.timers[j], l.timers[i]
+	l.timers[i].hidx = int32(i)
+	l.timers[j].hidx = int32(j)
+}

@@ -294,4 +294,3 @@ func (g *Gateway) untrack(c *relayConn) {
 	delete(g.conns, c)
 	g.mu.Unlock()
 }
-

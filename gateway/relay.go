@@ -30,6 +30,8 @@ type relay struct {
 	cut       atomic.Int32
 	done      atomic.Bool
 	closeOnce sync.Once
+	errOnce   sync.Once
+	err       error // the first error of either direction; the other one then sees a closed conn
 	timer     *time.Timer
 	last      uint64 // activity signature at the previous idle check; timer goroutine only
 }
@@ -42,41 +44,39 @@ func (r *relay) run() (up, down int64, err error) {
 		r.timer = time.AfterFunc(r.idle, r.checkIdle)
 	}
 	var wg sync.WaitGroup
-	var downErr error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		down, downErr = r.copyHalf(r.client, r.upstream)
+		down = r.copyHalf(r.client, r.upstream)
 	}()
-	up, err = r.copyHalf(r.upstream, r.client)
+	up = r.copyHalf(r.upstream, r.client)
 	wg.Wait()
 	r.done.Store(true)
 	if r.timer != nil {
 		r.timer.Stop()
 	}
 	r.close()
-	if err == nil {
-		err = downErr
-	}
-	return up, down, err
+	return up, down, r.err
 }
 
 // copyHalf copies src to dst until EOF, then half-closes dst so the peer sees the EOF while
-// the other direction goes on. A read or write error ends the whole pair. A failed half-close
+// the other direction goes on, and returns the bytes copied. A read or write error ends the
+// whole pair and is kept if it is the first. A failed half-close
 // is not an error of the transfer: the peer has already gone (ENOTCONN), and the other
 // direction finds that out by itself.
-func (r *relay) copyHalf(dst, src net.Conn) (int64, error) {
+func (r *relay) copyHalf(dst, src net.Conn) int64 {
 	n, err := io.Copy(dst, src)
 	if err != nil {
+		r.errOnce.Do(func() { r.err = err })
 		r.close()
-		return n, err
+		return n
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
 	} else {
 		r.close()
 	}
-	return n, nil
+	return n
 }
 
 func (r *relay) checkIdle() {

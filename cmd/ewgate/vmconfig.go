@@ -197,8 +197,8 @@ func (b *bundle) clusterEnv() map[string]string {
 	env := map[string]string{
 		"CANONICAL_REVISION":             "latest",
 		"CANONICAL_SERVICE":              canonical,
-		"ISTIO_INBOUND_PORTS":            "*",
-		"ISTIO_LOCAL_EXCLUDE_PORTS":      "15090,15021,15020",
+		"ISTIO_INBOUND_PORTS":            inboundPorts(g.Spec.Template.Ports),
+		"ISTIO_LOCAL_EXCLUDE_PORTS":      "22,15090,15021,15020", // as istioctl: ssh stays reachable
 		"ISTIO_METAJSON_LABELS":          string(lj),
 		"ISTIO_META_AUTO_REGISTER_GROUP": g.Name,
 		"ISTIO_META_CLUSTER_ID":          b.ClusterID,
@@ -213,6 +213,17 @@ func (b *bundle) clusterEnv() map[string]string {
 		"TRUST_DOMAIN":                   b.TrustDomain,
 		"CA_ADDR":                        b.discovery(),
 		"ISTIOD_SAN":                     b.SAN,
+		// The roots the agent checks ewgate's 15012 with: the bundle's root-cert.pem, named
+		// here and kept out of ./etc/certs, which istio-start.sh makes the agent's output
+		// (OUTPUT_CERTS, PROV_CERT): the agent writes its key, its chain and the mesh root the
+		// CA returned there. A bundle root kept in ./etc/certs loses ewgate's serving CA to
+		// that write, and the next handshake with ewgate fails ("certificate signed by unknown
+		// authority"; with istioctl's bundle both roots are istiod's and nothing is lost).
+		// Moving the output away instead is worse: the agent then serves
+		// ./etc/certs/root-cert.pem as the workload trust root (Envoy would trust ewgate's
+		// serving CA for mesh traffic) and, without Envoy, deadlocks adding a watch on it.
+		"XDS_ROOT_CA": bundleRootPath,
+		"CA_ROOT_CA":  bundleRootPath,
 	}
 	if b.MeshID != "" {
 		env["ISTIO_META_MESH_ID"] = b.MeshID
@@ -227,6 +238,29 @@ func (b *bundle) clusterEnv() map[string]string {
 		env["REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION"] = "true"
 	}
 	return env
+}
+
+// Where the VM keeps the bundle's root-cert.pem: beside the mesh config (/etc/istio/config,
+// which Istio's VM package creates), relative to /, the agent's working directory, like
+// pilot-agent's and istio-start.sh's own paths.
+const bundleRootPath = "./etc/istio/config/root-cert.pem"
+
+// inboundPorts is ISTIO_INBOUND_PORTS as istioctl writes it: the group template's ports, or
+// every port ("*") when it names none.
+func inboundPorts(ports map[string]uint32) string {
+	if len(ports) == 0 {
+		return "*"
+	}
+	nums := make([]int, 0, len(ports))
+	for _, p := range ports {
+		nums = append(nums, int(p))
+	}
+	sort.Ints(nums)
+	s := make([]string, len(nums))
+	for i, n := range nums {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
 }
 
 func (b *bundle) proxyConfig(env map[string]string) map[string]any {

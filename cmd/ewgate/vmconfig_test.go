@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/xds/ca"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -78,10 +79,15 @@ func TestVMBundleFormat(t *testing.T) {
 		discovery string
 		hosts     string
 		ip        string
+		inbound   string
 	}{
-		{name: "ip address, internal ip", discovery: "istiod.istio-system.svc:15012", hosts: "192.0.2.10 istiod.istio-system.svc\n", ip: "10.0.0.5"},
+		{name: "ip address, internal ip", discovery: "istiod.istio-system.svc:15012", hosts: "192.0.2.10 istiod.istio-system.svc\n", ip: "10.0.0.5", inbound: "*"},
 		{name: "dns name, external ip", edit: func(b *bundle) { b.Address, b.InternalIP, b.ExternalIP = "ewgate.example.com", "", "203.0.113.7" },
-			discovery: "ewgate.example.com:15012", ip: "203.0.113.7"},
+			discovery: "ewgate.example.com:15012", ip: "203.0.113.7", inbound: "*"},
+		{name: "template ports", edit: func(b *bundle) {
+			b.Group.Spec.Template.Ports = map[string]uint32{"http": 8080, "grpc": 7070, "admin": 9090}
+		},
+			discovery: "istiod.istio-system.svc:15012", ip: "10.0.0.5", inbound: "7070,8080,9090"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := testBundle(t)
@@ -100,10 +106,22 @@ func TestVMBundleFormat(t *testing.T) {
 				"CANONICAL_SERVICE": "web", "CANONICAL_REVISION": "latest", "TRUST_DOMAIN": "cluster.local",
 				"ISTIO_METAJSON_LABELS": `{"app":"web"}`, "ISTIO_SVC_IP": tc.ip, "INSTANCE_IP": tc.ip,
 				"CA_ADDR": tc.discovery, "ISTIOD_SAN": "istiod.istio-system.svc",
+				// As istioctl: the group's ports are captured, ssh and the agent's ports never.
+				"ISTIO_INBOUND_PORTS": tc.inbound, "ISTIO_LOCAL_EXCLUDE_PORTS": "22,15090,15021,15020",
+				// The roots the agent verifies ewgate with, outside ./etc/certs (OUTPUT_CERTS):
+				// the agent overwrites root-cert.pem there with the mesh root alone.
+				"XDS_ROOT_CA": "./etc/istio/config/root-cert.pem", "CA_ROOT_CA": "./etc/istio/config/root-cert.pem",
 			}
 			for k, v := range want {
 				if env[k] != v {
 					t.Errorf("cluster.env %s=%q, want %q", k, env[k], v)
+				}
+			}
+			for _, k := range []string{"OUTPUT_CERTS", "PROV_CERT"} {
+				// Away from ./etc/certs, the agent would serve the bundle's root there as the
+				// workload trust root (and deadlock without Envoy): istio-start.sh's default stays.
+				if v, ok := env[k]; ok {
+					t.Errorf("cluster.env sets %s=%q", k, v)
 				}
 			}
 			var mesh struct {
@@ -169,24 +187,18 @@ func TestVMConfigFlags(t *testing.T) {
 	}
 }
 
-// TestVMConfigStandalone runs the command against a standalone config: the group from
-// workload_groups, the cluster from the builtin upstream, the token signed by ewgate's VM-token
-// key and accepted by ewgate's own authn through the documented issuer entry.
+// TestVMConfigStandalone runs the command against a standalone config before ewgate ever ran
+// on it: the config already names the VM-token JWKS in its issuer entry (without which it is
+// refused: the control endpoint needs an issuer), and neither that key nor the built-in CA exist
+// yet. The command creates both as `ewgate serve` would find them; the group comes from
+// workload_groups, the cluster from the builtin upstream, the mesh root from the new CA, and the
+// token is accepted by ewgate's own authn through the documented issuer entry.
 func TestVMConfigStandalone(t *testing.T) {
 	dir := t.TempDir()
 	keyDir := filepath.Join(dir, "vm-tokens")
-	if _, _, err := vmTokenKey(keyDir); err != nil { // the JWKS the config below names
-		t.Fatal(err)
-	}
-	meshRoot := filepath.Join(dir, "ca", "root-cert.pem")
 	servingCA := filepath.Join(dir, "serving-ca.pem")
-	for path, b := range map[string][]byte{meshRoot: testCAPEM(t, "mesh"), servingCA: testCAPEM(t, "serving")} {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.WriteFile(servingCA, testCAPEM(t, "serving"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	certFile, keyFile := writeServingCert(t, dir)
 	cfg := `
@@ -235,6 +247,18 @@ workload_groups:
 	}
 	if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "--overwrite") {
 		t.Errorf("second run: exit %d, %s; want a refusal", code, stderr.String())
+	}
+	// The CA it created is the one serve opens, and the bundle carries its root.
+	a, err := ca.Open(ca.Options{DataDir: filepath.Join(dir, "ca")})
+	if err != nil {
+		t.Fatalf("the CA vm-config created does not open as serve opens it: %v", err)
+	}
+	root, _ := os.ReadFile(filepath.Join(out, "root-cert.pem"))
+	if !bytes.Contains(root, []byte(a.RootPEM())) {
+		t.Errorf("root-cert.pem lacks the built-in CA's root:\n%s", root)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "ca", ca.KeyFileName)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("CA key: %v %v, want mode 0600", err, st)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

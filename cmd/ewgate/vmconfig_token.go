@@ -31,6 +31,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/xds/ca"
 )
 
 const (
@@ -128,7 +129,17 @@ func signVMToken(key *ecdsa.PrivateKey, kid, issuer, ns, sa string, now time.Tim
 
 // standaloneBundle reads the group, cluster, CA and trust domain from ewgate's own config and
 // signs the token with ewgate's VM-token key.
+//
+// The key (and its JWKS) comes first and the mesh root from the built-in CA, created if need be,
+// so that vm-config works on the final config before ewgate ever ran: that config names the
+// JWKS in its authn issuer, which config.Load and `ewgate serve` both require to exist, and
+// without the issuer the control endpoint has nothing to authenticate with and the config is
+// refused too. Otherwise a standalone ewgate whose VMs use these tokens has no first step.
 func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
+	key, kid, err := vmTokenKey(f.keyDir)
+	if err != nil {
+		return nil, fmt.Errorf("VM token key: %w", err)
+	}
 	cfg, err := config.Load(f.config)
 	if err != nil {
 		return nil, err
@@ -154,24 +165,10 @@ func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
 	if b.ClusterID == "" && f.clusterID == "" {
 		return nil, fmt.Errorf("%s: no control.upstreams entry with builtin: true; pass --cluster-id", f.config)
 	}
-	key, kid, err := vmTokenKey(f.keyDir)
-	if err != nil {
-		return nil, fmt.Errorf("VM token key: %w", err)
-	}
 	if b.Token, err = signVMToken(key, kid, f.issuer, ns, serviceAccountOf(&b.Group), now, f.duration); err != nil {
 		return nil, err
 	}
-	meshRootFile := f.meshRoot
-	switch {
-	case meshRootFile != "":
-	case cfg.ControlPlane.CA.CertFile != "":
-		meshRootFile = cfg.ControlPlane.CA.CertFile
-	case cfg.ControlPlane.CA.DataDir != "":
-		meshRootFile = filepath.Join(cfg.ControlPlane.CA.DataDir, "root-cert.pem")
-	default:
-		return nil, fmt.Errorf("%s: no control_plane.ca to take the mesh root from; pass --mesh-root", f.config)
-	}
-	meshRoot, err := os.ReadFile(meshRootFile)
+	meshRoot, err := standaloneMeshRoot(f, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("mesh root: %w", err)
 	}
@@ -181,4 +178,22 @@ func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
 	}
 	b.Root, err = rootBundle(serving, meshRoot)
 	return b, err
+}
+
+// standaloneMeshRoot is --mesh-root, or the root of the built-in CA as `ewgate serve` opens it
+// (ca.Open: from cert_file, or from data_dir, generated there when it holds no CA yet, exactly
+// as serve's first start would).
+func standaloneMeshRoot(f *vmFlags, cfg *config.File) ([]byte, error) {
+	if f.meshRoot != "" {
+		return os.ReadFile(f.meshRoot)
+	}
+	c := cfg.ControlPlane.CA
+	if c.DataDir == "" && c.CertFile == "" {
+		return nil, fmt.Errorf("%s: no control_plane.ca to take it from; pass --mesh-root", f.config)
+	}
+	a, err := ca.Open(ca.Options{DataDir: c.DataDir, CertFile: c.CertFile, KeyFile: c.KeyFile, TrustDomain: c.TrustDomain})
+	if err != nil {
+		return nil, err
+	}
+	return []byte(a.RootPEM()), nil
 }

@@ -47,6 +47,8 @@ type VM struct {
 	Dir  string // the agent's working directory (its "/")
 	// CertsDir is OUTPUT_CERTS: the agent writes cert-chain.pem, key.pem, root-cert.pem there.
 	CertsDir string
+	// RootFile is, for a VM from a bundle, where its root-cert.pem was put.
+	RootFile string
 
 	bin        string
 	statusHold net.Listener

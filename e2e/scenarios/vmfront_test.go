@@ -89,12 +89,12 @@ func assertNoCert(t *testing.T, vm *harness.VM) {
 // istiod (identity forward), with the registrar writing to the real apiserver (the Kubernetes
 // store): the mesh set-up of docs/vm-onboarding.md.
 type frontOfIstiod struct {
-	gw       *harness.Ewgate
-	control  string // ewgate's 15012 (host:port)
+	gw        *harness.Ewgate
+	control   string // ewgate's 15012 (host:port)
 	roots     []byte // what the VMs trust: ewgate's serving CA + the mesh root
 	servingCA []byte // the CA of ewgate's 15012 serving certificate
 	meshRoot  []byte
-	instance string // registrar.instance: the workloadController of ewgate's entries
+	instance  string // registrar.instance: the workloadController of ewgate's entries
 }
 
 // startFrontOfIstiod starts that ewgate and waits until it holds the apiserver issuer's keys.

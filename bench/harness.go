@@ -71,11 +71,11 @@ func planFor(m Mode) plan {
 			rateConc: []int{4}, latConns: 2, latRate: 200, latDur: 500 * time.Millisecond, idleGoal: 50, idleReps: 1,
 			idleLimit: 20 * time.Second, benchtime: "100x", benchCount: 1, profileSecs: 1}
 	case Quick:
-		return plan{reps: 3, bulkDur: time.Second, bulkStreams: []int{1, 16}, rateDur: time.Second,
+		return plan{reps: 3, bulkDur: time.Second, bulkStreams: []int{1, 8}, rateDur: time.Second,
 			rateConc: []int{16, 64}, latConns: 8, latRate: 2000, latDur: 1500 * time.Millisecond, idleGoal: 4000, idleReps: 1,
 			idleLimit: 30 * time.Second, benchtime: "300ms", benchCount: 1, profileSecs: 3}
 	default:
-		return plan{reps: 5, bulkDur: 3 * time.Second, bulkStreams: []int{1, 16}, rateDur: 2500 * time.Millisecond,
+		return plan{reps: 5, bulkDur: 3 * time.Second, bulkStreams: []int{1, 8, 16}, rateDur: 2500 * time.Millisecond,
 			rateConc: []int{4, 16, 64}, latConns: 8, latRate: 2000, latDur: 4 * time.Second, idleGoal: 9800, idleReps: 3,
 			idleLimit: 60 * time.Second, benchtime: "1s", benchCount: 3, profileSecs: 5}
 	}

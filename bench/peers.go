@@ -21,16 +21,22 @@ var peerFiles embed.FS
 
 // The targets, in the order every phase cycles through them.
 const (
-	Ewgate  = "ewgate"
-	HAProxy = "haproxy"
-	Nginx   = "nginx"
-	Direct  = "direct"
+	Ewgate = "ewgate" // the default relay engine (epoll event loops)
+	// EwgateGo is the same binary on its goroutine relay (relay.engine: goroutines), the shape
+	// the engine replaced, measured side by side.
+	EwgateGo = "ewgate-goroutines"
+	HAProxy  = "haproxy"
+	Nginx    = "nginx"
+	Direct   = "direct"
 )
 
 // AllTargets is every target in run order.
-var AllTargets = []string{Ewgate, HAProxy, Nginx, Direct}
+var AllTargets = []string{Ewgate, EwgateGo, HAProxy, Nginx, Direct}
 
-var labels = map[string]string{Ewgate: "ewgate", HAProxy: "HAProxy", Nginx: "nginx", Direct: "direct"}
+var labels = map[string]string{Ewgate: "ewgate", EwgateGo: "ewgate (goroutines)", HAProxy: "HAProxy", Nginx: "nginx", Direct: "direct"}
+
+// relayEngine is the relay.engine of each ewgate target.
+var relayEngine = map[string]string{Ewgate: "epoll", EwgateGo: "goroutines"}
 
 const streamModule = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
@@ -144,6 +150,7 @@ type tmplData struct {
 	Port, AdminPort, Workers int
 	SNI, Backend, Dir        string
 	StreamModule             string
+	Relay                    string // ewgate's relay.engine
 }
 
 // startTarget starts the named proxy on fresh ports and waits until it accepts.
@@ -159,15 +166,16 @@ func startTarget(ctx context.Context, env peerEnv, name string) (*target, error)
 	if err != nil {
 		return nil, err
 	}
-	d := tmplData{Port: port, AdminPort: admin, Workers: env.workers, SNI: SNI, Backend: env.backend, Dir: env.dir, StreamModule: streamModule}
-	file := map[string]string{Ewgate: "ewgate.yaml", HAProxy: "haproxy.cfg", Nginx: "nginx.conf"}[name]
-	cfg := filepath.Join(env.dir, file)
+	d := tmplData{Port: port, AdminPort: admin, Workers: env.workers, SNI: SNI, Backend: env.backend, Dir: env.dir,
+		StreamModule: streamModule, Relay: relayEngine[name]}
+	file := map[string]string{Ewgate: "ewgate.yaml", EwgateGo: "ewgate.yaml", HAProxy: "haproxy.cfg", Nginx: "nginx.conf"}[name]
+	cfg := filepath.Join(env.dir, name+"-"+file)
 	if err := render(file+".tmpl", cfg, d); err != nil {
 		return nil, err
 	}
 	var argv []string
 	switch name {
-	case Ewgate:
+	case Ewgate, EwgateGo:
 		argv = []string{env.ewgate, "serve", "--config", cfg}
 	case HAProxy:
 		argv = []string{peerBinary("haproxy"), "-db", "-f", cfg}
@@ -180,7 +188,7 @@ func startTarget(ctx context.Context, env peerEnv, name string) (*target, error)
 	}
 	t := &target{name: name, addr: fmt.Sprintf("127.0.0.1:%d", port), p: p}
 	ready := func() bool { return canDial(t.addr) }
-	if name == Ewgate {
+	if isEwgate(name) {
 		t.admin = fmt.Sprintf("127.0.0.1:%d", admin)
 		ready = func() bool { return httpOK("http://" + t.admin + "/healthz/ready") }
 	}
@@ -200,6 +208,8 @@ func startTarget(ctx context.Context, env peerEnv, name string) (*target, error)
 	}
 	return t, nil
 }
+
+func isEwgate(name string) bool { return name == Ewgate || name == EwgateGo }
 
 func (t *target) stop() {
 	if t != nil && t.p != nil {

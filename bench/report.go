@@ -162,6 +162,7 @@ func markdown(r *Results, name string, charts []chart) string {
 	p := m.Plan
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("# ewgate vs HAProxy vs nginx vs a direct connection: %s on %s\n\n", m.Date, m.Host)
+	w("*ewgate* is the default build and config: its epoll relay engine. *ewgate (goroutines)* is the same binary with `relay.engine: goroutines` (two goroutines per connection in `io.Copy`), the shape the engine replaced.\n\n")
 	w("`make bench` (mode `%s`), %.1f minutes. Every figure is the **median of %d runs (min–max)**; runs alternated between the targets (%s, then again) so that drift on this shared machine hits all of them alike. Raw runs: [%s.json](%s.json).\n\n",
 		m.Mode, m.Seconds/60, p.Reps, strings.Join(m.Targets, ", "), name, name)
 
@@ -178,17 +179,17 @@ func markdown(r *Results, name string, charts []chart) string {
 	}
 
 	w("## Results\n\n")
-	w("| figure | ewgate | HAProxy | nginx | direct | ewgate / direct | ewgate / HAProxy |\n|---|---|---|---|---|---|---|\n")
+	w("| figure | ewgate | ewgate (goroutines) | HAProxy | nginx | direct | ewgate / direct | ewgate / HAProxy |\n|---|---|---|---|---|---|---|---|\n")
 	for _, f := range r.Figures {
 		better := "lower is better"
 		if f.Higher {
 			better = "higher is better"
 		}
-		w("| %s (%s; %s) | %s | %s | %s | %s | %s | %s |\n", f.Name, f.Unit, better, cell(f, Ewgate), cell(f, HAProxy), cell(f, Nginx), cell(f, Direct), ratio(f, Ewgate, Direct), ratio(f, Ewgate, HAProxy))
+		w("| %s (%s; %s) | %s | %s | %s | %s | %s | %s | %s |\n", f.Name, f.Unit, better, cell(f, Ewgate), cell(f, EwgateGo), cell(f, HAProxy), cell(f, Nginx), cell(f, Direct), ratio(f, Ewgate, Direct), ratio(f, Ewgate, HAProxy))
 	}
 	w("\nAdded latency is each proxy's percentile minus the direct run's in the same cycle, then the median over cycles. Proxy CPU is user+system time from `/proc/<pid>/stat` of the proxy's processes (nginx: master and workers) across the timed window; RSS is `VmRSS` from `/proc/<pid>/status` summed over them, fds are counted in `/proc/<pid>/fd`, both measured with the connections held minus before they were opened.\n\n")
 
-	w("## Against the targets of issue 8\n\n")
+	w("## Against the targets of issues 8 and 9\n\n")
 	w("| target | measured | verdict |\n|---|---|---|\n")
 	for _, row := range targetRows(r) {
 		w("| %s | %s | %s |\n", row[0], row[1], row[2])

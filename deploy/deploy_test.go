@@ -85,8 +85,9 @@ func TestSystemdUnitKeys(t *testing.T) {
 	if got := u.get("Service", "ExecStart"); !strings.HasSuffix(got, "ewgate serve --config /etc/ewgate/ewgate.yaml") {
 		t.Errorf("ExecStart=%q", got)
 	}
-	// 6 fds per proxied connection (splice): the limit must allow at least the default
-	// max_connections of a mesh and an ingress listener (2 x 10000) plus headroom.
+	// Up to 6 fds per proxied connection (the goroutine relay; 2 on the epoll engine): the limit
+	// must allow the default max_connections of a mesh and an ingress listener (2 x 10000) on
+	// either engine, plus headroom.
 	nofile, err := strconv.Atoi(u.get("Service", "LimitNOFILE"))
 	if err != nil || nofile < 6*2*10000+1000 {
 		t.Errorf("LimitNOFILE=%q, want a number >= %d", u.get("Service", "LimitNOFILE"), 6*2*10000+1000)

@@ -1,12 +1,14 @@
 package splice
 
 import (
+	"errors"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,6 +77,14 @@ type loop struct {
 	e      *Engine
 	epfd   int
 	wakefd int
+	// The loop waits in Go's netpoller, not in a blocking epoll_wait: its epoll fd is itself
+	// pollable and registered there through ep. A blocked thread per loop would make the
+	// scheduler hand its P off and back on every wake-up (twice the context switches).
+	ep       *os.File
+	rc       syscall.RawConn
+	wait     func(fd uintptr) bool // reused: no closure allocated per wake-up
+	n        int                   // events the last wait returned
+	deadline int64                 // the read deadline set on ep; 0: none
 
 	mu      sync.Mutex
 	ops     []op
@@ -128,12 +138,46 @@ func newLoop(e *Engine) (*loop, error) {
 		l.closeFDs()
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		l.closeFDs()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	l.ep = os.NewFile(uintptr(epfd), "splice-epoll") // pollable: epfd is non-blocking
+	rc, err := l.ep.SyscallConn()
+	if err != nil {
+		l.closeFDs()
+		return nil, err
+	}
+	l.rc = rc
+	l.wait = func(fd uintptr) bool {
+		l.n = epollWait(int(fd), l.evs[:])
+		return l.n > 0
+	}
 	return l, nil
 }
 
 func (l *loop) closeFDs() {
-	unix.Close(l.epfd)
+	if l.ep != nil {
+		l.ep.Close()
+	} else {
+		unix.Close(l.epfd)
+	}
 	unix.Close(l.wakefd)
+}
+
+// epollWait returns the ready events without blocking (0 when none).
+func epollWait(epfd int, evs []unix.EpollEvent) int {
+	for {
+		r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&evs[0])), uintptr(len(evs)), 0, 0, 0)
+		switch e {
+		case 0:
+			return int(r)
+		case unix.EINTR:
+			continue
+		default:
+			panic(os.NewSyscallError("epoll_pwait", e)) // EBADF, EFAULT, EINVAL: a bug here
+		}
+	}
 }
 
 // Relay takes over client and upstream: it duplicates their sockets, closes the conns (the
@@ -230,12 +274,16 @@ func (l *loop) run() {
 	defer l.closeFDs()
 	l.now = l.clock()
 	for {
-		n, err := unix.EpollWait(l.epfd, l.evs[:], l.waitMillis())
-		l.now = l.clock()
-		if err != nil && err != unix.EINTR {
-			panic(os.NewSyscallError("epoll_wait", err)) // EBADF/EFAULT/EINVAL: a bug here
+		if len(l.again) > 0 {
+			l.n = epollWait(l.epfd, l.evs[:]) // pairs still have bytes to move: do not wait
+		} else {
+			l.setDeadline()
+			if err := l.rc.Read(l.wait); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				panic(err) // the loop's own file closed under it: a bug here
+			}
 		}
-		for i := range n {
+		l.now = l.clock()
+		for i := range l.n {
 			ev := &l.evs[i]
 			if ev.Fd == wakeSlot {
 				if l.takeOps() {
@@ -258,25 +306,28 @@ func (l *loop) run() {
 				l.progress(p)
 			}
 		}
+		l.n = 0
 		l.runAgain()
 		l.expire()
 	}
 }
 
-// waitMillis is how long epoll_wait may block: until the earliest idle deadline, not at all when
-// pairs still have bytes to move, forever when neither.
-func (l *loop) waitMillis() int {
-	if len(l.again) > 0 {
-		return 0
+// setDeadline makes the next wait end at the earliest idle deadline (none when no pair has an
+// idle timeout).
+func (l *loop) setDeadline() {
+	var due int64
+	if len(l.timers) > 0 {
+		due = max(l.timers[0].due, 1)
 	}
-	if len(l.timers) == 0 {
-		return -1
+	if due == l.deadline {
+		return
 	}
-	d := l.timers[0].due - l.clock()
-	if d <= 0 {
-		return 0
+	l.deadline = due
+	if due == 0 {
+		l.ep.SetReadDeadline(time.Time{})
+		return
 	}
-	return int((d + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+	l.ep.SetReadDeadline(l.e.start.Add(time.Duration(due)))
 }
 
 // takeOps runs the queued ops; it reports whether the loop must stop.

@@ -102,7 +102,9 @@ func New(opts Options) *Gateway {
 	}
 	g.registerEngineMetrics(opts.Registerer)
 	if g.dial == nil {
-		var d net.Dialer
+		// No TCP keepalive on data-plane sockets (four setsockopt calls per socket in Go's
+		// default): idle_timeout ends connections whose peers went away.
+		d := net.Dialer{KeepAlive: -1}
 		g.dial = d.DialContext
 	}
 	if g.now == nil {
@@ -180,7 +182,7 @@ func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
 		if old := g.listeners[lc.Name]; old != nil && old.address == lc.Address {
 			continue
 		}
-		ln, err := net.Listen("tcp", lc.Address)
+		ln, err := listenConfig.Listen(context.Background(), "tcp", lc.Address)
 		if err != nil {
 			for _, l := range bound {
 				l.close()
@@ -191,6 +193,9 @@ func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
 	}
 	return bound, nil
 }
+
+// listenConfig accepts without TCP keepalive, like the dialer (see New).
+var listenConfig = net.ListenConfig{KeepAlive: -1}
 
 func (l *listener) close() {
 	l.closed.Store(true)

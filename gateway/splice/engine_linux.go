@@ -30,10 +30,11 @@ type Pair struct {
 	fd     [2]int32 // client, upstream
 	ready  [2]uint8 // per socket: canRead|canWrite, cleared on EAGAIN
 	h      [2]half  // h[0]: client -> upstream, h[1]: upstream -> client
-	slot   int32    // index in l.pairs; -1 when not registered
+	slot   int32    // index in l.slots; -1 when not registered
 	gen    uint32   // tells a stale epoll event from one for this pair
 	hidx   int32    // index in l.timers; -1 when not in the heap
 	again  bool     // in l.again: its budget ran out with bytes still to move
+	seen   bool     // the loop has had an event of the pair (its idle clock runs)
 	closed bool
 	idle   int64 // nanoseconds; 0: none
 	last   int64 // when a byte last moved
@@ -63,14 +64,15 @@ const (
 type opKind uint8
 
 const (
-	opAdd opKind = iota
-	opCut
+	opCut  opKind = iota
+	opFail        // registering the pair with epoll failed: end it with err
 	opStop
 )
 
 type op struct {
 	kind opKind
 	p    *Pair
+	err  error
 }
 
 type loop struct {
@@ -88,17 +90,19 @@ type loop struct {
 
 	mu      sync.Mutex
 	ops     []op
-	stopped bool // under mu: no op is taken any more
+	stopped bool    // no pair is taken any more
+	free    []int32 // slots to reuse
+	nextGn  uint32
+	// slots maps the slot in an epoll event to its pair. Relay fills a slot and then registers
+	// the sockets (under mu), so a pair's first event finds it without waking the loop first.
+	slots atomic.Pointer[[]atomic.Pointer[Pair]]
 
-	pairs  []*Pair
-	free   []int32
 	timers []*Pair // min-heap on due
 	again  []*Pair
 	pool   [][2]int32
 	now    int64
 	evs    [128]unix.EpollEvent
 	taken  []op // ops being run; reused
-	nextGn uint32
 }
 
 // New starts the event loops.
@@ -133,6 +137,7 @@ func newLoop(e *Engine) (*loop, error) {
 		return nil, os.NewSyscallError("eventfd", err)
 	}
 	l := &loop{e: e, epfd: epfd, wakefd: wakefd}
+	l.slots.Store(&[]atomic.Pointer[Pair]{})
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
 		l.closeFDs()
@@ -209,8 +214,39 @@ func (e *Engine) Relay(client, upstream *net.TCPConn, idle time.Duration, done f
 	client.Close()
 	upstream.Close()
 	p.fd = [2]int32{int32(cfd), int32(ufd)}
-	l.postLocked(op{kind: opAdd, p: p})
+	l.nextGn++
+	p.gen = l.nextGn & (1<<31 - 1)
+	p.slot = l.slotLocked()
+	(*l.slots.Load())[p.slot].Store(p)
+	e.pairs.Add(1)
+	for side, fd := range p.fd {
+		ev := unix.EpollEvent{Events: events, Fd: p.slot, Pad: int32(p.gen<<1) | int32(side)}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+			// Out of kernel memory or epoll watches: the loop ends the pair with the error.
+			l.postLocked(op{kind: opFail, p: p, err: os.NewSyscallError("epoll_ctl", err)})
+			break
+		}
+	}
 	return p, nil
+}
+
+// slotLocked returns a free slot, growing the table when none is left. l.mu is held.
+func (l *loop) slotLocked() int32 {
+	if n := len(l.free); n > 0 {
+		s := l.free[n-1]
+		l.free = l.free[:n-1]
+		return s
+	}
+	old := *l.slots.Load()
+	grown := make([]atomic.Pointer[Pair], max(64, 2*len(old)))
+	for i := range old {
+		grown[i].Store(old[i].Load())
+	}
+	for i := len(grown) - 1; i > len(old); i-- {
+		l.free = append(l.free, int32(i))
+	}
+	l.slots.Store(&grown)
+	return int32(len(old))
 }
 
 // dupSocket returns a duplicate of c's socket (non-blocking, close-on-exec).
@@ -283,6 +319,7 @@ func (l *loop) run() {
 			}
 		}
 		l.now = l.clock()
+		slots := *l.slots.Load() // includes every pair registered before the wait returned
 		for i := range l.n {
 			ev := &l.evs[i]
 			if ev.Fd == wakeSlot {
@@ -291,9 +328,12 @@ func (l *loop) run() {
 				}
 				continue
 			}
-			p := l.pairs[ev.Fd]
+			p := slots[ev.Fd].Load()
 			if p == nil || p.gen != uint32(ev.Pad)>>1 {
 				continue // an event of a pair that ended earlier in this batch
+			}
+			if !p.seen {
+				l.adopt(p)
 			}
 			side := ev.Pad & 1
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
@@ -344,11 +384,13 @@ func (l *loop) takeOps() (stop bool) {
 	l.mu.Unlock()
 	for i, o := range l.taken {
 		switch o.kind {
-		case opAdd:
-			l.add(o.p)
 		case opCut:
 			if !o.p.closed {
 				l.end(o.p, Cut, nil)
+			}
+		case opFail:
+			if !o.p.closed {
+				l.end(o.p, Ended, o.err)
 			}
 		case opStop:
 			stop = true
@@ -356,8 +398,8 @@ func (l *loop) takeOps() (stop bool) {
 		l.taken[i] = op{}
 	}
 	if stop {
-		for _, p := range l.pairs {
-			if p != nil {
+		for i := range *l.slots.Load() { // no Relay adds any now: l.stopped
+			if p := (*l.slots.Load())[i].Load(); p != nil {
 				l.end(p, Cut, nil)
 			}
 		}
@@ -371,26 +413,10 @@ func (l *loop) takeOps() (stop bool) {
 	return stop
 }
 
-func (l *loop) add(p *Pair) {
-	if n := len(l.free); n > 0 {
-		p.slot = l.free[n-1]
-		l.free = l.free[:n-1]
-	} else {
-		p.slot = int32(len(l.pairs))
-		l.pairs = append(l.pairs, nil)
-	}
-	l.nextGn++
-	p.gen = l.nextGn & (1<<31 - 1)
-	l.pairs[p.slot] = p
-	l.e.pairs.Add(1)
+// adopt starts the pair's idle clock at its first event.
+func (l *loop) adopt(p *Pair) {
+	p.seen = true
 	p.last = l.now
-	for side, fd := range p.fd {
-		ev := unix.EpollEvent{Events: events, Fd: p.slot, Pad: int32(p.gen<<1) | int32(side)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
-			l.end(p, Ended, os.NewSyscallError("epoll_ctl", err))
-			return
-		}
-	}
 	if p.idle > 0 {
 		p.due = p.last + p.idle
 		l.push(p)
@@ -565,8 +591,10 @@ func (l *loop) end(p *Pair, reason Reason, err error) {
 	unix.Close(int(p.fd[0])) // closing the last reference also drops the epoll registration
 	unix.Close(int(p.fd[1]))
 	if p.slot >= 0 {
-		l.pairs[p.slot] = nil
+		l.mu.Lock()
+		(*l.slots.Load())[p.slot].Store(nil)
 		l.free = append(l.free, p.slot)
+		l.mu.Unlock()
 		p.slot = -1
 		l.e.pairs.Add(-1)
 	}

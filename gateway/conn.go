@@ -91,7 +91,8 @@ func (g *Gateway) acceptLoop(l *listener) {
 			g.refuseOverLimit(l, c)
 			continue
 		}
-		rc := &relayConn{client: c}
+		rc := &relayConn{}
+		rc.client.Store(c)
 		l.active.Add(1)
 		g.m.active.WithLabelValues(l.name).Inc()
 		g.track(rc)

@@ -80,7 +80,7 @@ type listener struct {
 
 // relayConn is an accepted connection the gateway may have to close at the drain deadline.
 type relayConn struct {
-	client net.Conn
+	client atomic.Pointer[net.TCPConn] // nil once the relay engine has it (nothing to keep alive)
 	relay  atomic.Pointer[relay]       // set once relaying starts on goroutines
 	pair   atomic.Pointer[splice.Pair] // set once the relay engine has the connection
 }
@@ -285,7 +285,9 @@ func (c *relayConn) cut(reason int32) {
 		p.Cut()
 		return
 	}
-	c.client.Close()
+	if c := c.client.Load(); c != nil {
+		c.Close()
+	}
 }
 
 func (g *Gateway) track(c *relayConn) {

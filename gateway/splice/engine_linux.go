@@ -494,8 +494,12 @@ func (l *loop) pump(p *Pair, d int) (more bool, err error) {
 		if h.eof {
 			if !h.shut {
 				h.shut = true
-				// ENOTCONN: the peer is already gone; the other direction finds out by itself.
-				unix.Shutdown(dst, unix.SHUT_WR)
+				// When the other direction is already shut the pair ends now, and closing sends
+				// this FIN: no shutdown call. ENOTCONN: the peer is already gone; the other
+				// direction finds out by itself.
+				if !p.h[1-d].shut {
+					unix.Shutdown(dst, unix.SHUT_WR)
+				}
 			}
 			return false, nil
 		}

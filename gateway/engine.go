@@ -109,7 +109,7 @@ func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client *net.
 		return false
 	}
 	rc.pair.Store(p)
-	rc.client.Store(nil) // closed: the engine has its own descriptors
+	rc.client.Store(nil)  // closed: the engine has its own descriptors
 	if g.cutting.Load() { // Shutdown's cut may have missed this pair
 		p.Cut()
 	}

@@ -329,8 +329,10 @@ func (l *loop) run() {
 				continue
 			}
 			p := slots[ev.Fd].Load()
-			if p == nil || p.gen != uint32(ev.Pad)>>1 {
-				continue // an event of a pair that ended earlier in this batch
+			if p == nil || p.closed || p.gen != uint32(ev.Pad)>>1 {
+				// An event of a pair that ended earlier in this batch (slots may be a table
+				// that Relay has since grown: it can still hold the ended pair).
+				continue
 			}
 			if !p.seen {
 				l.adopt(p)
@@ -413,8 +415,13 @@ func (l *loop) takeOps() (stop bool) {
 	return stop
 }
 
-// adopt starts the pair's idle clock at its first event.
+// adopt starts the pair's idle clock at its first event. Relay registers the pair's sockets one
+// after the other under l.mu, and the first one can report before the second is registered:
+// taking l.mu once waits for Relay to finish, so the loop never closes sockets Relay is still
+// registering.
 func (l *loop) adopt(p *Pair) {
+	l.mu.Lock()
+	l.mu.Unlock()
 	p.seen = true
 	p.last = l.now
 	if p.idle > 0 {

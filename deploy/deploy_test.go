@@ -1,4 +1,5 @@
-// Package deploy_test checks the packaging under deploy/ that needs no cluster: the systemd unit.
+// Package deploy_test checks the packaging under deploy/ that needs no cluster: the systemd unit,
+// and the container image in real OCI tools (image_test.go).
 // The Kubernetes manifests are rendered and dry-run against a real apiserver in the e2e suite
 // (e2e/scenarios/deploy_test.go), where kubectl is guaranteed.
 package deploy_test

@@ -151,12 +151,12 @@ func (c *Cluster) Namespace(t testing.TB, prefix string) string {
 }
 
 // Main is the whole TestMain of a scenario package: it serves re-executed xDS clients and
-// mount-namespace launchers (mountns.go), fetches the peers if the cache is incomplete, starts one
+// namespace launchers (namespaces.go), fetches the peers if the cache is incomplete, starts one
 // shared cluster into *shared, runs the tests, prints the peers' log tails if anything failed,
 // and stops everything (also on SIGINT/SIGTERM).
 func Main(m *testing.M, o Options, shared **Cluster) int {
 	RunXDSClientIfRequested()
-	runMountNSIfRequested()
+	runNSChildIfRequested()
 	RemoveStaleTempRoots()
 	defer RemoveTempRoot()
 

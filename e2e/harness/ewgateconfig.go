@@ -2,11 +2,10 @@ package harness
 
 import (
 	"os"
-	"path/filepath"
 )
 
-// ConfigPath is the file ewgate was started with (StartEwgate writes it in the process's directory).
-func (e *Ewgate) ConfigPath() string { return filepath.Join(e.Proc.Dir, "ewgate.yaml") }
+// ConfigPath is the file ewgate was started with.
+func (e *Ewgate) ConfigPath() string { return e.config }
 
 // RewriteConfig replaces ewgate's config file atomically (a new file renamed over it), so its
 // file watcher never reads half a file. ewgate reloads it on its own.

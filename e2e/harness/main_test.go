@@ -6,7 +6,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	runMountNSIfRequested()
+	runNSChildIfRequested()
 	code := m.Run()
 	RemoveTempRoot()
 	os.Exit(code)

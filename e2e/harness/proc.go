@@ -30,8 +30,14 @@ type ProcSpec struct {
 	// directory under the harness temp root is used.
 	Dir string
 	// Binds, if any, run the peer in a private mount namespace with each bind mount in place
-	// (see mountns.go); the machine's mounts are not touched.
+	// (see namespaces.go); the machine's mounts are not touched.
 	Binds []Bind
+	// Hostname, if set, runs the peer in a UTS namespace of its own with this host name, as a
+	// pod's container sees its pod name.
+	Hostname string
+	// PrivateNet runs the peer in a network namespace of its own with only lo (up), as a pod
+	// has its own; OpenNetNS reaches into it.
+	PrivateNet bool
 }
 
 // Proc is a running peer: its own process group, its output in a log file in its directory.
@@ -76,12 +82,12 @@ func StartProc(spec ProcSpec) (*Proc, error) {
 	}
 	path, args, env := spec.Path, spec.Args, spec.Env
 	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if len(spec.Binds) > 0 {
-		if path, args, env, err = mountNSCommand(spec); err != nil {
+	if flags, ok := needsNamespaces(spec); ok {
+		if path, args, env, err = nsCommand(spec); err != nil {
 			log.Close()
 			return nil, fmt.Errorf("harness: %s: %w", spec.Name, err)
 		}
-		attr.Unshareflags = syscall.CLONE_NEWNS
+		attr.Unshareflags = flags
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Dir = dir

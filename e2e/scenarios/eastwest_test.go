@@ -1,6 +1,7 @@
 package scenarios
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -29,24 +30,8 @@ func TestEwgateAsIstioEastWestGateway(t *testing.T) {
 	ctx := harness.Context(t, 3*time.Minute)
 	ns := cluster.Namespace(t, "eastwest")
 
-	be := startEchoTLS(t)
+	be, sni := eastWestService(t, ctx, ns)
 	port := be.Addr().(*net.TCPAddr).Port
-	host := "echo." + ns + ".svc.cluster.local"
-	if _, err := cluster.API.CreateGateway(ctx, ns, "eastwest", harness.EastWestGateway(15443)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "echo", map[string]any{
-		"hosts":      []any{host},
-		"location":   "MESH_INTERNAL",
-		"resolution": "STATIC",
-		"ports":      []any{map[string]any{"number": int64(port), "name": "tls", "protocol": "TLS"}},
-		"endpoints": []any{map[string]any{
-			"address": "127.0.0.1",
-			"labels":  map[string]any{"security.istio.io/tlsMode": "istio"},
-		}},
-	}); err != nil {
-		t.Fatal(err)
-	}
 
 	admin, mesh := freeAddr(t), freeAddr(t)
 	gw := harness.StartEwgate(t, admin, fmt.Sprintf(`
@@ -63,7 +48,6 @@ xds:
     labels: {istio: eastwestgateway}
 `, admin, mesh, cluster.Istiod.XDSAddr, cluster.Istiod.ClusterID))
 
-	sni := fmt.Sprintf("outbound_.%d_._.%s", port, host)
 	if err := gw.WaitRoutes(ctx, sni, func(r string) bool { return strings.Contains(r, sni) && strings.Contains(r, be.Addr().String()) }); err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +87,33 @@ xds:
 		c.Close()
 		t.Fatal("a removed service is still routed for new connections")
 	}
+}
+
+// eastWestService is what istiod needs to route through an east-west gateway: a Gateway with an
+// AUTO_PASSTHROUGH server on 15443 (selector istio: eastwestgateway) and a ServiceEntry
+// echo.<ns>.svc.cluster.local with an mTLS endpoint on a new loopback TLS echo backend. It
+// returns the backend and the SNI an Istio client sends for it.
+func eastWestService(t *testing.T, ctx context.Context, ns string) (backend net.Listener, sni string) {
+	t.Helper()
+	be := startEchoTLS(t)
+	port := be.Addr().(*net.TCPAddr).Port
+	host := "echo." + ns + ".svc.cluster.local"
+	if _, err := cluster.API.CreateGateway(ctx, ns, "eastwest", harness.EastWestGateway(15443)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "echo", map[string]any{
+		"hosts":      []any{host},
+		"location":   "MESH_INTERNAL",
+		"resolution": "STATIC",
+		"ports":      []any{map[string]any{"number": int64(port), "name": "tls", "protocol": "TLS"}},
+		"endpoints": []any{map[string]any{
+			"address": "127.0.0.1",
+			"labels":  map[string]any{"security.istio.io/tlsMode": "istio"},
+		}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return be, fmt.Sprintf("outbound_.%d_._.%s", port, host)
 }
 
 func connectedAs(conns []harness.XDSConnection, prefix string) bool {
@@ -161,9 +172,20 @@ func startEchoTLS(t *testing.T) net.Listener {
 }
 
 func tlsDial(addr, sni string, alpn ...string) (*tls.Conn, error) {
-	d := &net.Dialer{Timeout: 10 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{ServerName: sni, NextProtos: alpn, InsecureSkipVerify: true})
+	return tlsDialVia((&net.Dialer{}).DialContext, addr, sni, alpn...)
+}
+
+// tlsDialVia is tlsDial over dial (e.g. into a replica's network namespace).
+func tlsDialVia(dial func(ctx context.Context, network, addr string) (net.Conn, error), addr, sni string, alpn ...string) (*tls.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	raw, err := dial(ctx, "tcp", addr)
 	if err != nil {
+		return nil, err
+	}
+	c := tls.Client(raw, &tls.Config{ServerName: sni, NextProtos: alpn, InsecureSkipVerify: true})
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
 		return nil, err
 	}
 	c.SetDeadline(time.Now().Add(time.Minute))

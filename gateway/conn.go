@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ewgate/ewgate/gateway/proxyproto"
+	"github.com/ewgate/ewgate/gateway/splice"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -132,7 +133,6 @@ func (g *Gateway) refuseOverLimit(l *listener, c *net.TCPConn) {
 // engine took the connection (the engine then calls connDone); otherwise the connection is over
 // when it returns.
 func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, c *net.TCPConn) (handedOff bool) {
-
 	lc := &t.Listener
 	deadline := time.Now().Add(lc.HelloTimeout)
 	if t.trustsProxy(rec.client.Addr()) {
@@ -197,23 +197,28 @@ func (g *Gateway) relayConn(l *listener, rec *connLog, rc *relayConn, client *ne
 	r := &relay{client: client, upstream: up, idle: idle}
 	rc.relay.Store(r)
 	if g.cutting.Load() { // Shutdown's cut may have missed this relay
-		r.stop(cutDrain)
+		r.stop(splice.Cut)
 	}
 	u, d, err := r.run()
-	rec.up += u
-	rec.down = d
-	switch r.cut.Load() {
-	case cutIdle:
+	rec.relayed(splice.Reason(r.cut.Load()), u, d, err)
+	return false
+}
+
+// relayed records how the relay of either engine ended: the bytes each way and the result.
+func (rec *connLog) relayed(reason splice.Reason, up, down int64, err error) {
+	rec.up += up
+	rec.down = down
+	switch reason {
+	case splice.IdleTimeout:
 		rec.result = resultIdle
-	case cutDrain:
+	case splice.Cut:
 		rec.result = resultDrained
 	default:
 		rec.result = resultOK
-		if err != nil && !errors.Is(err, net.ErrClosed) {
+		if err != nil && !errors.Is(err, net.ErrClosed) { // closed: the other direction failed first
 			rec.result, rec.err = resultReset, err
 		}
 	}
-	return false
 }
 
 var errNoEndpoint = errors.New("gateway: no endpoint left to try")

@@ -53,16 +53,17 @@ func (g *Gateway) registerEngineMetrics(reg prometheus.Registerer) {
 			return 0
 		}
 	}
+	pipes := func(state string, f func(splice.Stats) int64) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ewgate_relay_engine_pipes",
+			Help:        "Splice pipes of the epoll relay engine: in_use hold bytes in flight, pooled are drained and kept for reuse.",
+			ConstLabels: prometheus.Labels{"state": state}}, stat(f))
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ewgate_relay_engine_pairs",
 			Help: "Connections the epoll relay engine is relaying now."},
 			stat(func(s splice.Stats) int64 { return s.Pairs })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ewgate_relay_engine_pipes",
-			Help: "Splice pipes of the epoll relay engine: in_use hold bytes in flight, pooled are drained and kept for reuse.", ConstLabels: prometheus.Labels{"state": "in_use"}},
-			stat(func(s splice.Stats) int64 { return s.PipesInUse })),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ewgate_relay_engine_pipes",
-			Help: "Splice pipes of the epoll relay engine: in_use hold bytes in flight, pooled are drained and kept for reuse.", ConstLabels: prometheus.Labels{"state": "pooled"}},
-			stat(func(s splice.Stats) int64 { return s.PipesPooled })),
+		pipes("in_use", func(s splice.Stats) int64 { return s.PipesInUse }),
+		pipes("pooled", func(s splice.Stats) int64 { return s.PipesPooled }),
 	)
 }
 
@@ -88,19 +89,7 @@ func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client *net.
 		return false
 	}
 	p, err := e.Relay(client, upTCP, idle, func(r splice.Result) {
-		rec.up += r.Up
-		rec.down = r.Down
-		switch r.Reason {
-		case splice.IdleTimeout:
-			rec.result = resultIdle
-		case splice.Cut:
-			rec.result = resultDrained
-		default:
-			rec.result = resultOK
-			if r.Err != nil {
-				rec.result, rec.err = resultReset, r.Err
-			}
-		}
+		rec.relayed(r.Reason, r.Up, r.Down, r.Err)
 		g.connDone(l, rc, rec)
 	})
 	if err != nil {

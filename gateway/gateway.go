@@ -246,7 +246,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.mu.Lock()
 		g.cutting.Store(true)
 		for c := range g.conns {
-			c.cut(cutDrain)
+			c.cut()
 		}
 		g.mu.Unlock()
 	}
@@ -276,9 +276,10 @@ func (g *Gateway) waitIdle(ctx context.Context) error {
 	}
 }
 
-func (c *relayConn) cut(reason int32) {
+// cut closes the connection at the drain deadline, in whichever stage it is.
+func (c *relayConn) cut() {
 	if r := c.relay.Load(); r != nil {
-		r.stop(reason)
+		r.stop(splice.Cut)
 		return
 	}
 	if p := c.pair.Load(); p != nil {

@@ -6,13 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-)
 
-// Why a relay was cut short by ewgate rather than ended by its peers.
-const (
-	cutNone int32 = iota
-	cutIdle
-	cutDrain
+	"github.com/ewgate/ewgate/gateway/splice"
 )
 
 // relay moves bytes both ways between a client and an upstream until both directions have
@@ -27,7 +22,7 @@ type relay struct {
 	client, upstream net.Conn
 	idle             time.Duration
 
-	cut       atomic.Int32
+	cut       atomic.Int32 // a splice.Reason: why ewgate cut the pair short (Ended: it did not)
 	done      atomic.Bool
 	closeOnce sync.Once
 	errOnce   sync.Once
@@ -85,7 +80,7 @@ func (r *relay) checkIdle() {
 	}
 	sig, ok := activity(r.client, r.upstream)
 	if ok && sig == r.last {
-		r.stop(cutIdle)
+		r.stop(splice.IdleTimeout)
 		return
 	}
 	r.last = sig
@@ -93,8 +88,8 @@ func (r *relay) checkIdle() {
 }
 
 // stop cuts the pair for the given reason (the first reason wins).
-func (r *relay) stop(reason int32) {
-	r.cut.CompareAndSwap(cutNone, reason)
+func (r *relay) stop(reason splice.Reason) {
+	r.cut.CompareAndSwap(int32(splice.Ended), int32(reason))
 	r.close()
 }
 

@@ -262,6 +262,10 @@ func (g *Gateway) finish(rec *connLog) {
 	if rec.down > 0 {
 		g.m.bytes.WithLabelValues(rec.listener, rec.cluster, "downstream").Add(float64(rec.down))
 	}
+	ce := g.log.Check(zap.InfoLevel, "connection")
+	if ce == nil {
+		return // access log off (level above info): build no fields
+	}
 	fields := []zap.Field{
 		zap.String("listener", rec.listener),
 		zap.Stringer("client", rec.client),
@@ -282,7 +286,7 @@ func (g *Gateway) finish(rec *connLog) {
 	if rec.err != nil {
 		fields = append(fields, zap.String("error", rec.err.Error()))
 	}
-	g.log.Info("connection", fields...)
+	ce.Write(fields...)
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

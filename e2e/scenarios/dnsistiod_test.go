@@ -20,16 +20,8 @@ func TestVMThroughEwgateResolvesIstiodNames(t *testing.T) {
 	cluster.LogOnFailure(t)
 	ctx := harness.Context(t, 3*time.Minute)
 	ns, _ := vmSetup(t, "dnsistiod")
-	backend := startHealthServer(t, "127.0.0.1")
-	host := "echo." + ns + ".svc.cluster.local"
 	const vip = "10.99.0.7"
-	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "echo", map[string]any{
-		"hosts": []any{host}, "addresses": []any{vip}, "location": "MESH_INTERNAL", "resolution": "STATIC",
-		"ports":     []any{map[string]any{"number": int64(backend.Port), "name": "grpc", "protocol": "GRPC"}},
-		"endpoints": []any{map[string]any{"address": "127.0.0.1"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	backend, host := echoService(t, ctx, ns, vip)
 	tok, err := cluster.API.IstioToken(ctx, ns, "vm")
 	if err != nil {
 		t.Fatal(err)

@@ -119,17 +119,7 @@ func TestVMConfigBundleThroughEwgateToIstiod(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns, root := vmSetup(t, "vmbundle")
-	backend := startHealthServer(t, "127.0.0.1")
-	host := "echo." + ns + ".svc.cluster.local"
-	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "echo", map[string]any{
-		"hosts":      []any{host},
-		"location":   "MESH_INTERNAL",
-		"resolution": "STATIC",
-		"ports":      []any{map[string]any{"number": int64(backend.Port), "name": "grpc", "protocol": "GRPC"}},
-		"endpoints":  []any{map[string]any{"address": "127.0.0.1"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	backend, host := echoService(t, ctx, ns, "")
 	control := loopbackWithPort(t, 15012)
 	front := startFrontOfIstiodAt(t, control, ns, "ewgate-e2e-bundle")
 	ewgateIP, _, _ := net.SplitHostPort(control)

@@ -1,6 +1,7 @@
 package scenarios
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -34,6 +35,27 @@ var agentUsesDiscoveryAddrForCA = []string{"CA_ADDR="}
 
 // startHealthServer is a gRPC server on ip (a loopback address) with the standard health service
 // (SERVING), the backend the VM's proxyless client must reach.
+// echoService starts a gRPC health server on 127.0.0.1 and publishes it as the mesh service
+// echo.<ns>.svc.cluster.local (a STATIC ServiceEntry; with the VIP vip when not ""). It returns
+// the server's address and the service's host name.
+func echoService(t *testing.T, ctx context.Context, ns, vip string) (*net.TCPAddr, string) {
+	t.Helper()
+	backend := startHealthServer(t, "127.0.0.1")
+	host := "echo." + ns + ".svc.cluster.local"
+	spec := map[string]any{
+		"hosts": []any{host}, "location": "MESH_INTERNAL", "resolution": "STATIC",
+		"ports":     []any{map[string]any{"number": int64(backend.Port), "name": "grpc", "protocol": "GRPC"}},
+		"endpoints": []any{map[string]any{"address": "127.0.0.1"}},
+	}
+	if vip != "" {
+		spec["addresses"] = []any{vip}
+	}
+	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "echo", spec); err != nil {
+		t.Fatal(err)
+	}
+	return backend, host
+}
+
 func startHealthServer(t *testing.T, ip string) *net.TCPAddr {
 	t.Helper()
 	lis, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))

@@ -33,17 +33,7 @@ func TestVMOnboardingThroughEwgateToIstiod(t *testing.T) {
 	cluster.LogOnFailure(t)
 	ctx := harness.Context(t, 3*time.Minute)
 	ns, root := vmSetup(t, "vmewgate")
-	backend := startHealthServer(t, "127.0.0.1")
-	host := "echo." + ns + ".svc.cluster.local"
-	if _, err := cluster.API.CreateServiceEntry(ctx, ns, "echo", map[string]any{
-		"hosts":      []any{host},
-		"location":   "MESH_INTERNAL",
-		"resolution": "STATIC",
-		"ports":      []any{map[string]any{"number": int64(backend.Port), "name": "grpc", "protocol": "GRPC"}},
-		"endpoints":  []any{map[string]any{"address": "127.0.0.1"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	backend, host := echoService(t, ctx, ns, "")
 	tok, err := cluster.API.IstioToken(ctx, ns, "vm")
 	if err != nil {
 		t.Fatal(err)

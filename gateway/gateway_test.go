@@ -259,11 +259,7 @@ func TestReloadUnderTrafficDropsNothing(t *testing.T) {
 	const n = 8
 	conns := make([]*tls.Conn, n)
 	for i := range conns {
-		c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns[i] = c
+		conns[i] = meshClient(t, g, pki)
 	}
 	f, err := config.Parse([]byte(meshYAML("", cluster(reviews, "mesh", "round_robin", newBE.addr()))), "reload.yaml")
 	if err != nil {
@@ -316,10 +312,7 @@ func TestDrainWaitsForOpenConnection(t *testing.T) {
 	pki := newPKI(t)
 	be := startBackend(t, pki, reviews)
 	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
-	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := meshClient(t, g, pki)
 	addr := g.addr("mesh")
 	done := make(chan error, 1)
 	go func() { done <- g.Shutdown(context.Background()) }()
@@ -350,11 +343,7 @@ func TestDrainDeadlineClosesTheRest(t *testing.T) {
 	pki := newPKI(t)
 	be := startBackend(t, pki, reviews)
 	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
-	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := meshClient(t, g, pki)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the drain period is over at once
 	if err := g.Shutdown(ctx); !errors.Is(err, context.Canceled) {
@@ -373,11 +362,7 @@ func TestHalfCloseEachDirection(t *testing.T) {
 	pki := newPKI(t)
 	be := startBackend(t, pki, reviews)
 	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
-	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := meshClient(t, g, pki)
 	// The client half-closes first: the backend sees EOF, still sends everything back, then
 	// half-closes itself; the client reads all of it and then EOF.
 	if _, err := c.Write([]byte("ping")); err != nil {
@@ -398,11 +383,7 @@ func TestConnectionLimit(t *testing.T) {
 	g := startGateway(t, meshYAML(", max_connections: 2", cluster(reviews, "mesh", "round_robin", be.addr())))
 	var open []*tls.Conn
 	for range 2 {
-		c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, c)
+		open = append(open, meshClient(t, g, pki))
 	}
 	if c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio")); err == nil {
 		c.Close()
@@ -429,16 +410,8 @@ func TestIdleTimeout(t *testing.T) {
 	const idle = 300 * time.Millisecond
 	g := startGateway(t, meshYAML(", idle_timeout: 300ms", cluster(reviews, "mesh", "round_robin", be.addr())))
 
-	busy, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	quiet, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer quiet.Close()
+	busy := meshClient(t, g, pki)
+	quiet := meshClient(t, g, pki)
 
 	// The quiet connection is cut; the busy one, trickling a byte every idle/3, survives
 	// several idle periods.
@@ -471,6 +444,18 @@ func TestIdleTimeout(t *testing.T) {
 }
 
 // dialRaw opens a plain TCP connection for hand-made bytes.
+// meshClient opens a TLS connection through the gateway's mesh listener to reviews, closed when
+// the test ends.
+func meshClient(t *testing.T, g *testGateway, pki *testPKI) *tls.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
+	if err != nil {
+		t.Fatalf("dial through the gateway: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func dialRaw(t *testing.T, addr string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)

@@ -73,7 +73,7 @@ func (g *Gateway) acceptLoop(l *listener) {
 	defer g.wg.Done()
 	var delay time.Duration
 	for {
-		c, err := l.ln.AcceptTCP()
+		c, err := l.accept()
 		if err != nil {
 			if l.closed.Load() {
 				return
@@ -92,8 +92,7 @@ func (g *Gateway) acceptLoop(l *listener) {
 			g.refuseOverLimit(l, c)
 			continue
 		}
-		rc := &relayConn{}
-		rc.client.Store(c)
+		rc := &relayConn{client: c}
 		l.active.Add(1)
 		g.m.active.WithLabelValues(l.name).Inc()
 		g.track(rc)
@@ -121,7 +120,7 @@ func (g *Gateway) connDone(l *listener, rc *relayConn, rec *connLog) {
 	g.wg.Done()
 }
 
-func (g *Gateway) refuseOverLimit(l *listener, c *net.TCPConn) {
+func (g *Gateway) refuseOverLimit(l *listener, c clientConn) {
 	c.SetLinger(0) // RST: the client learns at once and no TIME_WAIT piles up under a flood
 	c.Close()
 	g.m.conns.WithLabelValues(l.name, "", resultOverLimit).Inc()
@@ -132,7 +131,7 @@ func (g *Gateway) refuseOverLimit(l *listener, c *net.TCPConn) {
 // serveConn takes a connection from accept through the relay. It reports true when the relay
 // engine took the connection (the engine then calls connDone); otherwise the connection is over
 // when it returns.
-func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, c *net.TCPConn) (handedOff bool) {
+func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, c clientConn) (handedOff bool) {
 	lc := &t.Listener
 	deadline := time.Now().Add(lc.HelloTimeout)
 	if t.trustsProxy(rec.client.Addr()) {
@@ -165,7 +164,7 @@ func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, 
 		return false
 	}
 	rec.cluster = cl.Name
-	up, ep, err := g.dialCluster(cl, rec.client.Addr())
+	up, ep, err := g.dialCluster(cl, rec.client.Addr(), c)
 	if err != nil {
 		rec.result, rec.err = resultConnectFailed, err
 		if errors.Is(err, errNoEndpoint) {
@@ -181,7 +180,7 @@ func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, 
 
 // relayConn writes the peeked ClientHello upstream, then hands the pair to the relay engine or
 // splices on goroutines until both sides are done.
-func (g *Gateway) relayConn(l *listener, rec *connLog, rc *relayConn, client *net.TCPConn, up net.Conn, peeked []byte, idle time.Duration) (handedOff bool) {
+func (g *Gateway) relayConn(l *listener, rec *connLog, rc *relayConn, client clientConn, up net.Conn, peeked []byte, idle time.Duration) (handedOff bool) {
 	up.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	n, err := up.Write(peeked)
 	up.SetWriteDeadline(time.Time{})
@@ -223,9 +222,9 @@ func (rec *connLog) relayed(reason splice.Reason, up, down int64, err error) {
 
 var errNoEndpoint = errors.New("gateway: no endpoint left to try")
 
-// dialCluster connects to an endpoint of c, trying up to max_connect_attempts endpoints; each
-// failure counts toward the endpoint's ejection.
-func (g *Gateway) dialCluster(c *Cluster, client netip.Addr) (net.Conn, *Endpoint, error) {
+// dialCluster connects to an endpoint of c for the connection from client, trying up to
+// max_connect_attempts endpoints; each failure counts toward the endpoint's ejection.
+func (g *Gateway) dialCluster(c *Cluster, client netip.Addr, cc clientConn) (net.Conn, *Endpoint, error) {
 	h := xxhash.Sum64String(client.String())
 	var tried []*Endpoint
 	lastErr := errNoEndpoint
@@ -236,9 +235,7 @@ func (g *Gateway) dialCluster(c *Cluster, client netip.Addr) (net.Conn, *Endpoin
 			break
 		}
 		tried = append(tried, e)
-		ctx, cancel := context.WithTimeout(context.Background(), c.Config.ConnectTimeout)
-		conn, err := g.dial(ctx, "tcp", e.Address)
-		cancel()
+		conn, err := g.dialEndpoint(cc, e.Address, c.Config.ConnectTimeout)
 		if err == nil {
 			e.state.success(now, c.Config.OutlierDetection)
 			return conn, e, nil
@@ -252,6 +249,42 @@ func (g *Gateway) dialCluster(c *Cluster, client netip.Addr) (net.Conn, *Endpoin
 		}
 	}
 	return nil, nil, lastErr
+}
+
+// dialEndpoint connects to address (host:port): on the client's relay-engine loop when it has
+// one, with Go's dialer otherwise.
+func (g *Gateway) dialEndpoint(cc clientConn, address string, timeout time.Duration) (net.Conn, error) {
+	sc, ok := cc.(*splice.Conn)
+	if !ok {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return g.dial(ctx, "tcp", address)
+	}
+	deadline := time.Now().Add(timeout)
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		return sc.Dial(ap, deadline)
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	pn, err := net.LookupPort("tcp", port)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	for _, ip := range ips { // in the resolver's order, as Go's dialer tries them
+		var c *splice.Conn
+		if c, err = sc.Dial(netip.AddrPortFrom(ip.Unmap(), uint16(pn)), deadline); err == nil {
+			return c, nil
+		}
+	}
+	return nil, err
 }
 
 func (g *Gateway) finish(rec *connLog) {
@@ -304,7 +337,7 @@ const alertUnrecognizedName = 112
 // The alert is followed by a FIN, and what the client still sends is read and dropped for a
 // moment (bounded in time and bytes) before the socket closes: closing with unread bytes makes
 // the kernel send a reset, which can overtake the alert.
-func sendAlert(c *net.TCPConn, desc byte) {
+func sendAlert(c clientConn, desc byte) {
 	c.SetDeadline(time.Now().Add(time.Second))
 	// record: type alert(21), version TLS 1.2 (what TLS 1.3 uses on the wire too), length 2,
 	// level fatal(2), description.

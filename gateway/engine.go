@@ -76,19 +76,17 @@ func (g *Gateway) relayMode() string {
 }
 
 // handOff gives the pair to the relay engine, which ends the connection by calling
-// g.connDone; it reports false when the engine is off or refused the pair (out of files for
-// the duplicated sockets, an upstream that is not a TCP socket): the caller then relays with
-// goroutines on the untouched conns.
-func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client *net.TCPConn, up net.Conn, idle time.Duration) bool {
+// g.connDone; it reports false when the client was not accepted onto the engine (the engine is
+// off, or could not take the listener) or the engine refused the pair: the caller then relays
+// with goroutines.
+func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client clientConn, up net.Conn, idle time.Duration) bool {
 	e := g.eng.Load()
-	if e == nil {
+	sc, ok1 := client.(*splice.Conn)
+	su, ok2 := up.(*splice.Conn)
+	if e == nil || !ok1 || !ok2 {
 		return false
 	}
-	upTCP, ok := up.(*net.TCPConn)
-	if !ok {
-		return false
-	}
-	p, err := e.Relay(client, upTCP, idle, func(r splice.Result) {
+	p, err := e.Splice(sc, su, idle, func(r splice.Result) {
 		rec.relayed(r.Reason, r.Up, r.Down, r.Err)
 		g.connDone(l, rc, rec)
 	})
@@ -98,7 +96,7 @@ func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client *net.
 		return false
 	}
 	rc.pair.Store(p)
-	rc.client.Store(nil)  // closed: the engine has its own descriptors
+	rc.handed()
 	if g.cutting.Load() { // Shutdown's cut may have missed this pair
 		p.Cut()
 	}

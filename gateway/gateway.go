@@ -37,8 +37,6 @@ type Options struct {
 	Logger *zap.Logger
 	// Registerer receives the ewgate_* data-plane metrics. Nil: metrics are not exported.
 	Registerer prometheus.Registerer
-	// DialContext dials an endpoint. Nil: a net.Dialer with the cluster's connect timeout.
-	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
 	// Now is the clock for ejections. Nil: time.Now.
 	Now func() time.Time
 }
@@ -48,7 +46,7 @@ type Gateway struct {
 	log  *zap.Logger
 	m    *metrics
 	dm   *dynamicMetrics
-	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	dial func(ctx context.Context, network, address string) (net.Conn, error) // without the relay engine
 	now  func() time.Time
 
 	snap     atomic.Pointer[Snapshot]
@@ -74,13 +72,23 @@ type listener struct {
 	name    string
 	address string // as configured
 	ln      *net.TCPListener
+	acc     *splice.Acceptor // accepts onto the relay engine's loops; nil without the engine
 	active  atomic.Int64
 	closed  atomic.Bool
 }
 
+// clientConn is an accepted connection: a *splice.Conn on the relay engine's loops, or a
+// *net.TCPConn without the engine.
+type clientConn interface {
+	net.Conn
+	CloseWrite() error
+	SetLinger(sec int) error
+}
+
 // relayConn is an accepted connection the gateway may have to close at the drain deadline.
 type relayConn struct {
-	client atomic.Pointer[net.TCPConn] // nil once the relay engine has it (nothing to keep alive)
+	mu     sync.Mutex
+	client clientConn                  // nil once a relay has it
 	relay  atomic.Pointer[relay]       // set once relaying starts on goroutines
 	pair   atomic.Pointer[splice.Pair] // set once the relay engine has the connection
 }
@@ -92,7 +100,6 @@ func New(opts Options) *Gateway {
 		m:         newMetrics(opts.Registerer),
 		dm:        newDynamicMetrics(opts.Registerer),
 		dynamic:   map[string]map[string]*dynamicCluster{},
-		dial:      opts.DialContext,
 		now:       opts.Now,
 		listeners: map[string]*listener{},
 		conns:     map[*relayConn]struct{}{},
@@ -101,12 +108,10 @@ func New(opts Options) *Gateway {
 		g.log = zap.NewNop()
 	}
 	g.registerEngineMetrics(opts.Registerer)
-	if g.dial == nil {
-		// No TCP keepalive on data-plane sockets (four setsockopt calls per socket in Go's
-		// default): idle_timeout ends connections whose peers went away.
-		d := net.Dialer{KeepAlive: -1}
-		g.dial = d.DialContext
-	}
+	// No TCP keepalive on data-plane sockets (four setsockopt calls per socket in Go's
+	// default): idle_timeout ends connections whose peers went away.
+	d := net.Dialer{KeepAlive: -1}
+	g.dial = d.DialContext
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -189,7 +194,16 @@ func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
 			}
 			return nil, fmt.Errorf("gateway: listener %q: %w", lc.Name, err)
 		}
-		bound[lc.Name] = &listener{name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
+		l := &listener{name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
+		if e := g.eng.Load(); e != nil {
+			if l.acc, err = e.NewAcceptor(l.ln); err != nil {
+				// Out of files: this listener's connections are relayed on goroutines.
+				g.m.relayFallbacks.Inc()
+				g.log.Warn("relay engine cannot accept for a listener; its connections are relayed with goroutines",
+					zap.String("listener", lc.Name), zap.Error(err))
+			}
+		}
+		bound[lc.Name] = l
 	}
 	return bound, nil
 }
@@ -200,6 +214,17 @@ var listenConfig = net.ListenConfig{KeepAlive: -1}
 func (l *listener) close() {
 	l.closed.Store(true)
 	l.ln.Close()
+	if l.acc != nil {
+		l.acc.Close()
+	}
+}
+
+// accept waits for the next connection, on the relay engine's loops when the listener has them.
+func (l *listener) accept() (clientConn, error) {
+	if l.acc != nil {
+		return l.acc.Accept()
+	}
+	return l.ln.AcceptTCP()
 }
 
 // RecordConfigError counts a configuration that was refused before it reached Apply (it did not
@@ -286,9 +311,18 @@ func (c *relayConn) cut() {
 		p.Cut()
 		return
 	}
-	if c := c.client.Load(); c != nil {
-		c.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.client != nil {
+		c.client.Close()
 	}
+}
+
+// handed records that a relay has the client connection.
+func (c *relayConn) handed() {
+	c.mu.Lock()
+	c.client = nil
+	c.mu.Unlock()
 }
 
 func (g *Gateway) track(c *relayConn) {

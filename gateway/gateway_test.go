@@ -470,3 +470,16 @@ func dialRaw(t *testing.T, addr string) net.Conn {
 func isReset(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "connection reset") || errors.Is(err, io.EOF))
 }
+
+// An endpoint given by host name is resolved at connect time, and each of its addresses is tried
+// in turn (localhost may resolve to ::1 first, where the backend does not listen).
+func TestEndpointByHostName(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	_, port, _ := net.SplitHostPort(be.addr())
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", net.JoinHostPort("localhost", port))))
+	c := meshClient(t, g, pki)
+	if got, err := exchange(c, []byte("by name")); err != nil || string(got) != "by name" {
+		t.Fatalf("exchange through a named endpoint: %q, %v", got, err)
+	}
+}

@@ -2,7 +2,7 @@ package splice
 
 import (
 	"errors"
-	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -24,22 +24,26 @@ type Engine struct {
 	pairs, inUse, pooled atomic.Int64
 }
 
-// Pair is one relayed client/upstream pair. Its fields belong to its loop's goroutine.
+// Pair is one client connection and its upstream, from accept to close. Until Splice hands it
+// to its loop, its sockets belong to the goroutines using their Conns, and the loop only wakes
+// those goroutines; from then on its fields belong to the loop's goroutine.
 type Pair struct {
-	l      *loop
-	fd     [2]int32 // client, upstream
-	ready  [2]uint8 // per socket: canRead|canWrite, cleared on EAGAIN
-	h      [2]half  // h[0]: client -> upstream, h[1]: upstream -> client
-	slot   int32    // index in l.slots; -1 when not registered
-	gen    uint32   // tells a stale epoll event from one for this pair
-	hidx   int32    // index in l.timers; -1 when not in the heap
-	again  bool     // in l.again: its budget ran out with bytes still to move
-	seen   bool     // the loop has had an event of the pair (its idle clock runs)
-	closed bool
-	idle   int64 // nanoseconds; 0: none
-	last   int64 // when a byte last moved
-	due    int64 // the heap key: when the idle timeout may fire
-	done   func(Result)
+	l        *loop
+	fd       [2]int32                // client, upstream
+	conns    [2]atomic.Pointer[Conn] // before relaying: whom an event of each socket wakes
+	open     int8                    // Conns neither closed nor handed to the loop (l.mu)
+	relaying bool                    // the loop owns the pair (after Splice)
+	ready    [2]uint8                // per socket: canRead|canWrite, cleared on EAGAIN
+	h        [2]half                 // h[0]: client -> upstream, h[1]: upstream -> client
+	slot     int32                   // index in l.slots; -1 when not registered
+	gen      uint32                  // tells a stale epoll event from one for this pair
+	hidx     int32                   // index in l.timers; -1 when not in the heap
+	again    bool                    // in l.again: its budget ran out with bytes still to move
+	closed   bool
+	idle     int64 // nanoseconds; 0: none
+	last     int64 // when a byte last moved
+	due      int64 // the heap key: when the idle timeout may fire
+	done     func(Result)
 }
 
 // half is one direction. Bytes are counted when written to the destination.
@@ -64,15 +68,14 @@ const (
 type opKind uint8
 
 const (
-	opCut  opKind = iota
-	opFail        // registering the pair with epoll failed: end it with err
+	opStart opKind = iota // Splice handed the pair over: relay it
+	opCut
 	opStop
 )
 
 type op struct {
 	kind opKind
 	p    *Pair
-	err  error
 }
 
 type loop struct {
@@ -93,9 +96,10 @@ type loop struct {
 	stopped bool    // no pair is taken any more
 	free    []int32 // slots to reuse
 	nextGn  uint32
-	// slots maps the slot in an epoll event to its pair. Relay fills a slot and then registers
-	// the sockets (under mu), so a pair's first event finds it without waking the loop first.
-	slots atomic.Pointer[[]atomic.Pointer[Pair]]
+	// slots maps the slot in an epoll event to its pair. A pair's slot is filled before its
+	// sockets are registered, so their first events find it.
+	slots  atomic.Pointer[[]atomic.Pointer[Pair]]
+	stopCh chan struct{} // closed when the loop stops: Conns waiting on it give up
 
 	timers []*Pair // min-heap on due
 	again  []*Pair
@@ -136,7 +140,7 @@ func newLoop(e *Engine) (*loop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &loop{e: e, epfd: epfd, wakefd: wakefd}
+	l := &loop{e: e, epfd: epfd, wakefd: wakefd, stopCh: make(chan struct{})}
 	l.slots.Store(&[]atomic.Pointer[Pair]{})
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
@@ -185,49 +189,48 @@ func epollWait(epfd int, evs []unix.EpollEvent) int {
 	}
 }
 
-// Relay takes over client and upstream: it duplicates their sockets, closes the conns (the
-// engine owns the duplicates from here) and relays between them until both directions end, the
-// pair has been idle for idle (zero: never), or it is cut. done runs once, on a loop
-// goroutine, after both sockets are closed; it must not block.
-//
-// On an error nothing has been taken over: the conns are open and untouched, and the caller
-// can relay them another way.
-func (e *Engine) Relay(client, upstream *net.TCPConn, idle time.Duration, done func(Result)) (*Pair, error) {
-	l := e.loops[int(e.next.Add(1))%len(e.loops)]
-	p := &Pair{l: l, slot: -1, hidx: -1, idle: int64(idle), done: done}
+// newPair takes a slot for a pair whose client socket is fd, registers the socket and returns
+// the client's Conn. On error nothing is kept (fd stays open: the caller closes it).
+func (l *loop) newPair(fd int, remote netip.AddrPort) (*Conn, error) {
+	p := &Pair{l: l, slot: -1, hidx: -1, fd: [2]int32{int32(fd), -1}, open: 1}
 	p.h[0].pipe = [2]int32{-1, -1}
 	p.h[1].pipe = [2]int32{-1, -1}
+	c := newConn(p, 0, fd, remote)
+	p.conns[0].Store(c)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped {
 		return nil, ErrClosed
 	}
-	cfd, err := dupSocket(client)
-	if err != nil {
-		return nil, err
-	}
-	ufd, err := dupSocket(upstream)
-	if err != nil {
-		unix.Close(cfd)
-		return nil, err
-	}
-	client.Close()
-	upstream.Close()
-	p.fd = [2]int32{int32(cfd), int32(ufd)}
 	l.nextGn++
 	p.gen = l.nextGn & (1<<31 - 1)
 	p.slot = l.slotLocked()
 	(*l.slots.Load())[p.slot].Store(p)
-	e.pairs.Add(1)
-	for side, fd := range p.fd {
-		ev := unix.EpollEvent{Events: events, Fd: p.slot, Pad: int32(p.gen<<1) | int32(side)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
-			// Out of kernel memory or epoll watches: the loop ends the pair with the error.
-			l.postLocked(op{kind: opFail, p: p, err: os.NewSyscallError("epoll_ctl", err)})
-			break
-		}
+	if err := p.watch(0, fd); err != nil {
+		l.releaseLocked(p)
+		return nil, err
 	}
-	return p, nil
+	return c, nil
+}
+
+// watch registers socket side of the pair (edge-triggered, for good: closing the socket ends
+// the registration).
+func (p *Pair) watch(side int, fd int) error {
+	ev := unix.EpollEvent{Events: events, Fd: p.slot, Pad: int32(p.gen<<1) | int32(side)}
+	if err := unix.EpollCtl(p.l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err) // out of kernel memory or epoll watches
+	}
+	return nil
+}
+
+// releaseLocked frees the slot of a pair that never relayed. l.mu is held.
+func (l *loop) releaseLocked(p *Pair) {
+	if p.slot < 0 {
+		return
+	}
+	(*l.slots.Load())[p.slot].Store(nil)
+	l.free = append(l.free, p.slot)
+	p.slot = -1
 }
 
 // slotLocked returns a free slot, growing the table when none is left. l.mu is held.
@@ -249,30 +252,12 @@ func (l *loop) slotLocked() int32 {
 	return int32(len(old))
 }
 
-// dupSocket returns a duplicate of c's socket (non-blocking, close-on-exec).
-func dupSocket(c *net.TCPConn) (int, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return -1, ErrNotSocket
-	}
-	fd := -1
-	var derr error
-	if err := raw.Control(func(s uintptr) {
-		fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
-	}); err != nil {
-		return -1, ErrNotSocket
-	}
-	if derr != nil {
-		return -1, os.NewSyscallError("fcntl", derr)
-	}
-	return fd, nil
-}
-
 // Cut ends the pair (Reason Cut) if it is still relaying; done runs on its loop.
 func (p *Pair) Cut() { p.l.post(op{kind: opCut, p: p}) }
 
-// Close cuts every pair (their done runs with Reason Cut), stops the loops and waits for them.
-// Relay returns ErrClosed afterwards.
+// Close cuts every relaying pair (their done runs with Reason Cut), stops the loops and waits
+// for them. Accept and Splice return ErrClosed afterwards, and Conns still open give
+// net.ErrClosed on their next wait.
 func (e *Engine) Close() {
 	for _, l := range e.loops {
 		l.post(op{kind: opStop})
@@ -331,13 +316,14 @@ func (l *loop) run() {
 			p := slots[ev.Fd].Load()
 			if p == nil || p.closed || p.gen != uint32(ev.Pad)>>1 {
 				// An event of a pair that ended earlier in this batch (slots may be a table
-				// that Relay has since grown: it can still hold the ended pair).
+				// that has since grown: it can still hold the ended pair).
 				continue
 			}
-			if !p.seen {
-				l.adopt(p)
-			}
 			side := ev.Pad & 1
+			if !p.relaying {
+				p.wake(side, ev.Events)
+				continue
+			}
 			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				p.ready[side] |= canRead
 			}
@@ -386,13 +372,11 @@ func (l *loop) takeOps() (stop bool) {
 	l.mu.Unlock()
 	for i, o := range l.taken {
 		switch o.kind {
+		case opStart:
+			l.start(o.p)
 		case opCut:
 			if !o.p.closed {
 				l.end(o.p, Cut, nil)
-			}
-		case opFail:
-			if !o.p.closed {
-				l.end(o.p, Ended, o.err)
 			}
 		case opStop:
 			stop = true
@@ -400,8 +384,10 @@ func (l *loop) takeOps() (stop bool) {
 		l.taken[i] = op{}
 	}
 	if stop {
-		for i := range *l.slots.Load() { // no Relay adds any now: l.stopped
-			if p := (*l.slots.Load())[i].Load(); p != nil {
+		close(l.stopCh)
+		for i := range *l.slots.Load() { // no pair is added now: l.stopped
+			// Pairs not relaying yet belong to their Conns' goroutines, which close them.
+			if p := (*l.slots.Load())[i].Load(); p != nil && p.relaying {
 				l.end(p, Cut, nil)
 			}
 		}
@@ -415,19 +401,17 @@ func (l *loop) takeOps() (stop bool) {
 	return stop
 }
 
-// adopt starts the pair's idle clock at its first event. Relay registers the pair's sockets one
-// after the other under l.mu, and the first one can report before the second is registered:
-// taking l.mu once waits for Relay to finish, so the loop never closes sockets Relay is still
-// registering.
-func (l *loop) adopt(p *Pair) {
-	l.mu.Lock()
-	l.mu.Unlock()
-	p.seen = true
+// start takes over a pair Splice handed over: its idle clock starts, and both sockets are tried
+// (bytes that arrived while its Conns were in use raised their edges then).
+func (l *loop) start(p *Pair) {
+	p.relaying = true
 	p.last = l.now
 	if p.idle > 0 {
 		p.due = p.last + p.idle
 		l.push(p)
 	}
+	p.ready = [2]uint8{canRead | canWrite, canRead | canWrite}
+	l.progress(p)
 }
 
 // progress moves what it can in both directions and ends the pair when both are done or one
@@ -601,14 +585,10 @@ func (l *loop) end(p *Pair, reason Reason, err error) {
 	}
 	unix.Close(int(p.fd[0])) // closing the last reference also drops the epoll registration
 	unix.Close(int(p.fd[1]))
-	if p.slot >= 0 {
-		l.mu.Lock()
-		(*l.slots.Load())[p.slot].Store(nil)
-		l.free = append(l.free, p.slot)
-		l.mu.Unlock()
-		p.slot = -1
-		l.e.pairs.Add(-1)
-	}
+	l.mu.Lock()
+	l.releaseLocked(p)
+	l.mu.Unlock()
+	l.e.pairs.Add(-1)
 	if p.hidx >= 0 {
 		l.remove(p)
 	}

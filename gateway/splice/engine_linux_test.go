@@ -1,13 +1,16 @@
 package splice
 
-// The engine on its own, over real loopback TCP: bytes and results, cuts, close, idle order, and
-// what a round trip costs. The gateway's suite (package gateway) runs the end-to-end cases.
+// The engine on its own, over real loopback TCP: accepted and dialled Conns, bytes and results,
+// cuts, close, idle order, and what a round trip costs. The gateway's suite (package gateway)
+// runs the end-to-end cases.
 
 import (
 	"bytes"
 	"errors"
 	"io"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,23 +19,57 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// tcpPair returns the two ends of one loopback TCP connection.
-func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
+// served is a connection the engine accepted: the test's end of it and the engine's.
+type served struct {
+	client *net.TCPConn // the test's end
+	conn   *Conn        // the engine's end
+}
+
+// accept makes a listener served by the engine and a client connected through it.
+func accept(t testing.TB, e *Engine) served {
+	t.Helper()
+	ln := listen(t)
+	a, err := e.NewAcceptor(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	c, err := a.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return served{client: client.(*net.TCPConn), conn: c}
+}
+
+func listen(t testing.TB) *net.TCPListener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+// dialUpstream dials a new upstream listener from s's Conn and returns both ends.
+func dialUpstream(t testing.TB, s served) (*Conn, *net.TCPConn) {
+	t.Helper()
+	ln := listen(t)
+	u, err := s.conn.Dial(ln.Addr().(*net.TCPAddr).AddrPort(), time.Now().Add(10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := ln.Accept()
+	up, err := ln.AcceptTCP()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a.(*net.TCPConn), b.(*net.TCPConn)
+	t.Cleanup(func() { up.Close() })
+	return u, up
 }
 
 // relayed is a pair in the engine: the test talks on client and upstream, the engine relays
@@ -51,10 +88,10 @@ func relay(t testing.TB, e *Engine, idle time.Duration) *relayed {
 // relayThen is relay with then called on the loop as the pair ends, before the result is sent.
 func relayThen(t testing.TB, e *Engine, idle time.Duration, then func()) *relayed {
 	t.Helper()
-	client, cEnd := tcpPair(t)
-	uEnd, upstream := tcpPair(t)
-	r := &relayed{client: client, upstream: upstream, done: make(chan Result, 1)}
-	p, err := e.Relay(cEnd, uEnd, idle, func(res Result) {
+	s := accept(t, e)
+	u, upstream := dialUpstream(t, s)
+	r := &relayed{client: s.client, upstream: upstream, done: make(chan Result, 1)}
+	p, err := e.Splice(s.conn, u, idle, func(res Result) {
 		if then != nil {
 			then()
 		}
@@ -64,7 +101,6 @@ func relayThen(t testing.TB, e *Engine, idle time.Duration, then func()) *relaye
 		t.Fatal(err)
 	}
 	r.p = p
-	t.Cleanup(func() { client.Close(); upstream.Close() })
 	return r
 }
 
@@ -157,15 +193,146 @@ func TestCutCloseAndAfterClose(t *testing.T) {
 			t.Fatalf("client of a cut pair read %v; want EOF", err)
 		}
 	}
-	// After Close nothing is taken: the conns stay the caller's, open.
-	c1, c2 := tcpPair(t)
-	u1, u2 := tcpPair(t)
-	defer func() { c1.Close(); c2.Close(); u1.Close(); u2.Close() }()
-	if _, err := e.Relay(c2, u1, 0, func(Result) { t.Error("done called for a refused pair") }); !errors.Is(err, ErrClosed) {
-		t.Fatalf("Relay after Close: %v; want ErrClosed", err)
+}
+
+// A pair accepted and dialled before Close but not spliced is its goroutine's: Close leaves the
+// sockets open, a wait on them ends with ErrClosed, Splice refuses the pair and nothing is
+// accepted any more.
+func TestCloseWithConnsNotSpliced(t *testing.T) {
+	e, err := New(Options{Loops: 1})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := c2.Write([]byte("x")); err != nil {
+	ln := listen(t)
+	a, err := e.NewAcceptor(ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := a.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	u, up := dialUpstream(t, served{conn: c})
+	defer u.Close()
+	read := make(chan error, 1)
+	go func() { _, err := c.Read(make([]byte, 1)); read <- err }()
+	e.Close()
+	if err := <-read; !errors.Is(err, ErrClosed) {
+		t.Fatalf("read waiting at Close: %v; want ErrClosed", err)
+	}
+	if _, err := e.Splice(c, u, 0, func(Result) { t.Error("done called for a refused pair") }); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Splice after Close: %v; want ErrClosed", err)
+	}
+	if _, err := u.Write([]byte("x")); err != nil {
 		t.Fatalf("a refused pair's conn was touched: %v", err)
+	}
+	up.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(up, make([]byte, 1)); err != nil {
+		t.Fatalf("upstream did not get the byte: %v", err)
+	}
+	go net.Dial("tcp", ln.Addr().String())
+	if _, err := a.Accept(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Accept after Close: %v; want ErrClosed", err)
+	}
+}
+
+// A Conn before Splice: reads wait for the loop and honour deadlines, writes go through, Close
+// from another goroutine wakes a waiting read, and the client's peer address is the dialler's.
+func TestConnBeforeSplice(t *testing.T) {
+	e := newEngine(t, Options{})
+	s := accept(t, e)
+	if got, want := s.conn.RemoteAddrPort(), s.client.LocalAddr().(*net.TCPAddr).AddrPort(); got != want {
+		t.Fatalf("RemoteAddrPort %v; want %v", got, want)
+	}
+	if got, want := s.conn.LocalAddr().String(), s.client.RemoteAddr().String(); got != want {
+		t.Fatalf("LocalAddr %v; want %v", got, want)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond) // the read below waits for the loop first
+		s.client.Write([]byte("hello"))
+	}()
+	buf := make([]byte, 16)
+	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := s.conn.Read(buf)
+	if err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	s.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	var ne net.Error
+	if _, err := s.conn.Read(buf); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past its deadline: %v; want a timeout", err)
+	}
+	s.conn.SetReadDeadline(time.Time{})
+	big := bytes.Repeat([]byte("x"), 8<<20) // more than the socket buffers: Write waits for the loop
+	go func() { io.Copy(io.Discard, io.LimitReader(s.client, int64(len(big)))) }()
+	if n, err := s.conn.Write(big); n != len(big) || err != nil {
+		t.Fatalf("wrote %d, %v", n, err)
+	}
+	read := make(chan error, 1)
+	go func() { _, err := s.conn.Read(buf); read <- err }()
+	time.Sleep(50 * time.Millisecond) // let the read wait
+	s.conn.Close()
+	if err := <-read; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read waiting at Close: %v; want net.ErrClosed", err)
+	}
+	if _, err := s.conn.Read(buf); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after Close: %v; want net.ErrClosed", err)
+	}
+	s.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.client.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("client after Close: %v; want EOF", err)
+	}
+}
+
+// Dial reports a refused connect and a timeout, and the pair can dial again after either.
+func TestDialFailures(t *testing.T) {
+	e := newEngine(t, Options{})
+	s := accept(t, e)
+	ln := listen(t)
+	closed := ln.Addr().(*net.TCPAddr).AddrPort()
+	ln.Close()
+	if _, err := s.conn.Dial(closed, time.Now().Add(10*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial to a closed port: %v; want ECONNREFUSED", err)
+	}
+	// A listener whose backlog is full leaves the next SYN unanswered.
+	full := listenBacklog(t, 1)
+	var fill []net.Conn
+	defer func() {
+		for _, c := range fill {
+			c.Close()
+		}
+	}()
+	addr := full.Addr().(*net.TCPAddr).AddrPort()
+	timedOut := false
+	for range 8 {
+		c, err := net.DialTimeout("tcp", addr.String(), 100*time.Millisecond)
+		if err != nil {
+			timedOut = true
+			break
+		}
+		fill = append(fill, c)
+	}
+	if !timedOut {
+		t.Fatal("could not fill the listener's backlog")
+	}
+	var ne net.Error
+	if _, err := s.conn.Dial(addr, time.Now().Add(100*time.Millisecond)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("dial to a full backlog: %v; want a timeout", err)
+	}
+	u, up := dialUpstream(t, s)
+	defer u.Close()
+	u.Write([]byte("ok"))
+	buf := make([]byte, 2)
+	up.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(up, buf); err != nil || string(buf) != "ok" {
+		t.Fatalf("upstream after failed dials read %q, %v", buf, err)
 	}
 }
 
@@ -230,4 +397,27 @@ func BenchmarkRoundTrip1KiB(b *testing.B) {
 	b.StopTimer()
 	r.client.Close()
 	r.result(b)
+}
+
+// listenBacklog listens on loopback with an accept queue of backlog, never accepting.
+func listenBacklog(t testing.TB, backlog int) net.Listener {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "backlog-listener")
+	defer f.Close()
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, backlog); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }

@@ -4,20 +4,39 @@ package splice
 
 import (
 	"net"
+	"net/netip"
 	"time"
 )
 
-// Engine is unavailable here: New returns ErrUnsupported.
+// Engine is unavailable here: New returns ErrUnsupported, so none of these types is ever made.
 type Engine struct{}
 
 // Pair is unavailable here.
 type Pair struct{}
 
+// Acceptor is unavailable here.
+type Acceptor struct{}
+
+// Conn is unavailable here; its methods make it a net.Conn like the Linux one.
+type Conn struct{ net.TCPConn }
+
 // New returns ErrUnsupported: the engine needs Linux's epoll and splice.
 func New(Options) (*Engine, error) { return nil, ErrUnsupported }
 
-// Relay returns ErrUnsupported.
-func (*Engine) Relay(_, _ *net.TCPConn, _ time.Duration, _ func(Result)) (*Pair, error) {
+// NewAcceptor returns ErrUnsupported.
+func (*Engine) NewAcceptor(*net.TCPListener) (*Acceptor, error) { return nil, ErrUnsupported }
+
+// Accept returns ErrUnsupported.
+func (*Acceptor) Accept() (*Conn, error) { return nil, ErrUnsupported }
+
+// Close does nothing.
+func (*Acceptor) Close() error { return nil }
+
+// Dial returns ErrUnsupported.
+func (*Conn) Dial(netip.AddrPort, time.Time) (*Conn, error) { return nil, ErrUnsupported }
+
+// Splice returns ErrUnsupported.
+func (*Engine) Splice(_, _ *Conn, _ time.Duration, _ func(Result)) (*Pair, error) {
 	return nil, ErrUnsupported
 }
 

@@ -11,14 +11,24 @@
 // keyed by deadline; activity only stamps the pair, and the heap is corrected lazily when an
 // entry comes due.
 //
-// What it does not do: it does not accept, peek, route or dial (those are short and stay one
-// goroutine per connection in package gateway), and it does not run on systems without epoll
-// and splice (New returns ErrUnsupported; the caller relays with goroutines).
+// Sockets enter the engine at accept and stay registered with one loop's epoll until closed.
+// Before relaying, one goroutine per connection uses them as Conns (net.Conns whose waits are
+// served by the loop, not Go's netpoller) to peek, route and dial the upstream on the same loop;
+// Splice then hands the pair to the loop. So a connection costs no netpoller registration, no
+// duplicated descriptors and no blocked thread. Routing is the caller's: the engine never
+// parses what it reads.
+//
+// It does not run on systems without epoll and splice (New returns ErrUnsupported; the caller
+// accepts, dials and relays with package net and goroutines).
 //
 //	e, err := splice.New(splice.Options{})
-//	if err != nil { /* relay with io.Copy instead */ }
+//	if err != nil { /* package net and io.Copy instead */ }
 //	defer e.Close()
-//	p, err := e.Relay(client, upstream, time.Minute, func(r splice.Result) { log(r.Up, r.Down, r.Err) })
+//	a, err := e.NewAcceptor(ln)
+//	c, err := a.Accept()                       // a *Conn: read the ClientHello from it
+//	u, err := c.Dial(upstreamAddr, deadline)   // on c's loop
+//	u.Write(hello)
+//	p, err := e.Splice(c, u, time.Minute, func(r splice.Result) { log(r.Up, r.Down, r.Err) })
 //	...
 //	p.Cut() // at a drain deadline: done runs with Reason == Cut
 package splice
@@ -69,8 +79,6 @@ var (
 	ErrUnsupported = errors.New("splice: relay engine not supported on this system")
 	// ErrClosed: the engine is closed.
 	ErrClosed = errors.New("splice: engine closed")
-	// ErrNotSocket: a conn gave no file descriptor to relay.
-	ErrNotSocket = errors.New("splice: conn has no socket file descriptor")
 )
 
 // Stats are gauges of an engine.

@@ -1,0 +1,514 @@
+package splice
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Acceptor accepts a listener's connections straight onto the engine's loops: the accepted
+// socket is registered with one loop's epoll once and stays there until it is closed, so no
+// other poller ever sees it.
+type Acceptor struct {
+	e   *Engine
+	f   *os.File // its own descriptor of the listening socket, waited on in Go's netpoller
+	rc  syscall.RawConn
+	try func(fd uintptr) bool // reused: no closure allocated per accept
+	// results of the last accept4; one Accept runs at a time
+	fd  int
+	sa  unix.Sockaddr
+	err error
+}
+
+// NewAcceptor returns an Acceptor for ln. It holds its own descriptor of the listening socket
+// (a net.TCPListener cannot be waited on from outside package net), so the socket listens until
+// both ln and the Acceptor are closed.
+func (e *Engine) NewAcceptor(ln *net.TCPListener) (*Acceptor, error) {
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl", derr)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(fd), "splice-listener") // non-blocking: pollable
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	a := &Acceptor{e: e, f: f, rc: rc}
+	a.try = func(fd uintptr) bool {
+		a.fd, a.sa, a.err = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		return a.err != unix.EAGAIN
+	}
+	return a, nil
+}
+
+// Close closes the Acceptor's descriptor of the listening socket; a waiting Accept returns
+// net.ErrClosed.
+func (a *Acceptor) Close() error { return a.f.Close() }
+
+// Accept waits for the next connection. Errors of accept4 itself (out of files) come wrapped
+// in a *net.OpError; the caller may back off and call again.
+func (a *Acceptor) Accept() (*Conn, error) {
+	for {
+		if err := a.rc.Read(a.try); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				err = net.ErrClosed
+			}
+			return nil, err
+		}
+		switch a.err {
+		case nil:
+		case unix.ECONNABORTED, unix.EINTR: // the client gave up before we took it
+			continue
+		default:
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", a.err)}
+		}
+		setNoDelay(a.fd)
+		l := a.e.loops[int(a.e.next.Add(1))%len(a.e.loops)]
+		c, err := l.newPair(a.fd, addrPort(a.sa))
+		if err != nil {
+			unix.Close(a.fd)
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
+// Conn is one socket of a pair while a goroutine uses it: the client from Accept, the upstream
+// from Dial. It is a net.Conn whose calls never block a thread: a read or write that would
+// block waits for the loop to report the socket ready. Deadlines apply to the waits that start
+// after they are set. Splice hands both Conns of a pair to the loop; after that they are
+// closed to their goroutines (Close does nothing).
+type Conn struct {
+	p      *Pair
+	side   int
+	fd     int
+	remote netip.AddrPort
+
+	mu     sync.Mutex // held over each call on fd, so that Close never closes an fd in use
+	state  uint8      // connOpen, connClosed or connHanded
+	rd, wr chan struct{}
+	done   chan struct{} // closed by Close
+	rdl    atomic.Int64  // read deadline, unix nanoseconds; 0: none
+	wdl    atomic.Int64
+	timer  *time.Timer // for deadlines; made at the first wait that has one
+}
+
+const (
+	connOpen uint8 = iota
+	connClosed
+	connHanded
+)
+
+func newConn(p *Pair, side, fd int, remote netip.AddrPort) *Conn {
+	return &Conn{p: p, side: side, fd: fd, remote: remote,
+		rd: make(chan struct{}, 1), wr: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// wake passes an event of socket side to the goroutine using its Conn (the loop's side).
+func (p *Pair) wake(side int32, ev uint32) {
+	c := p.conns[side].Load()
+	if c == nil {
+		return
+	}
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		select {
+		case c.rd <- struct{}{}:
+		default:
+		}
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		select {
+		case c.wr <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// call runs f on the open socket.
+func (c *Conn) call(f func(fd int) syscall.Errno) syscall.Errno {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != connOpen {
+		return unix.EBADF
+	}
+	return f(c.fd)
+}
+
+// wait parks until the loop reports the socket ready (a token on ch), the deadline passes, the
+// Conn is closed or the engine stops.
+func (c *Conn) wait(ch chan struct{}, deadline *atomic.Int64) error {
+	d := deadline.Load()
+	if d == 0 {
+		select {
+		case <-ch:
+			return nil
+		case <-c.done:
+			return net.ErrClosed
+		case <-c.p.l.stopCh:
+			return ErrClosed
+		}
+	}
+	left := time.Until(time.Unix(0, d))
+	if left <= 0 {
+		return os.ErrDeadlineExceeded
+	}
+	if c.timer == nil {
+		c.timer = time.NewTimer(left)
+	} else {
+		c.timer.Reset(left)
+	}
+	defer c.timer.Stop()
+	select {
+	case <-ch:
+		return nil
+	case <-c.done:
+		return net.ErrClosed
+	case <-c.p.l.stopCh:
+		return ErrClosed
+	case <-c.timer.C:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func (c *Conn) opError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errno, ok := err.(syscall.Errno); ok {
+		if errno == unix.EBADF {
+			err = net.ErrClosed
+		} else {
+			err = os.NewSyscallError(op, errno)
+		}
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// Read reads what the socket has, waiting for the loop when it has nothing.
+func (c *Conn) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		var n int
+		errno := c.call(func(fd int) syscall.Errno {
+			r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			n = int(r)
+			return e
+		})
+		switch errno {
+		case 0:
+			if n == 0 {
+				return 0, io.EOF
+			}
+			return n, nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			if err := c.wait(c.rd, &c.rdl); err != nil {
+				return 0, c.opError("read", err)
+			}
+		default:
+			return 0, c.opError("read", errno)
+		}
+	}
+}
+
+// Write writes all of b, waiting for the loop while the socket's buffer is full.
+func (c *Conn) Write(b []byte) (int, error) {
+	written := 0
+	for written < len(b) {
+		var n int
+		rest := b[written:]
+		errno := c.call(func(fd int) syscall.Errno {
+			r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)),
+				unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
+			n = int(r)
+			return e
+		})
+		switch errno {
+		case 0:
+			written += n
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if err := c.wait(c.wr, &c.wdl); err != nil {
+				return written, c.opError("write", err)
+			}
+		default:
+			return written, c.opError("write", errno)
+		}
+	}
+	return written, nil
+}
+
+// CloseWrite shuts the socket for writing: the peer reads EOF.
+func (c *Conn) CloseWrite() error {
+	return c.opError("shutdown", errnoOf(c.call(func(fd int) syscall.Errno {
+		return errnoOf(unix.Shutdown(fd, unix.SHUT_WR))
+	})))
+}
+
+// SetLinger sets SO_LINGER (0: Close resets the connection).
+func (c *Conn) SetLinger(sec int) error {
+	return c.opError("setsockopt", errnoOf(c.call(func(fd int) syscall.Errno {
+		return errnoOf(unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(sec)}))
+	})))
+}
+
+// Close closes the socket and wakes a goroutine waiting on it. After Splice it does nothing.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.state != connOpen {
+		c.mu.Unlock()
+		return nil
+	}
+	c.state = connClosed
+	c.p.conns[c.side].Store(nil)
+	unix.Close(c.fd) // also ends its epoll registration
+	c.mu.Unlock()
+	close(c.done)
+	l := c.p.l
+	l.mu.Lock()
+	if c.p.open--; c.p.open == 0 {
+		l.releaseLocked(c.p)
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// LocalAddr asks the kernel for the socket's address.
+func (c *Conn) LocalAddr() net.Addr {
+	var sa unix.Sockaddr
+	c.call(func(fd int) syscall.Errno {
+		sa, _ = unix.Getsockname(fd)
+		return 0
+	})
+	return net.TCPAddrFromAddrPort(addrPort(sa))
+}
+
+// RemoteAddr is the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.remote) }
+
+// RemoteAddrPort is the peer's address.
+func (c *Conn) RemoteAddrPort() netip.AddrPort { return c.remote }
+
+// SetDeadline sets the read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+// SetReadDeadline bounds the read waits that start after it (zero: none).
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.rdl.Store(unixNano(t))
+	return nil
+}
+
+// SetWriteDeadline bounds the write waits that start after it (zero: none).
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.wdl.Store(unixNano(t))
+	return nil
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return max(t.UnixNano(), 1)
+}
+
+// Dial connects the upstream of c's pair to addr, on c's loop, giving up at deadline (zero:
+// none). A pair has one upstream: a failed Dial leaves none, and c can dial again.
+func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
+	p := c.p
+	if p.conns[1].Load() != nil {
+		return nil, errBusy
+	}
+	family := unix.AF_INET
+	if addr.Addr().Is6() && !addr.Addr().Is4In6() {
+		family = unix.AF_INET6
+	}
+	opErr := func(op string, err error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: os.NewSyscallError(op, err)}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, opErr("socket", err)
+	}
+	setNoDelay(fd)
+	switch err := unix.Connect(fd, sockaddr(addr, family)); err {
+	case nil, unix.EINPROGRESS, unix.EINTR:
+	default:
+		unix.Close(fd)
+		return nil, opErr("connect", err)
+	}
+	u := newConn(p, 1, fd, addr)
+	u.wdl.Store(unixNano(deadline))
+	l := p.l
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		unix.Close(fd)
+		return nil, ErrClosed
+	}
+	p.fd[1] = int32(fd)
+	p.conns[1].Store(u)
+	p.open++
+	if err := p.watch(1, fd); err != nil {
+		l.mu.Unlock()
+		u.Close()
+		return nil, err
+	}
+	l.mu.Unlock()
+	// On loopback the handshake is usually over by now: look before waiting for the loop.
+	for {
+		state, err := tcpState(fd)
+		switch {
+		case err != nil:
+			u.Close()
+			return nil, opErr("getsockopt", err)
+		case state == tcpEstablished || state == tcpCloseWait:
+			return u, nil
+		case state != tcpSynSent:
+			soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			if err == nil {
+				err = syscall.Errno(soErr)
+			}
+			if soErr == 0 && err == nil {
+				err = unix.ECONNREFUSED
+			}
+			u.Close()
+			return nil, opErr("connect", err)
+		}
+		if err := u.wait(u.wr, &u.wdl); err != nil {
+			u.Close()
+			if err == os.ErrDeadlineExceeded {
+				return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
+			}
+			return nil, opErr("connect", err)
+		}
+	}
+}
+
+var errBusy = &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", unix.EISCONN)}
+
+// Splice hands client and its dialled upstream to their loop, which relays between them until
+// both directions end, the pair has been idle for idle (zero: never), or it is cut. done runs
+// once, on the loop's goroutine, after both sockets are closed; it must not block. The Conns
+// are the engine's from here (their Close does nothing). On error the Conns are untouched.
+func (e *Engine) Splice(client, upstream *Conn, idle time.Duration, done func(Result)) (*Pair, error) {
+	p := client.p
+	if client.side != 0 || upstream.p != p || upstream.side != 1 {
+		return nil, errNotPair
+	}
+	for _, c := range [2]*Conn{client, upstream} {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.state != connOpen {
+			return nil, net.ErrClosed
+		}
+	}
+	l := p.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return nil, ErrClosed
+	}
+	for _, c := range [2]*Conn{client, upstream} {
+		c.state = connHanded
+		p.conns[c.side].Store(nil)
+		p.open--
+	}
+	p.idle, p.done = int64(idle), done
+	e.pairs.Add(1)
+	l.postLocked(op{kind: opStart, p: p})
+	return p, nil
+}
+
+var errNotPair = &net.OpError{Op: "splice", Net: "tcp", Err: os.NewSyscallError("splice", unix.EINVAL)}
+
+func setNoDelay(fd int) { unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
+
+// TCP states (include/net/tcp_states.h).
+const (
+	tcpEstablished = 1
+	tcpSynSent     = 2
+	tcpCloseWait   = 8
+)
+
+// tcpState returns the socket's TCP state (the first byte of struct tcp_info).
+func tcpState(fd int) (uint8, error) {
+	var info [8]byte
+	n := uint32(len(info))
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return info[0], nil
+}
+
+func errnoOf(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(syscall.Errno); ok {
+		return e
+	}
+	return unix.EINVAL
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func sockaddr(ap netip.AddrPort, family int) unix.Sockaddr {
+	if family == unix.AF_INET {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+}
+
+// SyscallConn lets Control run on the socket (to read socket options); Read and Write are not
+// supported: the loop waits for the socket.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return rawConn{c}, nil }
+
+type rawConn struct{ c *Conn }
+
+func (r rawConn) Control(f func(fd uintptr)) error {
+	if r.c.call(func(fd int) syscall.Errno { f(uintptr(fd)); return 0 }) != 0 {
+		return net.ErrClosed
+	}
+	return nil
+}
+
+func (rawConn) Read(func(uintptr) bool) error  { return errors.ErrUnsupported }
+func (rawConn) Write(func(uintptr) bool) error { return errors.ErrUnsupported }

@@ -24,9 +24,9 @@ type Acceptor struct {
 	rc  syscall.RawConn
 	try func(fd uintptr) bool // reused: no closure allocated per accept
 	// results of the last accept4; one Accept runs at a time
-	fd  int
-	sa  unix.Sockaddr
-	err error
+	fd     int
+	remote netip.AddrPort
+	errno  syscall.Errno
 }
 
 // NewAcceptor returns an Acceptor for ln. It holds its own descriptor of the listening socket
@@ -57,8 +57,8 @@ func (e *Engine) NewAcceptor(ln *net.TCPListener) (*Acceptor, error) {
 	}
 	a := &Acceptor{e: e, f: f, rc: rc}
 	a.try = func(fd uintptr) bool {
-		a.fd, a.sa, a.err = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-		return a.err != unix.EAGAIN
+		a.fd, a.remote, a.errno = sysAccept(int(fd))
+		return a.errno != unix.EAGAIN
 	}
 	return a, nil
 }
@@ -77,18 +77,18 @@ func (a *Acceptor) Accept() (*Conn, error) {
 			}
 			return nil, err
 		}
-		switch a.err {
-		case nil:
+		switch a.errno {
+		case 0:
 		case unix.ECONNABORTED, unix.EINTR: // the client gave up before we took it
 			continue
 		default:
-			return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", a.err)}
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", a.errno)}
 		}
 		setNoDelay(a.fd)
 		l := a.e.loops[int(a.e.next.Add(1))%len(a.e.loops)]
-		c, err := l.newPair(a.fd, addrPort(a.sa))
+		c, err := l.newPair(a.fd, a.remote)
 		if err != nil {
-			unix.Close(a.fd)
+			sysClose(a.fd)
 			return nil, err
 		}
 		return c, nil
@@ -265,16 +265,26 @@ func (c *Conn) Write(b []byte) (int, error) {
 
 // CloseWrite shuts the socket for writing: the peer reads EOF.
 func (c *Conn) CloseWrite() error {
-	return c.opError("shutdown", errnoOf(c.call(func(fd int) syscall.Errno {
-		return errnoOf(unix.Shutdown(fd, unix.SHUT_WR))
-	})))
+	return c.errnoError("shutdown", c.call(func(fd int) syscall.Errno {
+		return sysShutdown(fd, unix.SHUT_WR)
+	}))
 }
 
 // SetLinger sets SO_LINGER (0: Close resets the connection).
 func (c *Conn) SetLinger(sec int) error {
-	return c.opError("setsockopt", errnoOf(c.call(func(fd int) syscall.Errno {
-		return errnoOf(unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(sec)}))
-	})))
+	return c.errnoError("setsockopt", c.call(func(fd int) syscall.Errno {
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: int32(sec)}); err != nil {
+			return err.(syscall.Errno)
+		}
+		return 0
+	}))
+}
+
+func (c *Conn) errnoError(op string, e syscall.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return c.opError(op, e)
 }
 
 // Close closes the socket and wakes a goroutine waiting on it. After Splice it does nothing.
@@ -286,7 +296,7 @@ func (c *Conn) Close() error {
 	}
 	c.state = connClosed
 	c.p.conns[c.side].Store(nil)
-	unix.Close(c.fd) // also ends its epoll registration
+	sysClose(c.fd) // also ends its epoll registration
 	c.mu.Unlock()
 	close(c.done)
 	l := c.p.l
@@ -300,12 +310,13 @@ func (c *Conn) Close() error {
 
 // LocalAddr asks the kernel for the socket's address.
 func (c *Conn) LocalAddr() net.Addr {
-	var sa unix.Sockaddr
+	var rsa unix.RawSockaddrAny
 	c.call(func(fd int) syscall.Errno {
-		sa, _ = unix.Getsockname(fd)
-		return 0
+		n := uint32(unsafe.Sizeof(rsa))
+		_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+		return e
 	})
-	return net.TCPAddrFromAddrPort(addrPort(sa))
+	return net.TCPAddrFromAddrPort(fromRaw(&rsa))
 }
 
 // RemoteAddr is the peer's address.
@@ -346,23 +357,12 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
 	if p.conns[1].Load() != nil {
 		return nil, errBusy
 	}
-	family := unix.AF_INET
-	if addr.Addr().Is6() && !addr.Addr().Is4In6() {
-		family = unix.AF_INET6
-	}
 	opErr := func(op string, err error) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: os.NewSyscallError(op, err)}
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, opErr("socket", err)
-	}
-	setNoDelay(fd)
-	switch err := unix.Connect(fd, sockaddr(addr, family)); err {
-	case nil, unix.EINPROGRESS, unix.EINTR:
-	default:
-		unix.Close(fd)
-		return nil, opErr("connect", err)
+	fd, op, e := sysConnect(addr)
+	if e != 0 {
+		return nil, opErr(op, e)
 	}
 	u := newConn(p, 1, fd, addr)
 	u.wdl.Store(unixNano(deadline))
@@ -370,7 +370,7 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
 	l.mu.Lock()
 	if l.stopped {
 		l.mu.Unlock()
-		unix.Close(fd)
+		sysClose(fd)
 		return nil, ErrClosed
 	}
 	p.fd[1] = int32(fd)
@@ -384,23 +384,20 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
 	l.mu.Unlock()
 	// On loopback the handshake is usually over by now: look before waiting for the loop.
 	for {
-		state, err := tcpState(fd)
+		state, e := tcpState(fd)
 		switch {
-		case err != nil:
+		case e != 0:
 			u.Close()
-			return nil, opErr("getsockopt", err)
+			return nil, opErr("getsockopt", e)
 		case state == tcpEstablished || state == tcpCloseWait:
 			return u, nil
 		case state != tcpSynSent:
-			soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-			if err == nil {
-				err = syscall.Errno(soErr)
-			}
-			if soErr == 0 && err == nil {
-				err = unix.ECONNREFUSED
+			e := soError(fd)
+			if e == 0 {
+				e = unix.ECONNREFUSED // the connection ended without an error on record
 			}
 			u.Close()
-			return nil, opErr("connect", err)
+			return nil, opErr("connect", e)
 		}
 		if err := u.wait(u.wr, &u.wdl); err != nil {
 			u.Close()
@@ -448,54 +445,6 @@ func (e *Engine) Splice(client, upstream *Conn, idle time.Duration, done func(Re
 }
 
 var errNotPair = &net.OpError{Op: "splice", Net: "tcp", Err: os.NewSyscallError("splice", unix.EINVAL)}
-
-func setNoDelay(fd int) { unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) }
-
-// TCP states (include/net/tcp_states.h).
-const (
-	tcpEstablished = 1
-	tcpSynSent     = 2
-	tcpCloseWait   = 8
-)
-
-// tcpState returns the socket's TCP state (the first byte of struct tcp_info).
-func tcpState(fd int) (uint8, error) {
-	var info [8]byte
-	n := uint32(len(info))
-	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
-		uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
-	if e != 0 {
-		return 0, e
-	}
-	return info[0], nil
-}
-
-func errnoOf(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	if e, ok := err.(syscall.Errno); ok {
-		return e
-	}
-	return unix.EINVAL
-}
-
-func addrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
-	}
-	return netip.AddrPort{}
-}
-
-func sockaddr(ap netip.AddrPort, family int) unix.Sockaddr {
-	if family == unix.AF_INET {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
-	}
-	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-}
 
 // SyscallConn lets Control run on the socket (to read socket options); Read and Write are not
 // supported: the loop waits for the socket.

@@ -51,6 +51,7 @@ type half struct {
 	pipe     [2]int32 // read end, write end; -1 when the half holds no pipe
 	buffered int      // bytes in the pipe
 	n        int64
+	bulk     bool // a read filled the loop's buffer: splice until the source is drained
 	eof      bool // the source said EOF
 	shut     bool // the destination was shut for writing
 }
@@ -58,11 +59,17 @@ type half struct {
 const (
 	canRead  = 1
 	canWrite = 2
+	// drain: read the socket until EAGAIN; a short read does not prove it empty (its FIN may be
+	// queued behind the data, or it had bytes before the loop owned it). Without it a short
+	// read does: bytes arriving later raise a new edge.
+	drain = 4
 
 	events   = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 	wakeSlot = -1
 	// budget is what one direction moves per turn before other pairs get theirs.
 	budget = 1 << 20
+	// messageBuf is the loop's buffer for messages (see pump): a TLS record and then some.
+	messageBuf = 32 << 10
 )
 
 type opKind uint8
@@ -105,6 +112,7 @@ type loop struct {
 	again  []*Pair
 	pool   [][2]int32
 	now    int64
+	buf    []byte // messages pass through it (see pump); at most the pipe size
 	evs    [128]unix.EpollEvent
 	taken  []op // ops being run; reused
 }
@@ -140,7 +148,7 @@ func newLoop(e *Engine) (*loop, error) {
 		unix.Close(epfd)
 		return nil, os.NewSyscallError("eventfd", err)
 	}
-	l := &loop{e: e, epfd: epfd, wakefd: wakefd, stopCh: make(chan struct{})}
+	l := &loop{e: e, epfd: epfd, wakefd: wakefd, stopCh: make(chan struct{}), buf: make([]byte, min(messageBuf, e.opts.PipeSize))}
 	l.slots.Store(&[]atomic.Pointer[Pair]{})
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
@@ -217,8 +225,8 @@ func (l *loop) newPair(fd int, remote netip.AddrPort) (*Conn, error) {
 // the registration).
 func (p *Pair) watch(side int, fd int) error {
 	ev := unix.EpollEvent{Events: events, Fd: p.slot, Pad: int32(p.gen<<1) | int32(side)}
-	if err := unix.EpollCtl(p.l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return os.NewSyscallError("epoll_ctl", err) // out of kernel memory or epoll watches
+	if e := sysEpollAdd(p.l.epfd, fd, &ev); e != 0 {
+		return os.NewSyscallError("epoll_ctl", e) // out of kernel memory or epoll watches
 	}
 	return nil
 }
@@ -284,7 +292,7 @@ func (l *loop) postLocked(o op) {
 	l.ops = append(l.ops, o)
 	if len(l.ops) == 1 {
 		var one = [8]byte{1}
-		unix.Write(l.wakefd, one[:])
+		sysWrite(l.wakefd, one[:])
 	}
 }
 
@@ -324,8 +332,11 @@ func (l *loop) run() {
 				p.wake(side, ev.Events)
 				continue
 			}
-			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+			if ev.Events&unix.EPOLLIN != 0 {
 				p.ready[side] |= canRead
+			}
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				p.ready[side] |= canRead | drain
 			}
 			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				p.ready[side] |= canWrite
@@ -361,7 +372,7 @@ func (l *loop) setDeadline() {
 // takeOps runs the queued ops; it reports whether the loop must stop.
 func (l *loop) takeOps() (stop bool) {
 	var buf [8]byte
-	unix.Read(l.wakefd, buf[:])
+	sysRead(l.wakefd, buf[:])
 	l.mu.Lock()
 	l.taken, l.ops = l.ops, l.taken[:0]
 	for _, o := range l.taken {
@@ -410,7 +421,7 @@ func (l *loop) start(p *Pair) {
 		p.due = p.last + p.idle
 		l.push(p)
 	}
-	p.ready = [2]uint8{canRead | canWrite, canRead | canWrite}
+	p.ready = [2]uint8{canRead | canWrite | drain, canRead | canWrite | drain}
 	l.progress(p)
 }
 
@@ -454,6 +465,12 @@ func (l *loop) runAgain() {
 
 // pump moves bytes of direction d (source socket d, destination 1-d) until a socket would block,
 // the source ends, or the turn's budget is spent (more is then true).
+//
+// A message that fits the loop's buffer is read with recv and written with send: no pipe, and
+// a short read ends the turn without a recv that only says EAGAIN. What the destination does not
+// take goes into a pipe, and the source is not read again until that pipe is drained. A read
+// that fills the buffer means a bulk transfer: the direction then splices through a pipe until
+// the source is drained.
 func (l *loop) pump(p *Pair, d int) (more bool, err error) {
 	h := &p.h[d]
 	src, dst := int(p.fd[d]), int(p.fd[1-d])
@@ -489,7 +506,7 @@ func (l *loop) pump(p *Pair, d int) (more bool, err error) {
 				// this FIN: no shutdown call. ENOTCONN: the peer is already gone; the other
 				// direction finds out by itself.
 				if !p.h[1-d].shut {
-					unix.Shutdown(dst, unix.SHUT_WR)
+					sysShutdown(dst, unix.SHUT_WR)
 				}
 			}
 			return false, nil
@@ -500,6 +517,29 @@ func (l *loop) pump(p *Pair, d int) (more bool, err error) {
 		if moved >= budget {
 			return true, nil
 		}
+		if !h.bulk {
+			n, err := l.copyMessage(p, d)
+			switch {
+			case err == unix.EAGAIN:
+				p.ready[d] &^= canRead | drain
+				return false, nil
+			case err == unix.EINTR:
+				continue
+			case err != nil:
+				return false, err
+			case n == 0:
+				h.eof = true
+				continue
+			}
+			moved += n
+			p.last = l.now
+			if n == len(l.buf) {
+				h.bulk = true
+			} else if p.ready[d]&drain == 0 {
+				p.ready[d] &^= canRead // a short read emptied the socket
+			}
+			continue
+		}
 		if h.pipe[0] < 0 {
 			if err := l.getPipe(h); err != nil {
 				return false, err
@@ -508,7 +548,8 @@ func (l *loop) pump(p *Pair, d int) (more bool, err error) {
 		n, err := splice(src, int(h.pipe[1]), l.e.opts.PipeSize)
 		switch {
 		case err == unix.EAGAIN:
-			p.ready[d] &^= canRead
+			p.ready[d] &^= canRead | drain
+			h.bulk = false
 			l.putPipe(h)
 			return false, nil
 		case err == unix.EINTR:
@@ -525,12 +566,49 @@ func (l *loop) pump(p *Pair, d int) (more bool, err error) {
 	}
 }
 
-// splice moves up to n bytes from in to out without blocking. The fds are non-blocking and the
-// call never waits, so it skips the scheduler's syscall bookkeeping.
-func splice(in, out, n int) (int, syscall.Errno) {
-	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n),
-		unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-	return int(r), e
+// copyMessage reads what socket d has (up to the loop's buffer) and sends it to the other
+// socket; what the other socket does not take goes into a pipe of h (left buffered). It returns
+// the bytes read (0: EOF) or the errno of the read (EAGAIN: nothing to read).
+func (l *loop) copyMessage(p *Pair, d int) (int, error) {
+	h := &p.h[d]
+	n, errno := sysRead(int(p.fd[d]), l.buf)
+	if errno != 0 {
+		if errno == unix.EAGAIN || errno == unix.EINTR {
+			return 0, errno
+		}
+		return 0, os.NewSyscallError("read", errno)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	w := 0
+	if p.ready[1-d]&canWrite != 0 {
+		var errno syscall.Errno
+		w, errno = sysSend(int(p.fd[1-d]), l.buf[:n])
+		switch errno {
+		case 0:
+		case unix.EAGAIN:
+			w = 0
+			p.ready[1-d] &^= canWrite
+		default:
+			return 0, os.NewSyscallError("sendto", errno)
+		}
+		h.n += int64(w)
+	}
+	if w == n {
+		return n, nil
+	}
+	if err := l.getPipe(h); err != nil {
+		return 0, err
+	}
+	// The pipe is empty and holds at least the loop's buffer: the write takes it all.
+	k, errno := sysWrite(int(h.pipe[1]), l.buf[w:n])
+	if errno != 0 || k != n-w {
+		l.putPipe(h)
+		return 0, os.NewSyscallError("write", errno|unix.EIO)
+	}
+	h.buffered = k
+	return n, nil
 }
 
 func (l *loop) getPipe(h *half) error {
@@ -563,8 +641,8 @@ func (l *loop) putPipe(h *half) {
 		l.pool = append(l.pool, h.pipe)
 		l.e.pooled.Add(1)
 	} else {
-		unix.Close(int(h.pipe[0]))
-		unix.Close(int(h.pipe[1]))
+		sysClose(int(h.pipe[0]))
+		sysClose(int(h.pipe[1]))
 	}
 	h.pipe = [2]int32{-1, -1}
 }
@@ -575,16 +653,16 @@ func (l *loop) end(p *Pair, reason Reason, err error) {
 	for d := range p.h {
 		h := &p.h[d]
 		if h.buffered > 0 { // bytes that will never be delivered: the pipe is not reusable
-			unix.Close(int(h.pipe[0]))
-			unix.Close(int(h.pipe[1]))
+			sysClose(int(h.pipe[0]))
+			sysClose(int(h.pipe[1]))
 			h.pipe = [2]int32{-1, -1}
 			h.buffered = 0
 			l.e.inUse.Add(-1)
 		}
 		l.putPipe(h)
 	}
-	unix.Close(int(p.fd[0])) // closing the last reference also drops the epoll registration
-	unix.Close(int(p.fd[1]))
+	sysClose(int(p.fd[0])) // closing the last reference also drops the epoll registration
+	sysClose(int(p.fd[1]))
 	l.mu.Lock()
 	l.releaseLocked(p)
 	l.mu.Unlock()

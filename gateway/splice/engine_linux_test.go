@@ -275,6 +275,9 @@ func TestConnBeforeSplice(t *testing.T) {
 	if n, err := s.conn.Write(big); n != len(big) || err != nil {
 		t.Fatalf("wrote %d, %v", n, err)
 	}
+	if err := s.conn.CloseWrite(); err != nil {
+		t.Fatalf("CloseWrite: %v", err)
+	}
 	read := make(chan error, 1)
 	go func() { _, err := s.conn.Read(buf); read <- err }()
 	time.Sleep(50 * time.Millisecond) // let the read wait

@@ -1,0 +1,151 @@
+package splice
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The per-connection system calls, made raw: all are non-blocking, and some (connect and close
+// on loopback, which run the peer's TCP processing inline) take long enough that the scheduler's
+// syscall bookkeeping would have its monitor hand the P to another thread, and back, for nothing.
+
+func sysRead(fd int, b []byte) (int, syscall.Errno) {
+	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return int(r), e
+}
+
+func sysWrite(fd int, b []byte) (int, syscall.Errno) {
+	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return int(r), e
+}
+
+// sysSend writes to a socket without SIGPIPE (a reset peer gives EPIPE).
+func sysSend(fd int, b []byte) (int, syscall.Errno) {
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)),
+		unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
+	return int(r), e
+}
+
+// splice moves up to n bytes from in to out without blocking.
+func splice(in, out, n int) (int, syscall.Errno) {
+	r, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n),
+		unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	return int(r), e
+}
+
+func sysClose(fd int) {
+	unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+func sysShutdown(fd, how int) syscall.Errno {
+	_, _, e := unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0)
+	return e
+}
+
+func sysEpollAdd(epfd, fd int, ev *unix.EpollEvent) syscall.Errno {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), unix.EPOLL_CTL_ADD, uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	return e
+}
+
+func setNoDelay(fd int) {
+	one := int32(1)
+	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, uintptr(unsafe.Pointer(&one)), 4, 0)
+}
+
+// sysAccept accepts a connection (non-blocking, close-on-exec) and returns its peer's address.
+func sysAccept(lfd int) (int, netip.AddrPort, syscall.Errno) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unsafe.Sizeof(rsa))
+	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, netip.AddrPort{}, e
+	}
+	return int(r), fromRaw(&rsa), 0
+}
+
+// sysConnect starts a non-blocking connect to ap from a new socket.
+func sysConnect(ap netip.AddrPort) (fd int, op string, e syscall.Errno) {
+	var rsa unix.RawSockaddrAny
+	family, n := toRaw(ap, &rsa)
+	r, _, e := unix.RawSyscall(unix.SYS_SOCKET, uintptr(family), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return -1, "socket", e
+	}
+	fd = int(r)
+	setNoDelay(fd)
+	_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(n))
+	if e != 0 && e != unix.EINPROGRESS && e != unix.EINTR {
+		sysClose(fd)
+		return -1, "connect", e
+	}
+	return fd, "", 0
+}
+
+// TCP states (include/net/tcp_states.h).
+const (
+	tcpEstablished = 1
+	tcpSynSent     = 2
+	tcpCloseWait   = 8
+)
+
+// tcpState returns the socket's TCP state (the first byte of struct tcp_info).
+func tcpState(fd int) (uint8, syscall.Errno) {
+	var info [8]byte
+	n := uint32(len(info))
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
+	return info[0], e
+}
+
+// soError returns the socket's pending error (SO_ERROR).
+func soError(fd int) syscall.Errno {
+	var v int32
+	n := uint32(4)
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR,
+		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return e
+	}
+	return syscall.Errno(v)
+}
+
+func fromRaw(rsa *unix.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), ntohs(a.Port))
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), ntohs(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func toRaw(ap netip.AddrPort, rsa *unix.RawSockaddrAny) (family int, size uintptr) {
+	if ip := ap.Addr(); ip.Is4() || ip.Is4In6() {
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		a.Family = unix.AF_INET
+		a.Port = htons(ap.Port())
+		a.Addr = ip.Unmap().As4()
+		return unix.AF_INET, unsafe.Sizeof(*a)
+	}
+	a := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+	a.Family = unix.AF_INET6
+	a.Port = htons(ap.Port())
+	a.Addr = ap.Addr().As16()
+	return unix.AF_INET6, unsafe.Sizeof(*a)
+}
+
+// The port of a raw sockaddr is in network byte order.
+func ntohs(p uint16) uint16 {
+	var b [2]byte
+	*(*uint16)(unsafe.Pointer(&b[0])) = p
+	return binary.BigEndian.Uint16(b[:])
+}
+
+func htons(p uint16) uint16 { return ntohs(p) }

@@ -91,8 +91,10 @@ func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client clien
 		g.connDone(l, rc, rec)
 	})
 	if err != nil {
-		g.m.relayFallbacks.Inc()
-		g.log.Warn("relay engine refused a connection; relaying it with goroutines", zap.Error(err))
+		if !errors.Is(err, net.ErrClosed) { // closed: cut at the drain deadline, not refused
+			g.m.relayFallbacks.Inc()
+			g.log.Warn("relay engine refused a connection; relaying it with goroutines", zap.Error(err))
+		}
 		return false
 	}
 	rc.pair.Store(p)

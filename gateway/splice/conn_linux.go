@@ -106,13 +106,14 @@ type Conn struct {
 	fd     int
 	remote netip.AddrPort
 
-	mu     sync.Mutex // held over each call on fd, so that Close never closes an fd in use
-	state  uint8      // connOpen, connClosed or connHanded
-	rd, wr chan struct{}
-	done   chan struct{} // closed by Close
-	rdl    atomic.Int64  // read deadline, unix nanoseconds; 0: none
-	wdl    atomic.Int64
-	timer  *time.Timer // for deadlines; made at the first wait that has one
+	mu    sync.Mutex // held over each call on fd, so that Close never closes an fd in use
+	state uint8      // connOpen, connClosed or connHanded
+	// ready holds a token when something happened since the last wait: an event of the socket
+	// (readable, writable, hang-up, error) or Close. The waiter then retries its call.
+	ready chan struct{}
+	rdl   atomic.Int64 // read deadline, unix nanoseconds; 0: none
+	wdl   atomic.Int64
+	timer *time.Timer // for deadlines; made at the first wait that has one
 }
 
 const (
@@ -122,27 +123,20 @@ const (
 )
 
 func newConn(p *Pair, side, fd int, remote netip.AddrPort) *Conn {
-	return &Conn{p: p, side: side, fd: fd, remote: remote,
-		rd: make(chan struct{}, 1), wr: make(chan struct{}, 1), done: make(chan struct{})}
+	return &Conn{p: p, side: side, fd: fd, remote: remote, ready: make(chan struct{}, 1)}
 }
 
 // wake passes an event of socket side to the goroutine using its Conn (the loop's side).
-func (p *Pair) wake(side int32, ev uint32) {
-	c := p.conns[side].Load()
-	if c == nil {
-		return
+func (p *Pair) wake(side int32) {
+	if c := p.conns[side].Load(); c != nil {
+		c.signal()
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		select {
-		case c.rd <- struct{}{}:
-		default:
-		}
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		select {
-		case c.wr <- struct{}{}:
-		default:
-		}
+}
+
+func (c *Conn) signal() {
+	select {
+	case c.ready <- struct{}{}:
+	default:
 	}
 }
 
@@ -156,16 +150,14 @@ func (c *Conn) call(f func(fd int) syscall.Errno) syscall.Errno {
 	return f(c.fd)
 }
 
-// wait parks until the loop reports the socket ready (a token on ch), the deadline passes, the
-// Conn is closed or the engine stops.
-func (c *Conn) wait(ch chan struct{}, deadline *atomic.Int64) error {
+// wait parks until the loop reports an event of the socket or Close was called (the caller
+// retries its call, which then finds the Conn closed), the deadline passes, or the engine stops.
+func (c *Conn) wait(deadline *atomic.Int64) error {
 	d := deadline.Load()
 	if d == 0 {
 		select {
-		case <-ch:
+		case <-c.ready:
 			return nil
-		case <-c.done:
-			return net.ErrClosed
 		case <-c.p.l.stopCh:
 			return ErrClosed
 		}
@@ -181,10 +173,8 @@ func (c *Conn) wait(ch chan struct{}, deadline *atomic.Int64) error {
 	}
 	defer c.timer.Stop()
 	select {
-	case <-ch:
+	case <-c.ready:
 		return nil
-	case <-c.done:
-		return net.ErrClosed
 	case <-c.p.l.stopCh:
 		return ErrClosed
 	case <-c.timer.C:
@@ -227,7 +217,7 @@ func (c *Conn) Read(b []byte) (int, error) {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			if err := c.wait(c.rd, &c.rdl); err != nil {
+			if err := c.wait(&c.rdl); err != nil {
 				return 0, c.opError("read", err)
 			}
 		default:
@@ -253,7 +243,7 @@ func (c *Conn) Write(b []byte) (int, error) {
 			written += n
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if err := c.wait(c.wr, &c.wdl); err != nil {
+			if err := c.wait(&c.wdl); err != nil {
 				return written, c.opError("write", err)
 			}
 		default:
@@ -298,7 +288,7 @@ func (c *Conn) Close() error {
 	c.p.conns[c.side].Store(nil)
 	sysClose(c.fd) // also ends its epoll registration
 	c.mu.Unlock()
-	close(c.done)
+	c.signal()
 	l := c.p.l
 	l.mu.Lock()
 	if c.p.open--; c.p.open == 0 {
@@ -399,7 +389,7 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
 			u.Close()
 			return nil, opErr("connect", e)
 		}
-		if err := u.wait(u.wr, &u.wdl); err != nil {
+		if err := u.wait(&u.wdl); err != nil {
 			u.Close()
 			if err == os.ErrDeadlineExceeded {
 				return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}

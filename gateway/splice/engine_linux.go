@@ -329,7 +329,7 @@ func (l *loop) run() {
 			}
 			side := ev.Pad & 1
 			if !p.relaying {
-				p.wake(side, ev.Events)
+				p.wake(side)
 				continue
 			}
 			if ev.Events&unix.EPOLLIN != 0 {

@@ -152,7 +152,7 @@ func analysis(r *Results) string {
 				hs = append(hs, x.HeapKiB)
 			}
 		}
-		w("The epoll engine keeps no goroutine, pipe or timer for an idle connection: after routing, its sockets are duplicated into an event loop and the `net.TCPConn`s closed; what stays is a pair struct, the access-log record and the tracking entry for drain: %.2f KiB of heap in use per connection (ewgate's `/metrics`), the rest of the RSS being the garbage collector's headroom (the heap may grow to twice the live data between collections). Kernel socket buffers are not in anyone's RSS.\n\n", statOf(hs).Median)
+		w("The epoll engine keeps no goroutine, pipe or timer for an idle connection: its sockets have been registered with one event loop since accept, and after routing the connection's goroutine ends; what stays is a pair struct, the access-log record and the tracking entry for drain: %.2f KiB of heap in use per connection (ewgate's `/metrics`), the rest of the RSS being the garbage collector's headroom (the heap may grow to twice the live data between collections). Kernel socket buffers are not in anyone's RSS.\n\n", statOf(hs).Median)
 	}
 	if len(r.Meta.Plan.RateConc) > 0 {
 		c := r.Meta.Plan.RateConc[len(r.Meta.Plan.RateConc)-1]
@@ -167,11 +167,11 @@ func analysis(r *Results) string {
 				w("Context switches per connection: ewgate %.1f, HAProxy %.1f, goroutine relay %.1f (the loops wait in Go's netpoller; a loop blocked in its own `epoll_wait` doubled them in a first version). ", ecs, hcs, gcs)
 			}
 			if pr, ok := profileFor(r, "connection rate"); ok {
-				w("In ewgate's profile under this load, system calls are %.0f%% of its samples: connecting to the backend %.0f%%, accepting %.0f%%, the engine's splices %.0f%%, writing the peeked ClientHello upstream %.0f%%. ",
-					cumShare(pr, "linux.Syscall6"), cumShare(pr, "net.(*Dialer).DialContext"), cumShare(pr, "net.(*TCPListener).accept"),
-					cumShare(pr, "splice.splice"), cumShare(pr, "net.(*conn).Write"))
+				w("In ewgate's profile under this load, system calls are %.0f%% of its samples: connecting to the backend %.0f%%, accepting %.0f%%, the loops' relaying %.0f%%, writing the peeked ClientHello upstream %.0f%%. ",
+					cumShare(pr, "linux.Syscall6"), cumShare(pr, "splice.(*Conn).Dial"), cumShare(pr, "splice.(*Acceptor).Accept"),
+					cumShare(pr, "splice.(*loop).pump"), cumShare(pr, "splice.(*Conn).Write"))
 			}
-			w("Most of that is the kernel's TCP work on loopback (the sender's system call runs the receiver's stack too), which every proxy pays. The rest is ewgate's share of system calls: counted with `strace -c` on a short plain connection (hello, 1 KiB each way, close), ewgate makes 34 per connection and HAProxy 19. The difference is Go's `net` package around the engine and splice itself: each socket is registered with Go's netpoller and at the hand-off duplicated, deregistered and closed (3 `epoll_ctl`, 2 `close`, 1 `fcntl` more), Go reads addresses and the connect result on every accept and dial (`getsockname` twice, `getpeername`, `SO_ERROR`: 4), and splice needs a call that returns `EAGAIN` after each message where a `recv` that returns short needs none (2). What would close it: accept and connect inside the event loops with raw `accept4`/`connect` (no netpoller registration and no hand-off), and `recv`/`send` through a per-loop buffer for the first bytes of a direction, switching to splice only when a read fills the buffer.\n\n")
+			w("Most of that is the kernel's TCP work on loopback (the sender's system call runs the receiver's stack too), which every proxy pays: `connect`, `close` and `send` alone were about 55%% of ewgate's and HAProxy's CPU in a `perf` profile. Counted by hand (not by this harness) with `strace -c` on a short plain connection (hello and 1 KiB up, 1 KiB down, close), ewgate makes 23 system calls per connection, HAProxy 19 and nginx 18 (nginx with its default `proxy_half_close off`, which skips the `shutdown`). ewgate's extra ones are two reads that find nothing when the loop takes the pair over (bytes may have arrived while the connection's goroutine held it), the `getsockopt` that finds the connect done, and the waits of the Go runtime (the loops and the connection's goroutine are woken through Go's netpoller and scheduler). nginx with `proxy_half_close on`, as benchmarked here, measured about 0.87× HAProxy's CPU per connection on that short load: the least CPU per connection any of these proxies spends while keeping a half-close.\n\n")
 		}
 	}
 	for _, n := range r.Meta.Plan.BulkStreams {
@@ -190,7 +190,7 @@ func analysis(r *Results) string {
 		h, _ := med(r, k, HAProxy)
 		w("Throughput against direct (%d streams: ewgate %.2f×, HAProxy %.2f×) and the connection rate against direct are set by the CPU a proxy takes from the client's and backend's TLS on the same 2 cores, for every proxy alike; between the proxies, ewgate moves the most bytes per CPU second. ", n, e/max(d, 0.001), h/max(d, 0.001))
 	}
-	w("Bytes never enter ewgate's userspace on either relay; HAProxy copies them through its buffers (`recv`/`send`). The engine moves up to a pipe (256 KiB) per pair of splices and up to 1 MiB per direction per turn of its loop, so one wake-up serves many chunks.\n\n")
+	w("In bulk, bytes never enter ewgate's userspace: a read that fills the loop's 32 KiB buffer switches the direction to splicing, up to a pipe (256 KiB) per pair of splices and up to 1 MiB per direction per turn of the loop, so one wake-up serves many chunks; HAProxy copies everything through its buffers (`recv`/`send`). Messages (a read shorter than the buffer) take one `read` and one `send`, as in HAProxy.\n\n")
 	if e, ok := med(r, "addp50", Ewgate); ok {
 		h, _ := med(r, "addp50", HAProxy)
 		g, _ := med(r, "addp50", EwgateGo)

@@ -424,3 +424,93 @@ func listenBacklog(t testing.TB, backlog int) net.Listener {
 	t.Cleanup(func() { ln.Close() })
 	return ln
 }
+
+// Bytes and a FIN that reached the engine's socket before Splice raised their edges while the
+// goroutine owned the Conn: the loop must still find them.
+func TestBytesAndFINBeforeSplice(t *testing.T) {
+	e := newEngine(t, Options{})
+	s := accept(t, e)
+	u, upstream := dialUpstream(t, s)
+	s.client.Write([]byte("early")) // on loopback the bytes are in the engine's socket when Write returns
+	s.client.CloseWrite()
+	upstream.Write([]byte("reply"))
+	done := make(chan Result, 1)
+	if _, err := e.Splice(s.conn, u, 0, func(r Result) { done <- r }); err != nil {
+		t.Fatal(err)
+	}
+	upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(upstream)
+	if err != nil || string(got) != "early" {
+		t.Fatalf("upstream read %q, %v; want the early bytes, then EOF", got, err)
+	}
+	s.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(s.client, buf); err != nil || string(buf) != "reply" {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+	upstream.CloseWrite()
+	select {
+	case r := <-done:
+		if r.Reason != Ended || r.Err != nil || r.Up != 5 || r.Down != 5 {
+			t.Fatalf("result %+v; want Ended, 5 bytes each way", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the pair never ended")
+	}
+}
+
+// Small messages to a reader that pauses: the loop sends what the socket takes, keeps the rest
+// in one pipe and stops reading the source until it drains. Every byte arrives, in order.
+func TestSmallMessagesToAPausingReader(t *testing.T) {
+	e := newEngine(t, Options{Loops: 1})
+	s := accept(t, e)
+	u, upstream := dialUpstream(t, s)
+	// Small socket buffers on the way to the reader, so that its pauses reach the engine (not
+	// much smaller: at 4 KiB each, loopback TCP itself stalls on this pattern, proxy or not).
+	upstream.SetReadBuffer(64 << 10)
+	raw, _ := u.SyscallConn()
+	raw.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 64<<10) })
+	r := &relayed{client: s.client, upstream: upstream, done: make(chan Result, 1)}
+	if _, err := e.Splice(s.conn, u, 0, func(res Result) { r.done <- res }); err != nil {
+		t.Fatal(err)
+	}
+	const total = 8 << 20
+	sent := make([]byte, total)
+	for i := range sent {
+		sent[i] = byte(i * 7 / 5)
+	}
+	go func() {
+		for off := 0; off < total; off += 1000 {
+			if _, err := r.client.Write(sent[off:min(off+1000, total)]); err != nil {
+				return
+			}
+		}
+		r.client.CloseWrite()
+	}()
+	got := make([]byte, 0, total)
+	buf := make([]byte, 1500)
+	r.upstream.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for reads := 0; ; reads++ {
+		if reads%200 == 0 {
+			time.Sleep(10 * time.Millisecond) // traffic pattern: the reader pauses, the pipe fills
+			if s := e.Stats(); s.PipesInUse > 1 {
+				t.Fatalf("%d pipes in use for one direction", s.PipesInUse)
+			}
+		}
+		n, err := r.upstream.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got), err)
+		}
+	}
+	if !bytes.Equal(got, sent) {
+		t.Fatalf("upstream got %d bytes, differing from the %d sent", len(got), len(sent))
+	}
+	r.upstream.CloseWrite()
+	if res := r.result(t); res.Reason != Ended || res.Up != total {
+		t.Fatalf("result %+v; want Ended, %d bytes up", res, total)
+	}
+}

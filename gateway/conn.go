@@ -258,7 +258,7 @@ func (g *Gateway) dialEndpoint(cc clientConn, address string, timeout time.Durat
 	if !ok {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		return g.dial(ctx, "tcp", address)
+		return dialer.DialContext(ctx, "tcp", address)
 	}
 	deadline := time.Now().Add(timeout)
 	if ap, err := netip.ParseAddrPort(address); err == nil {

@@ -43,11 +43,10 @@ type Options struct {
 
 // Gateway serves the listeners of the current config.
 type Gateway struct {
-	log  *zap.Logger
-	m    *metrics
-	dm   *dynamicMetrics
-	dial func(ctx context.Context, network, address string) (net.Conn, error) // without the relay engine
-	now  func() time.Time
+	log *zap.Logger
+	m   *metrics
+	dm  *dynamicMetrics
+	now func() time.Time
 
 	snap     atomic.Pointer[Snapshot]
 	states   states
@@ -88,7 +87,7 @@ type clientConn interface {
 // relayConn is an accepted connection the gateway may have to close at the drain deadline.
 type relayConn struct {
 	mu     sync.Mutex
-	client clientConn                  // nil once a relay has it
+	client clientConn                  // nil once the relay engine has it
 	relay  atomic.Pointer[relay]       // set once relaying starts on goroutines
 	pair   atomic.Pointer[splice.Pair] // set once the relay engine has the connection
 }
@@ -108,10 +107,6 @@ func New(opts Options) *Gateway {
 		g.log = zap.NewNop()
 	}
 	g.registerEngineMetrics(opts.Registerer)
-	// No TCP keepalive on data-plane sockets (four setsockopt calls per socket in Go's
-	// default): idle_timeout ends connections whose peers went away.
-	d := net.Dialer{KeepAlive: -1}
-	g.dial = d.DialContext
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -208,8 +203,13 @@ func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
 	return bound, nil
 }
 
-// listenConfig accepts without TCP keepalive, like the dialer (see New).
-var listenConfig = net.ListenConfig{KeepAlive: -1}
+// Without the relay engine, the gateway listens and dials with package net, with no TCP
+// keepalive on data-plane sockets (four setsockopt calls per socket in Go's default):
+// idle_timeout ends connections whose peers went away. The engine's sockets have none either.
+var (
+	listenConfig = net.ListenConfig{KeepAlive: -1}
+	dialer       = net.Dialer{KeepAlive: -1}
+)
 
 func (l *listener) close() {
 	l.closed.Store(true)

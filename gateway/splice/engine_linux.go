@@ -33,7 +33,7 @@ type Pair struct {
 	conns    [2]atomic.Pointer[Conn] // before relaying: whom an event of each socket wakes
 	open     int8                    // Conns neither closed nor handed to the loop (l.mu)
 	relaying bool                    // the loop owns the pair (after Splice)
-	ready    [2]uint8                // per socket: canRead|canWrite, cleared on EAGAIN
+	ready    [2]uint8                // per socket: canRead|canWrite|drain
 	h        [2]half                 // h[0]: client -> upstream, h[1]: upstream -> client
 	slot     int32                   // index in l.slots; -1 when not registered
 	gen      uint32                  // tells a stale epoll event from one for this pair
@@ -231,7 +231,7 @@ func (p *Pair) watch(side int, fd int) error {
 	return nil
 }
 
-// releaseLocked frees the slot of a pair that never relayed. l.mu is held.
+// releaseLocked frees the pair's slot. l.mu is held.
 func (l *loop) releaseLocked(p *Pair) {
 	if p.slot < 0 {
 		return
@@ -264,8 +264,8 @@ func (l *loop) slotLocked() int32 {
 func (p *Pair) Cut() { p.l.post(op{kind: opCut, p: p}) }
 
 // Close cuts every relaying pair (their done runs with Reason Cut), stops the loops and waits
-// for them. Accept and Splice return ErrClosed afterwards, and Conns still open give
-// net.ErrClosed on their next wait.
+// for them. Accept and Splice return ErrClosed afterwards, and so does the next wait of a Conn
+// still open (its socket stays open until its Close).
 func (e *Engine) Close() {
 	for _, l := range e.loops {
 		l.post(op{kind: opStop})
@@ -466,8 +466,8 @@ func (l *loop) runAgain() {
 // pump moves bytes of direction d (source socket d, destination 1-d) until a socket would block,
 // the source ends, or the turn's budget is spent (more is then true).
 //
-// A message that fits the loop's buffer is read with recv and written with send: no pipe, and
-// a short read ends the turn without a recv that only says EAGAIN. What the destination does not
+// A message that fits the loop's buffer is read with read and written with send: no pipe, and
+// a short read ends the turn without a read that only says EAGAIN. What the destination does not
 // take goes into a pipe, and the source is not read again until that pipe is drained. A read
 // that fills the buffer means a bulk transfer: the direction then splices through a pipe until
 // the source is drained.
@@ -603,11 +603,13 @@ func (l *loop) copyMessage(p *Pair, d int) (int, error) {
 	}
 	// The pipe is empty and holds at least the loop's buffer: the write takes it all.
 	k, errno := sysWrite(int(h.pipe[1]), l.buf[w:n])
+	h.buffered = max(k, 0) // on error the pair ends, and end disposes of the pipe
 	if errno != 0 || k != n-w {
-		l.putPipe(h)
-		return 0, os.NewSyscallError("write", errno|unix.EIO)
+		if errno == 0 {
+			errno = unix.EIO // a short write into an empty pipe: not expected, and bytes were lost
+		}
+		return 0, os.NewSyscallError("write", errno)
 	}
-	h.buffered = k
 	return n, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -481,5 +482,60 @@ func TestEndpointByHostName(t *testing.T) {
 	c := meshClient(t, g, pki)
 	if got, err := exchange(c, []byte("by name")); err != nil || string(got) != "by name" {
 		t.Fatalf("exchange through a named endpoint: %q, %v", got, err)
+	}
+}
+
+// Out of files, accepting fails and backs off instead of spinning; the connection waiting in the
+// listen queue is served once files are free again.
+func TestAcceptOutOfFilesBacksOff(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := rl
+	low.Cur = uint64(len(fds) + 64)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl) })
+	var fill []*os.File
+	defer func() {
+		for _, f := range fill {
+			f.Close()
+		}
+	}()
+	for range 200 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		fill = append(fill, f)
+	}
+	fill[len(fill)-1].Close() // one file left: the client's socket
+	fill = fill[:len(fill)-1]
+	raw, err := net.Dial("tcp", g.addr("mesh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	eventually(t, "the accept failure logged", func() bool {
+		return g.logs.FilterMessage("accept failed; backing off").Len() > 0
+	})
+	for _, f := range fill {
+		f.Close()
+	}
+	fill = nil
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	c := tls.Client(raw, pki.clientConfig(reviews, "istio"))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, err := exchange(c, []byte("after the drought")); err != nil || string(got) != "after the drought" {
+		t.Fatalf("exchange once files were free: %q, %v", got, err)
 	}
 }

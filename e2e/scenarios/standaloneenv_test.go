@@ -1,7 +1,6 @@
 package scenarios
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -112,21 +111,7 @@ services:
 	s.gw = harness.StartEwgate(t, admin, s.config(o.services))
 	// Ready once the mesh listener has its first table from the built-in control plane and the
 	// issuer's keys were fetched by discovery from the apiserver.
-	if err := s.gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
-		if _, err := s.gw.Get(ctx, "/healthz/ready"); err != nil {
-			return err
-		}
-		m, err := s.gw.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
-			return errors.New("the apiserver's issuer has no key set yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitIssuer(t, ctx, s.gw, true)
 	if s.meshRoot, err = harness.ReadFileWait(ctx, s.gw.Proc, filepath.Join(caDir, "root-cert.pem")); err != nil {
 		t.Fatal(err)
 	}

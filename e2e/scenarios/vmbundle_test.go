@@ -224,21 +224,7 @@ services:
 		"--token-key-dir", keyDir)
 
 	gw := harness.StartEwgate(t, admin, config)
-	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
-		if _, err := gw.Get(ctx, "/healthz/ready"); err != nil {
-			return err
-		}
-		m, err := gw.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
-			return errors.New("the VM-token issuer has no key set yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitIssuer(t, ctx, gw, true)
 	meshRoot, err := os.ReadFile(filepath.Join(caDir, "root-cert.pem"))
 	if err != nil {
 		t.Fatal(err)

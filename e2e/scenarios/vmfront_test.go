@@ -168,18 +168,7 @@ registrar:
 		yamlQuote(cluster.API.Issuer), cluster.Istiod.ClusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
 		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile),
 		cluster.Istiod.SecureAddr, yamlQuote(rootFile), cluster.Istiod.SAN, instance, registrarLines(registrar)))
-	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
-		m, err := gw.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
-			return errors.New("the apiserver's issuer has no key set yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitIssuer(t, ctx, gw, false)
 	return &frontOfIstiod{gw: gw, control: control, roots: bundle(serving.CA.CertPEM, meshRoot),
 		servingCA: serving.CA.CertPEM, meshRoot: meshRoot, instance: instance}
 }
@@ -224,4 +213,27 @@ func registrarLines(lines []string) string {
 		b.WriteString("  " + l + "\n")
 	}
 	return b.String()
+}
+
+// waitIssuer waits until ewgate's VM-token issuer has its key set (ewgate_authn_issuer_ready)
+// and, with ready, until ewgate reports ready too.
+func waitIssuer(t *testing.T, ctx context.Context, gw *harness.Ewgate, ready bool) {
+	t.Helper()
+	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
+		if ready {
+			if _, err := gw.Get(ctx, "/healthz/ready"); err != nil {
+				return err
+			}
+		}
+		m, err := gw.Metrics(ctx)
+		if err != nil {
+			return err
+		}
+		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
+			return errors.New("the VM-token issuer has no key set yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -23,7 +24,6 @@ const (
 	resultProxyProtocol = "proxy_protocol_error"
 	resultNoEndpoint    = "no_endpoint"
 	resultConnectFailed = "connect_failed"
-	resultUpstreamWrite = "upstream_write_failed"
 	resultIdle          = "idle_timeout"
 	resultDrained       = "drained"
 	resultReset         = "reset"
@@ -128,6 +128,11 @@ func (g *Gateway) refuseOverLimit(l *listener, c clientConn) {
 		zap.Stringer("client", c.RemoteAddr()))
 }
 
+// helloBufs holds the buffers hellos are read into, each only from accept until the hello is
+// sent upstream. 4 KiB takes today's largest hellos (post-quantum key shares) with what the
+// client sent after them in one read.
+var helloBufs = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+
 // serveConn takes a connection from accept through the relay. It reports true when the relay
 // engine took the connection (the engine then calls connDone); otherwise the connection is over
 // when it returns.
@@ -150,7 +155,13 @@ func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, 
 		rec.result, rec.err = refusal(sni.ErrTimeout), sni.ErrTimeout
 		return false
 	}
-	hello, peeked, err := sni.Peek(c, sni.PeekOptions{Timeout: remaining, MaxSize: lc.MaxHelloBytes})
+	buf := helloBufs.Get().(*[]byte)
+	defer func() {
+		if buf != nil {
+			helloBufs.Put(buf)
+		}
+	}()
+	hello, peeked, err := sni.Peek(c, sni.PeekOptions{Timeout: remaining, MaxSize: lc.MaxHelloBytes, Buf: *buf})
 	g.m.peek.WithLabelValues(l.name).Observe(time.Since(rec.start).Seconds())
 	rec.hello = hello
 	if err != nil {
@@ -164,7 +175,9 @@ func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, 
 		return false
 	}
 	rec.cluster = cl.Name
-	up, ep, err := g.dialCluster(cl, rec.client.Addr(), c)
+	up, ep, err := g.dialCluster(cl, rec.client.Addr(), c, peeked)
+	helloBufs.Put(buf) // peeked was sent or is not needed: the buffer is free for the next hello
+	buf = nil
 	if err != nil {
 		rec.result, rec.err = resultConnectFailed, err
 		if errors.Is(err, errNoEndpoint) {
@@ -174,22 +187,14 @@ func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, 
 	}
 	rec.endpoint = ep.Address
 	rec.ep = ep
+	rec.up = int64(len(peeked))
 	ep.state.active.Add(1)
-	return g.relayConn(l, rec, rc, c, up, peeked, lc.IdleTimeout)
+	return g.relayConn(l, rec, rc, c, up, lc.IdleTimeout)
 }
 
-// relayConn writes the peeked ClientHello upstream, then hands the pair to the relay engine or
-// splices on goroutines until both sides are done.
-func (g *Gateway) relayConn(l *listener, rec *connLog, rc *relayConn, client clientConn, up net.Conn, peeked []byte, idle time.Duration) (handedOff bool) {
-	up.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	n, err := up.Write(peeked)
-	up.SetWriteDeadline(time.Time{})
-	rec.up = int64(n)
-	if err != nil {
-		up.Close()
-		rec.result, rec.err = resultUpstreamWrite, err
-		return false
-	}
+// relayConn hands the pair to the relay engine or splices on goroutines until both sides are
+// done.
+func (g *Gateway) relayConn(l *listener, rec *connLog, rc *relayConn, client clientConn, up net.Conn, idle time.Duration) (handedOff bool) {
 	if g.handOff(l, rec, rc, client, up, idle) {
 		return true
 	}
@@ -222,9 +227,10 @@ func (rec *connLog) relayed(reason splice.Reason, up, down int64, err error) {
 
 var errNoEndpoint = errors.New("gateway: no endpoint left to try")
 
-// dialCluster connects to an endpoint of c for the connection from client, trying up to
-// max_connect_attempts endpoints; each failure counts toward the endpoint's ejection.
-func (g *Gateway) dialCluster(c *Cluster, client netip.Addr, cc clientConn) (net.Conn, *Endpoint, error) {
+// dialCluster connects to an endpoint of c for the connection from client and sends it first
+// (the peeked bytes), trying up to max_connect_attempts endpoints; each failure, of the connect
+// or of sending first, counts toward the endpoint's ejection.
+func (g *Gateway) dialCluster(c *Cluster, client netip.Addr, cc clientConn, first []byte) (net.Conn, *Endpoint, error) {
 	h := xxhash.Sum64String(client.String())
 	var tried []*Endpoint
 	lastErr := errNoEndpoint
@@ -235,7 +241,7 @@ func (g *Gateway) dialCluster(c *Cluster, client netip.Addr, cc clientConn) (net
 			break
 		}
 		tried = append(tried, e)
-		conn, err := g.dialEndpoint(cc, e.Address, c.Config.ConnectTimeout)
+		conn, err := g.dialEndpoint(cc, e.Address, c.Config.ConnectTimeout, first)
 		if err == nil {
 			e.state.success(now, c.Config.OutlierDetection)
 			return conn, e, nil
@@ -251,18 +257,28 @@ func (g *Gateway) dialCluster(c *Cluster, client netip.Addr, cc clientConn) (net
 	return nil, nil, lastErr
 }
 
-// dialEndpoint connects to address (host:port): on the client's relay-engine loop when it has
-// one, with Go's dialer otherwise.
-func (g *Gateway) dialEndpoint(cc clientConn, address string, timeout time.Duration) (net.Conn, error) {
+// dialEndpoint connects to address (host:port) and sends first, within timeout: on the client's
+// relay-engine loop when it has one, with Go's dialer otherwise.
+func (g *Gateway) dialEndpoint(cc clientConn, address string, timeout time.Duration, first []byte) (net.Conn, error) {
+	deadline := time.Now().Add(timeout)
 	sc, ok := cc.(*splice.Conn)
 	if !ok {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		defer cancel()
-		return dialer.DialContext(ctx, "tcp", address)
+		c, err := dialer.DialContext(ctx, "tcp", address)
+		if err != nil {
+			return nil, err
+		}
+		c.SetWriteDeadline(deadline)
+		if _, err := c.Write(first); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.SetWriteDeadline(time.Time{})
+		return c, nil
 	}
-	deadline := time.Now().Add(timeout)
 	if ap, err := netip.ParseAddrPort(address); err == nil {
-		return sc.Dial(ap, deadline)
+		return sc.Dial(ap, deadline, first)
 	}
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {
@@ -280,7 +296,7 @@ func (g *Gateway) dialEndpoint(cc clientConn, address string, timeout time.Durat
 	}
 	for _, ip := range ips { // in the resolver's order, as Go's dialer tries them
 		var c *splice.Conn
-		if c, err = sc.Dial(netip.AddrPortFrom(ip.Unmap(), uint16(pn)), deadline); err == nil {
+		if c, err = sc.Dial(netip.AddrPortFrom(ip.Unmap(), uint16(pn)), deadline, first); err == nil {
 			return c, nil
 		}
 	}

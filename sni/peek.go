@@ -27,6 +27,10 @@ type PeekOptions struct {
 	// MaxSize caps the bytes read. Zero (or negative) means DefaultMaxSize (16 KiB), which holds any
 	// hello of today's clients; a larger announced hello fails early with ErrTooLarge.
 	MaxSize int
+	// Buf, when its capacity is not zero, is the first buffer read into (up to its capacity, and
+	// MaxSize), so a caller can reuse buffers; the bytes Peek returns may alias it. A hello
+	// that does not fit moves to a larger buffer of Peek's own. Nil: Peek allocates 2 KiB.
+	Buf []byte
 }
 
 // Peek reads from conn until a complete ClientHello is parsed (or error), setting and then clearing a
@@ -52,7 +56,10 @@ func Peek(conn net.Conn, opts PeekOptions) (*Hello, []byte, error) {
 	// Clearing can only fail on a closed conn, which the caller finds out on its next use.
 	defer conn.SetReadDeadline(time.Time{})
 
-	buf := make([]byte, 0, min(initialBuf, maxSize))
+	buf := opts.Buf[:0:min(cap(opts.Buf), maxSize)]
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, min(initialBuf, maxSize))
+	}
 	want := 0 // lower bound of the hello's size, from the parser
 	for {
 		if len(buf) == cap(buf) {

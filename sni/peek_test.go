@@ -73,6 +73,9 @@ func TestPeek(t *testing.T) {
 		{name: "1-byte records", chunks: [][]byte{frame(msg, 1)}, wantSNI: "peek.example.com", opts: PeekOptions{MaxSize: 64 << 10}},
 		{name: "hello and more in one write", chunks: [][]byte{append(slices.Clone(goWire), tail...)}, wantSNI: "peek.example.com"},
 		{name: "bigger than the first buffer", chunks: [][]byte{record(big)}, wantSNI: "big.test"},
+		{name: "given buffer", chunks: [][]byte{append(slices.Clone(goWire), tail...)}, opts: PeekOptions{Buf: make([]byte, 4<<10)}, wantSNI: "peek.example.com"},
+		{name: "given buffer too small", chunks: bytewise(goWire), opts: PeekOptions{Buf: make([]byte, 8)}, wantSNI: "peek.example.com"},
+		{name: "given buffer over the cap", chunks: [][]byte{record(big)}, opts: PeekOptions{MaxSize: 1024, Buf: make([]byte, 4<<10)}, wantErr: ErrTooLarge, wantPeeked: record(big)[:1024]},
 		{name: "exactly at the cap", chunks: [][]byte{goWire}, opts: PeekOptions{MaxSize: len(goWire)}, wantSNI: "peek.example.com"},
 		{
 			name: "announced length over the cap", chunks: [][]byte{record(big)}, opts: PeekOptions{MaxSize: 1024},
@@ -122,6 +125,22 @@ func TestPeek(t *testing.T) {
 				t.Fatalf("ServerName = %q, want %q", h.ServerName, tt.wantSNI)
 			}
 		})
+	}
+}
+
+// A hello that fits the given buffer is read into it: the caller can reuse buffers.
+func TestPeekReadsIntoTheGivenBuffer(t *testing.T) {
+	client, server := net.Pipe()
+	defer server.Close()
+	wire := goHello(t, "peek.example.com", []string{"istio"})
+	feed(t, client, false, wire)
+	buf := make([]byte, 4<<10)
+	_, peeked, err := Peek(server, PeekOptions{Buf: buf})
+	if err != nil || !bytes.Equal(peeked, wire) {
+		t.Fatalf("peeked %d bytes, %v", len(peeked), err)
+	}
+	if &peeked[0] != &buf[0] {
+		t.Fatal("Peek read into a buffer of its own")
 	}
 }
 

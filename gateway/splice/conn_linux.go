@@ -201,8 +201,12 @@ func (c *Conn) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	seen := &c.p.seen[c.side]
 	for {
 		var n int
+		// Cleared before the call: an event processed after this sets it again, and bytes
+		// arriving after the call raise an event. drain stays: a FIN once seen is still there.
+		seen.And(^uint32(canRead))
 		errno := c.call(func(fd int) syscall.Errno {
 			r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 			n = int(r)
@@ -212,6 +216,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 		case 0:
 			if n == 0 {
 				return 0, io.EOF
+			}
+			if n == len(b) {
+				seen.Or(canRead) // more may be waiting
 			}
 			return n, nil
 		case unix.EINTR:
@@ -340,19 +347,27 @@ func unixNano(t time.Time) int64 {
 	return max(t.UnixNano(), 1)
 }
 
-// Dial connects the upstream of c's pair to addr, on c's loop, giving up at deadline (zero:
-// none). A pair has one upstream: a failed Dial leaves none, and c can dial again.
-func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
+// Dial connects the upstream of c's pair to addr, on c's loop, and sends first (the bytes the
+// client sent so far; not empty), giving up at deadline (zero: none). A failure before all of
+// first is sent is the dial's: the caller may try another address. A pair has one upstream: a
+// failed Dial leaves none, and c can dial again.
+func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time, first []byte) (*Conn, error) {
 	p := c.p
 	if p.conns[1].Load() != nil {
 		return nil, errBusy
 	}
-	opErr := func(op string, err error) error {
-		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: os.NewSyscallError(op, err)}
+	if len(first) == 0 {
+		return nil, errNoFirst
+	}
+	fail := func(err error) error {
+		if e, ok := err.(syscall.Errno); ok {
+			err = os.NewSyscallError("connect", e)
+		}
+		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
 	}
 	fd, op, e := sysConnect(addr)
 	if e != 0 {
-		return nil, opErr(op, e)
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: os.NewSyscallError(op, e)}
 	}
 	u := newConn(p, 1, fd, addr)
 	u.wdl.Store(unixNano(deadline))
@@ -372,34 +387,38 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
 		return nil, err
 	}
 	l.mu.Unlock()
-	// On loopback the handshake is usually over by now: look before waiting for the loop.
-	for {
-		state, e := tcpState(fd)
-		switch {
-		case e != 0:
+	// A send on a socket still connecting says EAGAIN, and the connect's error once it failed
+	// (EPIPE if it ended without one). On loopback the handshake is usually over by now, so the
+	// first send goes out without a wait and without asking the socket's state.
+	for len(first) > 0 {
+		n, e := sysSend(fd, first)
+		switch e {
+		case 0:
+			first = first[n:]
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+		case unix.EPIPE:
 			u.Close()
-			return nil, opErr("getsockopt", e)
-		case state == tcpEstablished || state == tcpCloseWait:
-			return u, nil
-		case state != tcpSynSent:
-			e := soError(fd)
-			if e == 0 {
-				e = unix.ECONNREFUSED // the connection ended without an error on record
-			}
+			return nil, fail(unix.ECONNREFUSED)
+		default:
 			u.Close()
-			return nil, opErr("connect", e)
+			return nil, fail(e)
 		}
 		if err := u.wait(&u.wdl); err != nil {
 			u.Close()
-			if err == os.ErrDeadlineExceeded {
-				return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
-			}
-			return nil, opErr("connect", err)
+			return nil, fail(err)
 		}
 	}
+	u.wdl.Store(0)
+	return u, nil
 }
 
-var errBusy = &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", unix.EISCONN)}
+var (
+	errBusy    = &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", unix.EISCONN)}
+	errNoFirst = &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("splice: Dial needs the first bytes to send")}
+)
 
 // Splice hands client and its dialled upstream to their loop, which relays between them until
 // both directions end, the pair has been idle for idle (zero: never), or it is cut. done runs

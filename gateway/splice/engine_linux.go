@@ -33,17 +33,21 @@ type Pair struct {
 	conns    [2]atomic.Pointer[Conn] // before relaying: whom an event of each socket wakes
 	open     int8                    // Conns neither closed nor handed to the loop (l.mu)
 	relaying bool                    // the loop owns the pair (after Splice)
-	ready    [2]uint8                // per socket: canRead|canWrite|drain
-	h        [2]half                 // h[0]: client -> upstream, h[1]: upstream -> client
-	slot     int32                   // index in l.slots; -1 when not registered
-	gen      uint32                  // tells a stale epoll event from one for this pair
-	hidx     int32                   // index in l.timers; -1 when not in the heap
-	again    bool                    // in l.again: its budget ran out with bytes still to move
-	closed   bool
-	idle     int64 // nanoseconds; 0: none
-	last     int64 // when a byte last moved
-	due      int64 // the heap key: when the idle timeout may fire
-	done     func(Result)
+	// seen: per socket, the readiness its events reported before relaying (the loop sets it; a
+	// Conn's read clears canRead first). Relaying starts from it, so a socket the goroutine
+	// left empty is not read just to hear EAGAIN.
+	seen   [2]atomic.Uint32
+	ready  [2]uint8 // per socket: canRead|canWrite|drain
+	h      [2]half  // h[0]: client -> upstream, h[1]: upstream -> client
+	slot   int32    // index in l.slots; -1 when not registered
+	gen    uint32   // tells a stale epoll event from one for this pair
+	hidx   int32    // index in l.timers; -1 when not in the heap
+	again  bool     // in l.again: its budget ran out with bytes still to move
+	closed bool
+	idle   int64 // nanoseconds; 0: none
+	last   int64 // when a byte last moved
+	due    int64 // the heap key: when the idle timeout may fire
+	done   func(Result)
 }
 
 // half is one direction. Bytes are counted when written to the destination.
@@ -329,18 +333,11 @@ func (l *loop) run() {
 			}
 			side := ev.Pad & 1
 			if !p.relaying {
+				p.seen[side].Or(uint32(readiness(ev.Events)))
 				p.wake(side)
 				continue
 			}
-			if ev.Events&unix.EPOLLIN != 0 {
-				p.ready[side] |= canRead
-			}
-			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				p.ready[side] |= canRead | drain
-			}
-			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				p.ready[side] |= canWrite
-			}
+			p.ready[side] |= readiness(ev.Events)
 			if !p.again {
 				l.progress(p)
 			}
@@ -349,6 +346,21 @@ func (l *loop) run() {
 		l.runAgain()
 		l.expire()
 	}
+}
+
+// readiness maps epoll events to the readiness bits of a socket.
+func readiness(events uint32) uint8 {
+	var r uint8
+	if events&unix.EPOLLIN != 0 {
+		r |= canRead
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r |= canRead | drain
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r |= canWrite
+	}
+	return r
 }
 
 // setDeadline makes the next wait end at the earliest idle deadline (none when no pair has an
@@ -412,8 +424,9 @@ func (l *loop) takeOps() (stop bool) {
 	return stop
 }
 
-// start takes over a pair Splice handed over: its idle clock starts, and both sockets are tried
-// (bytes that arrived while its Conns were in use raised their edges then).
+// start takes over a pair Splice handed over: its idle clock starts, and each socket is read if
+// an event said it had bytes (or a FIN) since its goroutine last found it empty. Writing is
+// tried on both.
 func (l *loop) start(p *Pair) {
 	p.relaying = true
 	p.last = l.now
@@ -421,7 +434,13 @@ func (l *loop) start(p *Pair) {
 		p.due = p.last + p.idle
 		l.push(p)
 	}
-	p.ready = [2]uint8{canRead | canWrite | drain, canRead | canWrite | drain}
+	for s := range p.ready {
+		r := canWrite | uint8(p.seen[s].Load())
+		if r&drain != 0 { // a FIN came: it is still to be read, behind whatever the goroutine left
+			r |= canRead
+		}
+		p.ready[s] = r
+	}
 	l.progress(p)
 }
 

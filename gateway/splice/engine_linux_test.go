@@ -56,11 +56,12 @@ func listen(t testing.TB) *net.TCPListener {
 	return ln.(*net.TCPListener)
 }
 
-// dialUpstream dials a new upstream listener from s's Conn and returns both ends.
+// dialUpstream dials a new upstream listener from s's Conn and returns both ends, the first
+// bytes Dial sent already read at the upstream.
 func dialUpstream(t testing.TB, s served) (*Conn, *net.TCPConn) {
 	t.Helper()
 	ln := listen(t)
-	u, err := s.conn.Dial(ln.Addr().(*net.TCPAddr).AddrPort(), time.Now().Add(10*time.Second))
+	u, err := s.conn.Dial(ln.Addr().(*net.TCPAddr).AddrPort(), time.Now().Add(10*time.Second), []byte("first"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +70,12 @@ func dialUpstream(t testing.TB, s served) (*Conn, *net.TCPConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { up.Close() })
+	buf := make([]byte, 5)
+	up.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(up, buf); err != nil || string(buf) != "first" {
+		t.Fatalf("upstream read %q, %v; want the first bytes", buf, err)
+	}
+	up.SetReadDeadline(time.Time{})
 	return u, up
 }
 
@@ -301,7 +308,10 @@ func TestDialFailures(t *testing.T) {
 	ln := listen(t)
 	closed := ln.Addr().(*net.TCPAddr).AddrPort()
 	ln.Close()
-	if _, err := s.conn.Dial(closed, time.Now().Add(10*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := s.conn.Dial(closed, time.Now().Add(10*time.Second), nil); err == nil {
+		t.Fatal("dial with no first bytes succeeded")
+	}
+	if _, err := s.conn.Dial(closed, time.Now().Add(10*time.Second), []byte("x")); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("dial to a closed port: %v; want ECONNREFUSED", err)
 	}
 	// A listener whose backlog is full leaves the next SYN unanswered.
@@ -326,7 +336,7 @@ func TestDialFailures(t *testing.T) {
 		t.Fatal("could not fill the listener's backlog")
 	}
 	var ne net.Error
-	if _, err := s.conn.Dial(addr, time.Now().Add(100*time.Millisecond)); !errors.As(err, &ne) || !ne.Timeout() {
+	if _, err := s.conn.Dial(addr, time.Now().Add(100*time.Millisecond), []byte("x")); !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("dial to a full backlog: %v; want a timeout", err)
 	}
 	u, up := dialUpstream(t, s)
@@ -457,6 +467,100 @@ func TestBytesAndFINBeforeSplice(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the pair never ended")
 	}
+}
+
+// Relaying starts from what the goroutine left: bytes behind a read that filled its buffer,
+// and bytes arriving after a read that emptied the socket (before Splice or while it is under
+// way) all reach the upstream.
+func TestBytesLeftByAGoroutineRead(t *testing.T) {
+	e := newEngine(t, Options{Loops: 1})
+	// check splices, then reads want at the upstream before the client half-closes (its FIN
+	// would make the loop read anyway).
+	check := func(t *testing.T, s served, u *Conn, upstream *net.TCPConn, want string) {
+		t.Helper()
+		done := make(chan Result, 1)
+		if _, err := e.Splice(s.conn, u, 0, func(r Result) { done <- r }); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(want))
+		upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(upstream, got); err != nil || string(got) != want {
+			t.Fatalf("upstream read %q, %v; want %q", got, err, want)
+		}
+		s.client.CloseWrite()
+		if rest, err := io.ReadAll(upstream); err != nil || len(rest) > 0 {
+			t.Fatalf("upstream read %q more, then %v; want EOF", rest, err)
+		}
+		upstream.CloseWrite()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the pair never ended")
+		}
+	}
+	t.Run("behind a full read", func(t *testing.T) {
+		s := accept(t, e)
+		u, upstream := dialUpstream(t, s)
+		s.client.Write([]byte("peekedrest"))
+		time.Sleep(20 * time.Millisecond) // the loop sees the bytes' event before the read below
+		buf := make([]byte, 6)
+		s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(s.conn, buf); err != nil {
+			t.Fatal(err)
+		}
+		check(t, s, u, upstream, "rest")
+	})
+	t.Run("a FIN behind a short read", func(t *testing.T) {
+		s := accept(t, e)
+		u, upstream := dialUpstream(t, s)
+		s.client.Write([]byte("hello"))
+		s.client.CloseWrite()
+		time.Sleep(20 * time.Millisecond) // the loop sees the FIN's event before the read below
+		buf := make([]byte, 64)
+		s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := s.conn.Read(buf); err != nil || n != 5 {
+			t.Fatalf("read %d, %v", n, err)
+		}
+		done := make(chan Result, 1)
+		if _, err := e.Splice(s.conn, u, 0, func(r Result) { done <- r }); err != nil {
+			t.Fatal(err)
+		}
+		upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if rest, err := io.ReadAll(upstream); err != nil || len(rest) > 0 {
+			t.Fatalf("upstream read %q, then %v; want EOF at once", rest, err)
+		}
+		upstream.CloseWrite()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the pair never ended")
+		}
+	})
+	t.Run("after a short read", func(t *testing.T) {
+		for i := range 100 { // the late bytes race the loop's start of the pair
+			s := accept(t, e)
+			u, upstream := dialUpstream(t, s)
+			s.client.Write([]byte("hello"))
+			buf := make([]byte, 64)
+			s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, err := s.conn.Read(buf); err != nil || n != 5 {
+				t.Fatalf("read %d, %v", n, err)
+			}
+			late := make(chan struct{})
+			go func() {
+				if i%2 == 0 {
+					time.Sleep(time.Duration(i) * 10 * time.Microsecond)
+				}
+				s.client.Write([]byte("late"))
+				close(late)
+			}()
+			if i%2 == 1 {
+				<-late
+			}
+			check(t, s, u, upstream, "late")
+			<-late
+		}
+	})
 }
 
 // Small messages to a reader that pauses: the loop sends what the socket takes, keeps the rest

@@ -33,7 +33,7 @@ func (*Acceptor) Accept() (*Conn, error) { return nil, ErrUnsupported }
 func (*Acceptor) Close() error { return nil }
 
 // Dial returns ErrUnsupported.
-func (*Conn) Dial(netip.AddrPort, time.Time) (*Conn, error) { return nil, ErrUnsupported }
+func (*Conn) Dial(netip.AddrPort, time.Time, []byte) (*Conn, error) { return nil, ErrUnsupported }
 
 // Splice returns ErrUnsupported.
 func (*Engine) Splice(_, _ *Conn, _ time.Duration, _ func(Result)) (*Pair, error) {

@@ -86,34 +86,6 @@ func sysConnect(ap netip.AddrPort) (fd int, op string, e syscall.Errno) {
 	return fd, "", 0
 }
 
-// TCP states (include/net/tcp_states.h).
-const (
-	tcpEstablished = 1
-	tcpSynSent     = 2
-	tcpCloseWait   = 8
-)
-
-// tcpState returns the socket's TCP state (the first byte of struct tcp_info).
-func tcpState(fd int) (uint8, syscall.Errno) {
-	var info [8]byte
-	n := uint32(len(info))
-	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
-		uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0)
-	return info[0], e
-}
-
-// soError returns the socket's pending error (SO_ERROR).
-func soError(fd int) syscall.Errno {
-	var v int32
-	n := uint32(4)
-	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR,
-		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&n)), 0)
-	if e != 0 {
-		return e
-	}
-	return syscall.Errno(v)
-}
-
 func fromRaw(rsa *unix.RawSockaddrAny) netip.AddrPort {
 	switch rsa.Addr.Family {
 	case unix.AF_INET:

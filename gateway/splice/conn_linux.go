@@ -359,15 +359,15 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time, first []byte) (*Con
 	if len(first) == 0 {
 		return nil, errNoFirst
 	}
-	fail := func(err error) error {
+	fail := func(op string, err error) error {
 		if e, ok := err.(syscall.Errno); ok {
-			err = os.NewSyscallError("connect", e)
+			err = os.NewSyscallError(op, e)
 		}
 		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
 	}
 	fd, op, e := sysConnect(addr)
 	if e != 0 {
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: os.NewSyscallError(op, e)}
+		return nil, fail(op, e)
 	}
 	u := newConn(p, 1, fd, addr)
 	u.wdl.Store(unixNano(deadline))
@@ -401,14 +401,14 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time, first []byte) (*Con
 		case unix.EAGAIN:
 		case unix.EPIPE:
 			u.Close()
-			return nil, fail(unix.ECONNREFUSED)
+			return nil, fail("connect", unix.ECONNREFUSED)
 		default:
 			u.Close()
-			return nil, fail(e)
+			return nil, fail("connect", e)
 		}
 		if err := u.wait(&u.wdl); err != nil {
 			u.Close()
-			return nil, fail(err)
+			return nil, fail("connect", err)
 		}
 	}
 	u.wdl.Store(0)

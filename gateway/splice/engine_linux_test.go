@@ -502,7 +502,7 @@ func TestBytesLeftByAGoroutineRead(t *testing.T) {
 		s := accept(t, e)
 		u, upstream := dialUpstream(t, s)
 		s.client.Write([]byte("peekedrest"))
-		time.Sleep(20 * time.Millisecond) // the loop sees the bytes' event before the read below
+		waitSeen(t, s.conn, canRead) // the loop saw the bytes before the read below
 		buf := make([]byte, 6)
 		s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, err := io.ReadFull(s.conn, buf); err != nil {
@@ -515,7 +515,7 @@ func TestBytesLeftByAGoroutineRead(t *testing.T) {
 		u, upstream := dialUpstream(t, s)
 		s.client.Write([]byte("hello"))
 		s.client.CloseWrite()
-		time.Sleep(20 * time.Millisecond) // the loop sees the FIN's event before the read below
+		waitSeen(t, s.conn, drain) // the loop saw the FIN before the read below
 		buf := make([]byte, 64)
 		s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if n, err := s.conn.Read(buf); err != nil || n != 5 {
@@ -548,6 +548,17 @@ func TestBytesLeftByAGoroutineRead(t *testing.T) {
 			<-late
 		}
 	})
+}
+
+// waitSeen waits until the loop has recorded an event with bit for c's socket.
+func waitSeen(t *testing.T, c *Conn, bit uint32) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); c.p.seen[c.side].Load()&bit == 0; {
+		if time.Now().After(end) {
+			t.Fatal("the loop never saw the socket's event")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // Small messages to a reader that pauses: the loop sends what the socket takes, keeps the rest

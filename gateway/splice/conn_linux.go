@@ -207,9 +207,8 @@ func (c *Conn) Read(b []byte) (int, error) {
 		// Cleared before the call: an event processed after this sets it again, and bytes
 		// arriving after the call raise an event. drain stays: a FIN once seen is still there.
 		seen.And(^uint32(canRead))
-		errno := c.call(func(fd int) syscall.Errno {
-			r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			n = int(r)
+		errno := c.call(func(fd int) (e syscall.Errno) {
+			n, e = sysRead(fd, b)
 			return e
 		})
 		switch errno {
@@ -239,10 +238,8 @@ func (c *Conn) Write(b []byte) (int, error) {
 	for written < len(b) {
 		var n int
 		rest := b[written:]
-		errno := c.call(func(fd int) syscall.Errno {
-			r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)),
-				unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, 0, 0)
-			n = int(r)
+		errno := c.call(func(fd int) (e syscall.Errno) {
+			n, e = sysSend(fd, rest)
 			return e
 		})
 		switch errno {

@@ -41,6 +41,10 @@ var (
 	// ErrKeysUnavailable: the issuer's keys have never been obtained and could
 	// not be fetched within Config.VerifyTimeout.
 	ErrKeysUnavailable = newRefusal("keys_unavailable", "issuer keys unavailable")
+	// ErrUnsupportedHeader: the JWS header carries crit or b64 (RFC 7515
+	// 4.1.11, RFC 7797). No Kubernetes issuer emits them and verifiers
+	// disagree on what they mean, so they are refused before any key lookup.
+	ErrUnsupportedHeader = newRefusal("unsupported_header", "unsupported JWS header parameter")
 	// ErrBadSignature: the signature does not verify with the issuer's key.
 	ErrBadSignature = newRefusal("bad_signature", "bad signature")
 	// ErrNoExpiry: the token has no exp claim.
@@ -73,7 +77,7 @@ var (
 // Reasons lists every reason Reason can return besides "ok" and "error", for
 // pre-populating dashboards.
 func Reasons() []string {
-	all := []*refusal{ErrMalformed, ErrTooLarge, ErrAlgNotAllowed, ErrUnknownIssuer,
+	all := []*refusal{ErrMalformed, ErrTooLarge, ErrAlgNotAllowed, ErrUnsupportedHeader, ErrUnknownIssuer,
 		ErrMissingKID, ErrUnknownKID, ErrKeysUnavailable, ErrBadSignature, ErrNoExpiry,
 		ErrExpired, ErrNotYetValid, ErrBadAudience, ErrBadSubject, ErrRevoked,
 		ErrReviewUnavailable, ErrUntrustedCert, ErrBadTrustDomain, ErrClosed}

@@ -159,13 +159,24 @@ func parseToken(token string) (*jwt.JSONWebToken, *claims, error) {
 		return nil, nil, refuse(ErrMalformed, "header is not base64url")
 	}
 	var h struct {
-		Alg string `json:"alg"`
+		Alg  string          `json:"alg"`
+		Crit json.RawMessage `json:"crit"`
+		B64  json.RawMessage `json:"b64"`
 	}
 	if err := json.Unmarshal(raw, &h); err != nil {
 		return nil, nil, refuse(ErrMalformed, "header is not a JSON object")
 	}
 	if !algAllowed(h.Alg) {
 		return nil, nil, refuse(ErrAlgNotAllowed, "alg "+quote(h.Alg))
+	}
+	// Presence, whatever the value (even null or an empty list), is refused: a Kubernetes
+	// service-account token never carries either, and a header a library might read
+	// differently (RFC 7797's unencoded payload) is not worth the ambiguity.
+	if h.Crit != nil {
+		return nil, nil, refuse(ErrUnsupportedHeader, "crit header parameter (service-account tokens have none)")
+	}
+	if h.B64 != nil {
+		return nil, nil, refuse(ErrUnsupportedHeader, "b64 header parameter (service-account tokens have none)")
 	}
 	tok, err := jwt.ParseSigned(token, allowedAlgs)
 	if err != nil {

@@ -283,6 +283,12 @@ func TestBadTokens(t *testing.T) {
 		{"sub and kubernetes.io name disagree", es(with(good,
 			"kubernetes.io", map[string]any{"namespace": "vm-ns", "serviceaccount": map[string]any{"name": "admin"}})), ErrBadSubject},
 		{"no kubernetes.io claim", es(with(good, "kubernetes.io", deleteClaim)), ErrBadSubject},
+		// RFC 7515 4.1.11 and RFC 7797: no Kubernetes issuer emits crit or b64, and what a
+		// verifier does with them differs between libraries; refused with their own reason.
+		{"crit naming an extension", mint(t, with(hdr("RS256", "rsa"), "crit", []string{"exp"}, "exp", now.Unix()), good, "RS256", rsaA), ErrUnsupportedHeader},
+		{"b64 true without crit", mint(t, with(hdr("RS256", "rsa"), "b64", true), good, "RS256", rsaA), ErrUnsupportedHeader},
+		{"b64 false in crit", mint(t, with(hdr("RS256", "rsa"), "b64", false, "crit", []string{"b64"}), good, "RS256", rsaA), ErrUnsupportedHeader},
+		{"empty crit", mint(t, with(hdr("RS256", "rsa"), "crit", []string{}), good, "RS256", rsaA), ErrUnsupportedHeader},
 	}
 	if len(cases) < 30 {
 		t.Fatalf("only %d cases", len(cases))

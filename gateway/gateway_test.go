@@ -539,3 +539,72 @@ func TestAcceptOutOfFilesBacksOff(t *testing.T) {
 		t.Fatalf("exchange once files were free: %q, %v", got, err)
 	}
 }
+
+// A legal hello of about 30 KiB, which crypto/tls splits over two TLS records, is routed with
+// the default max_hello_bytes (64 KiB, Envoy's TLS inspector's cap); it used to be refused at
+// 16 KiB.
+func TestLargeMultiRecordHelloIsRouted(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	alpn := []string{"istio"}
+	for i := range 120 {
+		alpn = append(alpn, fmt.Sprintf("padding-%03d-%s", i, strings.Repeat("p", 240)))
+	}
+	hello := helloBytes(t, reviews, alpn)
+	if len(hello) < 16<<10+5 || hello[0] != 22 || int(hello[3])<<8|int(hello[4]) >= len(hello)-5 {
+		t.Fatalf("the hello is %d bytes, first record %d: want more than one record", len(hello), int(hello[3])<<8|int(hello[4]))
+	}
+	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, alpn...))
+	if err != nil {
+		t.Fatalf("a %d-byte hello over two records was refused: %v", len(hello), err)
+	}
+	defer c.Close()
+	if got, err := exchange(c, []byte("big hello")); err != nil || string(got) != "big hello" {
+		t.Fatalf("exchange: %q, %v", got, err)
+	}
+	if h := be.hellos(); len(h) != 1 || len(h[0].alpn) != len(alpn) {
+		t.Fatalf("backend saw %+v", h)
+	}
+}
+
+// A hello whose TLS record header announces more bytes than the client sends is not routed:
+// the gateway waits for the whole record until hello_timeout, and a client that half-closes
+// instead is refused as hello_truncated. The backend never sees either.
+func TestIncompleteHelloRecordIsNotRouted(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML(", hello_timeout: 300ms", cluster(reviews, "mesh", "round_robin", be.addr())))
+	hello := helloBytes(t, reviews, []string{"istio"})
+	n := int(hello[3])<<8 | int(hello[4])
+	if n != len(hello)-5 {
+		t.Fatalf("want a one-record hello, got record of %d for %d bytes", n, len(hello))
+	}
+	long := bytes.Clone(hello)
+	n += 200
+	long[3], long[4] = byte(n>>8), byte(n)
+	for _, tc := range []struct {
+		name      string
+		halfClose bool
+		result    string
+	}{{"client half-closes", true, "hello_truncated"}, {"client waits", false, "hello_timeout"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			labels := map[string]string{"listener": "mesh", "cluster": "", "result": tc.result}
+			before := g.counter("ewgate_connections_total", labels)
+			c := dialRaw(t, g.addr("mesh"))
+			if _, err := c.Write(long); err != nil {
+				t.Fatal(err)
+			}
+			if tc.halfClose {
+				c.(*net.TCPConn).CloseWrite()
+			}
+			if _, err := io.ReadAll(c); err != nil && !isReset(err) {
+				t.Fatalf("gateway did not close the connection: %v", err)
+			}
+			eventually(t, "result "+tc.result, func() bool { return g.counter("ewgate_connections_total", labels) == before+1 })
+		})
+	}
+	if h := be.hellos(); len(h) != 0 {
+		t.Fatalf("backend saw %d hellos from incomplete records", len(h))
+	}
+}

@@ -45,7 +45,8 @@ const (
 
 // ParseClientHello parses a ClientHello from data, which starts at the first TLS record header
 // and may hold several TLS handshake records (a hello split across records, RFC 8446 5.1).
-// Bytes after the hello are ignored.
+// The record carrying the hello's last byte must be complete (a record announcing more than
+// data holds is ErrTruncated); bytes after that record are ignored.
 //
 // It returns ErrTruncated (possibly wrapped) when data is a valid prefix that needs more bytes,
 // ErrNotTLS when the first bytes are not a TLS handshake record carrying a ClientHello (an
@@ -145,7 +146,10 @@ func handshakeMessage(data []byte) (msg []byte, need int, err error) {
 			msgLen = handshakeHeaderLen + body
 		}
 		streamN += len(frag)
-		if msgLen >= 0 && streamN >= msgLen {
+		// The hello counts only once the record carrying its end is complete: a record header
+		// announcing more than the client sends must not be routed (a TLS server, and Envoy's
+		// inspector, read whole records); the caller waits for the rest until its deadline.
+		if msgLen >= 0 && streamN >= msgLen && complete {
 			if records == 1 {
 				return frag[:msgLen], 0, nil
 			}

@@ -195,3 +195,33 @@ func TestParseClientHelloDoesNotModifyInput(t *testing.T) {
 		t.Fatalf("result aliases the input: %+v", h)
 	}
 }
+
+// A hello is complete only with the record that carries its end: a record header announcing more
+// than was sent is a truncated hello (ErrTruncated, with the record's end as the need), never
+// a parsed one that the gateway would route.
+func TestParseClientHelloIncompleteRecord(t *testing.T) {
+	msg := buildHello(t, helloSpec{exts: []ext{sniExt("a.test")}})
+	for _, extra := range []int{1, 100, maxRecordPayload - len(msg)} {
+		n := len(msg) + extra
+		wire := append([]byte{recordTypeHandshake, 3, 1, byte(n >> 8), byte(n)}, msg...)
+		_, need, err := parse(wire)
+		if err != ErrTruncated || need != recordHeaderLen+n {
+			t.Fatalf("record of %d carrying a %d-byte hello: err = %v, need %d; want ErrTruncated, need %d", n, len(msg), err, need, recordHeaderLen+n)
+		}
+		h, err := ParseClientHello(append(wire, make([]byte, extra)...))
+		if err != nil || h.ServerName != "a.test" {
+			t.Fatalf("record of %d, completed: %v %v", n, h, err)
+		}
+	}
+	// Split over records, the last one incomplete.
+	wire := frame(msg, 40)
+	last := len(wire) - (len(msg)%40 + recordHeaderLen)
+	if len(msg)%40 == 0 {
+		t.Fatalf("hello of %d bytes: pick another record size", len(msg))
+	}
+	n := len(msg)%40 + 7
+	wire[last+3], wire[last+4] = byte(n>>8), byte(n)
+	if _, _, err := parse(wire); err != ErrTruncated {
+		t.Fatalf("last of several records incomplete: err = %v, want ErrTruncated", err)
+	}
+}

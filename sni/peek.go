@@ -12,7 +12,7 @@ import (
 // Defaults of PeekOptions.
 const (
 	DefaultTimeout = 5 * time.Second
-	DefaultMaxSize = 16 << 10
+	DefaultMaxSize = 64 << 10
 )
 
 // initialBuf is the first read buffer: enough for every hello seen in practice except those with a
@@ -24,8 +24,9 @@ type PeekOptions struct {
 	// Timeout is the deadline for the whole hello, not per read, so a client trickling one byte at a
 	// time cannot hold the connection open longer. Zero (or negative) means DefaultTimeout (5s).
 	Timeout time.Duration
-	// MaxSize caps the bytes read. Zero (or negative) means DefaultMaxSize (16 KiB), which holds any
-	// hello of today's clients; a larger announced hello fails early with ErrTooLarge.
+	// MaxSize caps the bytes read. Zero (or negative) means DefaultMaxSize (64 KiB), the cap of
+	// Envoy's TLS inspector: legal hellos of 16-64 KiB (large PSKs or ALPN lists, split over
+	// several records) pass; a larger announced hello fails early with ErrTooLarge.
 	MaxSize int
 	// Buf, when its capacity is not zero, is the first buffer read into (up to its capacity, and
 	// MaxSize), so a caller can reuse buffers; the bytes Peek returns may alias it. A hello

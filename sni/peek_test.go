@@ -55,6 +55,10 @@ func TestPeek(t *testing.T) {
 		t.Fatalf("small hello is %d bytes", len(small))
 	}
 	noSNI := record(buildHello(t, helloSpec{exts: []ext{alpnExt("h2")}}))
+	// A record whose header announces 100 bytes more than the hello it carries: the hello
+	// parses, but the record never completes unless the rest comes.
+	long := append([]byte{recordTypeHandshake, 3, 1, byte((len(small) + 100) >> 8), byte(len(small) + 100)}, small...)
+	longDone := append(slices.Clone(long), make([]byte, 100)...)
 
 	tests := []struct {
 		name    string
@@ -97,6 +101,9 @@ func TestPeek(t *testing.T) {
 		{name: "truncated", chunks: [][]byte{goWire[:100]}, close: true, wantErr: ErrTruncated},
 		{name: "closed before anything", close: true, wantErr: ErrTruncated, wantPeeked: []byte{}},
 		{name: "garbage after a record header", chunks: [][]byte{{22, 3, 1, 0, 5, 9, 9, 9, 9, 9}}, wantErr: ErrNotTLS},
+		{name: "record never completes, then EOF", chunks: [][]byte{long}, close: true, wantErr: ErrTruncated},
+		{name: "record never completes", chunks: [][]byte{long}, opts: PeekOptions{Timeout: 50 * time.Millisecond}, wantErr: ErrTimeout},
+		{name: "record completes later", chunks: [][]byte{long, make([]byte, 100)}, wantSNI: "a.test", wantPeeked: longDone},
 		{name: "slow hello", chunks: [][]byte{goWire[:10]}, opts: PeekOptions{Timeout: 50 * time.Millisecond}, wantErr: ErrTimeout},
 	}
 	for _, tt := range tests {

@@ -55,7 +55,7 @@ const (
 	DefaultWatchInterval      = 2 * time.Second
 	DefaultMaxConnections     = 10000
 	DefaultHelloTimeout       = 5 * time.Second
-	DefaultMaxHelloBytes      = 16 << 10
+	DefaultMaxHelloBytes      = 64 << 10
 	DefaultIdleTimeout        = time.Hour
 	DefaultConnectTimeout     = 5 * time.Second
 	DefaultMaxConnectAttempts = 3
@@ -155,7 +155,7 @@ type Listener struct {
 	MeshDomains    []string       `yaml:"mesh_domains"`
 	MaxConnections int            `yaml:"max_connections"` // zero: 10000; excess connections are closed at once
 	HelloTimeout   time.Duration  `yaml:"hello_timeout"`   // zero: 5s, for the PROXY header and the whole ClientHello
-	MaxHelloBytes  int            `yaml:"max_hello_bytes"` // zero: 16384
+	MaxHelloBytes  int            `yaml:"max_hello_bytes"` // zero: 65536 (Envoy's TLS inspector's cap)
 	IdleTimeout    time.Duration  `yaml:"idle_timeout"`    // zero: 1h without a byte either way
 	ProxyProtocol  *ProxyProtocol `yaml:"proxy_protocol"`  // nil: no PROXY protocol
 	Routes         []Route        `yaml:"routes"`          // ingress only

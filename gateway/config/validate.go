@@ -209,7 +209,7 @@ func (f *File) validateListeners(v *validator) map[string]*Listener {
 			v.add(p+".hello_timeout", "must be positive")
 		}
 		if l.MaxHelloBytes < 512 || l.MaxHelloBytes > 1<<20 {
-			v.add(p+".max_hello_bytes", "%d is out of range: want 512 to 1048576 (16384 fits every real client hello seen)", l.MaxHelloBytes)
+			v.add(p+".max_hello_bytes", "%d is out of range: want 512 to 1048576 (65536, the default, is the cap of Envoy's TLS inspector)", l.MaxHelloBytes)
 		}
 		if l.IdleTimeout < 0 {
 			v.add(p+".idle_timeout", "must be positive")

@@ -12,6 +12,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"go.uber.org/zap"
 
+	"github.com/ewgate/ewgate/gateway/internal/logsample"
 	"github.com/ewgate/ewgate/gateway/proxyproto"
 	"github.com/ewgate/ewgate/gateway/splice"
 	"github.com/ewgate/ewgate/sni"
@@ -21,6 +22,7 @@ import (
 const (
 	resultOK            = "ok"
 	resultOverLimit     = "over_limit"
+	resultOverSource    = "over_source_limit"
 	resultProxyProtocol = "proxy_protocol_error"
 	resultNoEndpoint    = "no_endpoint"
 	resultConnectFailed = "connect_failed"
@@ -55,10 +57,30 @@ func refusal(err error) string {
 	}
 }
 
+// Refusal log lines (of connections never relayed) are sampled per listener and result: at most
+// refusalLogBurst a refusalLogInterval each, the next line written carrying how many were
+// dropped. Lines of relayed connections are never sampled.
+const (
+	refusalLogBurst    = 10
+	refusalLogInterval = time.Second
+)
+
+// Caps on what a client chooses that goes into a log line (a hello may carry 64 KiB of ALPN).
+const (
+	logSNIBytes  = 256
+	logALPNItems = 8
+	logALPNBytes = 64
+	logErrBytes  = 512
+)
+
+var errOverSourceLimit = errors.New("gateway: source address at max_connections_per_source")
+
 // connLog is what the access-log line of one connection says.
 type connLog struct {
 	listener string
-	client   netip.AddrPort
+	client   netip.AddrPort // the PROXY header's source when a trusted load balancer sent one
+	lb       netip.AddrPort // the load balancer's own address (the TCP peer) when it did
+	source   netip.Addr     // the key of the per-source count this connection holds, if held
 	hello    *sni.Hello
 	cluster  string
 	endpoint string
@@ -78,6 +100,7 @@ func (g *Gateway) acceptLoop(l *listener) {
 			if l.closed.Load() {
 				return
 			}
+			g.m.acceptFails.WithLabelValues(l.name).Inc()
 			// Out of files or a transient kernel error: back off (5 ms doubling to 1 s) rather than
 			// spin, as net/http does.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
@@ -88,9 +111,20 @@ func (g *Gateway) acceptLoop(l *listener) {
 		}
 		delay = 0
 		t := g.snap.Load().Table(l.name)
+		peer := addrPort(c.RemoteAddr())
 		if t == nil || l.active.Load() >= int64(t.Listener.MaxConnections) {
-			g.refuseOverLimit(l, c)
+			g.refuseAtAccept(l, c, peer, resultOverLimit)
 			continue
+		}
+		rec := &connLog{listener: l.name, client: peer}
+		// Counted on the TCP peer here, before any byte is read; a trusted load balancer's
+		// connections are counted on the PROXY header's source once it is read (serveConn).
+		if !t.trustsProxy(peer.Addr()) {
+			if !l.sources.acquire(peer.Addr(), t.Listener.MaxConnectionsPerSource) {
+				g.refuseAtAccept(l, c, peer, resultOverSource)
+				continue
+			}
+			rec.source = peer.Addr()
 		}
 		rc := &relayConn{client: c}
 		l.active.Add(1)
@@ -98,7 +132,7 @@ func (g *Gateway) acceptLoop(l *listener) {
 		g.track(rc)
 		g.wg.Add(1)
 		go func() {
-			rec := &connLog{listener: l.name, start: g.now(), client: addrPort(c.RemoteAddr())}
+			rec.start = g.now()
 			if !g.serveConn(l, t, rec, rc, c) {
 				c.Close()
 				g.connDone(l, rc, rec)
@@ -113,6 +147,9 @@ func (g *Gateway) connDone(l *listener, rc *relayConn, rec *connLog) {
 	if rec.ep != nil {
 		rec.ep.state.active.Add(-1)
 	}
+	if rec.source.IsValid() {
+		l.sources.release(rec.source)
+	}
 	g.finish(rec)
 	g.untrack(rc)
 	l.active.Add(-1)
@@ -120,12 +157,22 @@ func (g *Gateway) connDone(l *listener, rc *relayConn, rec *connLog) {
 	g.wg.Done()
 }
 
-func (g *Gateway) refuseOverLimit(l *listener, c clientConn) {
+// refuseAtAccept resets a connection refused before anything was read from it (over
+// max_connections or max_connections_per_source), counts it and writes a sampled log line.
+func (g *Gateway) refuseAtAccept(l *listener, c clientConn, peer netip.AddrPort, result string) {
 	c.SetLinger(0) // RST: the client learns at once and no TIME_WAIT piles up under a flood
 	c.Close()
-	g.m.conns.WithLabelValues(l.name, "", resultOverLimit).Inc()
-	g.log.Warn("connection refused: listener at max_connections", zap.String("listener", l.name),
-		zap.Stringer("client", c.RemoteAddr()))
+	g.m.conns.WithLabelValues(l.name, "", result).Inc()
+	ok, dropped := g.refusals.Allow(l.name + "\x00" + result)
+	if !ok {
+		return
+	}
+	msg := "connection refused: listener at max_connections"
+	if result == resultOverSource {
+		msg = "connection refused: source at max_connections_per_source"
+	}
+	g.log.Warn(msg, zap.String("listener", l.name), zap.Stringer("client", peer),
+		zap.String("result", result), zap.Uint64("dropped", dropped))
 }
 
 // helloBufs holds the buffers hellos are read into, each only from accept until the hello is
@@ -146,7 +193,12 @@ func (g *Gateway) serveConn(l *listener, t *Table, rec *connLog, rc *relayConn, 
 			return false
 		}
 		if src, ok := h.Source.(*net.TCPAddr); ok && src != nil {
-			rec.client = src.AddrPort()
+			rec.lb, rec.client = rec.client, src.AddrPort()
+			if !l.sources.acquire(rec.client.Addr(), lc.MaxConnectionsPerSource) {
+				rec.result, rec.err = resultOverSource, errOverSourceLimit
+				return false
+			}
+			rec.source = rec.client.Addr()
 		}
 	}
 	// One deadline covers the PROXY header and the hello (a zero Timeout would mean Peek's default).
@@ -315,16 +367,34 @@ func (g *Gateway) finish(rec *connLog) {
 	if ce == nil {
 		return // access log off (level above info): build no fields
 	}
-	fields := []zap.Field{
+	// A connection that was never relayed is a refusal: its lines are sampled per listener and
+	// result, so a flood writes a few lines a second with the count of those dropped.
+	var dropped uint64
+	refused := rec.endpoint == ""
+	if refused {
+		var ok bool
+		if ok, dropped = g.refusals.Allow(rec.listener + "\x00" + rec.result); !ok {
+			return
+		}
+	}
+	fields := make([]zap.Field, 0, 13)
+	fields = append(fields,
 		zap.String("listener", rec.listener),
 		zap.Stringer("client", rec.client),
 		zap.String("result", rec.result),
 		zap.Int64("bytes_up", rec.up),
 		zap.Int64("bytes_down", rec.down),
 		zap.Duration("duration", g.now().Sub(rec.start)),
+	)
+	if rec.lb.IsValid() {
+		fields = append(fields, zap.Stringer("lb", rec.lb))
+	}
+	if refused {
+		fields = append(fields, zap.Uint64("dropped", dropped))
 	}
 	if rec.hello != nil {
-		fields = append(fields, zap.String("sni", rec.hello.ServerName), zap.Strings("alpn", rec.hello.ALPN))
+		fields = append(fields, zap.String("sni", logsample.Cap(rec.hello.ServerName, logSNIBytes)),
+			zap.Strings("alpn", logsample.CapList(rec.hello.ALPN, logALPNItems, logALPNBytes)))
 	}
 	if rec.cluster != "" {
 		fields = append(fields, zap.String("cluster", rec.cluster))
@@ -333,7 +403,7 @@ func (g *Gateway) finish(rec *connLog) {
 		fields = append(fields, zap.String("endpoint", rec.endpoint))
 	}
 	if rec.err != nil {
-		fields = append(fields, zap.String("error", rec.err.Error()))
+		fields = append(fields, zap.String("error", logsample.Cap(rec.err.Error(), logErrBytes)))
 	}
 	ce.Write(fields...)
 }
@@ -362,4 +432,46 @@ func sendAlert(c clientConn, desc byte) {
 	}
 	c.CloseWrite()
 	io.CopyN(io.Discard, c, 64<<10)
+}
+
+// sourceCounts counts a listener's open connections per source address, so that one source
+// cannot take every slot of max_connections. IPv6 sources are counted per /64, what one
+// subscriber commonly gets.
+type sourceCounts struct {
+	mu sync.Mutex
+	n  map[netip.Addr]int
+}
+
+func sourceKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// acquire counts a connection from a and reports true, or reports false when a already holds
+// max connections.
+func (s *sourceCounts) acquire(a netip.Addr, max int) bool {
+	k := sourceKey(a)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[k] >= max {
+		return false
+	}
+	if s.n == nil {
+		s.n = map[netip.Addr]int{}
+	}
+	s.n[k]++
+	return true
+}
+
+func (s *sourceCounts) release(a netip.Addr) {
+	k := sourceKey(a)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[k]--; s.n[k] <= 0 {
+		delete(s.n, k)
+	}
 }

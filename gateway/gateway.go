@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/internal/logsample"
 	"github.com/ewgate/ewgate/gateway/splice"
 )
 
@@ -37,16 +38,23 @@ type Options struct {
 	Logger *zap.Logger
 	// Registerer receives the ewgate_* data-plane metrics. Nil: metrics are not exported.
 	Registerer prometheus.Registerer
-	// Now is the clock for ejections. Nil: time.Now.
+	// Now is the clock for ejections and for sampling refusal log lines. Nil: time.Now.
 	Now func() time.Time
+	// FDHolders returns, for a config about to be applied, the holders of open files besides
+	// the listeners (the VM control endpoint's connection cap, the admin servers'); Apply
+	// refuses a config whose listeners, these and FDReserve exceed the open-file limit, and
+	// shares what is left among listeners that leave max_connections unset. Nil: none.
+	FDHolders func(*config.File) []FDHolder
 }
 
 // Gateway serves the listeners of the current config.
 type Gateway struct {
-	log *zap.Logger
-	m   *metrics
-	dm  *dynamicMetrics
-	now func() time.Time
+	log       *zap.Logger
+	m         *metrics
+	dm        *dynamicMetrics
+	now       func() time.Time
+	fdHolders func(*config.File) []FDHolder
+	refusals  *logsample.Sampler // refusal log lines, per listener and result
 
 	snap     atomic.Pointer[Snapshot]
 	states   states
@@ -73,6 +81,7 @@ type listener struct {
 	ln      *net.TCPListener
 	acc     *splice.Acceptor // accepts onto the relay engine's loops; nil without the engine
 	active  atomic.Int64
+	sources sourceCounts
 	closed  atomic.Bool
 }
 
@@ -100,6 +109,7 @@ func New(opts Options) *Gateway {
 		dm:        newDynamicMetrics(opts.Registerer),
 		dynamic:   map[string]map[string]*dynamicCluster{},
 		now:       opts.Now,
+		fdHolders: opts.FDHolders,
 		listeners: map[string]*listener{},
 		conns:     map[*relayConn]struct{}{},
 	}
@@ -110,13 +120,15 @@ func New(opts Options) *Gateway {
 	if g.now == nil {
 		g.now = time.Now
 	}
+	g.refusals = logsample.New(refusalLogBurst, refusalLogInterval, g.now)
 	return g
 }
 
 // Apply makes f the serving config: listeners that are new (or moved) are bound, those gone are
 // closed, and the route snapshot is swapped for new connections. Open connections continue on
-// the routes they were given. If a listener cannot be bound nothing changes and the old
-// config keeps serving.
+// the routes they were given. If a listener cannot be bound, or the connection caps do not fit
+// in the open-file limit (PlanFiles; the error wraps ErrFileBudget), nothing changes and the
+// old config keeps serving. f is not modified: caps left unset are resolved in a copy.
 func (g *Gateway) Apply(f *config.File) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -124,6 +136,11 @@ func (g *Gateway) Apply(f *config.File) error {
 		return ErrShutdown
 	}
 	if err := g.startEngineLocked(f.Relay); err != nil {
+		g.m.reloads.WithLabelValues("failed").Inc()
+		return err
+	}
+	f, err := g.planFilesLocked(f)
+	if err != nil {
 		g.m.reloads.WithLabelValues("failed").Inc()
 		return err
 	}

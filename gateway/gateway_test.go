@@ -525,8 +525,9 @@ func TestAcceptOutOfFilesBacksOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	eventually(t, "the accept failure logged", func() bool {
-		return g.logs.FilterMessage("accept failed; backing off").Len() > 0
+	eventually(t, "the accept failure logged and counted", func() bool {
+		return g.logs.FilterMessage("accept failed; backing off").Len() > 0 &&
+			g.counter("ewgate_accept_failures_total", map[string]string{"listener": "mesh"}) > 0
 	})
 	for _, f := range fill {
 		f.Close()

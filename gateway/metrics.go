@@ -17,6 +17,7 @@ type metrics struct {
 	snapshotAt     prometheus.Gauge
 	openFilesLimit prometheus.Gauge
 	relayFallbacks prometheus.Counter
+	acceptFails    *prometheus.CounterVec // listener
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -57,10 +58,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		relayFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ewgate_relay_fallbacks_total", Help: "Connections the relay engine refused (out of files, not a TCP upstream) and goroutines relayed.",
 		}),
+		acceptFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_accept_failures_total",
+			Help: "Failed accepts (out of files, a transient kernel error), by listener; each backs the listener off 5 ms to 1 s.",
+		}, []string{"listener"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.active, m.conns, m.bytes, m.peek, m.connectFail, m.ejections, m.reloads,
-			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks)
+			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks, m.acceptFails)
 	}
 	return m
 }

@@ -49,11 +49,20 @@ const (
 
 // Defaults, resolved by SetDefaults and documented in docs/config.md.
 const (
-	DefaultAdminAddress       = "127.0.0.1:15021"
-	DefaultMeshAddress        = "127.0.0.1:15443"
-	DefaultDrainTimeout       = 30 * time.Second
-	DefaultWatchInterval      = 2 * time.Second
-	DefaultMaxConnections     = 10000
+	DefaultAdminAddress  = "127.0.0.1:15021"
+	DefaultMeshAddress   = "127.0.0.1:15443"
+	DefaultDrainTimeout  = 30 * time.Second
+	DefaultWatchInterval = 2 * time.Second
+	// DefaultMaxConnections is the most a listener that leaves max_connections unset may get; the
+	// gateway gives it an equal share of the open-file limit, up to this (docs/operations.md
+	// "File limits").
+	DefaultMaxConnections = 10000
+	// DefaultSourceShare: a listener that leaves max_connections_per_source unset lets one source
+	// address hold at most max_connections / DefaultSourceShare connections.
+	DefaultSourceShare = 4
+	// MinSourceDefault is the least the default max_connections_per_source gives (up to
+	// max_connections itself, for small caps).
+	MinSourceDefault          = 64
 	DefaultHelloTimeout       = 5 * time.Second
 	DefaultMaxHelloBytes      = 64 << 10
 	DefaultIdleTimeout        = time.Hour
@@ -152,13 +161,20 @@ type Listener struct {
 	RequireIstioALPN *bool `yaml:"require_istio_alpn"`
 	// MeshDomains (ingress only) are DNS suffixes of mesh-internal hosts; an SNI under one of them is
 	// refused on this listener and no route may name one. Zero: [cluster.local].
-	MeshDomains    []string       `yaml:"mesh_domains"`
-	MaxConnections int            `yaml:"max_connections"` // zero: 10000; excess connections are closed at once
-	HelloTimeout   time.Duration  `yaml:"hello_timeout"`   // zero: 5s, for the PROXY header and the whole ClientHello
-	MaxHelloBytes  int            `yaml:"max_hello_bytes"` // zero: 65536 (Envoy's TLS inspector's cap)
-	IdleTimeout    time.Duration  `yaml:"idle_timeout"`    // zero: 1h without a byte either way
-	ProxyProtocol  *ProxyProtocol `yaml:"proxy_protocol"`  // nil: no PROXY protocol
-	Routes         []Route        `yaml:"routes"`          // ingress only
+	MeshDomains []string `yaml:"mesh_domains"`
+	// MaxConnections caps the listener's open connections; excess connections are reset at once.
+	// Zero: a share of the open-file limit decided by the gateway (at most 10000); a value the
+	// limit cannot hold, with the other listeners' and the reserve, is refused at Apply.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource caps the connections one source address (an IPv6 /64) may hold on
+	// this listener, counted at accept on the TCP peer, or on the PROXY header's source for a
+	// trusted load balancer. Zero: max_connections / 4, but at least 64 (or max_connections).
+	MaxConnectionsPerSource int            `yaml:"max_connections_per_source"`
+	HelloTimeout            time.Duration  `yaml:"hello_timeout"`   // zero: 5s, for the PROXY header and the whole ClientHello
+	MaxHelloBytes           int            `yaml:"max_hello_bytes"` // zero: 65536 (Envoy's TLS inspector's cap)
+	IdleTimeout             time.Duration  `yaml:"idle_timeout"`    // zero: 1h without a byte either way
+	ProxyProtocol           *ProxyProtocol `yaml:"proxy_protocol"`  // nil: no PROXY protocol
+	Routes                  []Route        `yaml:"routes"`          // ingress only
 	// RoutesFrom (mesh only) says where the listener's clusters come from: static (the default,
 	// the clusters: list) or xds (the xDS client; then no cluster of this file may name the
 	// listener). One source per listener, so that nobody has to guess which one wins.

@@ -34,7 +34,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := f.Listeners[0]
-	if l.Kind != KindMesh || l.Address != DefaultMeshAddress || l.MaxConnections != DefaultMaxConnections ||
+	if l.Kind != KindMesh || l.Address != DefaultMeshAddress || l.MaxConnections != 0 || l.MaxConnectionsPerSource != 0 ||
 		l.HelloTimeout != DefaultHelloTimeout || l.MaxHelloBytes != DefaultMaxHelloBytes || l.IdleTimeout != DefaultIdleTimeout {
 		t.Fatalf("default listener = %+v", l)
 	}

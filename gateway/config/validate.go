@@ -45,9 +45,8 @@ func (f *File) SetDefaults() {
 }
 
 func (l *Listener) setDefaults() {
-	if l.MaxConnections == 0 {
-		l.MaxConnections = DefaultMaxConnections
-	}
+	// MaxConnections and MaxConnectionsPerSource stay zero here: their defaults depend on the
+	// process's open-file limit and the relay engine, which the gateway resolves at Apply.
 	if l.HelloTimeout == 0 {
 		l.HelloTimeout = DefaultHelloTimeout
 	}
@@ -203,7 +202,12 @@ func (f *File) validateListeners(v *validator) map[string]*Listener {
 		}
 		addrs[l.Address] = l.Name
 		if l.MaxConnections < 0 {
-			v.add(p+".max_connections", "must be positive")
+			v.add(p+".max_connections", "must be positive (or 0: a share of the open-file limit)")
+		}
+		if l.MaxConnectionsPerSource < 0 {
+			v.add(p+".max_connections_per_source", "must be positive (or 0: max_connections / %d)", DefaultSourceShare)
+		} else if l.MaxConnections > 0 && l.MaxConnectionsPerSource > l.MaxConnections {
+			v.add(p+".max_connections_per_source", "%d is more than max_connections (%d): one source could take the whole listener", l.MaxConnectionsPerSource, l.MaxConnections)
 		}
 		if l.HelloTimeout < 0 {
 			v.add(p+".hello_timeout", "must be positive")

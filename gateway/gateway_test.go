@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 	} else if runtime.GOOS != "linux" {
 		testRelay = config.RelayGoroutines
 	}
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChildGateway())
+	}
 	code := m.Run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {

@@ -160,6 +160,11 @@ func (g *Gateway) Apply(f *config.File) error {
 	}
 	g.cfg = f
 	g.swapLocked()
+	g.m.maxConns.Reset()
+	for _, lc := range f.Listeners {
+		g.m.maxConns.WithLabelValues(lc.Name, "listener").Set(float64(lc.MaxConnections))
+		g.m.maxConns.WithLabelValues(lc.Name, "source").Set(float64(lc.MaxConnectionsPerSource))
+	}
 	keep := map[string]bool{}
 	for _, lc := range f.Listeners {
 		keep[lc.Name] = true

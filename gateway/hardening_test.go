@@ -105,7 +105,9 @@ func TestApplyRefusesCapsOverTheFileLimit(t *testing.T) {
 	pki := newPKI(t)
 	be := startBackend(t, pki, reviews)
 	var control int
-	g := New(Options{FDHolders: func(*config.File) []FDHolder { return []FDHolder{{Name: "control endpoint (15012)", FDs: control}} }})
+	reg := prometheus.NewRegistry()
+	g := &testGateway{Gateway: New(Options{Registerer: reg,
+		FDHolders: func(*config.File) []FDHolder { return []FDHolder{{Name: "control endpoint (15012)", FDs: control}} }}), reg: reg}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -125,6 +127,15 @@ func TestApplyRefusesCapsOverTheFileLimit(t *testing.T) {
 	}
 	if ok.Listeners[0].MaxConnections != 0 {
 		t.Fatal("Apply changed the caller's config")
+	}
+	planned, _, err := PlanFiles(ok.Listeners, soft, g.filesPerConn(), []FDHolder{{FDs: control}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for scope, want := range map[string]int{"listener": planned[0].MaxConnections, "source": planned[0].MaxConnectionsPerSource} {
+		if got := g.counter("ewgate_listener_max_connections", map[string]string{"listener": "mesh", "scope": scope}); got != float64(want) {
+			t.Fatalf("ewgate_listener_max_connections{scope=%q} = %v, want %d", scope, got, want)
+		}
 	}
 	over := parse(meshYAML(fmt.Sprintf(", max_connections: %d", soft), cluster(reviews, "mesh", "round_robin", be.addr())))
 	if err := g.Apply(over); !errors.Is(err, ErrFileBudget) || !strings.Contains(err.Error(), "listener mesh") {

@@ -18,6 +18,7 @@ type metrics struct {
 	openFilesLimit prometheus.Gauge
 	relayFallbacks prometheus.Counter
 	acceptFails    *prometheus.CounterVec // listener
+	maxConns       *prometheus.GaugeVec   // listener, scope
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,10 +63,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ewgate_accept_failures_total",
 			Help: "Failed accepts (out of files, a transient kernel error), by listener; each backs the listener off 5 ms to 1 s.",
 		}, []string{"listener"}),
+		maxConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ewgate_listener_max_connections",
+			Help: "The connection caps in force, by listener and scope (listener: max_connections, as set or as shared out of the open-file limit; source: max_connections_per_source).",
+		}, []string{"listener", "scope"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.active, m.conns, m.bytes, m.peek, m.connectFail, m.ejections, m.reloads,
-			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks, m.acceptFails)
+			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks, m.acceptFails, m.maxConns)
 	}
 	return m
 }

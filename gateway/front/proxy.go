@@ -61,13 +61,18 @@ func (f *Front) handle(_ any, ss grpc.ServerStream) (err error) {
 		defer release()
 	}
 	in := f.startReader(ctx, ss)
+	// Every way out of the stream ends its registrar session, a failed or abandoned
+	// registration wait included: the registrar keeps a workload connected (and its
+	// WorkloadEntry routed) for as long as a session of it is open.
+	defer func() {
+		if st.session != nil {
+			st.session.Close()
+		}
+	}()
 	var first *frame
 	if st.method == MethodADS || st.method == MethodDeltaADS {
 		if first, err = f.admitADS(ctx, st, in); err != nil {
 			return err
-		}
-		if st.session != nil {
-			defer st.session.Close()
 		}
 	}
 	return f.forward(ctx, ss, up, st, in, first)

@@ -17,13 +17,13 @@ import (
 // plaintext side that carries nothing but HTTP/2 frames.
 
 const (
-	frameHeaderLen  = 9
-	frameTypeGoAway = 0x7
-	frameTypeRST    = 0x3
+	frameHeaderLen   = 9
+	frameTypeGoAway  = 0x7
+	frameTypeRST     = 0x3
 	errCodeFrameSize = 0x6 // FRAME_SIZE_ERROR: gRPC's reset of a header list over the limit
-	errCodeCalm     = 0xb // ENHANCE_YOUR_CALM, RFC 9113 §7
-	tooManyPings    = "too_many_pings"
-	goAwayKeep      = 8 + len(tooManyPings) // last stream ID, error code, the debug data we compare
+	errCodeCalm      = 0xb // ENHANCE_YOUR_CALM, RFC 9113 §7
+	tooManyPings     = "too_many_pings"
+	goAwayKeep       = 8 + len(tooManyPings) // last stream ID, error code, the debug data we compare
 )
 
 // calmCreds are the listener's TLS credentials with the plaintext conn of each VM connection

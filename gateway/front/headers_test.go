@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -200,5 +201,57 @@ func TestOversizedHeadersAreNotBuffered(t *testing.T) {
 	}
 	if n := len(u.seen()); n != 0 {
 		t.Fatalf("the upstream got %d calls", n)
+	}
+}
+
+// TestHeaderListOverTheLimitIsResetAndCounted: metadata a little over limits.max_header_bytes
+// (here a field repeated through HPACK's dynamic table: a 2 KiB block decoding to 100 KiB) gets
+// its stream reset with FRAME_SIZE_ERROR, counted as header_size; the connection stays.
+func TestHeaderListOverTheLimitIsResetAndCounted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := newPKI(t)
+	u := startUpstream(t, p, "")
+	g := startFront(t, p, front.Config{Upstreams: []front.UpstreamConfig{p.upstreamConfig(u, front.IdentityForward)}},
+		front.Options{Registerer: reg})
+	fields := make([]hpack.HeaderField, 100)
+	for i := range fields {
+		fields[i] = hpack.HeaderField{Name: "x-pad", Value: strings.Repeat("a", 1000)}
+	}
+	block := headerBlock(fields...)
+	c, err := dialH2(t, g, p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.sendHeaders(block); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no reset of the stream (block of %d bytes): %v", len(block), err)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
+			if rst.ErrCode != http2.ErrCodeFrameSize {
+				t.Fatalf("reset with %v, want FRAME_SIZE_ERROR", rst.ErrCode)
+			}
+			break
+		}
+	}
+	eventually(t, "the reset is counted", func() bool {
+		return metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "header_size"}) == 1
+	})
+	if err := c.fr.WritePing(false, [8]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("the connection did not stay: %v", err)
+		}
+		if ping, ok := f.(*http2.PingFrame); ok && ping.IsAck() {
+			break
+		}
 	}
 }

@@ -31,6 +31,7 @@ const (
 	resultOK               = "ok"
 	resultNone             = "none"
 	resultRateLimited      = "rate_limited"
+	resultBusy             = "busy" // max_authenticating_per_source
 	resultClusterMismatch  = "cluster_mismatch"
 	resultIdentityMismatch = "identity_mismatch"
 	resultNoCluster        = "no_cluster"
@@ -55,7 +56,16 @@ func (f *Front) authenticate(ctx context.Context) (*caller, string, error) {
 		f.m.limits.WithLabelValues("auth_failures").Inc()
 		return nil, resultRateLimited, status.Error(codes.ResourceExhausted, "ewgate: too many failed authentications from this address; retry later")
 	}
+	leave, ok := f.authenticating.enter(src)
+	if !ok {
+		f.m.auth.WithLabelValues(resultBusy).Inc()
+		f.m.limits.WithLabelValues("max_authenticating_per_source").Inc()
+		return nil, resultBusy, status.Error(codes.ResourceExhausted, "ewgate: too many calls from this address are being authenticated; retry later")
+	}
+	f.m.authenticating.Inc()
 	c, result, err := f.verify(ctx, src)
+	f.m.authenticating.Dec()
+	leave()
 	f.m.auth.WithLabelValues(result).Inc()
 	if err != nil {
 		f.failures.fail(src)

@@ -20,6 +20,7 @@ const (
 	DefaultMaxHeaderBytes      = 64 << 10
 	DefaultMaxConnections      = 10000
 	DefaultMaxConnsPerSource   = 64
+	DefaultMaxAuthPerSource    = 64
 	DefaultMaxMessageBytes     = 4 << 20
 	DefaultMaxUpstreamMsgBytes = 64 << 20
 	DefaultIdleTimeout         = 15 * time.Minute
@@ -150,6 +151,10 @@ type LimitsConfig struct {
 	// MaxConnectionsPerSource: open connections from one source address, enforced the same way.
 	// Zero: 64.
 	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// MaxAuthenticatingPerSource: calls from one source address whose credentials are being
+	// verified at once (a verification can wait for a key fetch or a TokenReview); more are
+	// refused with ResourceExhausted before their credentials are looked at. Zero: 64.
+	MaxAuthenticatingPerSource int `yaml:"max_authenticating_per_source"`
 	// IdleTimeout closes a VM connection with no open stream for this long. Zero: 15m.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// HandshakeTimeout bounds the TLS and HTTP/2 handshake. Zero: 10s.
@@ -204,6 +209,7 @@ func (c *Config) SetDefaults() {
 	setInt(&l.MaxStreamsPerConnection, DefaultMaxStreamsPerConn)
 	setInt(&l.MaxConnections, DefaultMaxConnections)
 	setInt(&l.MaxConnectionsPerSource, DefaultMaxConnsPerSource)
+	setInt(&l.MaxAuthenticatingPerSource, DefaultMaxAuthPerSource)
 	setInt(&l.MaxMessageBytes, DefaultMaxMessageBytes)
 	setInt(&l.MaxUpstreamMsgSize, DefaultMaxUpstreamMsgBytes)
 	setDur(&l.IdleTimeout, DefaultIdleTimeout)
@@ -337,6 +343,9 @@ func (l *LimitsConfig) validate(add func(path, format string, args ...any)) {
 	}
 	if l.MaxConnections < 1 {
 		add("limits.max_connections", "must be at least 1, got %d", l.MaxConnections)
+	}
+	if l.MaxAuthenticatingPerSource < 1 {
+		add("limits.max_authenticating_per_source", "must be at least 1, got %d", l.MaxAuthenticatingPerSource)
 	}
 	if l.MaxConnectionsPerSource < 1 || l.MaxConnectionsPerSource > l.MaxConnections {
 		add("limits.max_connections_per_source", "must be between 1 and limits.max_connections, got %d", l.MaxConnectionsPerSource)

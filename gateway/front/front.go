@@ -49,17 +49,18 @@ const RefusalLogBurst = 10
 
 // Front is the VM control endpoint. Serve (or Run) it; it is safe for concurrent use.
 type Front struct {
-	cfg       Config
-	opts      Options
-	log       *zap.Logger
-	m         *metrics
-	certs     *certReloader
-	builtin   *builtin
-	upstreams map[string]*upstream
-	failures  *failureLimiter
-	limits    *streamLimits
-	tracker   *connTracker // set by Serve
-	sample    *logsample.Sampler
+	cfg            Config
+	opts           Options
+	log            *zap.Logger
+	m              *metrics
+	certs          *certReloader
+	builtin        *builtin
+	upstreams      map[string]*upstream
+	failures       *failureLimiter
+	authenticating *authenticating
+	limits         *streamLimits
+	tracker        *connTracker // set by Serve
+	sample         *logsample.Sampler
 
 	wg sync.WaitGroup // goroutines that outlive a handler (VM readers)
 }
@@ -86,10 +87,11 @@ func New(cfg Config, opts Options) (*Front, error) {
 		return nil, err
 	}
 	f := &Front{cfg: cfg, opts: opts, log: opts.Logger, m: m, builtin: newBuiltin(),
-		upstreams: map[string]*upstream{},
-		failures:  newFailureLimiter(cfg.AuthFailures, opts.Now),
-		limits:    newStreamLimits(cfg.Limits.MaxStreams, cfg.Limits.MaxStreamsPerVM),
-		sample:    logsample.New(RefusalLogBurst, time.Second, opts.Now)}
+		upstreams:      map[string]*upstream{},
+		failures:       newFailureLimiter(cfg.AuthFailures, opts.Now),
+		authenticating: newAuthenticating(cfg.Limits.MaxAuthenticatingPerSource),
+		limits:         newStreamLimits(cfg.Limits.MaxStreams, cfg.Limits.MaxStreamsPerVM),
+		sample:         logsample.New(RefusalLogBurst, time.Second, opts.Now)}
 	if f.certs, err = newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CheckInterval, f.log); err != nil {
 		return nil, err
 	}

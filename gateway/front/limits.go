@@ -2,6 +2,7 @@ package front
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -54,6 +55,34 @@ func (l *streamLimits) openVM(key string) (string, func()) {
 func onceFunc(f func()) func() {
 	var once sync.Once
 	return func() { once.Do(f) }
+}
+
+// authenticating counts the calls of each source address whose credentials are being verified.
+type authenticating struct {
+	max   int
+	mu    sync.Mutex
+	bySrc map[netip.Addr]int
+}
+
+func newAuthenticating(max int) *authenticating {
+	return &authenticating{max: max, bySrc: map[netip.Addr]int{}}
+}
+
+// enter takes a slot of src; it returns false when src has max calls being verified.
+func (a *authenticating) enter(src netip.Addr) (func(), bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.bySrc[src] >= a.max {
+		return nil, false
+	}
+	a.bySrc[src]++
+	return onceFunc(func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.bySrc[src]--; a.bySrc[src] <= 0 {
+			delete(a.bySrc, src)
+		}
+	}), true
 }
 
 // maxNodeKey bounds the node ID's part of a VM key (the ID is the client's choice).

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/internal/logsample"
 )
 
 // Metadata keys the front reads or writes (gRPC lower-cases them).
@@ -30,6 +31,7 @@ const (
 	resultOK               = "ok"
 	resultNone             = "none"
 	resultRateLimited      = "rate_limited"
+	resultBusy             = "busy" // max_authenticating_per_source
 	resultClusterMismatch  = "cluster_mismatch"
 	resultIdentityMismatch = "identity_mismatch"
 	resultNoCluster        = "no_cluster"
@@ -46,20 +48,30 @@ type caller struct {
 // authenticate checks the RPC's credential: the bearer token when there is one, else the
 // verified client certificate. Every refusal is a gRPC status error and counts against the
 // source address's failure budget.
-func (f *Front) authenticate(ctx context.Context) (*caller, error) {
+// The result (a label of ewgate_control_auth_total) is returned with the error.
+func (f *Front) authenticate(ctx context.Context) (*caller, string, error) {
 	src := sourceAddr(ctx)
 	if !f.failures.allowed(src) {
 		f.m.auth.WithLabelValues(resultRateLimited).Inc()
 		f.m.limits.WithLabelValues("auth_failures").Inc()
-		return nil, status.Error(codes.ResourceExhausted, "ewgate: too many failed authentications from this address; retry later")
+		return nil, resultRateLimited, status.Error(codes.ResourceExhausted, "ewgate: too many failed authentications from this address; retry later")
 	}
+	leave, ok := f.authenticating.enter(src)
+	if !ok {
+		f.m.auth.WithLabelValues(resultBusy).Inc()
+		f.m.limits.WithLabelValues("max_authenticating_per_source").Inc()
+		return nil, resultBusy, status.Error(codes.ResourceExhausted, "ewgate: too many calls from this address are being authenticated; retry later")
+	}
+	f.m.authenticating.Inc()
 	c, result, err := f.verify(ctx, src)
+	f.m.authenticating.Dec()
+	leave()
 	f.m.auth.WithLabelValues(result).Inc()
 	if err != nil {
 		f.failures.fail(src)
-		return nil, err
+		return nil, result, err
 	}
-	return c, nil
+	return c, result, nil
 }
 
 func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, error) {
@@ -160,12 +172,11 @@ func sourceAddr(ctx context.Context) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-func short(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
-}
+// short cuts a client-chosen name (a ClusterID, a group, a method) for a message or a log line.
+func short(s string) string { return logsample.Cap(s, 64) }
+
+// capMsg cuts a message that may quote client-chosen text.
+func capMsg(s string) string { return logsample.Cap(s, 512) }
 
 // failureLimiter is a token bucket per source address, drawn from by failures only.
 type failureLimiter struct {

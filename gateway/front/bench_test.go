@@ -16,7 +16,7 @@ func benchSetup(b *testing.B) (*pki, *testUpstream, *gateway) {
 	p := newPKI(b)
 	u := startUpstream(b, p, "")
 	g := startFront(b, p, front.Config{Upstreams: []front.UpstreamConfig{p.upstreamConfig(u, front.IdentityForward)},
-		Limits: front.LimitsConfig{MaxStreamsPerID: 100000, MaxStreams: 100000}}, front.Options{})
+		Limits: front.LimitsConfig{MaxStreamsPerVM: 100000, MaxStreams: 100000, MaxConnectionsPerSource: 10000}}, front.Options{})
 	return p, u, g
 }
 

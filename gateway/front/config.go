@@ -15,7 +15,12 @@ const (
 	DefaultConnections         = 2
 	DefaultConnectTimeout      = 5 * time.Second
 	DefaultMaxStreams          = 10000
-	DefaultMaxStreamsPerID     = 32
+	DefaultMaxStreamsPerVM     = 32
+	DefaultMaxStreamsPerConn   = 100
+	DefaultMaxHeaderBytes      = 64 << 10
+	DefaultMaxConnections      = 10000
+	DefaultMaxConnsPerSource   = 64
+	DefaultMaxAuthPerSource    = 64
 	DefaultMaxMessageBytes     = 4 << 20
 	DefaultMaxUpstreamMsgBytes = 64 << 20
 	DefaultIdleTimeout         = 15 * time.Minute
@@ -122,10 +127,34 @@ type AuthFailureConfig struct {
 
 // LimitsConfig bounds what VMs can make ewgate hold.
 type LimitsConfig struct {
-	MaxStreams         int `yaml:"max_streams"`              // open streams in total; zero: 10000
-	MaxStreamsPerID    int `yaml:"max_streams_per_identity"` // per SPIFFE ID and cluster; zero: 32
-	MaxMessageBytes    int `yaml:"max_message_bytes"`        // from a VM; zero: 4 MiB
+	MaxStreams int `yaml:"max_streams"` // open streams in total; zero: 10000
+	// MaxStreamsPerVM bounds the open streams of one VM: one identity and cluster from one
+	// source address, and for ADS also one node ID (VMs behind one NAT address are told apart
+	// by their node). All VMs of a WorkloadGroup share a service account, so a bound per
+	// identity alone would cap the whole group. Zero: 32.
+	MaxStreamsPerVM int `yaml:"max_streams_per_vm"`
+	// MaxStreamsPerID is the former name of MaxStreamsPerVM (max_streams_per_identity), still
+	// accepted; it now has the meaning of MaxStreamsPerVM. Setting both is an error.
+	MaxStreamsPerID    int `yaml:"max_streams_per_identity"`
+	MaxMessageBytes    int `yaml:"max_message_bytes"` // from a VM; zero: 4 MiB
 	MaxUpstreamMsgSize int `yaml:"max_upstream_message_bytes"`
+	// MaxHeaderBytes bounds the request metadata (HTTP/2 header list, as HPACK counts it) of
+	// one VM call, read before anything is authenticated: a larger one resets the stream, and
+	// a sender far over it loses its connection. A VM sends a token of a few KiB. Zero: 64 KiB.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxStreamsPerConnection: concurrent streams one VM connection may open (HTTP/2
+	// SETTINGS_MAX_CONCURRENT_STREAMS); more are refused by HTTP/2. Zero: 100.
+	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
+	// MaxConnections: open VM connections (TLS handshakes included). A connection over it is
+	// closed as it is accepted, before TLS. Each holds one file descriptor. Zero: 10000.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource: open connections from one source address, enforced the same way.
+	// Zero: 64.
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// MaxAuthenticatingPerSource: calls from one source address whose credentials are being
+	// verified at once (a verification can wait for a key fetch or a TokenReview); more are
+	// refused with ResourceExhausted before their credentials are looked at. Zero: 64.
+	MaxAuthenticatingPerSource int `yaml:"max_authenticating_per_source"`
 	// IdleTimeout closes a VM connection with no open stream for this long. Zero: 15m.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// HandshakeTimeout bounds the TLS and HTTP/2 handshake. Zero: 10s.
@@ -172,7 +201,15 @@ func (c *Config) SetDefaults() {
 	}
 	l := &c.Limits
 	setInt(&l.MaxStreams, DefaultMaxStreams)
-	setInt(&l.MaxStreamsPerID, DefaultMaxStreamsPerID)
+	if l.MaxStreamsPerVM == 0 && l.MaxStreamsPerID != 0 {
+		l.MaxStreamsPerVM = l.MaxStreamsPerID // the former name
+	}
+	setInt(&l.MaxStreamsPerVM, DefaultMaxStreamsPerVM)
+	setInt(&l.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setInt(&l.MaxStreamsPerConnection, DefaultMaxStreamsPerConn)
+	setInt(&l.MaxConnections, DefaultMaxConnections)
+	setInt(&l.MaxConnectionsPerSource, DefaultMaxConnsPerSource)
+	setInt(&l.MaxAuthenticatingPerSource, DefaultMaxAuthPerSource)
 	setInt(&l.MaxMessageBytes, DefaultMaxMessageBytes)
 	setInt(&l.MaxUpstreamMsgSize, DefaultMaxUpstreamMsgBytes)
 	setDur(&l.IdleTimeout, DefaultIdleTimeout)
@@ -292,8 +329,26 @@ func (l *LimitsConfig) validate(add func(path, format string, args ...any)) {
 	if l.MaxStreams < 1 {
 		add("limits.max_streams", "must be at least 1")
 	}
-	if l.MaxStreamsPerID < 1 || l.MaxStreamsPerID > l.MaxStreams {
-		add("limits.max_streams_per_identity", "must be between 1 and limits.max_streams")
+	if l.MaxStreamsPerID != 0 && l.MaxStreamsPerID != l.MaxStreamsPerVM {
+		add("limits.max_streams_per_identity", "is the former name of limits.max_streams_per_vm: set only max_streams_per_vm")
+	}
+	if l.MaxStreamsPerVM < 1 || l.MaxStreamsPerVM > l.MaxStreams {
+		add("limits.max_streams_per_vm", "must be between 1 and limits.max_streams, got %d", l.MaxStreamsPerVM)
+	}
+	if l.MaxHeaderBytes < 4<<10 || l.MaxHeaderBytes > 16<<20 {
+		add("limits.max_header_bytes", "must be between 4096 and 16777216, got %d (a VM's token and metadata need a few KiB)", l.MaxHeaderBytes)
+	}
+	if l.MaxStreamsPerConnection < 1 {
+		add("limits.max_streams_per_connection", "must be at least 1, got %d", l.MaxStreamsPerConnection)
+	}
+	if l.MaxConnections < 1 {
+		add("limits.max_connections", "must be at least 1, got %d", l.MaxConnections)
+	}
+	if l.MaxAuthenticatingPerSource < 1 {
+		add("limits.max_authenticating_per_source", "must be at least 1, got %d", l.MaxAuthenticatingPerSource)
+	}
+	if l.MaxConnectionsPerSource < 1 || l.MaxConnectionsPerSource > l.MaxConnections {
+		add("limits.max_connections_per_source", "must be between 1 and limits.max_connections, got %d", l.MaxConnectionsPerSource)
 	}
 	if l.MaxMessageBytes < 1024 || l.MaxMessageBytes > 1<<30 {
 		add("limits.max_message_bytes", "must be between 1024 and 1073741824, got %d", l.MaxMessageBytes)

@@ -36,7 +36,12 @@ func TestValidateNamesTheField(t *testing.T) {
 		{"plaintext forward", func(c *front.Config) {
 			c.Upstreams[0] = front.UpstreamConfig{Cluster: "c1", Address: "127.0.0.1:15010", Plaintext: true}
 		}, "upstreams[0].plaintext"},
-		{"per identity above total", func(c *front.Config) { c.Limits.MaxStreams, c.Limits.MaxStreamsPerID = 5, 10 }, "limits.max_streams_per_identity"},
+		{"per VM above total", func(c *front.Config) { c.Limits.MaxStreams, c.Limits.MaxStreamsPerVM = 5, 10 }, "limits.max_streams_per_vm"},
+		{"former name above total", func(c *front.Config) { c.Limits.MaxStreams, c.Limits.MaxStreamsPerID = 5, 10 }, "limits.max_streams_per_vm"},
+		{"former and new name", func(c *front.Config) { c.Limits.MaxStreamsPerID, c.Limits.MaxStreamsPerVM = 8, 16 }, "limits.max_streams_per_identity"},
+		{"huge headers", func(c *front.Config) { c.Limits.MaxHeaderBytes = 32 << 20 }, "limits.max_header_bytes"},
+		{"per source above total", func(c *front.Config) { c.Limits.MaxConnections, c.Limits.MaxConnectionsPerSource = 10, 20 }, "limits.max_connections_per_source"},
+		{"no streams per connection", func(c *front.Config) { c.Limits.MaxStreamsPerConnection = -1 }, "limits.max_streams_per_connection"},
 		{"tiny messages", func(c *front.Config) { c.Limits.MaxMessageBytes = 10 }, "limits.max_message_bytes"},
 		{"keepalive", func(c *front.Config) { c.Limits.KeepaliveMinTime = time.Millisecond }, "limits.keepalive_min_time"},
 	}
@@ -57,6 +62,21 @@ func TestValidateNamesTheField(t *testing.T) {
 				t.Fatalf("got %v, want an error at %s", err, tc.path)
 			}
 		})
+	}
+}
+
+func TestFormerStreamLimitNameIsAccepted(t *testing.T) {
+	c := front.Config{Limits: front.LimitsConfig{MaxStreamsPerID: 7}}
+	c.SetDefaults()
+	if c.Limits.MaxStreamsPerVM != 7 {
+		t.Fatalf("max_streams_per_identity: 7 gave max_streams_per_vm %d, want 7", c.Limits.MaxStreamsPerVM)
+	}
+	d := front.Config{}
+	d.SetDefaults()
+	l := d.Limits
+	if l.MaxStreamsPerVM != 32 || l.MaxHeaderBytes != 64<<10 || l.MaxStreamsPerConnection != 100 ||
+		l.MaxConnections != 10000 || l.MaxConnectionsPerSource != 64 {
+		t.Fatalf("defaults: %+v", l)
 	}
 }
 

@@ -9,6 +9,12 @@
 // address) without opening anything upstream. Accepted RPCs are forwarded as raw frames
 // (never decoded, no copy) over a few HTTP/2 connections per upstream shared by all VMs, with
 // static flow-control windows so a slow side holds back the other instead of being buffered.
+// Before anything is read, the listener enforces limits.max_connections and
+// limits.max_connections_per_source at accept (conns.go); request metadata is bounded by
+// limits.max_header_bytes and the calls of one address being authenticated by
+// limits.max_authenticating_per_source. Open streams are counted per VM (identity, source
+// address, ADS node), not per identity: a WorkloadGroup's VMs share one. Refusals are logged
+// with their source address, sampled per reason (package logsample).
 // Only the first request of an ADS stream is decoded: its node drives the registrar (the
 // stream waits for the WorkloadEntry), and it is re-encoded without AUTO_REGISTER_GROUP so
 // istiod does not register the VM a second time. Health reports on the stream update the

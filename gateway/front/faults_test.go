@@ -170,7 +170,7 @@ func TestManyConcurrentStreams(t *testing.T) {
 		n = 600 // the race detector allows 8128 goroutines; each stream has ~5 in this process
 	}
 	const perConn = 4 // streams per VM connection (pilot-agent: ADS and the CA, sometimes more)
-	p, u, g := setup(t, front.IdentityForward, func(c *front.Config) { c.Limits.MaxStreamsPerID = n })
+	p, u, g := setup(t, front.IdentityForward, func(c *front.Config) { c.Limits.MaxStreamsPerVM, c.Limits.MaxConnectionsPerSource = n, n })
 	tok := token(t, vmNS, vmSA)
 	ctx := withToken(t.Context(), tok)
 	before := heap()

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/internal/logsample"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -41,18 +42,25 @@ type Options struct {
 	Now func() time.Time
 }
 
+// RefusalLogBurst is how many lines per second each kind of refusal (an auth failure reason, a
+// limit, a handshake failure reason) writes; the rest are counted, and the next line written
+// for that kind carries the count as "dropped".
+const RefusalLogBurst = 10
+
 // Front is the VM control endpoint. Serve (or Run) it; it is safe for concurrent use.
 type Front struct {
-	cfg       Config
-	opts      Options
-	log       *zap.Logger
-	m         *metrics
-	certs     *certReloader
-	builtin   *builtin
-	upstreams map[string]*upstream
-	failures  *failureLimiter
-	limits    *streamLimits
-	tracker   *connTracker // set by Serve
+	cfg            Config
+	opts           Options
+	log            *zap.Logger
+	m              *metrics
+	certs          *certReloader
+	builtin        *builtin
+	upstreams      map[string]*upstream
+	failures       *failureLimiter
+	authenticating *authenticating
+	limits         *streamLimits
+	tracker        *connTracker // set by Serve
+	sample         *logsample.Sampler
 
 	wg sync.WaitGroup // goroutines that outlive a handler (VM readers)
 }
@@ -79,9 +87,11 @@ func New(cfg Config, opts Options) (*Front, error) {
 		return nil, err
 	}
 	f := &Front{cfg: cfg, opts: opts, log: opts.Logger, m: m, builtin: newBuiltin(),
-		upstreams: map[string]*upstream{},
-		failures:  newFailureLimiter(cfg.AuthFailures, opts.Now),
-		limits:    newStreamLimits(cfg.Limits.MaxStreams, cfg.Limits.MaxStreamsPerID)}
+		upstreams:      map[string]*upstream{},
+		failures:       newFailureLimiter(cfg.AuthFailures, opts.Now),
+		authenticating: newAuthenticating(cfg.Limits.MaxAuthenticatingPerSource),
+		limits:         newStreamLimits(cfg.Limits.MaxStreams, cfg.Limits.MaxStreamsPerVM),
+		sample:         logsample.New(RefusalLogBurst, time.Second, opts.Now)}
 	if f.certs, err = newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CheckInterval, f.log); err != nil {
 		return nil, err
 	}
@@ -120,7 +130,15 @@ func (f *Front) serverOptions() []grpc.ServerOption {
 	l := f.cfg.Limits
 	return []grpc.ServerOption{
 		grpc.Creds(&calmCreds{TransportCredentials: credentials.NewTLS(f.tlsConfig()),
-			onCalm: f.m.limits.WithLabelValues("keepalive").Inc}),
+			onCalm:  f.m.limits.WithLabelValues("keepalive").Inc,
+			onReset: f.m.limits.WithLabelValues("header_size").Inc,
+			onFail:  f.handshakeFailed}),
+		// Request metadata is read, and held, before any handler (authentication included)
+		// runs: gRPC's default bound is 16 MiB per request. x/net/http2 stops keeping fields
+		// past the bound (the stream is reset) and closes a connection whose HEADERS or
+		// CONTINUATION frames run far past it, so nothing beyond the bound is held.
+		grpc.MaxHeaderListSize(uint32(l.MaxHeaderBytes)),
+		grpc.MaxConcurrentStreams(uint32(l.MaxStreamsPerConnection)),
 		grpc.UnknownServiceHandler(f.handle),
 		grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.MaxRecvMsgSize(l.MaxMessageBytes),
@@ -148,7 +166,7 @@ func (f *Front) Run(ctx context.Context) error {
 // the drain timeout, closes the rest and the upstream connections, and returns once every
 // goroutine it started has exited. A Front serves once.
 func (f *Front) Serve(ctx context.Context, ln net.Listener) error {
-	f.tracker = newConnTracker(ln, f.cfg.Limits.IdleTimeout, func() { f.m.limits.WithLabelValues("idle_timeout").Inc() })
+	f.tracker = newConnTracker(newCapListener(ln, f), f.cfg.Limits.IdleTimeout, func() { f.m.limits.WithLabelValues("idle_timeout").Inc() })
 	gs := grpc.NewServer(f.serverOptions()...)
 	reapDone := make(chan struct{})
 	var bg sync.WaitGroup

@@ -241,7 +241,7 @@ func TestAuthFailuresAreRateLimitedPerSource(t *testing.T) {
 }
 
 func TestStreamLimitsPerIdentity(t *testing.T) {
-	p, _, g := setup(t, front.IdentityForward, func(c *front.Config) { c.Limits.MaxStreamsPerID = 2 })
+	p, _, g := setup(t, front.IdentityForward, func(c *front.Config) { c.Limits.MaxStreamsPerVM = 2 })
 	cc := g.dial(t, p)
 	ctx := withToken(t.Context(), token(t, vmNS, vmSA))
 	var open []grpc.ClientStream

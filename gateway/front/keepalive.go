@@ -17,50 +17,85 @@ import (
 // plaintext side that carries nothing but HTTP/2 frames.
 
 const (
-	frameHeaderLen  = 9
-	frameTypeGoAway = 0x7
-	errCodeCalm     = 0xb // ENHANCE_YOUR_CALM, RFC 9113 §7
-	tooManyPings    = "too_many_pings"
-	goAwayKeep      = 8 + len(tooManyPings) // last stream ID, error code, the debug data we compare
+	frameHeaderLen   = 9
+	frameTypeGoAway  = 0x7
+	frameTypeRST     = 0x3
+	errCodeFrameSize = 0x6 // FRAME_SIZE_ERROR: gRPC's reset of a header list over the limit
+	errCodeCalm      = 0xb // ENHANCE_YOUR_CALM, RFC 9113 §7
+	tooManyPings     = "too_many_pings"
+	goAwayKeep       = 8 + len(tooManyPings) // last stream ID, error code, the debug data we compare
 )
 
 // calmCreds are the listener's TLS credentials with the plaintext conn of each VM connection
-// watched for a too_many_pings GOAWAY; onCalm is called once per connection that gets one.
+// watched: onCalm is called once per connection that gets a too_many_pings GOAWAY, onReset for
+// each RST_STREAM FRAME_SIZE_ERROR gRPC writes (its answer to a request whose header list is
+// over limits.max_header_bytes), onFail for a handshake that fails and for a connection whose
+// HTTP/2 preface does not arrive (the half-open connection past the handshake timeout).
 type calmCreds struct {
 	credentials.TransportCredentials
-	onCalm func()
+	onCalm  func()
+	onReset func()
+	onFail  func(raw net.Conn, err error)
 }
 
 func (c *calmCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, ai, err := c.TransportCredentials.ServerHandshake(raw)
 	if err != nil {
+		if c.onFail != nil {
+			c.onFail(raw, err)
+		}
 		return nil, nil, err
 	}
-	return &goAwayConn{Conn: conn, onCalm: c.onCalm}, ai, nil
+	return &goAwayConn{Conn: conn, raw: raw, creds: c}, ai, nil
 }
 
 func (c *calmCreds) Clone() credentials.TransportCredentials {
-	return &calmCreds{TransportCredentials: c.TransportCredentials.Clone(), onCalm: c.onCalm}
+	cp := *c
+	cp.TransportCredentials = c.TransportCredentials.Clone()
+	return &cp
 }
+
+// prefaceLen is the length of the client's HTTP/2 connection preface (RFC 9113 §3.4).
+const prefaceLen = 24
 
 // goAwayConn scans what is written to it as a sequence of HTTP/2 frames. A server's side of
 // an HTTP/2 connection starts with a frame (its SETTINGS; only the client sends a preface), so
 // the scan is in step from the first byte. It reads frame headers only and skips payloads
-// without copying, except the first bytes of a GOAWAY.
+// without copying, except the first bytes of a GOAWAY or RST_STREAM. On the read side it
+// only counts bytes until the client's preface has arrived.
 type goAwayConn struct {
 	net.Conn
-	onCalm func()
-	mu     sync.Mutex // gRPC serializes its writes; this keeps the scanner safe if it did not
-	s      frameScanner
+	raw     net.Conn
+	creds   *calmCreds
+	mu      sync.Mutex // gRPC serializes its writes; this keeps the scanner safe if it did not
+	s       frameScanner
+	preface int // bytes read, up to prefaceLen (only gRPC's reader goroutine touches it)
+}
+
+func (c *goAwayConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.preface < prefaceLen {
+		c.preface += n
+		if err != nil && c.preface < prefaceLen && c.creds.onFail != nil {
+			c.creds.onFail(c.raw, err)
+			c.preface = prefaceLen // counted once
+		}
+	}
+	return n, err
 }
 
 func (c *goAwayConn) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	c.mu.Lock()
-	calm := c.s.scan(b[:n])
+	calm, resets := c.s.scan(b[:n])
 	c.mu.Unlock()
-	if calm {
-		c.onCalm()
+	if calm && c.creds.onCalm != nil {
+		c.creds.onCalm()
+	}
+	for range resets {
+		if c.creds.onReset != nil {
+			c.creds.onReset()
+		}
 	}
 	return n, err
 }
@@ -70,41 +105,43 @@ type frameScanner struct {
 	hdr    [frameHeaderLen]byte
 	nhdr   int    // bytes of the current frame header seen
 	left   int    // payload bytes of the current frame still to come
-	goAway bool   // the current frame is a GOAWAY
-	keep   []byte // its first goAwayKeep payload bytes
-	done   bool   // a too_many_pings GOAWAY was seen: nothing more to look for
+	typ    byte   // the current frame's type
+	keep   []byte // the first goAwayKeep payload bytes of a GOAWAY or RST_STREAM
+	calmed bool   // a too_many_pings GOAWAY was seen (reported once)
 }
 
-// scan consumes b and reports whether it completed a GOAWAY ENHANCE_YOUR_CALM too_many_pings
-// frame (at most once per scanner).
-func (s *frameScanner) scan(b []byte) bool {
-	for len(b) > 0 && !s.done {
+// scan consumes b; it reports whether it completed the first GOAWAY ENHANCE_YOUR_CALM
+// too_many_pings frame, and how many RST_STREAM FRAME_SIZE_ERROR frames it completed.
+func (s *frameScanner) scan(b []byte) (calm bool, resets int) {
+	for len(b) > 0 {
 		if s.nhdr < frameHeaderLen {
 			n := copy(s.hdr[s.nhdr:], b)
 			s.nhdr += n
 			b = b[n:]
 			if s.nhdr < frameHeaderLen {
-				return false
+				return calm, resets
 			}
 			s.left = int(s.hdr[0])<<16 | int(s.hdr[1])<<8 | int(s.hdr[2])
-			s.goAway = s.hdr[3] == frameTypeGoAway
+			s.typ = s.hdr[3]
 			s.keep = s.keep[:0]
 		}
 		n := min(s.left, len(b))
-		if s.goAway && len(s.keep) < goAwayKeep {
+		if (s.typ == frameTypeGoAway || s.typ == frameTypeRST) && len(s.keep) < goAwayKeep {
 			s.keep = append(s.keep, b[:min(n, goAwayKeep-len(s.keep))]...)
 		}
 		s.left -= n
 		b = b[n:]
 		if s.left == 0 {
 			s.nhdr = 0
-			if s.goAway && isTooManyPings(s.keep) {
-				s.done = true
-				return true
+			switch {
+			case s.typ == frameTypeGoAway && !s.calmed && isTooManyPings(s.keep):
+				s.calmed, calm = true, true
+			case s.typ == frameTypeRST && len(s.keep) == 4 && binary.BigEndian.Uint32(s.keep) == errCodeFrameSize:
+				resets++
 			}
 		}
 	}
-	return false
+	return calm, resets
 }
 
 // isTooManyPings: a GOAWAY payload is the last stream ID (4 bytes), the error code (4 bytes)

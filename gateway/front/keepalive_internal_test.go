@@ -49,7 +49,7 @@ func TestFrameScannerFindsTooManyPingsAcrossWrites(t *testing.T) {
 				hits := 0
 				for b := all; len(b) > 0; {
 					n := min(chunk, len(b))
-					if s.scan(b[:n]) {
+					if calm, _ := s.scan(b[:n]); calm {
 						hits++
 					}
 					b = b[n:]
@@ -59,5 +59,34 @@ func TestFrameScannerFindsTooManyPingsAcrossWrites(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestFrameScannerCountsHeaderSizeResets(t *testing.T) {
+	rst := func(code uint32) []byte { return h2frame(frameTypeRST, binary.BigEndian.AppendUint32(nil, code)) }
+	stream := [][]byte{
+		h2frame(0x4, make([]byte, 18)),
+		rst(errCodeFrameSize),
+		h2frame(0x0, rst(errCodeFrameSize)), // inside DATA: skipped
+		rst(0x8),                            // CANCEL: not a header reset
+		h2frame(0x0, make([]byte, 70000)),
+		rst(errCodeFrameSize),
+	}
+	var all []byte
+	for _, f := range stream {
+		all = append(all, f...)
+	}
+	for _, chunk := range []int{1, 3, 9, 13, 4096, len(all)} {
+		var s frameScanner
+		total := 0
+		for b := all; len(b) > 0; {
+			n := min(chunk, len(b))
+			_, r := s.scan(b[:n])
+			total += r
+			b = b[n:]
+		}
+		if total != 2 {
+			t.Fatalf("writes of %d bytes: %d FRAME_SIZE resets, want 2", chunk, total)
+		}
 	}
 }

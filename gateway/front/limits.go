@@ -2,45 +2,101 @@ package front
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
 
-// streamLimits counts open streams in total and per identity.
+// streamLimits counts open streams in total and per VM.
 type streamLimits struct {
-	max, perID int
+	max, perVM int
 	mu         sync.Mutex
 	total      int
-	byID       map[string]int
+	byVM       map[string]int
 }
 
-func newStreamLimits(max, perID int) *streamLimits {
-	return &streamLimits{max: max, perID: perID, byID: map[string]int{}}
+func newStreamLimits(max, perVM int) *streamLimits {
+	return &streamLimits{max: max, perVM: perVM, byVM: map[string]int{}}
 }
 
-// acquire takes a slot for key; it returns the limit that refused it, or "" and the release.
-func (l *streamLimits) acquire(key string) (string, func()) {
+// open takes a slot of the total; it returns the limit that refused it, or "" and the release.
+func (l *streamLimits) open() (string, func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.total >= l.max {
 		return "max_streams", nil
 	}
-	if l.byID[key] >= l.perID {
-		return "max_streams_per_identity", nil
-	}
 	l.total++
-	l.byID[key]++
-	var once sync.Once
-	return "", func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			l.total--
-			if l.byID[key]--; l.byID[key] == 0 {
-				delete(l.byID, key)
-			}
-		})
+	return "", onceFunc(func() {
+		l.mu.Lock()
+		l.total--
+		l.mu.Unlock()
+	})
+}
+
+// openVM takes a slot of the VM key (see vmKey); it returns the limit that refused it, or ""
+// and the release.
+func (l *streamLimits) openVM(key string) (string, func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.byVM[key] >= l.perVM {
+		return "max_streams_per_vm", nil
 	}
+	l.byVM[key]++
+	return "", onceFunc(func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.byVM[key]--; l.byVM[key] == 0 {
+			delete(l.byVM, key)
+		}
+	})
+}
+
+func onceFunc(f func()) func() {
+	var once sync.Once
+	return func() { once.Do(f) }
+}
+
+// authenticating counts the calls of each source address whose credentials are being verified.
+type authenticating struct {
+	max   int
+	mu    sync.Mutex
+	bySrc map[netip.Addr]int
+}
+
+func newAuthenticating(max int) *authenticating {
+	return &authenticating{max: max, bySrc: map[netip.Addr]int{}}
+}
+
+// enter takes a slot of src; it returns false when src has max calls being verified.
+func (a *authenticating) enter(src netip.Addr) (func(), bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.bySrc[src] >= a.max {
+		return nil, false
+	}
+	a.bySrc[src]++
+	return onceFunc(func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.bySrc[src]--; a.bySrc[src] <= 0 {
+			delete(a.bySrc, src)
+		}
+	}), true
+}
+
+// maxNodeKey bounds the node ID's part of a VM key (the ID is the client's choice).
+const maxNodeKey = 256
+
+// vmKey names one VM for the per-VM stream limit: its verified identity and cluster, its source
+// address and, on ADS streams, its node ID (two VMs of one group behind one NAT address differ
+// there). Counting per identity alone would cap a whole WorkloadGroup, whose VMs share one
+// service account, at the limit of one VM.
+func vmKey(c *caller, node string) string {
+	if len(node) > maxNodeKey {
+		node = node[:maxNodeKey]
+	}
+	return c.id.SPIFFEID + "|" + c.cluster + "|" + c.source.String() + "|" + node
 }
 
 // connTracker closes VM connections that have had no open stream for the idle timeout. gRPC's

@@ -50,7 +50,7 @@ func TestFrontMemoryPerStream(t *testing.T) {
 	upAddr := child.expect(t, "upstream")
 	g := startFront(t, p, front.Config{Upstreams: []front.UpstreamConfig{
 		{Cluster: "c1", Address: upAddr, CAFile: p.servingFile, ServerName: upstreamName}},
-		Limits: front.LimitsConfig{MaxStreamsPerID: n}}, front.Options{})
+		Limits: front.LimitsConfig{MaxStreamsPerVM: n, MaxConnectionsPerSource: n}}, front.Options{})
 
 	settle(t) // connections of earlier tests in this process finish closing before the baseline
 	before, goBefore := memNow()

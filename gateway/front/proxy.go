@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/ewgate/ewgate/gateway/internal/logsample"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -24,9 +26,18 @@ var streamDesc = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 type stream struct {
 	method  string
 	start   time.Time
+	source  string // the peer's address, known before authentication
+	node    string // the ADS node ID, once read (client-chosen: capped when logged)
+	reason  string // why the front refused the stream ("" if it did not): the log sampling key
 	caller  *caller
 	up, dn  int64 // bytes to the upstream, to the VM
 	session *registrar.Session
+	// vmErr is the error that ended the reading of the VM's side (not io.EOF), set by the
+	// reader before it hands the error over; readerDone is closed when the reader has exited.
+	vmErr      atomic.Pointer[error]
+	readerDone chan struct{}
+	// releaseVM frees the stream's slot of the per-VM limit (ADS: taken once the node is known).
+	releaseVM func()
 }
 
 // handle is the gRPC handler of every method: authenticate, pick the upstream, for ADS read
@@ -35,42 +46,71 @@ func (f *Front) handle(_ any, ss grpc.ServerStream) (err error) {
 	st := &stream{start: time.Now()}
 	st.method, _ = grpc.MethodFromServerStream(ss)
 	ctx := ss.Context()
-	if p, ok := peer.FromContext(ctx); ok && f.tracker != nil {
-		addr := p.Addr.String()
-		f.tracker.streamStarted(addr)
-		defer f.tracker.streamEnded(addr)
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		st.source = p.Addr.String()
+		if f.tracker != nil {
+			f.tracker.streamStarted(st.source)
+			defer f.tracker.streamEnded(st.source)
+		}
 	}
 	f.m.active.Inc()
 	defer func() {
 		f.m.active.Dec()
+		err = f.vmEnded(ctx, st, err)
 		f.finish(st, err)
 	}()
-	c, err := f.authenticate(ctx)
+	c, result, err := f.authenticate(ctx)
 	if err != nil {
+		st.reason = "auth_" + result
 		return err
 	}
 	st.caller = c
 	up := f.upstreams[c.cluster]
 	if up == nil {
+		st.reason = "no_upstream"
 		return status.Errorf(codes.PermissionDenied, "ewgate: no control plane is configured for cluster %q", c.cluster)
 	}
-	if limit, release := f.limits.acquire(c.id.SPIFFEID + "|" + c.cluster); limit != "" {
-		f.m.limits.WithLabelValues(limit).Inc()
-		return status.Errorf(codes.ResourceExhausted, "ewgate: too many open streams (%s)", limit)
-	} else {
-		defer release()
+	limit, release := f.limits.open()
+	if limit != "" {
+		return f.refuseLimit(st, limit)
 	}
-	in := f.startReader(ctx, ss)
+	defer release()
+	isADS := st.method == MethodADS || st.method == MethodDeltaADS
+	if !isADS { // an ADS stream is counted once its node is known (admitADS)
+		if limit, release := f.limits.openVM(vmKey(c, "")); limit != "" {
+			return f.refuseLimit(st, limit)
+		} else {
+			defer release()
+		}
+	}
+	in := f.startReader(ctx, ss, st)
+	// Every way out of the stream ends its registrar session, a failed or abandoned
+	// registration wait included: the registrar keeps a workload connected (and its
+	// WorkloadEntry routed) for as long as a session of it is open.
+	defer func() {
+		if st.session != nil {
+			st.session.Close()
+		}
+	}()
+	defer func() {
+		if st.releaseVM != nil {
+			st.releaseVM()
+		}
+	}()
 	var first *frame
-	if st.method == MethodADS || st.method == MethodDeltaADS {
+	if isADS {
 		if first, err = f.admitADS(ctx, st, in); err != nil {
 			return err
 		}
-		if st.session != nil {
-			defer st.session.Close()
-		}
 	}
 	return f.forward(ctx, ss, up, st, in, first)
+}
+
+// refuseLimit counts a stream limit and returns the VM's status.
+func (f *Front) refuseLimit(st *stream, limit string) error {
+	f.m.limits.WithLabelValues(limit).Inc()
+	st.reason = limit
+	return status.Errorf(codes.ResourceExhausted, "ewgate: too many open streams (%s)", limit)
 }
 
 // received is one result of reading the VM's side.
@@ -83,14 +123,19 @@ type received struct {
 // time (an unbuffered channel): while the upstream does not take a message, nothing more is
 // read, and HTTP/2 flow control holds the VM back. The goroutine ends when the VM's side ends
 // or the stream's context does (the handler returning cancels it); the Front waits for it.
-func (f *Front) startReader(ctx context.Context, ss grpc.ServerStream) <-chan received {
+func (f *Front) startReader(ctx context.Context, ss grpc.ServerStream, st *stream) <-chan received {
 	in := make(chan received)
+	st.readerDone = make(chan struct{})
 	f.wg.Go(func() {
+		defer close(st.readerDone)
 		for {
 			fr := &frame{}
 			err := ss.RecvMsg(fr)
 			if err != nil {
 				fr = nil
+				if err != io.EOF {
+					st.vmErr.Store(&err)
+				}
 			}
 			select {
 			case in <- received{f: fr, err: err}:
@@ -118,25 +163,35 @@ func (f *Front) admitADS(ctx context.Context, st *stream, in <-chan received) (*
 	case r = <-in:
 	case <-t.C:
 		f.m.limits.WithLabelValues("first_message_timeout").Inc()
+		st.reason = "first_message_timeout"
 		return nil, status.Error(codes.DeadlineExceeded, "ewgate: no discovery request within the first-message timeout")
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 	if r.err != nil {
-		return nil, vmRecvError(f, r.err)
+		return nil, f.vmRecvError(st, r.err)
 	}
 	fr, err := decodeFirst(st.method, r.f.bytes())
 	if err != nil {
 		r.f.free()
-		return nil, status.Error(codes.InvalidArgument, "ewgate: "+err.Error())
+		st.reason = "bad_first_request"
+		return nil, status.Error(codes.InvalidArgument, "ewgate: "+capMsg(err.Error()))
 	}
+	st.node = fr.node.GetId()
 	c := st.caller
 	if cid := metaString(fr.node.GetMetadata(), "CLUSTER_ID"); cid != "" && cid != c.cluster {
 		r.f.free()
+		st.reason = resultClusterMismatch
 		f.m.auth.WithLabelValues(resultClusterMismatch).Inc()
 		return nil, status.Errorf(codes.PermissionDenied,
 			"ewgate: node CLUSTER_ID %q does not match the cluster %q that vouched for %s: fix ISTIO_META_CLUSTER_ID", short(cid), c.cluster, c.id.SPIFFEID)
 	}
+	limit, release := f.limits.openVM(vmKey(c, fr.node.GetId()))
+	if limit != "" {
+		r.f.free()
+		return nil, f.refuseLimit(st, limit)
+	}
+	st.releaseVM = release
 	if fr.group == "" || f.opts.Registrar == nil {
 		return r.f, nil
 	}
@@ -165,6 +220,7 @@ func (f *Front) register(ctx context.Context, st *stream, fr *firstRequest) erro
 	})
 	if err != nil {
 		f.m.registers.WithLabelValues("refused").Inc()
+		st.reason = "registration_refused"
 		return registrationError(err, node.AutoRegisterGroup, c.id.Namespace)
 	}
 	st.session = sess
@@ -176,6 +232,7 @@ func (f *Front) register(ctx context.Context, st *stream, fr *firstRequest) erro
 		return nil
 	case <-t.C:
 		f.m.registers.WithLabelValues("timeout").Inc()
+		st.reason = "registration_timeout"
 		return status.Error(codes.Unavailable, "ewgate: the WorkloadEntry could not be written in time; retry")
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
@@ -187,27 +244,41 @@ func registrationError(err error, group, ns string) error {
 	switch {
 	case errors.Is(err, registrar.ErrGroupNotFound):
 		return status.Errorf(codes.FailedPrecondition,
-			"ewgate: no WorkloadGroup %q in namespace %q: create it, or fix ISTIO_META_AUTO_REGISTER_GROUP (%v)", group, ns, err)
+			"ewgate: no WorkloadGroup %q in namespace %q: create it, or fix ISTIO_META_AUTO_REGISTER_GROUP (%v)", short(group), ns, capMsg(err.Error()))
 	case errors.Is(err, registrar.ErrDenied):
 		return status.Errorf(codes.PermissionDenied,
-			"ewgate: this identity may not join WorkloadGroup %s/%s: use the group's namespace and service account (%v)", ns, group, err)
+			"ewgate: this identity may not join WorkloadGroup %s/%s: use the group's namespace and service account (%v)", ns, short(group), capMsg(err.Error()))
 	case errors.Is(err, registrar.ErrAddressRefused):
-		return status.Errorf(codes.PermissionDenied, "ewgate: the VM's address is refused by the address policy: %v", err)
+		return status.Errorf(codes.PermissionDenied, "ewgate: the VM's address is refused by the address policy: %v", capMsg(err.Error()))
 	case errors.Is(err, registrar.ErrReservedLabel), errors.Is(err, registrar.ErrInvalidNode):
-		return status.Errorf(codes.InvalidArgument, "ewgate: fix the node metadata: %v", err)
+		return status.Errorf(codes.InvalidArgument, "ewgate: fix the node metadata: %v", capMsg(err.Error()))
 	}
-	return status.Errorf(codes.Unavailable, "ewgate: registration failed, retry: %v", err)
+	return status.Errorf(codes.Unavailable, "ewgate: registration failed, retry: %v", capMsg(err.Error()))
 }
 
 // vmRecvError turns a failed read of the VM's side into the stream's status.
-func vmRecvError(f *Front, err error) error {
-	if status.Code(err) == codes.ResourceExhausted {
-		f.m.limits.WithLabelValues("message_size").Inc()
-	}
+func (f *Front) vmRecvError(_ *stream, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
 	return status.FromContextError(err).Err()
+}
+
+// vmEnded returns the stream's final status. A message over max_message_bytes makes gRPC
+// write ResourceExhausted to the VM and cancel the stream's context inside RecvMsg, before the
+// reader can hand the error over, so the handler may have returned Canceled (or the upstream's
+// answer to the cancellation) for what was a message_size refusal. When the context has ended,
+// the reader (which then returns promptly) is waited for and its error is what counts.
+func (f *Front) vmEnded(ctx context.Context, st *stream, err error) error {
+	if st.readerDone != nil && ctx.Err() != nil {
+		<-st.readerDone
+	}
+	if p := st.vmErr.Load(); p != nil && status.Code(*p) == codes.ResourceExhausted {
+		f.m.limits.WithLabelValues("message_size").Inc()
+		st.reason = "message_size"
+		return *p
+	}
+	return err
 }
 
 // forward opens the upstream stream and copies messages both ways until the upstream ends the
@@ -256,7 +327,7 @@ func (f *Front) forward(ctx context.Context, ss grpc.ServerStream, up *upstream,
 			if r.err != nil {
 				cancel()
 				<-done
-				return vmRecvError(f, r.err)
+				return f.vmRecvError(st, r.err)
 			}
 			if st.session != nil {
 				if ok, healthy, msg := healthReport(st.method, r.f.bytes()); ok {
@@ -326,19 +397,38 @@ func (f *Front) applyHealth(s *registrar.Session, healthy bool, msg string) {
 	f.m.health.WithLabelValues(res).Inc()
 }
 
-// finish counts the stream and writes its log line (never a credential).
+// finish counts the stream and writes its log line (never a credential). Lines of streams the
+// front refused are sampled per reason (refusals are what a flood produces); the line written
+// after a sampled-out run carries how many were dropped. Client-chosen fields are capped.
 func (f *Front) finish(st *stream, err error) {
 	code := status.Code(err)
-	cluster, identity, source := "none", "", ""
+	cluster, identity := "none", ""
 	if st.caller != nil {
-		cluster, identity, source = st.caller.cluster, st.caller.id.SPIFFEID, st.caller.source.String()
+		cluster, identity = st.caller.cluster, st.caller.id.SPIFFEID
 	}
 	f.m.streams.WithLabelValues(cluster, methodLabel(st.method), code.String()).Inc()
-	fields := []zap.Field{zap.String("method", short(st.method)), zap.String("identity", identity),
-		zap.String("cluster", cluster), zap.String("source", source), zap.Duration("duration", time.Since(st.start)),
-		zap.String("result", code.String()), zap.Int64("bytes_to_upstream", st.up), zap.Int64("bytes_to_vm", st.dn)}
+	var dropped uint64
+	if st.reason != "" {
+		var ok bool
+		if ok, dropped = f.sample.Allow(st.reason); !ok {
+			return
+		}
+	}
+	fields := make([]zap.Field, 0, 13)
+	fields = append(fields, zap.String("method", short(st.method)), zap.String("identity", identity),
+		zap.String("cluster", cluster), zap.String("source", st.source), zap.Duration("duration", time.Since(st.start)),
+		zap.String("result", code.String()), zap.Int64("bytes_to_upstream", st.up), zap.Int64("bytes_to_vm", st.dn))
+	if st.node != "" {
+		fields = append(fields, zap.String("node", logsample.Cap(st.node, maxNodeKey)))
+	}
 	if err != nil {
-		fields = append(fields, zap.String("message", status.Convert(err).Message()))
+		fields = append(fields, zap.String("message", capMsg(status.Convert(err).Message())))
+	}
+	if st.reason != "" {
+		fields = append(fields, zap.String("refused", st.reason))
+		if dropped > 0 {
+			fields = append(fields, zap.Uint64("dropped", dropped))
+		}
 	}
 	f.log.Info("control stream", fields...)
 }

@@ -85,12 +85,12 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		src := sourceOf(c.RemoteAddr())
 		if reason := l.admit(src); reason != nil {
+			reason.Inc() // before the close, which the client sees
 			// A reset (linger 0) frees the socket at once instead of leaving it in TIME_WAIT.
 			if tc, ok := c.(*net.TCPConn); ok {
 				tc.SetLinger(0)
 			}
 			c.Close()
-			reason.Inc()
 			continue
 		}
 		l.open.Inc()

@@ -41,7 +41,9 @@ func TestAdminConnectionCaps(t *testing.T) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 		c, err := d.Dial("tcp", addr)
 		if err != nil {
-			t.Fatalf("dial from %s: %v", src, err)
+			// On loopback the server's reset of a refused connection can beat connect's return.
+			t.Logf("dial from %s: %v", src, err)
+			return nil, false
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := io.WriteString(c, "GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {

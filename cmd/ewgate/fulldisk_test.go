@@ -126,11 +126,24 @@ func TestFullStoreDiskDegradesOnlyTheVMSide(t *testing.T) {
 		t.Fatalf("degraded log line %v; want one naming the store and the error", degraded)
 	}
 
+	// A reload while degraded is taken (the data plane's part of it at once) and its groups join
+	// the retries.
+	changed := strings.Replace(cfg, "workload_groups:\n", "workload_groups:\n  - metadata: {name: api, namespace: vms}\n    spec: {template: {serviceAccount: api}}\n", 1)
+	if err := os.WriteFile(path, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "reload while degraded", func() bool { return len(p.find("config reloaded")) == 1 })
+	if code, _ := httpGet(t, status+"/healthz/control"); code != 503 {
+		t.Fatalf("/healthz/control after a reload on a full disk: %d; want 503", code)
+	}
+
 	// Space returns: the groups are written and the VM side recovers by itself.
 	free()
 	eventually(t, "/healthz/control 200 after space returned", func() bool { code, _ := httpGet(t, status+"/healthz/control"); return code == 200 })
-	if _, err := os.Stat(filepath.Join(store, "workloadgroups", "vms", "web.yaml")); err != nil {
-		t.Fatalf("group not in the store after recovery: %v", err)
+	for _, g := range []string{"web", "api"} {
+		if _, err := os.Stat(filepath.Join(store, "workloadgroups", "vms", g+".yaml")); err != nil {
+			t.Fatalf("group %s not in the store after recovery: %v", g, err)
+		}
 	}
 	if _, body := httpGet(t, metrics+"/metrics"); !strings.Contains(body, "ewgate_control_ready 1") {
 		t.Fatal("ewgate_control_ready is not 1 after recovery")

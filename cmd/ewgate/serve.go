@@ -144,12 +144,12 @@ func (s *server) startAdmin(cfg *config.File, reg *prometheus.Registry) (adminSe
 	all := s.debugHandlers()
 	maps.Copy(all, status)
 	servers := []struct {
-		name, addr string
-		h          http.Handler
+		name, key, addr string
+		h               http.Handler
 	}{
-		{"admin", a.Address, s.gw.AdminHandler(reg, a.Pprof, all)},
-		{"status", a.StatusAddress, s.gw.StatusHandler(status)},
-		{"metrics", a.MetricsAddress, gateway.MetricsHandler(reg)},
+		{"admin", "admin.address", a.Address, s.gw.AdminHandler(reg, a.Pprof, all)},
+		{"status", "admin.status_address", a.StatusAddress, s.gw.StatusHandler(status)},
+		{"metrics", "admin.metrics_address", a.MetricsAddress, gateway.MetricsHandler(reg)},
 	}
 	limiter := gateway.NewAdminLimiter(reg)
 	lim := gateway.AdminLimits{MaxConnections: a.MaxConnections, MaxPerSource: a.MaxConnectionsPerSource}
@@ -161,7 +161,7 @@ func (s *server) startAdmin(cfg *config.File, reg *prometheus.Registry) (adminSe
 		ln, err := net.Listen("tcp", sv.addr)
 		if err != nil {
 			started.close()
-			return nil, fmt.Errorf("%s listener (admin.%s): %w", sv.name, map[string]string{"admin": "address", "status": "status_address", "metrics": "metrics_address"}[sv.name], err)
+			return nil, fmt.Errorf("%s listener (%s): %w", sv.name, sv.key, err)
 		}
 		srv := gateway.NewAdminServer(sv.h)
 		as := adminServer{srv: srv, done: make(chan error, 1)}

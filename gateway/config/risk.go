@@ -108,8 +108,12 @@ func (f *File) risks(v *validator) {
 		}
 	}
 	if !loopback(f.Admin.Address) {
-		v.warn("admin.address", "%s is not a loopback address: the debug pages (every route and endpoint IP, every registered VM, issuers and key ids, auth-failure counts)%s are open to whoever reaches it; keep it on 127.0.0.1:15000 (reached with kubectl port-forward) and serve probes with admin.status_address and Prometheus with admin.metrics_address",
-			f.Admin.Address, map[bool]string{true: " and pprof", false: ""}[f.Admin.Pprof])
+		pages := "the debug pages (every route and endpoint IP, every registered VM, issuers and key ids, auth-failure counts)"
+		if f.Admin.Pprof {
+			pages += " and pprof"
+		}
+		v.warn("admin.address", "%s is not a loopback address: %s are open to whoever reaches it; keep it on 127.0.0.1:15000 (reached with kubectl port-forward) and serve probes with admin.status_address and Prometheus with admin.metrics_address",
+			f.Admin.Address, pages)
 	}
 	if f.ControlPlaneEnabled() && !loopback(f.ControlPlane.Address) {
 		v.warn("control_plane.address", "%s is not a loopback address: the built-in control plane authenticates no caller, so whoever reaches it reads every service and endpoint over xDS; keep it on 127.0.0.1 (VMs come through the authenticated control endpoint, control.address) unless only trusted peers can reach this address", f.ControlPlane.Address)

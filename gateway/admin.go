@@ -11,12 +11,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// AdminHandler serves the admin endpoints: GET /healthz/ready (200 while serving, 503 before
-// the first config and while draining), /metrics (Prometheus text), /debug/routes (the live
-// route tables as JSON) and, with withPprof, /debug/pprof/. extra mounts more handlers (other
-// parts of ewgate add their /debug pages).
-func (g *Gateway) AdminHandler(gatherer prometheus.Gatherer, withPprof bool, extra map[string]http.Handler) http.Handler {
+// The admin HTTP servers, split as Istio and Envoy split them (docs/operations.md "Health and
+// metrics"): StatusHandler for the port a load balancer may publish (readiness only),
+// MetricsHandler for Prometheus, AdminHandler for people, on loopback.
+
+// StatusHandler serves readiness and nothing else: GET /healthz/ready (200 while serving, 503
+// before the first config and while draining) and the extra checks (path -> handler, e.g. GET
+// /healthz/control). Every other path is 404: nothing a load balancer publishes may show a
+// route, an endpoint or a counter.
+func (g *Gateway) StatusHandler(extra map[string]http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	g.statusRoutes(mux, extra)
+	return mux
+}
+
+func (g *Gateway) statusRoutes(mux *http.ServeMux, extra map[string]http.Handler) {
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !g.Ready() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
@@ -24,6 +33,25 @@ func (g *Gateway) AdminHandler(gatherer prometheus.Gatherer, withPprof bool, ext
 		}
 		w.Write([]byte("ok\n"))
 	})
+	for path, h := range extra {
+		mux.Handle(path, h)
+	}
+}
+
+// MetricsHandler serves GET /metrics (Prometheus text) and nothing else.
+func MetricsHandler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// AdminHandler serves every admin page, for the debug address on loopback: GET /healthz/ready,
+// /metrics, /debug/routes (the live route tables as JSON) and, with withPprof, /debug/pprof/.
+// extra mounts more handlers (other parts of ewgate add their /debug pages and the status
+// checks they give StatusHandler).
+func (g *Gateway) AdminHandler(gatherer prometheus.Gatherer, withPprof bool, extra map[string]http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	g.statusRoutes(mux, nil)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /debug/routes", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -44,7 +72,8 @@ func (g *Gateway) AdminHandler(gatherer prometheus.Gatherer, withPprof bool, ext
 	return mux
 }
 
-// NewAdminServer wraps the admin handler in an http.Server with the limits every listener has.
+// NewAdminServer wraps an admin handler in an http.Server with the timeouts every admin server
+// has; serve it on a listener from AdminLimiter.Wrap for the connection caps.
 func NewAdminServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,

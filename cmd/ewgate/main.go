@@ -2,7 +2,7 @@
 // without terminating them.
 //
 //	ewgate serve --config FILE     serve until SIGTERM/SIGINT; SIGHUP or a file change reloads
-//	ewgate check --config FILE     validate FILE; exit 0 when valid, 1 with the errors when not
+//	ewgate check --config FILE     validate FILE; exit 0 when valid (printing any warnings), 1 with the errors when not
 //	ewgate vm-config ...           write a VM's onboarding bundle (docs/vm-onboarding.md)
 //	ewgate version                 print the version
 package main
@@ -99,6 +99,9 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1
+	}
+	for _, w := range f.Warnings {
+		fmt.Fprintf(stdout, "warning: %v\n", w)
 	}
 	fmt.Fprintf(stdout, "%s: valid (listeners: %d, static clusters: %d, services: %d)\n", path, len(f.Listeners), len(f.Clusters), len(f.Services))
 	return 0

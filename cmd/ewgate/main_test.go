@@ -184,7 +184,7 @@ func TestServeExampleReloadDrain(t *testing.T) {
 	demoAddr := freeAddr(t)
 	_, demoPort, _ := net.SplitHostPort(demoAddr)
 	cfg := strings.NewReplacer("ports: {tls: 18443}", "ports: {tls: "+demoPort+"}",
-		"127.0.0.1:15021", "127.0.0.1:0", "127.0.0.1:15443", "127.0.0.1:0", "127.0.0.1:15444", "127.0.0.1:0", "127.0.0.1:15010", "127.0.0.1:0",
+		"127.0.0.1:15000", "127.0.0.1:0", "127.0.0.1:15020", "127.0.0.1:0", "127.0.0.1:15021", "127.0.0.1:0", "127.0.0.1:15443", "127.0.0.1:0", "127.0.0.1:15444", "127.0.0.1:0", "127.0.0.1:15010", "127.0.0.1:0",
 		"127.0.0.1:18443", demoAddr, "watch_interval: 2s", "watch_interval: 50ms", "drain_timeout: 30s", "drain_timeout: 20s",
 	).Replace(string(raw))
 	path := filepath.Join(t.TempDir(), "ewgate.yaml")

@@ -8,10 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,6 +56,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	}
 	defer log.Sync()
 	s := &server{path: path, log: log, level: level, lastHash: sha256.Sum256(raw)}
+	s.logWarnings(cfg, "start")
 	if err := s.serve(cfg); err != nil {
 		log.Error("ewgate stopped", zap.Error(err))
 		return 1
@@ -69,34 +72,33 @@ type server struct {
 	gw       *gateway.Gateway
 	cfg      *config.File // the serving config
 	lastHash [32]byte
-	parts    *parts // set once at start, before any reload
+	parts    atomic.Pointer[parts] // set once at start, before any reload; read by admin pages
+	health   *controlHealth        // the VM side's readiness (GET /healthz/control)
 }
 
 func (s *server) serve(cfg *config.File) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.gw = gateway.New(gateway.Options{Logger: s.log, Registerer: reg})
+	s.health = newControlHealth(reg)
+	s.health.set(func(h *controlHealth) { h.configured.Store(cfg.Control != nil) })
 
-	adminLn, err := net.Listen("tcp", cfg.Admin.Address)
+	admin, err := s.startAdmin(cfg, reg)
 	if err != nil {
-		return fmt.Errorf("admin listener: %w", err)
+		return err
 	}
-	admin := gateway.NewAdminServer(s.gw.AdminHandler(reg, config.BoolOr(cfg.Admin.Pprof, true), s.debugHandlers()))
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- admin.Serve(adminLn) }()
-	s.log.Info("listening", zap.String("listener", "admin"), zap.String("kind", "admin"), zap.Stringer("address", adminLn.Addr()))
-
 	if err := s.apply(cfg); err != nil {
-		admin.Close()
-		<-adminDone
+		admin.close()
 		return err
 	}
-	if s.parts, err = s.startParts(cfg, reg); err != nil {
+	p, err := s.startParts(cfg, reg)
+	if err != nil {
 		s.drain(nil, 0)
-		admin.Close()
-		<-adminDone
+		admin.close()
 		return err
 	}
+	s.parts.Store(p)
+	s.health.set(func(h *controlHealth) { h.started.Store(true) })
 	s.log.Info("ewgate serving", zap.String("version", versionString()), zap.String("config", s.path))
 
 	ctx, stopWatch := context.WithCancel(context.Background())
@@ -116,14 +118,90 @@ func (s *server) serve(cfg *config.File) error {
 	}
 	stopWatch()
 	<-watchDone
-	s.parts.stop() // the routes stay as they are while the connections drain
+	s.health.set(func(h *controlHealth) { h.started.Store(false) })
+	p.stop() // the routes stay as they are while the connections drain
 	s.drain(sigs, s.cfg.DrainTimeout)
-	shutdownAdmin(admin)
-	if err := <-adminDone; err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := admin.shutdown(); err != nil {
 		return err
 	}
 	s.log.Info("ewgate stopped")
 	return nil
+}
+
+// adminServers are the admin HTTP servers the config asks for (config.Admin): the debug admin
+// with every page, the status server (readiness only) and the metrics server, each behind its
+// connection caps.
+type adminServers []adminServer
+
+type adminServer struct {
+	srv  *http.Server
+	done chan error
+}
+
+func (s *server) startAdmin(cfg *config.File, reg *prometheus.Registry) (adminServers, error) {
+	a := cfg.Admin
+	status := s.statusChecks()
+	all := s.debugHandlers()
+	maps.Copy(all, status)
+	servers := []struct {
+		name, key, addr string
+		h               http.Handler
+	}{
+		{"admin", "admin.address", a.Address, s.gw.AdminHandler(reg, a.Pprof, all)},
+		{"status", "admin.status_address", a.StatusAddress, s.gw.StatusHandler(status)},
+		{"metrics", "admin.metrics_address", a.MetricsAddress, gateway.MetricsHandler(reg)},
+	}
+	limiter := gateway.NewAdminLimiter(reg)
+	lim := gateway.AdminLimits{MaxConnections: a.MaxConnections, MaxPerSource: a.MaxConnectionsPerSource}
+	var started adminServers
+	for _, sv := range servers {
+		if sv.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", sv.addr)
+		if err != nil {
+			started.close()
+			return nil, fmt.Errorf("%s listener (%s): %w", sv.name, sv.key, err)
+		}
+		srv := gateway.NewAdminServer(sv.h)
+		as := adminServer{srv: srv, done: make(chan error, 1)}
+		go func() { as.done <- srv.Serve(limiter.Wrap(sv.name, ln, lim)) }()
+		started = append(started, as)
+		s.log.Info("listening", zap.String("listener", sv.name), zap.String("kind", sv.name), zap.Stringer("address", ln.Addr()),
+			zap.Int("max_connections", lim.MaxConnections), zap.Int("max_connections_per_source", lim.MaxPerSource))
+	}
+	return started, nil
+}
+
+func (as adminServers) close() {
+	for _, a := range as {
+		a.srv.Close()
+		<-a.done
+	}
+}
+
+// shutdown lets each server finish its requests (5 s at most), then closes it.
+func (as adminServers) shutdown() error {
+	var errs []error
+	for _, a := range as {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := a.srv.Shutdown(ctx); err != nil {
+			a.srv.Close()
+		}
+		cancel()
+		if err := <-a.done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// logWarnings logs each risky setting the config load found (config.File.Warnings).
+func (s *server) logWarnings(cfg *config.File, when string) {
+	for _, w := range cfg.Warnings {
+		s.log.Warn("config warning", zap.String("when", when), zap.String("file", w.File), zap.Int("line", w.Line),
+			zap.String("path", w.Path), zap.String("warning", w.Msg))
+	}
 }
 
 // drain waits for open connections up to the drain timeout; a second signal cuts them at once.
@@ -143,22 +221,14 @@ func (s *server) drain(sigs <-chan os.Signal, timeout time.Duration) {
 	}
 }
 
-func shutdownAdmin(admin *http.Server) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := admin.Shutdown(ctx); err != nil {
-		admin.Close()
-	}
-}
-
 // apply hands cfg to the gateway and logs where each listener listens.
 func (s *server) apply(cfg *config.File) error {
 	if err := s.gw.Apply(cfg); err != nil {
 		return err
 	}
 	s.cfg = cfg
-	if err := s.parts.reload(cfg); err != nil {
-		s.log.Error("reload: workload groups not written; the registrar keeps the previous ones", zap.Error(err))
+	if err := s.parts.Load().reload(cfg); err != nil {
+		s.log.Error("reload: workload groups not written; the registrar keeps the previous ones and ewgate retries with backoff", zap.Error(err))
 	}
 	if lvl, err := zapcore.ParseLevel(cfg.Log.Level); err == nil {
 		s.level.SetLevel(lvl)
@@ -176,6 +246,7 @@ func (s *server) reload(why string) {
 		s.lastHash = sha256.Sum256(raw)
 		var cfg *config.File
 		if cfg, err = config.Parse(raw, s.path); err == nil {
+			s.logWarnings(cfg, "reload")
 			err = s.apply(cfg)
 			if err == nil {
 				s.log.Info("config reloaded", zap.String("trigger", why), zap.Uint64("snapshot", s.gw.Snapshot().Version))

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +21,7 @@ type vmParts struct {
 	reg      *registrar.Registrar
 	store    registrar.Store
 	front    *front.Front
+	groups   *groupSync // nil without a registrar
 }
 
 // startVM builds the verifier, the registrar and the front the config asks for into p.vm (so
@@ -43,9 +43,10 @@ func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
 		if err != nil {
 			return err
 		}
-		if err := vm.syncGroups(p.ctx, cfg); err != nil {
-			return err
-		}
+		// A store that refuses the groups (a full disk, an API server away) degrades the VM
+		// side only: the data plane serves on and the groups are retried (groupsync.go).
+		vm.groups = newGroupSync(vm.store.WorkloadGroups(), p.where, p.log.Named("registrar"), p.health)
+		_ = vm.groups.update(p.ctx, cfg.WorkloadGroups)
 		opts.Registrar = vm.reg
 	}
 	vm.front, err = front.New(*cfg.Control, opts)
@@ -56,21 +57,20 @@ func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
 func (vm *vmParts) run(p *parts) {
 	if vm.reg != nil {
 		p.goRun("registrar", vm.reg.Run)
+		p.goRun("workload group sync", vm.groups.run)
 	}
 	if vm.front != nil {
 		p.goRun("control endpoint", vm.front.Run)
 	}
 }
 
-// syncGroups writes the config's workload groups to the registrar's store.
+// syncGroups writes the config's workload groups to the registrar's store; on failure they
+// are retried in the background until written (or replaced by a later reload).
 func (vm *vmParts) syncGroups(ctx context.Context, cfg *config.File) error {
-	if vm == nil || vm.reg == nil {
+	if vm == nil || vm.groups == nil {
 		return nil
 	}
-	if err := registrar.SyncGroups(ctx, vm.store.WorkloadGroups(), cfg.WorkloadGroups); err != nil {
-		return fmt.Errorf("workload_groups: %w", err)
-	}
-	return nil
+	return vm.groups.update(ctx, cfg.WorkloadGroups)
 }
 
 func (vm *vmParts) close() {
@@ -85,8 +85,8 @@ func (s *server) debugHandlers() map[string]http.Handler {
 	page := func(get func(vm *vmParts) (any, bool)) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			var vm *vmParts
-			if s.parts != nil {
-				vm = s.parts.vm
+			if p := s.parts.Load(); p != nil {
+				vm = p.vm
 			}
 			v, ok := any(nil), false
 			if vm != nil {

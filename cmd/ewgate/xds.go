@@ -33,6 +33,8 @@ type parts struct {
 	wg     sync.WaitGroup
 	store  registrar.Store // nil when the config needs none
 	close  func()          // releases the store
+	where  string          // where the store is, for logs
+	health *controlHealth
 	cp     *controlplane.Server
 	vm     *vmParts
 }
@@ -41,7 +43,7 @@ type parts struct {
 // control plane (standalone mode) and the gateway's xDS client (routes_from: xds listeners).
 func (s *server) startParts(cfg *config.File, reg prometheus.Registerer) (p *parts, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	p = &parts{log: s.log, ctx: ctx, cancel: cancel}
+	p = &parts{log: s.log, ctx: ctx, cancel: cancel, health: s.health}
 	defer func() {
 		if err != nil {
 			p.stop()
@@ -195,13 +197,13 @@ func (p *parts) openStore(cfg *config.File) error {
 		if err != nil {
 			return fmt.Errorf("kubernetes: %w", err)
 		}
-		p.store, p.close = st, st.Close
+		p.store, p.close, p.where = st, st.Close, "kubernetes"
 	case cfg.ControlPlane.WorkloadEntriesDir != "":
 		st, err := registrar.OpenFileStore(cfg.ControlPlane.WorkloadEntriesDir)
 		if err != nil {
 			return fmt.Errorf("control_plane.workload_entries_dir: %w", err)
 		}
-		p.store, p.close = st, func() { st.Close() }
+		p.store, p.close, p.where = st, func() { st.Close() }, st.Dir()
 	}
 	return nil
 }

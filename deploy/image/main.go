@@ -101,7 +101,7 @@ func build(binary []byte, arch, tag string) ([]string, map[string][]byte, string
 			"User":         "65532:65532",
 			"Entrypoint":   []string{"/ewgate"},
 			"Cmd":          []string{"serve", "--config", "/etc/ewgate/config/ewgate.yaml"},
-			"ExposedPorts": map[string]any{"15012/tcp": map[string]any{}, "15021/tcp": map[string]any{}, "15443/tcp": map[string]any{}},
+			"ExposedPorts": map[string]any{"15012/tcp": map[string]any{}, "15020/tcp": map[string]any{}, "15021/tcp": map[string]any{}, "15443/tcp": map[string]any{}},
 			"Labels":       map[string]string{"org.opencontainers.image.title": "ewgate", "org.opencontainers.image.version": tag},
 		},
 		"rootfs":  map[string]any{"type": "layers", "diff_ids": []string{diffID}},

@@ -9,7 +9,9 @@ demo=$!
 trap 'kill "$demo" 2>/dev/null || true' EXIT
 
 cat <<MSG
-ewgate: admin   http://127.0.0.1:15021/healthz/ready  (/metrics, /debug/routes)
+ewgate: status  http://127.0.0.1:15021/healthz/ready  (readiness only; /healthz/control for the VM side)
+        metrics http://127.0.0.1:15020/metrics
+        admin   http://127.0.0.1:15000/debug/routes   (every page: /debug/registrations, /debug/authn, /metrics)
         mesh    127.0.0.1:15443  -> outbound_.8443_._.demo.default.svc.cluster.local -> demo backend 127.0.0.1:18443
                 (routes over xDS from the built-in control plane on 127.0.0.1:15010)
         ingress 127.0.0.1:15444  -> demo.example.com -> demo backend 127.0.0.1:18443

@@ -49,10 +49,12 @@ const (
 
 // Defaults, resolved by SetDefaults and documented in docs/config.md.
 const (
-	DefaultAdminAddress  = "127.0.0.1:15021"
-	DefaultMeshAddress   = "127.0.0.1:15443"
-	DefaultDrainTimeout  = 30 * time.Second
-	DefaultWatchInterval = 2 * time.Second
+	DefaultAdminAddress      = "127.0.0.1:15000"
+	DefaultAdminMaxConns     = 64
+	DefaultAdminMaxPerSource = 16
+	DefaultMeshAddress       = "127.0.0.1:15443"
+	DefaultDrainTimeout      = 30 * time.Second
+	DefaultWatchInterval     = 2 * time.Second
 	// DefaultMaxConnections is the most a listener that leaves max_connections unset may get; the
 	// gateway gives it an equal share of the open-file limit, up to this (docs/operations.md
 	// "File limits").
@@ -105,6 +107,11 @@ type File struct {
 	// WorkloadGroups are the groups VMs may join in standalone mode (metadata + spec, as in
 	// Kubernetes); they are written to the registrar's store at start and on every reload.
 	WorkloadGroups []*registrar.WorkloadGroup `yaml:"workload_groups"`
+
+	// Warnings are the risky settings Load and Parse found in a valid file (see risk.go): not
+	// errors, since a deployment may justify them, but each is worth a log line at start and
+	// reload. They carry the file, line and path as errors do. Not a key of the file.
+	Warnings Errors `yaml:"-"`
 }
 
 // Kubernetes says how to reach the API server.
@@ -119,12 +126,30 @@ type Log struct {
 	Level  string `yaml:"level"`  // debug, info (default), warn, error
 }
 
-// Admin is the admin HTTP listener: readiness, metrics, debug.
+// Admin is ewgate's HTTP servers for people and machines, split as Istio and Envoy split them:
+// the debug admin (Address: every page, on loopback), the status port (StatusAddress:
+// readiness only, the one a load balancer may publish) and the metrics port (MetricsAddress:
+// /metrics only, on the pod address for Prometheus). Each server closes connections beyond
+// MaxConnections, and beyond MaxConnectionsPerSource from one source address.
 type Admin struct {
-	Address string `yaml:"address"` // zero: 127.0.0.1:15021
-	// Pprof mounts /debug/pprof/ on the admin listener. Nil means true: the admin listener is
-	// meant to be reachable only from the node (loopback by default).
-	Pprof *bool `yaml:"pprof"`
+	// Address serves every page: /healthz/ready, /healthz/control, /metrics, /debug/routes,
+	// /debug/registrations, /debug/authn and, with Pprof, /debug/pprof/. zero: 127.0.0.1:15000.
+	// Keep it on loopback (reach it with kubectl port-forward): the pages show every route,
+	// endpoint and registered VM. Anything else is warned about at load.
+	Address string `yaml:"address"`
+	// Pprof mounts /debug/pprof/ on Address. zero: false.
+	Pprof bool `yaml:"pprof"`
+	// StatusAddress serves GET /healthz/ready and GET /healthz/control only (404 for anything
+	// else): the port probes and load balancers use (Istio's 15021). Empty: no status server.
+	StatusAddress string `yaml:"status_address"`
+	// MetricsAddress serves GET /metrics only (Istio's 15020). Empty: no metrics server
+	// (/metrics stays on Address).
+	MetricsAddress string `yaml:"metrics_address"`
+	// MaxConnections caps the open connections of each of the three servers; zero: 64.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource caps one source address's open connections on each server;
+	// zero: 16.
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
 }
 
 // Reload controls how the file is re-read. SIGHUP always reloads.

@@ -54,7 +54,8 @@ func (es Errors) Error() string {
 	return strings.Join(msgs, "\n")
 }
 
-// Load reads, decodes, defaults and validates the file at path.
+// Load reads, decodes, defaults and validates the file at path. A valid file's risky settings
+// are in the returned File's Warnings, for the caller to log or print.
 func Load(path string) (*File, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -76,13 +77,16 @@ func Parse(data []byte, name string) (*File, error) {
 		return nil, &FieldError{File: name, Msg: "more than one YAML document; ewgate reads exactly one"}
 	}
 	f.SetDefaults()
-	if errs := f.Validate(); len(errs) > 0 {
+	errs := f.Validate()
+	if len(errs) > 0 || len(f.Warnings) > 0 {
 		var root yaml.Node
 		_ = yaml.Unmarshal(data, &root) // it decoded above, so it parses
-		for _, e := range errs {
+		for _, e := range append(errs, f.Warnings...) {
 			e.File = name
 			e.Line = lineOf(&root, e.Path)
 		}
+	}
+	if len(errs) > 0 {
 		return nil, errs
 	}
 	return &f, nil

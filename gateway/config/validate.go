@@ -20,9 +20,7 @@ func (f *File) SetDefaults() {
 	if f.Log.Level == "" {
 		f.Log.Level = "info"
 	}
-	if f.Admin.Address == "" {
-		f.Admin.Address = DefaultAdminAddress
-	}
+	f.Admin.setDefaults()
 	if f.DrainTimeout == 0 {
 		f.DrainTimeout = DefaultDrainTimeout
 	}
@@ -102,15 +100,27 @@ func (c *Cluster) setDefaults() {
 	}
 }
 
-// validator collects FieldErrors with their paths.
-type validator struct{ errs Errors }
+// validator collects FieldErrors and warnings with their paths.
+type validator struct{ errs, warns Errors }
 
 func (v *validator) add(path, format string, args ...any) {
 	v.errs = append(v.errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
+// warn records a risky setting that a deployment may still justify.
+func (v *validator) warn(path, format string, args ...any) {
+	v.warns = append(v.warns, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
 // Validate checks a defaulted File and returns every problem found (nil when it is valid).
+// Warnings are set in f.Warnings (without file and line: Parse adds those).
 func (f *File) Validate() Errors {
+	errs, warns := f.validate()
+	f.Warnings = warns
+	return errs
+}
+
+func (f *File) validate() (Errors, Errors) {
 	v := &validator{}
 	switch f.Log.Format {
 	case LogJSON, LogConsole:
@@ -122,7 +132,7 @@ func (f *File) Validate() Errors {
 	default:
 		v.add("log.level", "%q is not a log level: want debug, info, warn or error", f.Log.Level)
 	}
-	v.hostPort("admin.address", f.Admin.Address)
+	f.validateAdmin(v)
 	if f.DrainTimeout < 0 {
 		v.add("drain_timeout", "must not be negative")
 	}
@@ -142,10 +152,11 @@ func (f *File) Validate() Errors {
 	f.validateRoutes(v, listeners, clusters)
 	f.validateXDS(v)
 	f.validateVM(v)
+	f.risks(v)
 	if len(v.errs) == 0 {
-		return nil
+		return nil, v.warns
 	}
-	return v.errs
+	return v.errs, v.warns
 }
 
 func (v *validator) hostPort(path, addr string) {

@@ -81,7 +81,13 @@ type process struct {
 
 func startServe(t *testing.T, config string) *process {
 	t.Helper()
-	p := &process{cmd: ewgate("serve", "--config", config), done: make(chan error, 1)}
+	return startProcess(t, ewgate("serve", "--config", config))
+}
+
+// startProcess starts cmd (an `ewgate serve`, perhaps under a wrapper) and collects its logs.
+func startProcess(t *testing.T, cmd *exec.Cmd) *process {
+	t.Helper()
+	p := &process{cmd: cmd, done: make(chan error, 1)}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -79,7 +79,7 @@ type server struct {
 func (s *server) serve(cfg *config.File) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.gw = gateway.New(gateway.Options{Logger: s.log, Registerer: reg})
+	s.gw = gateway.New(gateway.Options{Logger: s.log, Registerer: reg, FDHolders: fileHolders})
 	s.health = newControlHealth(reg)
 	s.health.set(func(h *controlHealth) { h.configured.Store(cfg.Control != nil) })
 

@@ -73,12 +73,12 @@ func (g *Gateway) relayMode() string {
 	return config.RelayGoroutines
 }
 
-// engine returns the epoll engine when it runs, nil otherwise.
+// engine returns the relay engine in use: the epoll engine when it runs, else the copy engine.
 func (g *Gateway) engine() relayEngine {
 	if e := g.epoll.Load(); e != nil {
 		return epollEngine{e}
 	}
-	return nil
+	return copyEngine{}
 }
 
 // epollEngine relays on package splice's event loops the pairs accepted and dialled on them.

@@ -27,25 +27,29 @@ type relayEngine interface {
 
 var errNotOnEngine = errors.New("gateway: the connection was not accepted onto the relay engine")
 
-// relay hands the routed pair to the gateway's relay engine, and to the copy engine when there
-// is none or it did not take the pair: a listener the engine could not accept for (counted
-// when it was bound), or a pair the engine refused (counted here).
+// relay hands the routed pair to the gateway's relay engine. When that is the epoll engine and
+// it does not take the pair (a listener it could not accept for, counted when it was bound; a
+// pair it refused, counted here), the copy engine, which takes every pair, relays it.
 func (c *conn) relay() {
-	if e := c.g.engine(); e != nil {
-		err := e.relay(c)
-		if err == nil {
-			return
-		}
-		// net.ErrClosed: the client was cut at the drain deadline, not refused.
-		if !errors.Is(err, errNotOnEngine) && !errors.Is(err, net.ErrClosed) {
-			c.g.m.relayFallbacks.Inc()
-			c.g.log.Warn("relay engine refused a connection; relaying it with goroutines", zap.Error(err))
-		}
+	err := c.g.engine().relay(c)
+	if err == nil {
+		return
+	}
+	// net.ErrClosed: the client was cut at the drain deadline, not refused.
+	if !errors.Is(err, errNotOnEngine) && !errors.Is(err, net.ErrClosed) {
+		c.g.m.relayFallbacks.Inc()
+		c.g.log.Warn("relay engine refused a connection; relaying it with goroutines", zap.Error(err))
 	}
 	copyEngine{}.relay(c)
 }
 
-// copyEngine relays a pair on the connection's goroutine and one more (copyRelay).
+var (
+	_ relayEngine = epollEngine{}
+	_ relayEngine = copyEngine{}
+)
+
+// copyEngine relays a pair on the connection's goroutine and one more (copyRelay). It takes
+// every pair.
 type copyEngine struct{}
 
 func (copyEngine) relay(c *conn) error {

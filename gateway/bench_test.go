@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,4 +91,58 @@ func BenchmarkProxyThroughput(b *testing.B) {
 	b.StopTimer()
 	c.(*net.TCPConn).CloseWrite()
 	io.Copy(io.Discard, c)
+}
+
+// BenchmarkConnection measures one connection's whole life through the gateway, one at a time:
+// accept, peek, route, dial, the hello relayed to an echoing backend and back, both ends
+// closed. It is the per-connection path that BenchmarkProxyThroughput (one connection) leaves
+// out.
+func BenchmarkConnection(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var echoes sync.WaitGroup
+	echoes.Add(1)
+	go func() {
+		defer echoes.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			echoes.Add(1)
+			go func() {
+				defer echoes.Done()
+				io.Copy(c, c) // until the client's EOF, relayed by the gateway
+				c.Close()
+			}()
+		}
+	}()
+	defer func() {
+		ln.Close()
+		echoes.Wait()
+	}()
+	g := startGateway(b, meshYAML("", cluster(reviews, "mesh", "round_robin", ln.Addr().String())))
+	hello := helloBytes(b, reviews, []string{"istio"})
+	got := make([]byte, len(hello)+1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		c, err := net.Dial("tcp", g.addr("mesh"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(hello); err != nil {
+			b.Fatal(err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		n, err := io.ReadFull(c, got)
+		if n != len(hello) || !errors.Is(err, io.ErrUnexpectedEOF) {
+			b.Fatalf("read %d of the %d bytes echoed, then %v (want EOF)", n, len(hello), err)
+		}
+		c.Close()
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
 }

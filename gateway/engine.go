@@ -3,9 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"net"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -16,26 +14,26 @@ import (
 
 // startEngineLocked starts the relay engine the first config asks for; later configs cannot
 // change it (a change is logged, and the running engine keeps relaying). g.mu is held.
-func (g *Gateway) startEngineLocked(rc config.Relay) error {
+func (g *Gateway) startEngineLocked(cfg config.Relay) error {
 	if g.relayCfg != nil {
-		if *g.relayCfg != rc {
+		if *g.relayCfg != cfg {
 			g.log.Warn("relay settings changed; they take effect at the next restart",
-				zap.String("engine", g.relayCfg.Engine), zap.String("wanted_engine", rc.Engine))
+				zap.String("engine", g.relayCfg.Engine), zap.String("wanted_engine", cfg.Engine))
 		}
 		return nil
 	}
-	if rc.Engine != config.RelayGoroutines {
-		e, err := splice.New(splice.Options{Loops: rc.Loops, PipeSize: rc.PipeSize})
+	if cfg.Engine != config.RelayGoroutines {
+		e, err := splice.New(splice.Options{Loops: cfg.Loops, PipeSize: cfg.PipeSize})
 		switch {
 		case err == nil:
-			g.eng.Store(e)
-		case rc.Engine == config.RelayEpoll:
+			g.epoll.Store(e)
+		case cfg.Engine == config.RelayEpoll:
 			return fmt.Errorf("gateway: relay.engine epoll: %w (use auto or goroutines)", err)
 		case !errors.Is(err, splice.ErrUnsupported):
 			g.log.Warn("relay engine could not start; relaying with goroutines", zap.Error(err))
 		}
 	}
-	g.relayCfg = &rc
+	g.relayCfg = &cfg
 	g.reportFileLimit()
 	return nil
 }
@@ -47,7 +45,7 @@ func (g *Gateway) registerEngineMetrics(reg prometheus.Registerer) {
 	}
 	stat := func(f func(splice.Stats) int64) func() float64 {
 		return func() float64 {
-			if e := g.eng.Load(); e != nil {
+			if e := g.epoll.Load(); e != nil {
 				return float64(f(e.Stats()))
 			}
 			return 0
@@ -69,40 +67,38 @@ func (g *Gateway) registerEngineMetrics(reg prometheus.Registerer) {
 
 // relayMode names the relay path in use, for logs.
 func (g *Gateway) relayMode() string {
-	if g.eng.Load() != nil {
+	if g.epoll.Load() != nil {
 		return config.RelayEpoll
 	}
 	return config.RelayGoroutines
 }
 
-// handOff gives the pair to the relay engine, which ends the connection by calling
-// g.connDone; it reports false when the client was not accepted onto the engine (the engine is
-// off, or could not take the listener) or the engine refused the pair: the caller then relays
-// with goroutines.
-func (g *Gateway) handOff(l *listener, rec *connLog, rc *relayConn, client clientConn, up net.Conn, idle time.Duration) bool {
-	e := g.eng.Load()
-	sc, ok1 := client.(*splice.Conn)
-	su, ok2 := up.(*splice.Conn)
-	if e == nil || !ok1 || !ok2 {
-		return false
+// engine returns the relay engine in use: the epoll engine when it runs, else the copy engine.
+func (g *Gateway) engine() relayEngine {
+	if e := g.epoll.Load(); e != nil {
+		return epollEngine{e}
 	}
-	p, err := e.Splice(sc, su, idle, func(r splice.Result) {
-		rec.relayed(r.Reason, r.Up, r.Down, r.Err)
-		g.connDone(l, rc, rec)
+	return copyEngine{}
+}
+
+// epollEngine relays on package splice's event loops the pairs accepted and dialled on them.
+type epollEngine struct{ e *splice.Engine }
+
+func (e epollEngine) relay(c *conn) error {
+	client, ok1 := c.client.(*splice.Conn)
+	up, ok2 := c.upstream.(*splice.Conn)
+	if !ok1 || !ok2 {
+		return errNotOnEngine
+	}
+	p, err := e.e.Splice(client, up, c.table.Listener.IdleTimeout, func(r splice.Result) {
+		c.relayEnded(r.Reason, r.Up, r.Down, r.Err)
+		c.done()
 	})
 	if err != nil {
-		if !errors.Is(err, net.ErrClosed) { // closed: cut at the drain deadline, not refused
-			g.m.relayFallbacks.Inc()
-			g.log.Warn("relay engine refused a connection; relaying it with goroutines", zap.Error(err))
-		}
-		return false
+		return err
 	}
-	rc.pair.Store(p)
-	rc.handed()
-	if g.cutting.Load() { // Shutdown's cut may have missed this pair
-		p.Cut()
-	}
-	return true
+	c.setRelay(p)
+	return nil
 }
 
 // reportFileLimit logs and exports the open-file limit: a proxied connection holds 2 files with
@@ -114,7 +110,7 @@ func (g *Gateway) reportFileLimit() {
 		return
 	}
 	per := uint64(6)
-	if g.eng.Load() != nil {
+	if g.epoll.Load() != nil {
 		per = 2
 	}
 	g.m.openFilesLimit.Set(float64(rl.Cur))

@@ -139,7 +139,7 @@ func openFileLimit() (soft, hard uint64, err error) {
 
 // filesPerConn is what a proxied connection holds on the relay path in use.
 func (g *Gateway) filesPerConn() int {
-	if g.eng.Load() != nil {
+	if g.epoll.Load() != nil {
 		return FilesPerConnEpoll
 	}
 	return FilesPerConnGoroutines

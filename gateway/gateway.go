@@ -67,38 +67,11 @@ type Gateway struct {
 	dynamic   map[string]map[string]*dynamicCluster // routes_from: xds listener -> cluster name -> cluster
 	pending   atomic.Bool                           // a routes_from: xds listener has had no table yet
 	listeners map[string]*listener
-	conns     map[*relayConn]struct{}
+	conns     map[*conn]struct{}
 	version   uint64
-	relayCfg  *config.Relay // the relay settings of the first config; nil before it
-	eng       atomic.Pointer[splice.Engine]
-	wg        sync.WaitGroup // accept loops and connection handlers
-}
-
-// listener is one bound socket; its settings come from the snapshot's table of the same name.
-type listener struct {
-	name    string
-	address string // as configured
-	ln      *net.TCPListener
-	acc     *splice.Acceptor // accepts onto the relay engine's loops; nil without the engine
-	active  atomic.Int64
-	sources sourceCounts
-	closed  atomic.Bool
-}
-
-// clientConn is an accepted connection: a *splice.Conn on the relay engine's loops, or a
-// *net.TCPConn without the engine.
-type clientConn interface {
-	net.Conn
-	CloseWrite() error
-	SetLinger(sec int) error
-}
-
-// relayConn is an accepted connection the gateway may have to close at the drain deadline.
-type relayConn struct {
-	mu     sync.Mutex
-	client clientConn                  // nil once the relay engine has it
-	relay  atomic.Pointer[relay]       // set once relaying starts on goroutines
-	pair   atomic.Pointer[splice.Pair] // set once the relay engine has the connection
+	relayCfg  *config.Relay                 // the relay settings of the first config; nil before it
+	epoll     atomic.Pointer[splice.Engine] // the epoll relay engine; nil when relaying with goroutines
+	wg        sync.WaitGroup                // accept loops and connection handlers
 }
 
 // New returns a Gateway with no listeners; Apply starts serving.
@@ -111,7 +84,7 @@ func New(opts Options) *Gateway {
 		now:       opts.Now,
 		fdHolders: opts.FDHolders,
 		listeners: map[string]*listener{},
-		conns:     map[*relayConn]struct{}{},
+		conns:     map[*conn]struct{}{},
 	}
 	if g.log == nil {
 		g.log = zap.NewNop()
@@ -212,7 +185,7 @@ func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
 			return nil, fmt.Errorf("gateway: listener %q: %w", lc.Name, err)
 		}
 		l := &listener{name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
-		if e := g.eng.Load(); e != nil {
+		if e := g.epoll.Load(); e != nil {
 			if l.acc, err = e.NewAcceptor(l.ln); err != nil {
 				// Out of files: this listener's connections are relayed on goroutines.
 				g.m.relayFallbacks.Inc()
@@ -223,30 +196,6 @@ func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
 		bound[lc.Name] = l
 	}
 	return bound, nil
-}
-
-// Without the relay engine, the gateway listens and dials with package net, with no TCP
-// keepalive on data-plane sockets (four setsockopt calls per socket in Go's default):
-// idle_timeout ends connections whose peers went away. The engine's sockets have none either.
-var (
-	listenConfig = net.ListenConfig{KeepAlive: -1}
-	dialer       = net.Dialer{KeepAlive: -1}
-)
-
-func (l *listener) close() {
-	l.closed.Store(true)
-	l.ln.Close()
-	if l.acc != nil {
-		l.acc.Close()
-	}
-}
-
-// accept waits for the next connection, on the relay engine's loops when the listener has them.
-func (l *listener) accept() (clientConn, error) {
-	if l.acc != nil {
-		return l.acc.Accept()
-	}
-	return l.ln.AcceptTCP()
 }
 
 // RecordConfigError counts a configuration that was refused before it reached Apply (it did not
@@ -298,7 +247,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		g.mu.Unlock()
 	}
 	g.wg.Wait()
-	if e := g.eng.Load(); e != nil {
+	if e := g.epoll.Load(); e != nil {
 		e.Close() // every pair has ended: their handlers were in g.wg
 	}
 	return err
@@ -323,37 +272,13 @@ func (g *Gateway) waitIdle(ctx context.Context) error {
 	}
 }
 
-// cut closes the connection at the drain deadline, in whichever stage it is.
-func (c *relayConn) cut() {
-	if r := c.relay.Load(); r != nil {
-		r.stop(splice.Cut)
-		return
-	}
-	if p := c.pair.Load(); p != nil {
-		p.Cut()
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.client != nil {
-		c.client.Close()
-	}
-}
-
-// handed records that a relay has the client connection.
-func (c *relayConn) handed() {
-	c.mu.Lock()
-	c.client = nil
-	c.mu.Unlock()
-}
-
-func (g *Gateway) track(c *relayConn) {
+func (g *Gateway) track(c *conn) {
 	g.mu.Lock()
 	g.conns[c] = struct{}{}
 	g.mu.Unlock()
 }
 
-func (g *Gateway) untrack(c *relayConn) {
+func (g *Gateway) untrack(c *conn) {
 	g.mu.Lock()
 	delete(g.conns, c)
 	g.mu.Unlock()

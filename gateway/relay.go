@@ -1,16 +1,67 @@
 package gateway
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/ewgate/ewgate/gateway/splice"
 )
 
-// relay moves bytes both ways between a client and an upstream until both directions have
+// relayEngine moves the bytes of routed connections. There are two: the epoll engine (package
+// splice, epollEngine), which takes the pair off the connection's goroutine, and copyEngine,
+// which copies on it.
+type relayEngine interface {
+	// relay moves bytes both ways between c.client and c.upstream until both directions end,
+	// the pair has been idle for the listener's idle_timeout, or it is cut. Once it has the
+	// sockets it hands c what cuts it (c.setRelay); when it has closed both it records the end
+	// (c.relayEnded) and calls c.done, before relay returns or later. An error means it did not
+	// take the pair and touched nothing: the caller relays it another way.
+	relay(c *conn) error
+}
+
+var errNotOnEngine = errors.New("gateway: the connection was not accepted onto the relay engine")
+
+// relay hands the routed pair to the gateway's relay engine. When that is the epoll engine and
+// it does not take the pair (a listener it could not accept for, counted when it was bound; a
+// pair it refused, counted here), the copy engine, which takes every pair, relays it.
+func (c *conn) relay() {
+	err := c.g.engine().relay(c)
+	if err == nil {
+		return
+	}
+	// net.ErrClosed: the client was cut at the drain deadline, not refused.
+	if !errors.Is(err, errNotOnEngine) && !errors.Is(err, net.ErrClosed) {
+		c.g.m.relayFallbacks.Inc()
+		c.g.log.Warn("relay engine refused a connection; relaying it with goroutines", zap.Error(err))
+	}
+	copyEngine{}.relay(c)
+}
+
+var (
+	_ relayEngine = epollEngine{}
+	_ relayEngine = copyEngine{}
+)
+
+// copyEngine relays a pair on the connection's goroutine and one more (copyRelay). It takes
+// every pair.
+type copyEngine struct{}
+
+func (copyEngine) relay(c *conn) error {
+	r := &copyRelay{client: c.client, upstream: c.upstream, idle: c.table.Listener.IdleTimeout}
+	c.setRelay(r)
+	up, down, err := r.run()
+	c.relayEnded(splice.Reason(r.cutBy.Load()), up, down, err)
+	c.done()
+	return nil
+}
+
+// copyRelay moves bytes both ways between a client and an upstream until both directions have
 // ended. When both sides are *net.TCPConn, io.Copy reaches TCPConn.ReadFrom and the kernel
 // splices (no userspace copy); that is why nothing here wraps either conn.
 //
@@ -18,11 +69,11 @@ import (
 // bytes in the pipe): a timer samples the kernel's byte counters of both sockets
 // (TCP_INFO bytes_received/bytes_acked) every idle period and cuts the pair when none moved, so
 // a connection is cut between one and two idle periods after its last byte.
-type relay struct {
+type copyRelay struct {
 	client, upstream net.Conn
 	idle             time.Duration
 
-	cut       atomic.Int32 // a splice.Reason: why ewgate cut the pair short (Ended: it did not)
+	cutBy     atomic.Int32 // a splice.Reason: why ewgate cut the pair short (Ended: it did not)
 	done      atomic.Bool
 	closeOnce sync.Once
 	errOnce   sync.Once
@@ -33,7 +84,7 @@ type relay struct {
 
 // run relays until both directions end, and returns the bytes moved client->upstream and
 // upstream->client and the first error that was not a clean EOF.
-func (r *relay) run() (up, down int64, err error) {
+func (r *copyRelay) run() (up, down int64, err error) {
 	if r.idle > 0 {
 		r.last, _ = activity(r.client, r.upstream)
 		r.timer = time.AfterFunc(r.idle, r.checkIdle)
@@ -59,7 +110,7 @@ func (r *relay) run() (up, down int64, err error) {
 // whole pair and is kept if it is the first. A failed half-close
 // is not an error of the transfer: the peer has already gone (ENOTCONN), and the other
 // direction finds that out by itself.
-func (r *relay) copyHalf(dst, src net.Conn) int64 {
+func (r *copyRelay) copyHalf(dst, src net.Conn) int64 {
 	n, err := io.Copy(dst, src)
 	if err != nil {
 		r.errOnce.Do(func() { r.err = err })
@@ -74,7 +125,7 @@ func (r *relay) copyHalf(dst, src net.Conn) int64 {
 	return n
 }
 
-func (r *relay) checkIdle() {
+func (r *copyRelay) checkIdle() {
 	if r.done.Load() {
 		return
 	}
@@ -87,13 +138,16 @@ func (r *relay) checkIdle() {
 	r.timer.Reset(r.idle)
 }
 
+// Cut cuts the pair at the drain deadline.
+func (r *copyRelay) Cut() { r.stop(splice.Cut) }
+
 // stop cuts the pair for the given reason (the first reason wins).
-func (r *relay) stop(reason splice.Reason) {
-	r.cut.CompareAndSwap(int32(splice.Ended), int32(reason))
+func (r *copyRelay) stop(reason splice.Reason) {
+	r.cutBy.CompareAndSwap(int32(splice.Ended), int32(reason))
 	r.close()
 }
 
-func (r *relay) close() {
+func (r *copyRelay) close() {
 	r.closeOnce.Do(func() {
 		r.client.Close()
 		r.upstream.Close()

@@ -65,7 +65,7 @@ func (t *Table) Route(h *sni.Hello) (*Cluster, error) {
 
 func (t *Table) routeMesh(h *sni.Hello) (*Cluster, error) {
 	// Only outbound_ names are ever routed: inbound_ parses but would let a remote client pick
-	// a local workload port directly (see istio.md §1).
+	// a local workload port directly (Istio's AUTO_PASSTHROUGH routes outbound clusters only).
 	n, err := sni.ParseIstioName(h.ServerName)
 	if err != nil || n.Direction != sni.Outbound {
 		return nil, ErrNotIstioName

@@ -1,8 +1,9 @@
 // Package registrar registers authenticated VMs as Istio WorkloadEntries, the way istiod's
-// auto-registration does (istio.md §3), without its known faults: entries are keyed by VM
-// identity rather than IP, fully reconciled on every reconnect, addressed by a configurable
-// policy (claimed, observed for NAT, or claimed within CIDRs), cleaned after a gateway replica
-// dies (each replica holds a Lease), and restored when their WorkloadGroup is re-created.
+// auto-registration does (docs/auto-registration.md), without its known faults: entries are
+// keyed by VM identity rather than IP, fully reconciled on every reconnect, addressed by a
+// configurable policy (claimed, observed for NAT, or claimed within CIDRs), cleaned after a
+// gateway replica dies (each replica holds a Lease), and restored when their WorkloadGroup is
+// re-created.
 //
 // It does not authenticate (package authn does, and the caller converts its identity to
 // Identity), speak xDS (the control endpoint converts the node to Node and maps the errors of

@@ -14,7 +14,7 @@ var ErrNotIstioName = errors.New("sni: not an Istio cluster name")
 type Direction string
 
 // Directions. Only outbound names are routable on an east-west gateway; inbound names parse but
-// are never routed (see docs/istio.md).
+// are never routed (Istio's AUTO_PASSTHROUGH routes outbound clusters only; docs/config.md).
 const (
 	Outbound Direction = "outbound"
 	Inbound  Direction = "inbound"

@@ -384,11 +384,21 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time, first []byte) (*Con
 		return nil, err
 	}
 	l.mu.Unlock()
-	// A send on a socket still connecting says EAGAIN, and the connect's error once it failed
-	// (EPIPE if it ended without one). On loopback the handshake is usually over by now, so the
-	// first send goes out without a wait and without asking the socket's state.
+	if err := u.sendFirst(first); err != nil {
+		u.Close()
+		return nil, fail("connect", err)
+	}
+	u.wdl.Store(0)
+	return u, nil
+}
+
+// sendFirst sends first on a socket that may still be connecting, waiting until the write
+// deadline. A send on a socket still connecting says EAGAIN, and the connect's error once it
+// failed (EPIPE if it ended without one). On loopback the handshake is usually over by now, so
+// the first send goes out without a wait and without asking the socket's state.
+func (c *Conn) sendFirst(first []byte) error {
 	for len(first) > 0 {
-		n, e := sysSend(fd, first)
+		n, e := sysSend(c.fd, first)
 		switch e {
 		case 0:
 			first = first[n:]
@@ -397,19 +407,15 @@ func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time, first []byte) (*Con
 			continue
 		case unix.EAGAIN:
 		case unix.EPIPE:
-			u.Close()
-			return nil, fail("connect", unix.ECONNREFUSED)
+			return unix.ECONNREFUSED
 		default:
-			u.Close()
-			return nil, fail("connect", e)
+			return e
 		}
-		if err := u.wait(&u.wdl); err != nil {
-			u.Close()
-			return nil, fail("connect", err)
+		if err := c.wait(&c.wdl); err != nil {
+			return err
 		}
 	}
-	u.wdl.Store(0)
-	return u, nil
+	return nil
 }
 
 var (

@@ -25,12 +25,13 @@
 //	if err != nil { /* package net and io.Copy instead */ }
 //	defer e.Close()
 //	a, err := e.NewAcceptor(ln)
-//	c, err := a.Accept()                       // a *Conn: read the ClientHello from it
-//	u, err := c.Dial(upstreamAddr, deadline)   // on c's loop
-//	u.Write(hello)
+//	c, err := a.Accept()                            // a *Conn: read the ClientHello from it
+//	u, err := c.Dial(upstream, deadline, hello)     // on c's loop; sends hello first
 //	p, err := e.Splice(c, u, time.Minute, func(r splice.Result) { log(r.Up, r.Down, r.Err) })
 //	...
 //	p.Cut() // at a drain deadline: done runs with Reason == Cut
+//
+// Example (example_test.go) is the same, compiled.
 package splice
 
 import (

@@ -59,7 +59,7 @@ func decodeListener(a *anypb.Any, meshPort uint32) (*listenerv3.Listener, []rout
 		routes = append(routes, rs...)
 	}
 	if l.GetDefaultFilterChain() != nil {
-		// The historic hole (istio.md §1): a catch-all chain would route any SNI. Never.
+		// The hole Istio closed in 2021 (docs/xds.md): a catch-all chain would route any SNI. Never.
 		errs = append(errs, fmt.Errorf("listener %s: a default filter chain is never routed", l.GetName()))
 	}
 	return l, routes, errors.Join(errs...)

@@ -12,7 +12,8 @@ import (
 	"github.com/ewgate/ewgate/sni"
 )
 
-// Labels and annotations of WorkloadEntries the model reads (istio.md §1, §4).
+// Labels and annotations of WorkloadEntries the model reads, as istiod reads them (docs/xds.md,
+// docs/auto-registration.md).
 const (
 	labelTLSMode       = "security.istio.io/tlsMode"
 	labelNetwork       = "topology.istio.io/network"
@@ -128,7 +129,7 @@ func selects(sel map[string]string, e *registrar.WorkloadEntry) bool {
 }
 
 // healthy: an entry with health checks enabled is used only while its Healthy condition is
-// True (istio.md §3); any other entry always.
+// True, as istiod does (docs/auto-registration.md); any other entry always.
 func healthy(e *registrar.WorkloadEntry) bool {
 	if e.Annotations[annotationHealthOn] != "true" {
 		return true

@@ -228,7 +228,8 @@ func headerBlock(authority string, total int) []byte {
 }
 
 // sendHeaders opens one connection, writes the block, and waits until the gateway closes it or
-// ctx ends (the block stays held on the gateway's side meanwhile).
+// ctx ends. It fails when the connection ends before the whole block is written (the gateway
+// refused it early, or the flood's window closed).
 func sendHeaders(ctx context.Context, addr string, cfg *tls.Config, block []byte) error {
 	raw, err := dialFrom(ctx, srcIP(51), addr, time.Second)
 	if err != nil {

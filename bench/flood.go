@@ -375,7 +375,7 @@ func (s *floodSuite) recover(ctx context.Context, row *FloodRow) {
 func sample(ctx context.Context, e *floodEnv, rss, fds *atomic.Int64) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	for range 20 * 600 { // at most ten minutes of samples
 		if p := e.gateway(); p != nil && !p.exited() {
 			pid := []int{p.pid()}
 			if r := rssKiB(pid); r > rss.Load() {

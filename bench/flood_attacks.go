@@ -21,6 +21,9 @@ import (
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 )
 
+// maxAttempts bounds every attacker loop in count as well as by its window.
+const maxAttempts = 1_000_000
+
 // attackCounts is what a flood did, for the report.
 type attackCounts struct {
 	opened, failed atomic.Int64
@@ -80,7 +83,7 @@ func floodGarbage(ctx context.Context, addr string, conc int, a *attackCounts) {
 	rand.Read(junk)
 	junk[0] = 0x16 // half of them look like a TLS handshake record, half do not
 	workers(ctx, conc, func(ctx context.Context, i int) {
-		for ctx.Err() == nil {
+		for n := 0; n < maxAttempts && ctx.Err() == nil; n++ {
 			c, err := dialFrom(ctx, srcIP(61), addr, time.Second)
 			if err != nil {
 				a.failed.Add(1)
@@ -106,7 +109,7 @@ func floodSlowloris(ctx context.Context, addr string, conns int, interval time.D
 		return err
 	}
 	workers(ctx, conns, func(ctx context.Context, i int) {
-		for ctx.Err() == nil {
+		for n := 0; n < maxAttempts && ctx.Err() == nil; n++ {
 			c, err := dialFrom(ctx, srcIP(62), addr, time.Second)
 			if err != nil {
 				a.failed.Add(1)
@@ -197,7 +200,7 @@ func floodHalfOpen(ctx context.Context, addr string, conns int, a *attackCounts)
 func floodHeaders(ctx context.Context, addr string, cfg *tls.Config, conns, total int, a *attackCounts) {
 	block := headerBlock(addr, total)
 	workers(ctx, conns, func(ctx context.Context, i int) {
-		for ctx.Err() == nil {
+		for n := 0; n < maxAttempts && ctx.Err() == nil; n++ {
 			if err := sendHeaders(ctx, addr, cfg, block); err != nil {
 				a.failed.Add(1)
 			} else {

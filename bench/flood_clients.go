@@ -69,7 +69,7 @@ func steady(ctx context.Context, rate int, maxInFlight int, timeout time.Duratio
 	sem := make(chan struct{}, maxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for {
+	for n := 0; n < rate*600; n++ { // at most ten minutes' worth, whatever ctx says
 		select {
 		case <-ctx.Done():
 			return

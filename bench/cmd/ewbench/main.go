@@ -27,6 +27,9 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "flood" {
+		os.Exit(flood(os.Args[2:]))
+	}
 	var o bench.Options
 	mode := flag.String("mode", "", "full, quick or tiny (default: quick when QUICK=1, else full)")
 	flag.StringVar(&o.Repo, "repo", "..", "the ewgate main module")
@@ -71,4 +74,27 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ewbench:", err)
 		os.Exit(1)
 	}
+}
+
+// flood is `ewbench flood` (`make flood`): the flood and fault suite of issue 17, in full.
+func flood(args []string) int {
+	fs := flag.NewFlagSet("flood", flag.ExitOnError)
+	var o bench.FloodOptions
+	fs.StringVar(&o.Repo, "repo", "..", "the ewgate main module")
+	fs.StringVar(&o.OutDir, "out", "", "output directory (default: <repo>/bench/results)")
+	fs.IntVar(&o.FDLimit, "fd-limit", 4096, "the gateway's open-file limit")
+	fs.BoolVar(&o.Short, "short", false, "the short form that make test runs")
+	fs.Parse(args)
+	if o.OutDir == "" {
+		o.OutDir = o.Repo + "/bench/results"
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := bench.RunFlood(ctx, o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ewbench flood:", err)
+		return 1
+	}
+	fmt.Println(bench.FloodTable(res))
+	return 0
 }

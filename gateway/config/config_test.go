@@ -181,3 +181,16 @@ func TestDNSKeys(t *testing.T) {
 		}
 	}
 }
+
+// An unset control.limits.max_connections is a quarter of the open-file limit, within bounds,
+// so that a default config fits the file budget under small limits; a set one is kept.
+func TestControlConnectionsFromTheFileLimit(t *testing.T) {
+	for _, tc := range []struct {
+		limit uint64
+		want  int
+	}{{4096, 1024}, {20000, 5000}, {1 << 20, 10000}, {40, 16}} {
+		if got := ControlConnections(tc.limit); got != tc.want {
+			t.Errorf("ControlConnections(%d) = %d, want %d", tc.limit, got, tc.want)
+		}
+	}
+}

@@ -146,7 +146,8 @@ type LimitsConfig struct {
 	// SETTINGS_MAX_CONCURRENT_STREAMS); more are refused by HTTP/2. Zero: 100.
 	MaxStreamsPerConnection int `yaml:"max_streams_per_connection"`
 	// MaxConnections: open VM connections (TLS handshakes included). A connection over it is
-	// closed as it is accepted, before TLS. Each holds one file descriptor. Zero: 10000.
+	// closed as it is accepted, before TLS. Each holds one file descriptor. Zero: 10000 (the
+	// configuration file's loader derives it from the open-file limit instead).
 	MaxConnections int `yaml:"max_connections"`
 	// MaxConnectionsPerSource: open connections from one source address, enforced the same way.
 	// Zero: 64.

@@ -28,7 +28,11 @@ func TestMain(m *testing.M) {
 	}
 	binDir = dir
 	for _, pkg := range []string{".", "../ewgate-demo"} {
-		out, err := exec.Command("go", "build", "-o", dir, pkg).CombinedOutput()
+		args := []string{"build", "-o", dir}
+		if raceEnabled {
+			args = append(args, "-race") // the binary's own races show as exit 66 in the tests that run it
+		}
+		out, err := exec.Command("go", append(args, pkg)...).CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n%s", pkg, err, out)
 			os.Exit(1)

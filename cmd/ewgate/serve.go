@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -55,7 +56,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync()
-	s := &server{path: path, log: log, level: level, lastHash: sha256.Sum256(raw)}
+	s := &server{path: path, log: log, level: level, startHash: sha256.Sum256(raw)}
 	s.logWarnings(cfg, "start")
 	if err := s.serve(cfg); err != nil {
 		log.Error("ewgate stopped", zap.Error(err))
@@ -66,14 +67,14 @@ func cmdServe(args []string, stderr io.Writer) int {
 
 // server is the running process: the gateway, its admin listener and the config it came from.
 type server struct {
-	path     string
-	log      *zap.Logger
-	level    zap.AtomicLevel
-	gw       *gateway.Gateway
-	cfg      *config.File // the serving config
-	lastHash [32]byte
-	parts    atomic.Pointer[parts] // set once at start, before any reload; read by admin pages
-	health   *controlHealth        // the VM side's readiness (GET /healthz/control)
+	path      string
+	log       *zap.Logger
+	level     zap.AtomicLevel
+	gw        *gateway.Gateway
+	cfg       *config.File          // the serving config
+	startHash [32]byte              // of the file served at start; the watcher compares with it first
+	parts     atomic.Pointer[parts] // set once at start, before any reload; read by admin pages
+	health    *controlHealth        // the VM side's readiness (GET /healthz/control)
 }
 
 func (s *server) serve(cfg *config.File) error {
@@ -101,23 +102,41 @@ func (s *server) serve(cfg *config.File) error {
 	s.health.set(func(h *controlHealth) { h.started.Store(true) })
 	s.log.Info("ewgate serving", zap.String("version", versionString()), zap.String("config", s.path))
 
-	ctx, stopWatch := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() { defer close(watchDone); s.watch(ctx, cfg.Reload.WatchInterval) }()
+	// One goroutine owns reloads: the signal loop and the file watcher only ask for one.
+	ctx, stopReloads := context.WithCancel(context.Background())
+	reloads := make(chan string, 1)
+	request := func(why string) {
+		select {
+		case reloads <- why:
+		default: // one is pending already; it reads the file as it is when it runs
+		}
+	}
+	var bg sync.WaitGroup
+	bg.Go(func() { s.watch(ctx, cfg.Reload.WatchInterval, s.startHash, request) })
+	bg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case why := <-reloads:
+				s.reload(why)
+			}
+		}
+	})
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
-			s.reload("SIGHUP")
-			continue
+	var stop os.Signal
+	for stop = range sigs {
+		if stop != syscall.SIGHUP {
+			break
 		}
-		s.log.Info("shutting down: draining connections", zap.Stringer("signal", sig), zap.Duration("drain_timeout", s.cfg.DrainTimeout))
-		break
+		request("SIGHUP")
 	}
-	stopWatch()
-	<-watchDone
+	stopReloads()
+	bg.Wait() // s.cfg is the owner's until here
+	s.log.Info("shutting down: draining connections", zap.Stringer("signal", stop), zap.Duration("drain_timeout", s.cfg.DrainTimeout))
 	s.health.set(func(h *controlHealth) { h.started.Store(false) })
 	p.stop() // the routes stay as they are while the connections drain
 	s.drain(sigs, s.cfg.DrainTimeout)
@@ -241,9 +260,8 @@ func (s *server) apply(cfg *config.File) error {
 
 // reload re-reads the file; a file that does not load is refused and the serving config stays.
 func (s *server) reload(why string) {
-	raw, err := os.ReadFile(s.path)
+	raw, err := readSettled(s.path)
 	if err == nil {
-		s.lastHash = sha256.Sum256(raw)
 		var cfg *config.File
 		if cfg, err = config.Parse(raw, s.path); err == nil {
 			s.logWarnings(cfg, "reload")
@@ -261,14 +279,54 @@ func (s *server) reload(why string) {
 	s.log.Error("config reload refused; the previous config keeps serving", zap.String("trigger", why), zap.Error(err))
 }
 
-// watch reloads when the file's content changes (polling survives the symlink swaps of a
-// Kubernetes ConfigMap volume, which file-event watchers miss).
-func (s *server) watch(ctx context.Context, every time.Duration) {
+// settleDelay is how far apart readSettled's two reads of the config file are.
+const settleDelay = 50 * time.Millisecond
+
+// readSettled reads the file until two reads settleDelay apart agree, at most ten times, so
+// that a file caught in the middle of a non-atomic write (an editor's, a script's `cat >`) is
+// never applied as the shorter file it is at that moment: a cut that falls between two
+// sections still parses, as a config that moves or drops listeners.
+func readSettled(path string) ([]byte, error) {
+	b, err := settle(func() ([]byte, error) { return os.ReadFile(path) }, func() { time.Sleep(settleDelay) })
+	if errors.Is(err, errUnsettled) {
+		return nil, fmt.Errorf("%s %w for %s: reload again once it is written", path, err, 10*settleDelay)
+	}
+	return b, err
+}
+
+var errUnsettled = errors.New("kept changing")
+
+// settle calls read until two calls with a pause between them return the same bytes, at most
+// ten times.
+func settle(read func() ([]byte, error), pause func()) ([]byte, error) {
+	prev, err := read()
+	for range 10 {
+		if err != nil {
+			return nil, err
+		}
+		pause()
+		cur, err2 := read()
+		if err2 == nil && bytes.Equal(prev, cur) {
+			return cur, nil
+		}
+		prev, err = cur, err2
+	}
+	if err != nil {
+		return nil, err
+	}
+	return nil, errUnsettled
+}
+
+// watch asks for a reload when the file's content changes from what it was at the last look
+// (start is the content served at start). Polling survives the symlink swaps of a Kubernetes
+// ConfigMap volume, which file-event watchers miss.
+func (s *server) watch(ctx context.Context, every time.Duration, start [32]byte, request func(why string)) {
 	if every <= 0 {
 		return
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	seen := start
 	for {
 		select {
 		case <-ctx.Done():
@@ -279,8 +337,9 @@ func (s *server) watch(ctx context.Context, every time.Duration) {
 		if err != nil {
 			continue // a ConfigMap swap in progress; the next tick sees the new file
 		}
-		if h := sha256.Sum256(raw); !bytes.Equal(h[:], s.lastHash[:]) {
-			s.reload("file changed")
+		if h := sha256.Sum256(raw); h != seen {
+			seen = h
+			request("file changed")
 		}
 	}
 }

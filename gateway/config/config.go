@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/authn"
-	"github.com/ewgate/ewgate/gateway/front"
+	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -97,7 +97,7 @@ type File struct {
 	// Authn names whom to trust: token issuers and client-certificate trust bundles.
 	Authn *authn.Config `yaml:"authn"`
 	// Control is the VM control endpoint (port 15012): TLS, authentication, forwarding.
-	Control *front.Config `yaml:"control"`
+	Control *vmcontrol.Config `yaml:"control"`
 	// Registrar registers VMs that connect with AUTO_REGISTER_GROUP as WorkloadEntries.
 	Registrar *registrar.Config `yaml:"registrar"`
 	// Kubernetes is the API server whose WorkloadEntries and WorkloadGroups the registrar and the

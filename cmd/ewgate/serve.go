@@ -79,7 +79,7 @@ type server struct {
 func (s *server) serve(cfg *config.File) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.gw = dataplane.New(dataplane.Options{Logger: s.log, Registerer: reg, FDHolders: fileHolders})
+	s.gw = dataplane.New(dataplane.Options{Logger: s.log, Registerer: reg})
 	s.health = newControlHealth(reg)
 	s.health.set(func(h *controlHealth) { h.configured.Store(cfg.Control != nil) })
 
@@ -223,7 +223,9 @@ func (s *server) drain(sigs <-chan os.Signal, timeout time.Duration) {
 
 // apply hands cfg to the gateway and logs where each listener listens.
 func (s *server) apply(cfg *config.File) error {
-	if err := s.gw.Apply(cfg); err != nil {
+	dp := cfg.DataPlane()
+	dp.FDHolders = fileHolders(cfg)
+	if err := s.gw.Apply(dp); err != nil {
 		return err
 	}
 	s.cfg = cfg

@@ -3,8 +3,6 @@ package dataplane
 import (
 	"slices"
 	"sync/atomic"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 // balancer picks an endpoint for a new connection. h is the connection's hash (of the client
@@ -16,9 +14,9 @@ type balancer interface {
 
 func newBalancer(policy string, eps []*Endpoint) balancer {
 	switch policy {
-	case config.LeastConn:
+	case LeastConn:
 		return &leastConn{eps: eps}
-	case config.Maglev:
+	case Maglev:
 		return newMaglev(eps, MaglevTableSize)
 	default:
 		return newRoundRobin(eps)

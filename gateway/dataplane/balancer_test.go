@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 func endpoints(weights ...uint32) []*Endpoint {
@@ -165,7 +163,7 @@ func TestMaglevFallsBackConsistently(t *testing.T) {
 }
 
 func TestEjectionGrowsAndResets(t *testing.T) {
-	od := &config.OutlierDetection{ConsecutiveFailures: 3, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 35 * time.Second}
+	od := &OutlierDetection{ConsecutiveFailures: 3, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: 35 * time.Second}
 	s := &endpointState{}
 	now := time.Unix(1000, 0)
 	fail := func(times int) bool {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -22,7 +21,7 @@ func BenchmarkRouteMesh10k(b *testing.B) {
 		fmt.Fprintf(&sb, "  - {name: %s, listener: mesh, endpoints: [{address: 10.0.0.1:%d}]}\n",
 			sni.OutboundName(8000+i%1000, "", fmt.Sprintf("svc%d.ns.svc.cluster.local", i)), 1000+i%60000)
 	}
-	f, err := config.Parse([]byte(sb.String()), "bench.yaml")
+	f, err := parseConfig([]byte(sb.String()), "bench.yaml")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -88,7 +87,7 @@ func (g *Gateway) SetMeshClusters(listener string, specs []ClusterSpec) error {
 	if g.cfg == nil {
 		return fmt.Errorf("%w: %q", ErrUnknownListener, listener)
 	}
-	var lc *config.Listener
+	var lc *Listener
 	for i := range g.cfg.Listeners {
 		if g.cfg.Listeners[i].Name == listener {
 			lc = &g.cfg.Listeners[i]
@@ -97,7 +96,7 @@ func (g *Gateway) SetMeshClusters(listener string, specs []ClusterSpec) error {
 	switch {
 	case lc == nil:
 		return fmt.Errorf("%w: %q", ErrUnknownListener, listener)
-	case lc.Kind != config.KindMesh || lc.RoutesFrom != config.RoutesXDS:
+	case lc.Kind != KindMesh || lc.RoutesFrom != RoutesXDS:
 		return fmt.Errorf("%w: %q", ErrNotXDSListener, listener)
 	}
 	g.dynamic[listener] = g.buildDynamic(listener, specs, g.dynamic[listener])
@@ -122,11 +121,11 @@ func (g *Gateway) buildDynamic(listener string, specs []ClusterSpec, prev map[st
 		}
 		switch s.LBPolicy {
 		case "":
-			s.LBPolicy = config.RoundRobin
-		case config.RoundRobin, config.LeastConn, config.Maglev:
+			s.LBPolicy = RoundRobin
+		case RoundRobin, LeastConn, Maglev:
 		default:
 			g.routeProblem(listener, "invalid_lb_policy", s.Name, fmt.Sprintf("lb policy %q unknown; round_robin used", s.LBPolicy))
-			s.LBPolicy = config.RoundRobin
+			s.LBPolicy = RoundRobin
 		}
 		s.Endpoints = g.cleanEndpoints(listener, s.Name, s.Endpoints)
 		if p := prev[s.Name]; p != nil && reflect.DeepEqual(p.spec, s) {
@@ -168,10 +167,10 @@ func (g *Gateway) routeProblem(listener, reason, cluster, msg string) {
 // dynamicStateKeys lists the endpoint-state keys of the dynamic clusters of listeners that take
 // their routes from xds in f. The listener is part of the key: two listeners may publish the
 // same cluster name without sharing health.
-func dynamicStateKeys(f *config.File, dyn map[string]map[string]*dynamicCluster) []stateKey {
+func dynamicStateKeys(f *Config, dyn map[string]map[string]*dynamicCluster) []stateKey {
 	var keys []stateKey
 	for _, l := range f.Listeners {
-		if l.Kind != config.KindMesh || l.RoutesFrom != config.RoutesXDS {
+		if l.Kind != KindMesh || l.RoutesFrom != RoutesXDS {
 			continue
 		}
 		for name, dc := range dyn[l.Name] {
@@ -195,14 +194,14 @@ func addDynamic(t *Table, dyn map[string]*dynamicCluster, kept map[stateKey]*end
 }
 
 func buildDynamicCluster(listener string, s ClusterSpec, kept map[stateKey]*endpointState) *Cluster {
-	cc := config.MeshClusterDefaults(s.Name, listener)
+	cc := MeshClusterDefaults(s.Name, listener)
 	cc.LBPolicy = s.LBPolicy
 	if s.ConnectTimeout > 0 {
 		cc.ConnectTimeout = s.ConnectTimeout
 	}
 	c := &Cluster{Name: s.Name, Config: cc, alpn: s.ALPN}
 	for _, e := range s.Endpoints {
-		cc.Endpoints = append(cc.Endpoints, config.Endpoint{Address: e.Address, Weight: e.Weight})
+		cc.Endpoints = append(cc.Endpoints, EndpointConfig{Address: e.Address, Weight: e.Weight})
 		c.Endpoints = append(c.Endpoints, &Endpoint{Address: e.Address, Weight: e.Weight,
 			Locality: e.Locality, Network: e.Network, state: kept[stateKey{listener + "/" + s.Name, e.Address}]})
 	}
@@ -212,9 +211,9 @@ func buildDynamicCluster(listener string, s ClusterSpec, kept map[stateKey]*endp
 }
 
 // xdsPending reports whether a routes_from: xds listener of f has not had its first table.
-func xdsPending(f *config.File, dyn map[string]map[string]*dynamicCluster) bool {
+func xdsPending(f *Config, dyn map[string]map[string]*dynamicCluster) bool {
 	for _, l := range f.Listeners {
-		if l.Kind == config.KindMesh && l.RoutesFrom == config.RoutesXDS {
+		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
 			if _, ok := dyn[l.Name]; !ok {
 				return true
 			}

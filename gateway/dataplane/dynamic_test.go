@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 const xdsYAML = "listeners:\n  - {name: mesh, kind: mesh, address: 127.0.0.1:0, routes_from: xds}\n  - {name: static, kind: mesh, address: 127.0.0.1:0}\n"
@@ -130,7 +128,7 @@ func TestSetMeshClustersRefusals(t *testing.T) {
 
 func TestEndpointHealthSurvivesPushes(t *testing.T) {
 	g := startGateway(t, xdsYAML)
-	spec := []ClusterSpec{{Name: reviews, LBPolicy: config.Maglev, Endpoints: []EndpointSpec{{Address: "127.0.0.1:1"}, {Address: "127.0.0.1:2"}}}}
+	spec := []ClusterSpec{{Name: reviews, LBPolicy: Maglev, Endpoints: []EndpointSpec{{Address: "127.0.0.1:1"}, {Address: "127.0.0.1:2"}}}}
 	if err := g.SetMeshClusters("mesh", spec); err != nil {
 		t.Fatal(err)
 	}

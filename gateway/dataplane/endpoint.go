@@ -4,8 +4,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 // Endpoint is one upstream address of a cluster in a snapshot. Its health and load live in a
@@ -31,7 +29,7 @@ type endpointState struct {
 func (s *endpointState) ejected(now int64) bool { return now < s.ejectedUntil.Load() }
 
 // failure records a connect failure and reports whether it ejected the endpoint.
-func (s *endpointState) failure(now time.Time, od *config.OutlierDetection) bool {
+func (s *endpointState) failure(now time.Time, od *OutlierDetection) bool {
 	n := s.consecutive.Add(1)
 	if od.ConsecutiveFailures <= 0 || int(n) < od.ConsecutiveFailures {
 		return false
@@ -49,7 +47,7 @@ func (s *endpointState) failure(now time.Time, od *config.OutlierDetection) bool
 
 // success records a connect success. An endpoint that has stayed in rotation for a whole
 // max_ejection_time since its last ejection ended starts again from the base ejection time.
-func (s *endpointState) success(now time.Time, od *config.OutlierDetection) {
+func (s *endpointState) success(now time.Time, od *OutlierDetection) {
 	s.consecutive.Store(0)
 	if until := s.ejectedUntil.Load(); until != 0 && now.UnixNano()-until > int64(od.MaxEjectionTime) {
 		s.ejections.Store(0)

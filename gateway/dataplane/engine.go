@@ -8,13 +8,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/splice"
 )
 
 // startEngineLocked starts the relay engine the first config asks for; later configs cannot
 // change it (a change is logged, and the running engine keeps relaying). g.mu is held.
-func (g *Gateway) startEngineLocked(cfg config.Relay) error {
+func (g *Gateway) startEngineLocked(cfg Relay) error {
 	if g.relayCfg != nil {
 		if *g.relayCfg != cfg {
 			g.log.Warn("relay settings changed; they take effect at the next restart",
@@ -22,12 +21,12 @@ func (g *Gateway) startEngineLocked(cfg config.Relay) error {
 		}
 		return nil
 	}
-	if cfg.Engine != config.RelayGoroutines {
+	if cfg.Engine != RelayGoroutines {
 		e, err := splice.New(splice.Options{Loops: cfg.Loops, PipeSize: cfg.PipeSize})
 		switch {
 		case err == nil:
 			g.epoll.Store(e)
-		case cfg.Engine == config.RelayEpoll:
+		case cfg.Engine == RelayEpoll:
 			return fmt.Errorf("gateway: relay.engine epoll: %w (use auto or goroutines)", err)
 		case !errors.Is(err, splice.ErrUnsupported):
 			g.log.Warn("relay engine could not start; relaying with goroutines", zap.Error(err))
@@ -68,9 +67,9 @@ func (g *Gateway) registerEngineMetrics(reg prometheus.Registerer) {
 // relayMode names the relay path in use, for logs.
 func (g *Gateway) relayMode() string {
 	if g.epoll.Load() != nil {
-		return config.RelayEpoll
+		return RelayEpoll
 	}
-	return config.RelayGoroutines
+	return RelayGoroutines
 }
 
 // engine returns the relay engine in use: the epoll engine when it runs, else the copy engine.

@@ -8,8 +8,6 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 // FDHolder is a part of the process that may hold open files, with the most it may hold: a
@@ -70,15 +68,15 @@ func describe(holders []FDHolder) string {
 // them (a copy: listeners is not changed) with the budget's holders, one per listener. A
 // listener that sets max_connections keeps it; one that leaves it 0 gets an equal share of what
 // limit leaves after FDReserve, others and the listeners that set theirs, at most
-// config.DefaultMaxConnections. max_connections_per_source left 0 becomes max_connections /
-// config.DefaultSourceShare, but at least config.MinSourceDefault (or max_connections when that
+// DefaultMaxConnections. max_connections_per_source left 0 becomes max_connections /
+// DefaultSourceShare, but at least MinSourceDefault (or max_connections when that
 // is less), and is never more than max_connections.
 //
 // It refuses (an error wrapping ErrFileBudget) when the caps set in the file, with others and
 // the reserve, exceed limit, or when a derived share would be under 16 connections: an operator
 // who sets a cap expects it, not a quiet reduction.
-func PlanFiles(listeners []config.Listener, limit uint64, filesPerConn int, others []FDHolder) ([]config.Listener, []FDHolder, error) {
-	out := append([]config.Listener(nil), listeners...)
+func PlanFiles(listeners []Listener, limit uint64, filesPerConn int, others []FDHolder) ([]Listener, []FDHolder, error) {
+	out := append([]Listener(nil), listeners...)
 	limit = min(limit, math.MaxInt32)
 	used := FDReserve
 	for _, h := range others {
@@ -95,7 +93,7 @@ func PlanFiles(listeners []config.Listener, limit uint64, filesPerConn int, othe
 	if derived > 0 {
 		share := 0
 		if left := int(limit) - used; left > 0 {
-			share = min(left/(derived*filesPerConn), config.DefaultMaxConnections)
+			share = min(left/(derived*filesPerConn), DefaultMaxConnections)
 		}
 		if share < minDerivedConnections {
 			return nil, nil, fmt.Errorf("%w: %d files left after the listeners that set max_connections and the other holders (%s) "+
@@ -113,7 +111,7 @@ func PlanFiles(listeners []config.Listener, limit uint64, filesPerConn int, othe
 	for i := range out {
 		l := &out[i]
 		if l.MaxConnectionsPerSource == 0 {
-			l.MaxConnectionsPerSource = max(l.MaxConnections/config.DefaultSourceShare, min(l.MaxConnections, config.MinSourceDefault))
+			l.MaxConnectionsPerSource = max(l.MaxConnections/DefaultSourceShare, min(l.MaxConnections, MinSourceDefault))
 		}
 		l.MaxConnectionsPerSource = min(l.MaxConnectionsPerSource, l.MaxConnections)
 		holders = append(holders, FDHolder{
@@ -146,17 +144,13 @@ func (g *Gateway) filesPerConn() int {
 }
 
 // planFilesLocked resolves f's connection caps against the open-file limit and the holders of
-// Options.FDHolders, and returns the config to serve: f itself is not changed. g.mu is held.
-func (g *Gateway) planFilesLocked(f *config.File) (*config.File, error) {
+// Config.FDHolders, and returns the config to serve: f itself is not changed. g.mu is held.
+func (g *Gateway) planFilesLocked(f *Config) (*Config, error) {
 	soft, _, err := openFileLimit()
 	if err != nil {
 		return nil, err
 	}
-	var others []FDHolder
-	if g.fdHolders != nil {
-		others = g.fdHolders(f)
-	}
-	ls, holders, err := PlanFiles(f.Listeners, soft, g.filesPerConn(), others)
+	ls, holders, err := PlanFiles(f.Listeners, soft, g.filesPerConn(), f.FDHolders)
 	if err != nil {
 		return nil, err
 	}

@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 const (
@@ -48,7 +46,7 @@ func runChildGateway() int {
 		fmt.Fprintln(os.Stderr, "child gateway:", err)
 		return 2
 	}
-	f, err := config.Parse([]byte(os.Getenv(childEnv)), "child.yaml")
+	f, err := parseConfig([]byte(os.Getenv(childEnv)), "child.yaml")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child gateway:", err)
 		return 2
@@ -136,7 +134,7 @@ clusters:
 ` + cluster(reviews, "mesh", "round_robin", meshBE.addr()) + cluster("app", "ingress", "round_robin", slowBE.ln.Addr().String())
 	addrs := startChildGateway(t, yaml, nofile)
 	per := FilesPerConnEpoll
-	if testRelay == config.RelayGoroutines {
+	if testRelay == RelayGoroutines {
 		per = FilesPerConnGoroutines
 	}
 	share := (nofile - FDReserve) / (2 * per) // what each listener gets (PlanFiles)

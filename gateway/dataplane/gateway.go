@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/internal/logsample"
 	"github.com/ewgate/ewgate/gateway/splice"
 )
@@ -40,21 +39,15 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now is the clock for ejections and for sampling refusal log lines. Nil: time.Now.
 	Now func() time.Time
-	// FDHolders returns, for a config about to be applied, the holders of open files besides
-	// the listeners (the VM control endpoint's connection cap, the admin servers'); Apply
-	// refuses a config whose listeners, these and FDReserve exceed the open-file limit, and
-	// shares what is left among listeners that leave max_connections unset. Nil: none.
-	FDHolders func(*config.File) []FDHolder
 }
 
 // Gateway serves the listeners of the current config.
 type Gateway struct {
-	log       *zap.Logger
-	m         *metrics
-	dm        *dynamicMetrics
-	now       func() time.Time
-	fdHolders func(*config.File) []FDHolder
-	refusals  *logsample.Sampler // refusal log lines, per listener and result
+	log      *zap.Logger
+	m        *metrics
+	dm       *dynamicMetrics
+	now      func() time.Time
+	refusals *logsample.Sampler // refusal log lines, per listener and result
 
 	snap     atomic.Pointer[Snapshot]
 	states   states
@@ -63,13 +56,13 @@ type Gateway struct {
 	cutting  atomic.Bool // the drain deadline passed: every connection is being closed
 
 	mu        sync.Mutex // guards listeners, conns, version, cfg, dynamic and serialises Apply
-	cfg       *config.File
+	cfg       *Config
 	dynamic   map[string]map[string]*dynamicCluster // routes_from: xds listener -> cluster name -> cluster
 	pending   atomic.Bool                           // a routes_from: xds listener has had no table yet
 	listeners map[string]*listener
 	conns     map[*conn]struct{}
 	version   uint64
-	relayCfg  *config.Relay                 // the relay settings of the first config; nil before it
+	relayCfg  *Relay                        // the relay settings of the first config; nil before it
 	epoll     atomic.Pointer[splice.Engine] // the epoll relay engine; nil when relaying with goroutines
 	wg        sync.WaitGroup                // accept loops and connection handlers
 }
@@ -82,7 +75,6 @@ func New(opts Options) *Gateway {
 		dm:        newDynamicMetrics(opts.Registerer),
 		dynamic:   map[string]map[string]*dynamicCluster{},
 		now:       opts.Now,
-		fdHolders: opts.FDHolders,
 		listeners: map[string]*listener{},
 		conns:     map[*conn]struct{}{},
 	}
@@ -102,7 +94,7 @@ func New(opts Options) *Gateway {
 // the routes they were given. If a listener cannot be bound, or the connection caps do not fit
 // in the open-file limit (PlanFiles; the error wraps ErrFileBudget), nothing changes and the
 // old config keeps serving. f is not modified: caps left unset are resolved in a copy.
-func (g *Gateway) Apply(f *config.File) error {
+func (g *Gateway) Apply(f *Config) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.draining.Load() {
@@ -123,7 +115,7 @@ func (g *Gateway) Apply(f *config.File) error {
 		return err
 	}
 	for _, lc := range f.Listeners {
-		if lc.Kind != config.KindMesh || lc.RoutesFrom != config.RoutesXDS {
+		if lc.Kind != KindMesh || lc.RoutesFrom != RoutesXDS {
 			// Its built clusters hold endpoint states this snapshot forgets; rebuild them if
 			// the listener takes routes from xds again.
 			for _, dc := range g.dynamic[lc.Name] {
@@ -171,7 +163,7 @@ func (g *Gateway) swapLocked() {
 
 // bindNew binds every listener of f that is not already bound at the same address. On error it
 // closes what it bound.
-func (g *Gateway) bindNew(f *config.File) (map[string]*listener, error) {
+func (g *Gateway) bindNew(f *Config) (map[string]*listener, error) {
 	bound := map[string]*listener{}
 	for _, lc := range f.Listeners {
 		if old := g.listeners[lc.Name]; old != nil && old.address == lc.Address {

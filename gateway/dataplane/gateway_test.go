@@ -19,14 +19,12 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 // testRelay is the relay engine the tests' gateways use. The suite runs once per engine:
 // TestMain runs it on epoll (the default on Linux), then runs the same binary again with
 // EWGATE_TEST_RELAY=goroutines, so both paths pass every test.
-var testRelay = config.RelayEpoll
+var testRelay = RelayEpoll
 
 const relayEnv = "EWGATE_TEST_RELAY"
 
@@ -34,7 +32,7 @@ func TestMain(m *testing.M) {
 	if v := os.Getenv(relayEnv); v != "" {
 		testRelay = v
 	} else if runtime.GOOS != "linux" {
-		testRelay = config.RelayGoroutines
+		testRelay = RelayGoroutines
 	}
 	if os.Getenv(childEnv) != "" {
 		os.Exit(runChildGateway())
@@ -46,10 +44,10 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
-	if code == 0 && testRelay != config.RelayGoroutines {
-		fmt.Printf("=== the same tests on the goroutine relay (%s=%s)\n", relayEnv, config.RelayGoroutines)
+	if code == 0 && testRelay != RelayGoroutines {
+		fmt.Printf("=== the same tests on the goroutine relay (%s=%s)\n", relayEnv, RelayGoroutines)
 		cmd := exec.Command(os.Args[0], os.Args[1:]...)
-		cmd.Env = append(os.Environ(), relayEnv+"="+config.RelayGoroutines)
+		cmd.Env = append(os.Environ(), relayEnv+"="+RelayGoroutines)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutine relay run: %v\n", err)
@@ -89,7 +87,7 @@ func TestMeshPassthroughEndToEnd(t *testing.T) {
 	}
 	// The connection is relayed by the engine under test, and only by it.
 	wantPairs := 0.0
-	if testRelay == config.RelayEpoll {
+	if testRelay == RelayEpoll {
 		wantPairs = 1
 	}
 	if v := g.counter("ewgate_relay_engine_pairs", nil); v != wantPairs {
@@ -265,7 +263,7 @@ func TestReloadUnderTrafficDropsNothing(t *testing.T) {
 	for i := range conns {
 		conns[i] = meshClient(t, g, pki)
 	}
-	f, err := config.Parse([]byte(meshYAML("", cluster(reviews, "mesh", "round_robin", newBE.addr()))), "reload.yaml")
+	f, err := parseConfig([]byte(meshYAML("", cluster(reviews, "mesh", "round_robin", newBE.addr()))), "reload.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

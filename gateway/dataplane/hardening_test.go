@@ -19,22 +19,20 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 func TestPlanFiles(t *testing.T) {
-	ls := func(caps ...int) []config.Listener {
-		var out []config.Listener
+	ls := func(caps ...int) []Listener {
+		var out []Listener
 		for i, c := range caps {
-			out = append(out, config.Listener{Name: fmt.Sprintf("l%d", i), MaxConnections: c})
+			out = append(out, Listener{Name: fmt.Sprintf("l%d", i), MaxConnections: c})
 		}
 		return out
 	}
 	control := []FDHolder{{Name: "control endpoint", FDs: 1000}}
 	tests := []struct {
 		name      string
-		listeners []config.Listener
+		listeners []Listener
 		limit     uint64
 		per       int
 		others    []FDHolder
@@ -46,8 +44,8 @@ func TestPlanFiles(t *testing.T) {
 			wantCaps: []int{(20000 - FDReserve - 1000) / 4, (20000 - FDReserve - 1000) / 4}},
 		{name: "unset next to explicit", listeners: ls(0, 3000), limit: 20000, per: 6,
 			wantCaps: []int{(20000 - FDReserve - 18000) / 6, 3000}},
-		{name: "unset capped at 10000", listeners: ls(0), limit: 1 << 20, per: 2, wantCaps: []int{config.DefaultMaxConnections}},
-		{name: "unlimited", listeners: ls(0), limit: ^uint64(0), per: 6, wantCaps: []int{config.DefaultMaxConnections}},
+		{name: "unset capped at 10000", listeners: ls(0), limit: 1 << 20, per: 2, wantCaps: []int{DefaultMaxConnections}},
+		{name: "unlimited", listeners: ls(0), limit: ^uint64(0), per: 6, wantCaps: []int{DefaultMaxConnections}},
 		{name: "explicit caps over the limit", listeners: ls(10000, 10000), limit: 20000, per: 2,
 			wantInErr: []string{"listener l0 (10000 connections x 2) 20000", "listener l1", "reserve 256", "limit 20000", "at least 40256", "LimitNOFILE"}},
 		{name: "others take the room", listeners: ls(9000), limit: 20000, per: 2, others: []FDHolder{{Name: "control endpoint", FDs: 2000}},
@@ -57,7 +55,7 @@ func TestPlanFiles(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := append([]config.Listener(nil), tt.listeners...)
+			in := append([]Listener(nil), tt.listeners...)
 			got, holders, err := PlanFiles(in, tt.limit, tt.per, tt.others)
 			if tt.wantCaps == nil {
 				if !errors.Is(err, ErrFileBudget) {
@@ -106,23 +104,27 @@ func TestApplyRefusesCapsOverTheFileLimit(t *testing.T) {
 	be := startBackend(t, pki, reviews)
 	var control int
 	reg := prometheus.NewRegistry()
-	g := &testGateway{Gateway: New(Options{Registerer: reg,
-		FDHolders: func(*config.File) []FDHolder { return []FDHolder{{Name: "control endpoint (15012)", FDs: control}} }}), reg: reg}
+	g := &testGateway{Gateway: New(Options{Registerer: reg}), reg: reg}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		g.Shutdown(ctx)
 	})
-	parse := func(yaml string) *config.File {
-		f, err := config.Parse([]byte(yaml), "t.yaml")
+	parse := func(yaml string) *Config {
+		f, err := parseConfig([]byte(yaml), "t.yaml")
 		if err != nil {
 			t.Fatal(err)
 		}
 		f.Relay.Engine = testRelay
 		return f
 	}
+	// apply gives the config the control endpoint's holder as it is at the time of the call.
+	apply := func(c *Config) error {
+		c.FDHolders = []FDHolder{{Name: "control endpoint (15012)", FDs: control}}
+		return g.Apply(c)
+	}
 	ok := parse(meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
-	if err := g.Apply(ok); err != nil {
+	if err := apply(ok); err != nil {
 		t.Fatal(err)
 	}
 	if ok.Listeners[0].MaxConnections != 0 {
@@ -138,11 +140,11 @@ func TestApplyRefusesCapsOverTheFileLimit(t *testing.T) {
 		}
 	}
 	over := parse(meshYAML(fmt.Sprintf(", max_connections: %d", soft), cluster(reviews, "mesh", "round_robin", be.addr())))
-	if err := g.Apply(over); !errors.Is(err, ErrFileBudget) || !strings.Contains(err.Error(), "listener mesh") {
+	if err := apply(over); !errors.Is(err, ErrFileBudget) || !strings.Contains(err.Error(), "listener mesh") {
 		t.Fatalf("max_connections = the file limit (%d): Apply returned %v; want ErrFileBudget naming the listener", soft, err)
 	}
 	control = int(soft)
-	if err := g.Apply(ok); !errors.Is(err, ErrFileBudget) || !strings.Contains(err.Error(), "control endpoint (15012)") {
+	if err := apply(ok); !errors.Is(err, ErrFileBudget) || !strings.Contains(err.Error(), "control endpoint (15012)") {
 		t.Fatalf("a holder taking the whole limit: Apply returned %v; want ErrFileBudget naming it", err)
 	}
 	c, err := tls.Dial("tcp", g.Addr("mesh").String(), pki.clientConfig(reviews, "istio"))
@@ -278,7 +280,7 @@ func exchange1(c *tls.Conn) ([]byte, error) {
 func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 	pki := newPKI(t)
 	be := startBackend(t, pki, reviews)
-	f, err := config.Parse([]byte(meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr()))), "t.yaml")
+	f, err := parseConfig([]byte(meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr()))), "t.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

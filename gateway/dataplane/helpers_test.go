@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -25,8 +26,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"go.yaml.in/yaml/v3"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -183,9 +184,28 @@ type testGateway struct {
 	logs *observer.ObservedLogs
 }
 
+// parseConfig decodes the data plane's sections of a config file (relay, listeners, clusters;
+// any other key is an error) and resolves their defaults with Config.SetDefaults, as config.Parse
+// does for the whole file. These tests cannot call config.Parse: package config imports this one.
+func parseConfig(data []byte, name string) (*Config, error) {
+	var s struct {
+		Relay     Relay           `yaml:"relay"`
+		Listeners []Listener      `yaml:"listeners"`
+		Clusters  []ClusterConfig `yaml:"clusters"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&s); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	c := &Config{Relay: s.Relay, Listeners: s.Listeners, Clusters: s.Clusters}
+	c.SetDefaults()
+	return c, nil
+}
+
 func startGateway(t testing.TB, yaml string) *testGateway {
 	t.Helper()
-	f, err := config.Parse([]byte(yaml), "test.yaml")
+	f, err := parseConfig([]byte(yaml), "test.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/ewgate/ewgate/gateway/config"
 )
 
 // rawBackend accepts plain TCP, consumes the ClientHello the gateway forwards and hands the
@@ -251,7 +249,7 @@ func TestRelayStalledReaderIsNotReadFurther(t *testing.T) {
 		}
 	}
 	t.Logf("the client could write %d KiB before the gateway stopped reading it", len(written)>>10)
-	if testRelay == config.RelayEpoll {
+	if testRelay == RelayEpoll {
 		if v := g.counter("ewgate_relay_engine_pipes", map[string]string{"state": "in_use"}); v != 1 {
 			t.Fatalf("pipes in use with one stalled direction = %v, want 1", v)
 		}

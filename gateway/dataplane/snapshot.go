@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -33,7 +32,7 @@ func (s *Snapshot) Table(listener string) *Table { return s.tables[listener] }
 
 // Table is one listener's settings and routes.
 type Table struct {
-	Listener   config.Listener
+	Listener   Listener
 	requireALP bool
 	proxies    []netip.Prefix      // trusted PROXY protocol senders
 	exact      map[string]*Cluster // SNI -> cluster (mesh: cluster names; ingress: exact hosts)
@@ -48,7 +47,7 @@ type wildcard struct {
 // Cluster is a routed destination: its endpoints and how to pick among them.
 type Cluster struct {
 	Name      string
-	Config    config.Cluster
+	Config    ClusterConfig
 	Endpoints []*Endpoint
 	lb        balancer
 	alpn      []string // from an xDS filter chain: the client must offer one of these
@@ -57,7 +56,7 @@ type Cluster struct {
 // Route returns the cluster for a ClientHello on this table's listener, or the reason there
 // is none. It never looks at another listener's routes.
 func (t *Table) Route(h *sni.Hello) (*Cluster, error) {
-	if t.Listener.Kind == config.KindMesh {
+	if t.Listener.Kind == KindMesh {
 		return t.routeMesh(h)
 	}
 	return t.routeIngress(h)
@@ -126,7 +125,7 @@ func (t *Table) trustsProxy(a netip.Addr) bool {
 // buildSnapshot turns a validated config and the clusters route sources set for its
 // routes_from: xds listeners into a snapshot. st carries endpoint health across snapshots; it
 // may be shared by successive builds.
-func buildSnapshot(f *config.File, dyn map[string]map[string]*dynamicCluster, st *states, version uint64, now time.Time) *Snapshot {
+func buildSnapshot(f *Config, dyn map[string]map[string]*dynamicCluster, st *states, version uint64, now time.Time) *Snapshot {
 	var keys []stateKey
 	for _, c := range f.Clusters {
 		for _, e := range c.Endpoints {
@@ -146,15 +145,15 @@ func buildSnapshot(f *config.File, dyn map[string]map[string]*dynamicCluster, st
 	}
 	s := &Snapshot{Version: version, Built: now, tables: map[string]*Table{}}
 	for _, l := range f.Listeners {
-		t := &Table{Listener: l, exact: map[string]*Cluster{}, requireALP: config.BoolOr(l.RequireIstioALPN, true)}
+		t := &Table{Listener: l, exact: map[string]*Cluster{}, requireALP: BoolOr(l.RequireIstioALPN, true)}
 		if l.ProxyProtocol != nil {
 			for _, c := range l.ProxyProtocol.TrustedCIDRs {
 				t.proxies = append(t.proxies, netip.MustParsePrefix(c)) // validated at load
 			}
 		}
-		if l.Kind == config.KindMesh && l.RoutesFrom == config.RoutesXDS {
+		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
 			addDynamic(t, dyn[l.Name], kept)
-		} else if l.Kind == config.KindMesh {
+		} else if l.Kind == KindMesh {
 			for _, c := range clusters {
 				if c.Config.Listener == l.Name {
 					t.exact[c.Name] = c

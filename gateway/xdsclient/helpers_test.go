@@ -143,7 +143,7 @@ func startGateway(t testing.TB) *dataplane.Gateway {
 		t.Fatal(err)
 	}
 	g := dataplane.New(dataplane.Options{Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
-	if err := g.Apply(f); err != nil {
+	if err := g.Apply(f.DataPlane()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

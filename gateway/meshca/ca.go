@@ -3,7 +3,7 @@
 // SPIFFE identity of the verified caller, never for the names the CSR asks for.
 //
 // Who the caller is comes from the context: the VM control endpoint (15012) authenticates every
-// RPC and puts the identity there with WithIdentity before the call reaches the CA. A call with
+// RPC and puts the identity there with authn.NewContext before the call reaches the CA. A call with
 // no identity is refused (Unauthenticated). The CA key is generated on first start in a data
 // directory, or loaded from files.
 //
@@ -49,20 +49,6 @@ const (
 	CertFileName = "root-cert.pem"
 )
 
-type ctxKey struct{}
-
-// WithIdentity returns a context carrying the verified identity of the caller. Only the code
-// that authenticated the caller may call it.
-func WithIdentity(ctx context.Context, id *authn.Identity) context.Context {
-	return context.WithValue(ctx, ctxKey{}, id)
-}
-
-// IdentityFrom returns the verified caller identity of ctx, or nil.
-func IdentityFrom(ctx context.Context) *authn.Identity {
-	id, _ := ctx.Value(ctxKey{}).(*authn.Identity)
-	return id
-}
-
 // Options configure a CA. The zero value of each optional field is documented on it.
 type Options struct {
 	// DataDir holds ca-key.pem and root-cert.pem, created (0600) on first start.
@@ -72,7 +58,7 @@ type Options struct {
 	TTL               time.Duration // zero: 24h, when the request asks for no validity
 	MaxTTL            time.Duration // zero: 7 days; a longer request is cut to it
 	TrustDomain       string        // zero: cluster.local; names a generated root
-	// Identity returns the verified caller of a request. Nil: IdentityFrom.
+	// Identity returns the verified caller of a request. Nil: authn.FromContext.
 	Identity func(ctx context.Context) *authn.Identity
 	Now      func() time.Time // nil: time.Now
 	Logger   *zap.Logger      // nil: no logs
@@ -105,7 +91,7 @@ func Open(opts Options) (*CA, error) {
 		opts.TrustDomain = "cluster.local"
 	}
 	if opts.Identity == nil {
-		opts.Identity = IdentityFrom
+		opts.Identity = authn.FromContext
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now

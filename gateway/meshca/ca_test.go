@@ -50,7 +50,7 @@ func serve(t *testing.T, c *CA) securityv1alpha1.IstioCertificateServiceClient {
 	auth := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if w := md.Get("who"); len(w) == 1 {
-			ctx = WithIdentity(ctx, &authn.Identity{Cluster: "c1", Namespace: "vm", ServiceAccount: w[0], SPIFFEID: "spiffe://cluster.local/ns/vm/sa/" + w[0]})
+			ctx = authn.NewContext(ctx, &authn.Identity{Cluster: "c1", Namespace: "vm", ServiceAccount: w[0], SPIFFEID: "spiffe://cluster.local/ns/vm/sa/" + w[0]})
 		}
 		return h(ctx, req)
 	}

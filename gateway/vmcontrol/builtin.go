@@ -13,14 +13,13 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/ewgate/ewgate/authn"
-	"github.com/ewgate/ewgate/gateway/meshca"
 )
 
 // builtin is the way to ewgate's own control plane: an in-memory listener (no socket, so
 // nothing outside this process can connect to it) and a table of the calls in flight, keyed by
 // a random handle the front sends with each call. The built-in server's interceptors
 // (BuiltinServerOptions) turn the handle back into the verified identity and put it in the
-// call's context with meshca.WithIdentity: the identity never crosses a wire, and a header alone
+// call's context with authn.NewContext: the identity never crosses a wire, and a header alone
 // proves nothing.
 type builtin struct {
 	mu    sync.Mutex
@@ -89,18 +88,18 @@ func (b *builtin) identity(ctx context.Context) *authn.Identity {
 func (f *Front) BuiltinListener() net.Listener { return f.builtin.listener() }
 
 // BuiltinServerOptions are the interceptors the built-in control plane's gRPC server needs:
-// they put the identity the front verified into each call's context (meshca.WithIdentity), where
+// they put the identity the front verified into each call's context (authn.NewContext), where
 // the CA finds it. Calls that did not come through the front get no identity.
 func (f *Front) BuiltinServerOptions() []grpc.ServerOption {
 	unary := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if id := f.builtin.identity(ctx); id != nil {
-			ctx = meshca.WithIdentity(ctx, id)
+			ctx = authn.NewContext(ctx, id)
 		}
 		return h(ctx, req)
 	}
 	stream := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		if id := f.builtin.identity(ss.Context()); id != nil {
-			ss = &ctxStream{ServerStream: ss, ctx: meshca.WithIdentity(ss.Context(), id)}
+			ss = &ctxStream{ServerStream: ss, ctx: authn.NewContext(ss.Context(), id)}
 		}
 		return h(srv, ss)
 	}

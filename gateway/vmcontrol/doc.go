@@ -25,7 +25,7 @@
 // It does not verify credentials itself (authn does), write entries (registrar does), or
 // serve xDS (the upstream does: istiod, or the built-in control plane reached in-process
 // through BuiltinListener, whose calls carry the verified identity via BuiltinServerOptions
-// and ca.WithIdentity).
+// and authn.NewContext).
 //
 // Usage:
 //

@@ -27,8 +27,8 @@ func runControl(ctx context.Context, repo, benchtime string, count int) ([]Contr
 	for _, pkg := range []struct{ dir, pattern string }{
 		{"./authn", "^BenchmarkVerify"},
 		{"./registrar", "^BenchmarkRegister$"},
-		{"./gateway/xds", "^BenchmarkRegistrationToPush$"},
-		{"./gateway/xds/controlplane", "^Benchmark(Build10kEndpoints|Burst1000Registrations)$"},
+		{"./gateway/xdsclient", "^BenchmarkRegistrationToPush$"},
+		{"./gateway/controlplane", "^Benchmark(Build10kEndpoints|Burst1000Registrations)$"},
 	} {
 		cmd := exec.CommandContext(ctx, goTool(), "test", "-run", "^$", "-bench", pkg.pattern,
 			"-benchtime", benchtime, "-count", strconv.Itoa(count), "-benchmem", pkg.dir)

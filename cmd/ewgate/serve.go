@@ -23,8 +23,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/ewgate/ewgate/gateway"
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/dataplane"
 )
 
 func cmdServe(args []string, stderr io.Writer) int {
@@ -70,7 +70,7 @@ type server struct {
 	path      string
 	log       *zap.Logger
 	level     zap.AtomicLevel
-	gw        *gateway.Gateway
+	gw        *dataplane.Gateway
 	cfg       *config.File          // the serving config
 	startHash [32]byte              // of the file served at start; the watcher compares with it first
 	parts     atomic.Pointer[parts] // set once at start, before any reload; read by admin pages
@@ -80,7 +80,7 @@ type server struct {
 func (s *server) serve(cfg *config.File) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	s.gw = gateway.New(gateway.Options{Logger: s.log, Registerer: reg, FDHolders: fileHolders})
+	s.gw = dataplane.New(dataplane.Options{Logger: s.log, Registerer: reg})
 	s.health = newControlHealth(reg)
 	s.health.set(func(h *controlHealth) { h.configured.Store(cfg.Control != nil) })
 
@@ -168,10 +168,10 @@ func (s *server) startAdmin(cfg *config.File, reg *prometheus.Registry) (adminSe
 	}{
 		{"admin", "admin.address", a.Address, s.gw.AdminHandler(reg, a.Pprof, all)},
 		{"status", "admin.status_address", a.StatusAddress, s.gw.StatusHandler(status)},
-		{"metrics", "admin.metrics_address", a.MetricsAddress, gateway.MetricsHandler(reg)},
+		{"metrics", "admin.metrics_address", a.MetricsAddress, dataplane.MetricsHandler(reg)},
 	}
-	limiter := gateway.NewAdminLimiter(reg)
-	lim := gateway.AdminLimits{MaxConnections: a.MaxConnections, MaxPerSource: a.MaxConnectionsPerSource}
+	limiter := dataplane.NewAdminLimiter(reg)
+	lim := dataplane.AdminLimits{MaxConnections: a.MaxConnections, MaxPerSource: a.MaxConnectionsPerSource}
 	var started adminServers
 	for _, sv := range servers {
 		if sv.addr == "" {
@@ -182,7 +182,7 @@ func (s *server) startAdmin(cfg *config.File, reg *prometheus.Registry) (adminSe
 			started.close()
 			return nil, fmt.Errorf("%s listener (%s): %w", sv.name, sv.key, err)
 		}
-		srv := gateway.NewAdminServer(sv.h)
+		srv := dataplane.NewAdminServer(sv.h)
 		as := adminServer{srv: srv, done: make(chan error, 1)}
 		go func() { as.done <- srv.Serve(limiter.Wrap(sv.name, ln, lim)) }()
 		started = append(started, as)
@@ -242,7 +242,9 @@ func (s *server) drain(sigs <-chan os.Signal, timeout time.Duration) {
 
 // apply hands cfg to the gateway and logs where each listener listens.
 func (s *server) apply(cfg *config.File) error {
-	if err := s.gw.Apply(cfg); err != nil {
+	dp := cfg.DataPlane()
+	dp.FDHolders = fileHolders(cfg)
+	if err := s.gw.Apply(dp); err != nil {
 		return err
 	}
 	s.cfg = cfg

@@ -10,7 +10,7 @@ import (
 
 	"github.com/ewgate/ewgate/authn"
 	"github.com/ewgate/ewgate/gateway/config"
-	"github.com/ewgate/ewgate/gateway/front"
+	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -20,7 +20,7 @@ type vmParts struct {
 	verifier *authn.Verifier
 	reg      *registrar.Registrar
 	store    registrar.Store
-	front    *front.Front
+	front    *vmcontrol.Front
 	groups   *groupSync // nil without a registrar
 }
 
@@ -36,7 +36,7 @@ func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
 	if vm.verifier, err = authn.New(p.ctx, *cfg.Authn, authn.Options{Logger: p.log.Named("authn"), Registerer: reg}); err != nil {
 		return err
 	}
-	opts := front.Options{Verifier: vm.verifier, Logger: p.log.Named("control"), Registerer: reg}
+	opts := vmcontrol.Options{Verifier: vm.verifier, Logger: p.log.Named("control"), Registerer: reg}
 	if cfg.Registrar != nil {
 		vm.store = p.store // validation made sure there is one
 		vm.reg, err = registrar.New(*cfg.Registrar, registrar.Options{Store: vm.store, Logger: p.log.Named("registrar"), Registerer: reg})
@@ -49,7 +49,7 @@ func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
 		_ = vm.groups.update(p.ctx, cfg.WorkloadGroups)
 		opts.Registrar = vm.reg
 	}
-	vm.front, err = front.New(*cfg.Control, opts)
+	vm.front, err = vmcontrol.New(*cfg.Control, opts)
 	return err
 }
 

@@ -19,7 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ewgate/ewgate/authn"
-	"github.com/ewgate/ewgate/gateway/xds/ca"
+	"github.com/ewgate/ewgate/gateway/meshca"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -249,7 +249,7 @@ workload_groups:
 		t.Errorf("second run: exit %d, %s; want a refusal", code, stderr.String())
 	}
 	// The CA it created is the one serve opens, and the bundle carries its root.
-	a, err := ca.Open(ca.Options{DataDir: filepath.Join(dir, "ca")})
+	a, err := meshca.Open(meshca.Options{DataDir: filepath.Join(dir, "ca")})
 	if err != nil {
 		t.Fatalf("the CA vm-config created does not open as serve opens it: %v", err)
 	}
@@ -257,7 +257,7 @@ workload_groups:
 	if !bytes.Contains(root, []byte(a.RootPEM())) {
 		t.Errorf("root-cert.pem lacks the built-in CA's root:\n%s", root)
 	}
-	if st, err := os.Stat(filepath.Join(dir, "ca", ca.KeyFileName)); err != nil || st.Mode().Perm() != 0o600 {
+	if st, err := os.Stat(filepath.Join(dir, "ca", meshca.KeyFileName)); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("CA key: %v %v, want mode 0600", err, st)
 	}
 

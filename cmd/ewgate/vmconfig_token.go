@@ -31,7 +31,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/ewgate/ewgate/gateway/config"
-	"github.com/ewgate/ewgate/gateway/xds/ca"
+	"github.com/ewgate/ewgate/gateway/meshca"
 )
 
 const (
@@ -181,7 +181,7 @@ func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
 }
 
 // standaloneMeshRoot is --mesh-root, or the root of the built-in CA as `ewgate serve` opens it
-// (ca.Open: from cert_file, or from data_dir, generated there when it holds no CA yet, exactly
+// (meshca.Open: from cert_file, or from data_dir, generated there when it holds no CA yet, exactly
 // as serve's first start would).
 func standaloneMeshRoot(f *vmFlags, cfg *config.File) ([]byte, error) {
 	if f.meshRoot != "" {
@@ -191,7 +191,7 @@ func standaloneMeshRoot(f *vmFlags, cfg *config.File) ([]byte, error) {
 	if c.DataDir == "" && c.CertFile == "" {
 		return nil, fmt.Errorf("%s: no control_plane.ca to take it from; pass --mesh-root", f.config)
 	}
-	a, err := ca.Open(ca.Options{DataDir: c.DataDir, CertFile: c.CertFile, KeyFile: c.KeyFile, TrustDomain: c.TrustDomain})
+	a, err := meshca.Open(meshca.Options{DataDir: c.DataDir, CertFile: c.CertFile, KeyFile: c.KeyFile, TrustDomain: c.TrustDomain})
 	if err != nil {
 		return nil, err
 	}

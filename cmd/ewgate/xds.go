@@ -15,9 +15,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ewgate/ewgate/gateway/config"
-	"github.com/ewgate/ewgate/gateway/xds"
-	"github.com/ewgate/ewgate/gateway/xds/ca"
-	"github.com/ewgate/ewgate/gateway/xds/controlplane"
+	"github.com/ewgate/ewgate/gateway/controlplane"
+	"github.com/ewgate/ewgate/gateway/meshca"
+	"github.com/ewgate/ewgate/gateway/xdsclient"
 	"github.com/ewgate/ewgate/registrar"
 	"github.com/ewgate/ewgate/registrar/kube"
 )
@@ -95,8 +95,8 @@ func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, s *s
 			listeners = append(listeners, l.Name)
 		}
 	}
-	c := xds.New(xds.Options{
-		Target: target, TLS: tlsCfg, TokenFile: cfg.XDS.TokenFile, Node: xds.NewNode(cfg.XDS.Node, versionString()),
+	c := xdsclient.New(xdsclient.Options{
+		Target: target, TLS: tlsCfg, TokenFile: cfg.XDS.TokenFile, Node: xdsclient.NewNode(cfg.XDS.Node, versionString()),
 		MeshPort: cfg.XDS.MeshPort, Listeners: listeners, Sink: s.gw,
 		InitialBackoff: cfg.XDS.InitialBackoff, MaxBackoff: cfg.XDS.MaxBackoff,
 		Logger: p.log.Named("xds"), Registerer: reg,
@@ -116,7 +116,7 @@ func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (
 		opts.Entries = p.store.WorkloadEntries()
 	}
 	if cpc.CA.DataDir != "" || cpc.CA.CertFile != "" {
-		a, err := ca.Open(ca.Options{DataDir: cpc.CA.DataDir, CertFile: cpc.CA.CertFile, KeyFile: cpc.CA.KeyFile,
+		a, err := meshca.Open(meshca.Options{DataDir: cpc.CA.DataDir, CertFile: cpc.CA.CertFile, KeyFile: cpc.CA.KeyFile,
 			TTL: cpc.CA.TTL, MaxTTL: cpc.CA.MaxTTL, TrustDomain: cpc.CA.TrustDomain, Logger: p.log.Named("ca"), Registerer: reg})
 		if err != nil {
 			return "", err

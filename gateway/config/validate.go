@@ -24,80 +24,13 @@ func (f *File) SetDefaults() {
 	if f.DrainTimeout == 0 {
 		f.DrainTimeout = DefaultDrainTimeout
 	}
-	if f.Relay.Engine == "" {
-		f.Relay.Engine = RelayAuto
-	}
 	if f.Reload.WatchInterval == 0 {
 		f.Reload.WatchInterval = DefaultWatchInterval
 	}
-	if len(f.Listeners) == 0 {
-		f.Listeners = []Listener{{Name: KindMesh, Kind: KindMesh, Address: DefaultMeshAddress}}
-	}
-	for i := range f.Listeners {
-		f.Listeners[i].setDefaults()
-	}
-	for i := range f.Clusters {
-		f.Clusters[i].setDefaults()
-	}
+	dp := f.DataPlane()
+	dp.SetDefaults()
+	f.Relay, f.Listeners, f.Clusters = dp.Relay, dp.Listeners, dp.Clusters
 	f.setXDSDefaults()
-}
-
-func (l *Listener) setDefaults() {
-	// MaxConnections and MaxConnectionsPerSource stay zero here: their defaults depend on the
-	// process's open-file limit and the relay engine, which the gateway resolves at Apply.
-	if l.HelloTimeout == 0 {
-		l.HelloTimeout = DefaultHelloTimeout
-	}
-	if l.MaxHelloBytes == 0 {
-		l.MaxHelloBytes = DefaultMaxHelloBytes
-	}
-	if l.IdleTimeout == 0 {
-		l.IdleTimeout = DefaultIdleTimeout
-	}
-	if l.Kind == KindIngress && len(l.MeshDomains) == 0 {
-		l.MeshDomains = []string{DefaultMeshDomain}
-	}
-	if l.Kind == KindMesh && l.RoutesFrom == "" {
-		l.RoutesFrom = RoutesStatic
-	}
-}
-
-// MeshClusterDefaults returns a cluster of listener with every optional field at its default,
-// for clusters that do not come from this file (xDS).
-func MeshClusterDefaults(name, listener string) Cluster {
-	c := Cluster{Name: name, Listener: listener}
-	c.setDefaults()
-	return c
-}
-
-func (c *Cluster) setDefaults() {
-	if c.LBPolicy == "" {
-		c.LBPolicy = RoundRobin
-	}
-	if c.ConnectTimeout == 0 {
-		c.ConnectTimeout = DefaultConnectTimeout
-	}
-	if c.MaxConnectAttempts == 0 {
-		c.MaxConnectAttempts = DefaultMaxConnectAttempts
-	}
-	if c.OutlierDetection == nil {
-		c.OutlierDetection = &OutlierDetection{}
-	}
-	od := c.OutlierDetection
-	if od.ConsecutiveFailures == 0 {
-		od.ConsecutiveFailures = DefaultConsecutiveFails
-	}
-	if od.BaseEjectionTime == 0 {
-		od.BaseEjectionTime = DefaultBaseEjectionTime
-	}
-	if od.MaxEjectionTime == 0 {
-		od.MaxEjectionTime = DefaultMaxEjectionTime
-	}
-	for i := range c.Endpoints {
-		if c.Endpoints[i].Weight == 0 {
-			c.Endpoints[i].Weight = 1
-		}
-	}
 }
 
 // validator collects FieldErrors and warnings with their paths.
@@ -324,7 +257,7 @@ func (f *File) validateRoutes(v *validator, listeners map[string]*Listener, clus
 					v.add(hp, "%q is not a host name or *.suffix pattern", r.Hosts[k])
 					continue
 				}
-				if d := meshDomainOf(h, l.MeshDomains); d != "" {
+				if d := l.MeshDomainOf(h); d != "" {
 					v.add(hp, "%q is under the mesh domain %s; mesh hosts are never reachable from an ingress listener", r.Hosts[k], d)
 				}
 				if hosts[h] {
@@ -344,18 +277,3 @@ func (f *File) validateRoutes(v *validator, listeners map[string]*Listener, clus
 		}
 	}
 }
-
-// meshDomainOf returns the mesh domain that host (or pattern) falls under, or "".
-func meshDomainOf(host string, domains []string) string {
-	host = strings.TrimPrefix(host, "*.")
-	for _, d := range domains {
-		d = strings.ToLower(strings.TrimSuffix(d, "."))
-		if host == d || strings.HasSuffix(host, "."+d) {
-			return d
-		}
-	}
-	return ""
-}
-
-// MeshDomainOf reports the mesh domain an SNI falls under on an ingress listener, or "".
-func (l *Listener) MeshDomainOf(host string) string { return meshDomainOf(host, l.MeshDomains) }

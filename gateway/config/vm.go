@@ -5,7 +5,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ewgate/ewgate/gateway/front"
+	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
 // The VM onboarding sections keep their own types, defaults and validation in their packages;
@@ -28,11 +28,11 @@ func (f *File) setVMDefaults() {
 
 // ControlConnections is the VM control endpoint's connection cap when control.limits
 // max_connections is left unset: a quarter of the process's open-file limit, at most
-// front.DefaultMaxConnections, at least 16. The listeners that leave their max_connections unset
+// vmcontrol.DefaultMaxConnections, at least 16. The listeners that leave their max_connections unset
 // share what the endpoint and the other holders leave (docs/operations.md, "File limits"), so
 // a default config starts under any limit that can serve at all.
 func ControlConnections(openFiles uint64) int {
-	return int(max(16, min(uint64(front.DefaultMaxConnections), openFiles/4)))
+	return int(max(16, min(uint64(vmcontrol.DefaultMaxConnections), openFiles/4)))
 }
 
 // openFileLimit is the process's soft open-file limit (Go raises it to the hard limit at start);

@@ -1,0 +1,147 @@
+package dataplane
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/pprof"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The admin HTTP servers, split as Istio and Envoy split them (docs/operations.md "Health and
+// metrics"): StatusHandler for the port a load balancer may publish (readiness only),
+// MetricsHandler for Prometheus, AdminHandler for people, on loopback.
+
+// StatusHandler serves readiness and nothing else: GET /healthz/ready (200 while serving, 503
+// before the first config and while draining) and the extra checks (path -> handler, e.g. GET
+// /healthz/control). Every other path is 404: nothing a load balancer publishes may show a
+// route, an endpoint or a counter.
+func (g *Gateway) StatusHandler(extra map[string]http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	g.statusRoutes(mux, extra)
+	return mux
+}
+
+func (g *Gateway) statusRoutes(mux *http.ServeMux, extra map[string]http.Handler) {
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !g.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	for path, h := range extra {
+		mux.Handle(path, h)
+	}
+}
+
+// MetricsHandler serves GET /metrics (Prometheus text) and nothing else.
+func MetricsHandler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// AdminHandler serves every admin page, for the debug address on loopback: GET /healthz/ready,
+// /metrics, /debug/routes (the live route tables as JSON) and, with withPprof, /debug/pprof/.
+// extra mounts more handlers (other parts of ewgate add their /debug pages and the status
+// checks they give StatusHandler).
+func (g *Gateway) AdminHandler(gatherer prometheus.Gatherer, withPprof bool, extra map[string]http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	g.statusRoutes(mux, nil)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /debug/routes", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(g.routesView())
+	})
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	for path, h := range extra {
+		mux.Handle(path, h)
+	}
+	return mux
+}
+
+// NewAdminServer wraps an admin handler in an http.Server with the timeouts every admin server
+// has; serve it on a listener from AdminLimiter.Wrap for the connection caps.
+func NewAdminServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      2 * time.Minute, // a CPU profile takes 30 s by default
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+type routesView struct {
+	Version   uint64                  `json:"version"`
+	Built     time.Time               `json:"built"`
+	Listeners map[string]listenerView `json:"listeners"`
+}
+
+type listenerView struct {
+	Kind   string      `json:"kind"`
+	Routes []routeView `json:"routes"`
+}
+
+type routeView struct {
+	Match     string         `json:"match"`
+	Cluster   string         `json:"cluster"`
+	Policy    string         `json:"lb_policy"`
+	Endpoints []endpointView `json:"endpoints"`
+}
+
+type endpointView struct {
+	Address      string     `json:"address"`
+	Weight       uint32     `json:"weight"`
+	Locality     string     `json:"locality,omitempty"`
+	Network      string     `json:"network,omitempty"`
+	Active       int64      `json:"active_connections"`
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
+}
+
+func (g *Gateway) routesView() routesView {
+	s := g.snap.Load()
+	if s == nil {
+		return routesView{}
+	}
+	v := routesView{Version: s.Version, Built: s.Built, Listeners: map[string]listenerView{}}
+	now := g.now().UnixNano()
+	for name, t := range s.tables {
+		lv := listenerView{Kind: t.Listener.Kind, Routes: []routeView{}}
+		for match, c := range t.exact {
+			lv.Routes = append(lv.Routes, clusterView(match, c, now))
+		}
+		for _, w := range t.wildcards {
+			lv.Routes = append(lv.Routes, clusterView(w.pattern, w.cluster, now))
+		}
+		sort.Slice(lv.Routes, func(i, j int) bool { return lv.Routes[i].Match < lv.Routes[j].Match })
+		v.Listeners[name] = lv
+	}
+	return v
+}
+
+func clusterView(match string, c *Cluster, now int64) routeView {
+	rv := routeView{Match: match, Cluster: c.Name, Policy: c.Config.LBPolicy}
+	for _, e := range c.Endpoints {
+		ev := endpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network, Active: e.state.active.Load()}
+		if until := e.state.ejectedUntil.Load(); until > now {
+			t := time.Unix(0, until).UTC()
+			ev.EjectedUntil = &t
+		}
+		rv.Endpoints = append(rv.Endpoints, ev)
+	}
+	return rv
+}

@@ -1,0 +1,149 @@
+package dataplane
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// AdminLimits caps the connections of one admin HTTP server, so that a flood on one of them
+// (a slowloris on the status port a load balancer publishes, say) holds a bounded number of
+// the process's file descriptors and leaves the data plane's alone.
+type AdminLimits struct {
+	MaxConnections int // open connections of the server; excess ones are closed at accept
+	MaxPerSource   int // open connections from one source IP; excess ones are closed at accept
+}
+
+// AdminLimiter wraps the admin servers' listeners and counts what they refuse in
+// ewgate_admin_connections_refused_total{server, reason} and hold in
+// ewgate_admin_connections{server}.
+type AdminLimiter struct {
+	refused *prometheus.CounterVec
+	open    *prometheus.GaugeVec
+}
+
+// Refusal reasons of the admin servers' connection caps.
+const (
+	AdminRefusedMax       = "max_connections"
+	AdminRefusedPerSource = "per_source"
+)
+
+// NewAdminLimiter registers the admin connection metrics with reg (nil: not registered).
+func NewAdminLimiter(reg prometheus.Registerer) *AdminLimiter {
+	a := &AdminLimiter{
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_admin_connections_refused_total",
+			Help: "Connections an admin HTTP server (admin, status, metrics) closed at accept: reason max_connections or per_source.",
+		}, []string{"server", "reason"}),
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ewgate_admin_connections",
+			Help: "Open connections of an admin HTTP server (admin, status, metrics).",
+		}, []string{"server"}),
+	}
+	if reg != nil {
+		reg.MustRegister(a.refused, a.open)
+	}
+	return a
+}
+
+// Wrap returns ln with lim applied; server names the server in the metrics.
+func (a *AdminLimiter) Wrap(server string, ln net.Listener, lim AdminLimits) net.Listener {
+	for _, r := range []string{AdminRefusedMax, AdminRefusedPerSource} {
+		a.refused.WithLabelValues(server, r) // zero rows exist from the start
+	}
+	return &limitListener{
+		Listener:  ln,
+		lim:       lim,
+		perSource: map[netip.Addr]int{},
+		refusedMx: a.refused.WithLabelValues(server, AdminRefusedMax),
+		refusedPS: a.refused.WithLabelValues(server, AdminRefusedPerSource),
+		open:      a.open.WithLabelValues(server),
+	}
+}
+
+type limitListener struct {
+	net.Listener
+	lim                  AdminLimits
+	refusedMx, refusedPS prometheus.Counter
+	open                 prometheus.Gauge
+
+	mu        sync.Mutex
+	total     int
+	perSource map[netip.Addr]int // sources with open connections only: at most lim.MaxConnections keys
+}
+
+// Accept returns the next connection within the caps; those beyond are closed here and never
+// reach the HTTP server. Temporary accept errors (EMFILE) are returned for http.Server's own
+// back-off.
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		src := sourceOf(c.RemoteAddr())
+		if reason := l.admit(src); reason != nil {
+			reason.Inc() // before the close, which the client sees
+			// A reset (linger 0) frees the socket at once instead of leaving it in TIME_WAIT.
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+			c.Close()
+			continue
+		}
+		l.open.Inc()
+		return &limitConn{Conn: c, release: func() { l.release(src) }}, nil
+	}
+}
+
+// admit takes a slot for src, or returns the counter of the reason it is refused.
+func (l *limitListener) admit(src netip.Addr) prometheus.Counter {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= l.lim.MaxConnections {
+		return l.refusedMx
+	}
+	if l.perSource[src] >= l.lim.MaxPerSource {
+		return l.refusedPS
+	}
+	l.total++
+	l.perSource[src]++
+	return nil
+}
+
+func (l *limitListener) release(src netip.Addr) {
+	l.mu.Lock()
+	l.total--
+	if l.perSource[src]--; l.perSource[src] <= 0 {
+		delete(l.perSource, src)
+	}
+	l.mu.Unlock()
+	l.open.Dec()
+}
+
+func sourceOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// limitConn gives its slot back once, on the first Close.
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

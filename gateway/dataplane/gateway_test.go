@@ -1,0 +1,612 @@
+package dataplane
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// testRelay is the relay engine the tests' gateways use. The suite runs once per engine:
+// TestMain runs it on epoll (the default on Linux), then runs the same binary again with
+// EWGATE_TEST_RELAY=goroutines, so both paths pass every test.
+var testRelay = RelayEpoll
+
+const relayEnv = "EWGATE_TEST_RELAY"
+
+func TestMain(m *testing.M) {
+	if v := os.Getenv(relayEnv); v != "" {
+		testRelay = v
+	} else if runtime.GOOS != "linux" {
+		testRelay = RelayGoroutines
+	}
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChildGateway())
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	if code == 0 && testRelay != RelayGoroutines {
+		fmt.Printf("=== the same tests on the goroutine relay (%s=%s)\n", relayEnv, RelayGoroutines)
+		cmd := exec.Command(os.Args[0], os.Args[1:]...)
+		cmd.Env = append(os.Environ(), relayEnv+"="+RelayGoroutines)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutine relay run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+const reviews = "outbound_.9080_._.reviews.default.svc.cluster.local"
+
+func TestMeshPassthroughEndToEnd(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+
+	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio-peer-exchange", "istio"))
+	if err != nil {
+		t.Fatalf("dial through the gateway: %v", err)
+	}
+	defer c.Close()
+	// The client verified the backend's certificate, so the session is the backend's own; the
+	// keying material exported on both ends must be equal.
+	cs := c.ConnectionState()
+	clientKM, err := cs.ExportKeyingMaterial("ewgate-test", nil, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 1<<20)
+	rand.Read(msg)
+	got, err := exchange(c, msg)
+	if err != nil {
+		t.Fatalf("exchange: %v", err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("echo differs: got %d bytes, sent %d", len(got), len(msg))
+	}
+	// The connection is relayed by the engine under test, and only by it.
+	wantPairs := 0.0
+	if testRelay == RelayEpoll {
+		wantPairs = 1
+	}
+	if v := g.counter("ewgate_relay_engine_pairs", nil); v != wantPairs {
+		t.Fatalf("relay engine %s: ewgate_relay_engine_pairs = %v, want %v", testRelay, v, wantPairs)
+	}
+	if serverKM := <-be.keys; !bytes.Equal(serverKM, clientKM) {
+		t.Fatal("client and backend exported different keying material: the TLS session was not end to end")
+	}
+	h := be.hellos()
+	if len(h) != 1 || h[0].serverName != reviews || strings.Join(h[0].alpn, ",") != "istio-peer-exchange,istio" {
+		t.Fatalf("backend saw %+v; want the client's own SNI and ALPN", h)
+	}
+	c.Close()
+	eventually(t, "access log line", func() bool { return g.logs.FilterMessage("connection").Len() == 1 })
+	entry := g.logs.FilterMessage("connection").All()[0].ContextMap()
+	if entry["result"] != "ok" || entry["sni"] != reviews || entry["cluster"] != reviews || entry["endpoint"] != be.addr() ||
+		entry["bytes_down"].(int64) < int64(len(msg)) || entry["bytes_up"].(int64) < int64(len(msg)) {
+		t.Fatalf("access log = %v", entry)
+	}
+	if v := g.counter("ewgate_connections_total", map[string]string{"listener": "mesh", "cluster": reviews, "result": "ok"}); v != 1 {
+		t.Fatalf("ewgate_connections_total{result=ok} = %v, want 1", v)
+	}
+	if v := g.counter("ewgate_bytes_total", map[string]string{"cluster": reviews, "direction": "downstream"}); v < float64(len(msg)) {
+		t.Fatalf("downstream bytes = %v, want >= %d", v, len(msg))
+	}
+}
+
+func TestMeshRefusals(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML(", hello_timeout: 300ms, max_hello_bytes: 4096", cluster(reviews, "mesh", "round_robin", be.addr())))
+	bigALPN := make([]string, 120)
+	for i := range bigALPN {
+		bigALPN[i] = "istio-padding-protocol-" + strings.Repeat("x", 8)
+	}
+	tests := []struct {
+		name   string
+		sni    string
+		alpn   []string
+		raw    []byte // sent instead of a TLS handshake
+		stall  bool   // send half a hello and stop
+		result string
+		alert  string
+	}{
+		{name: "unknown cluster", sni: "outbound_.9080_._.ratings.default.svc.cluster.local", alpn: []string{"istio"}, result: "unknown_sni", alert: "unrecognized name"},
+		{name: "plain h2 ALPN", sni: reviews, alpn: []string{"h2"}, result: "no_istio_alpn", alert: "unrecognized name"},
+		{name: "no ALPN", sni: reviews, result: "no_istio_alpn", alert: "unrecognized name"},
+		{name: "not an Istio name", sni: "reviews.default.svc.cluster.local", alpn: []string{"istio"}, result: "not_istio_name", alert: "unrecognized name"},
+		{name: "inbound direction", sni: "inbound_.9080_._.reviews.default.svc.cluster.local", alpn: []string{"istio"}, result: "not_istio_name", alert: "unrecognized name"},
+		{name: "plain bytes", raw: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), result: "not_tls"},
+		{name: "slow hello", sni: reviews, alpn: []string{"istio"}, stall: true, result: "hello_timeout"},
+		{name: "oversized hello", sni: reviews, alpn: bigALPN, result: "hello_too_large"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := g.counter("ewgate_connections_total", map[string]string{"listener": "mesh", "cluster": "", "result": tt.result})
+			switch {
+			case tt.raw != nil:
+				c := dialRaw(t, g.addr("mesh"))
+				c.Write(tt.raw)
+				if _, err := io.ReadAll(c); err != nil && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+					t.Fatalf("read: %v", err)
+				}
+			case tt.stall:
+				hello := helloBytes(t, tt.sni, tt.alpn)
+				c := dialRaw(t, g.addr("mesh"))
+				c.Write(hello[:len(hello)/2])
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadAll(c); err != nil && !isReset(err) {
+					t.Fatalf("gateway did not close a stalled hello: %v", err)
+				}
+			default:
+				c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(tt.sni, tt.alpn...))
+				if err == nil {
+					c.Close()
+					t.Fatal("handshake succeeded; want a refusal")
+				}
+				if tt.alert != "" && !isAlert(err, tt.alert) {
+					t.Fatalf("error %v; want TLS alert %q", err, tt.alert)
+				}
+			}
+			eventually(t, "refusal metric "+tt.result, func() bool {
+				return g.counter("ewgate_connections_total", map[string]string{"listener": "mesh", "cluster": "", "result": tt.result}) == before+1
+			})
+		})
+	}
+	if n := len(be.hellos()); n != 0 {
+		t.Fatalf("backend saw %d hellos; refused connections must never reach it", n)
+	}
+	for _, e := range g.logs.FilterMessage("connection").All() {
+		if _, ok := e.ContextMap()["error"]; !ok {
+			t.Fatalf("refusal logged without a reason: %v", e.ContextMap())
+		}
+	}
+}
+
+func TestALPNRuleCanBeSwitchedOff(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML(", require_istio_alpn: false", cluster(reviews, "mesh", "round_robin", be.addr())))
+	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "h2"))
+	if err != nil {
+		t.Fatalf("h2 client refused although require_istio_alpn is false: %v", err)
+	}
+	c.Close()
+}
+
+const ingressYAML = `listeners:
+  - {name: mesh, kind: mesh, address: 127.0.0.1:0}
+  - name: ingress
+    kind: ingress
+    address: 127.0.0.1:0
+    routes:
+      - {hosts: [app.example.com], cluster: app}
+      - {hosts: ["*.example.com"], cluster: wild}
+clusters:
+  - {name: app, listener: ingress, endpoints: [{address: APP}]}
+  - {name: wild, listener: ingress, endpoints: [{address: WILD}]}
+  - {name: ` + reviews + `, listener: mesh, endpoints: [{address: MESH}]}
+`
+
+func TestIngressIsKeptApartFromTheMesh(t *testing.T) {
+	pki := newPKI(t)
+	app := startBackend(t, pki, "app.example.com")
+	wild := startBackend(t, pki, "*.example.com", "*.b.example.com")
+	mesh := startBackend(t, pki, reviews, "reviews.default.svc.cluster.local")
+	y := strings.NewReplacer("APP", app.addr(), "WILD", wild.addr(), "MESH", mesh.addr()).Replace(ingressYAML)
+	g := startGateway(t, y)
+
+	for host, be := range map[string]*backend{"app.example.com": app, "API.Example.COM": wild, "a.b.example.com": wild} {
+		c, err := tls.Dial("tcp", g.addr("ingress"), pki.clientConfig(host, "http/1.1"))
+		if err != nil {
+			t.Fatalf("%s through ingress: %v", host, err)
+		}
+		got, err := exchange(c, []byte("hello "+host))
+		c.Close()
+		if err != nil || string(got) != "hello "+host {
+			t.Fatalf("%s: got %q, %v", host, got, err)
+		}
+		if h := be.hellos(); !strings.EqualFold(h[len(h)-1].serverName, host) {
+			t.Fatalf("%s reached the wrong backend: %+v", host, h)
+		}
+	}
+	for _, host := range []string{reviews, "reviews.default.svc.cluster.local", "example.com"} {
+		c, err := tls.Dial("tcp", g.addr("ingress"), pki.clientConfig(host, "istio"))
+		if err == nil {
+			c.Close()
+			t.Fatalf("ingress accepted %q", host)
+		}
+	}
+	if n := len(mesh.hellos()); n != 0 {
+		t.Fatalf("the mesh backend saw %d ingress connections", n)
+	}
+	// Counted when the gateway finishes with the refused connection, after the client saw the alert.
+	eventually(t, "mesh_name_on_ingress = 2", func() bool {
+		return g.counter("ewgate_connections_total", map[string]string{"listener": "ingress", "result": "mesh_name_on_ingress"}) == 2
+	})
+	// And the mesh listener never consults ingress routes.
+	if c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig("app.example.com", "istio")); err == nil {
+		c.Close()
+		t.Fatal("mesh listener routed an ingress host")
+	}
+}
+
+func TestReloadUnderTrafficDropsNothing(t *testing.T) {
+	pki := newPKI(t)
+	oldBE := startBackend(t, pki, reviews)
+	newBE := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", oldBE.addr())))
+
+	const n = 8
+	conns := make([]*tls.Conn, n)
+	for i := range conns {
+		conns[i] = meshClient(t, g, pki)
+	}
+	f, err := parseConfig([]byte(meshYAML("", cluster(reviews, "mesh", "round_robin", newBE.addr()))), "reload.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Relay.Engine = testRelay
+	// Reload while the open connections are mid-stream.
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := bytes.Repeat([]byte{byte(i)}, 256<<10)
+			got, err := exchange(c, msg)
+			if err == nil && !bytes.Equal(got, msg) {
+				err = errors.New("bytes changed")
+			}
+			errs <- err
+		}()
+	}
+	mesh := g.Addr("mesh").String()
+	if err := g.Apply(f); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a connection open across the reload failed: %v", err)
+		}
+	}
+	if g.Addr("mesh").String() != mesh {
+		t.Fatal("reload re-bound an unchanged listener")
+	}
+	c, err := tls.Dial("tcp", mesh, pki.clientConfig(reviews, "istio"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if len(newBE.hellos()) != 1 || len(oldBE.hellos()) != n {
+		t.Fatalf("after reload: old backend %d hellos, new %d; want %d and 1", len(oldBE.hellos()), len(newBE.hellos()), n)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func TestDrainWaitsForOpenConnection(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	c := meshClient(t, g, pki)
+	addr := g.addr("mesh")
+	done := make(chan error, 1)
+	go func() { done <- g.Shutdown(context.Background()) }()
+	eventually(t, "not ready", func() bool { return !g.Ready() })
+	eventually(t, "listener closed", func() bool {
+		nc, err := net.Dial("tcp", addr)
+		if err == nil {
+			nc.Close()
+		}
+		return err != nil
+	})
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) while a connection was open", err)
+	default:
+	}
+	got, err := exchange(c, []byte("still here"))
+	if err != nil || string(got) != "still here" {
+		t.Fatalf("open connection during drain: %q, %v", got, err)
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown after the last connection ended: %v", err)
+	}
+}
+
+func TestDrainDeadlineClosesTheRest(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	c := meshClient(t, g, pki)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the drain period is over at once
+	if err := g.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown = %v; want context.Canceled", err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("connection still open after the drain deadline")
+	}
+	eventually(t, "drained result", func() bool {
+		return g.counter("ewgate_connections_total", map[string]string{"result": "drained"}) == 1
+	})
+}
+
+func TestHalfCloseEachDirection(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	c := meshClient(t, g, pki)
+	// The client half-closes first: the backend sees EOF, still sends everything back, then
+	// half-closes itself; the client reads all of it and then EOF.
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "ping" {
+		t.Fatalf("after the client's half-close: %q, %v", got, err)
+	}
+}
+
+func TestConnectionLimit(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML(", max_connections: 2", cluster(reviews, "mesh", "round_robin", be.addr())))
+	var open []*tls.Conn
+	for range 2 {
+		open = append(open, meshClient(t, g, pki))
+	}
+	if c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio")); err == nil {
+		c.Close()
+		t.Fatal("third connection accepted over max_connections: 2")
+	}
+	eventually(t, "over_limit = 1", func() bool {
+		return g.counter("ewgate_connections_total", map[string]string{"listener": "mesh", "result": "over_limit"}) == 1
+	})
+	open[0].Close()
+	eventually(t, "a slot to free up", func() bool {
+		c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+	open[1].Close()
+}
+
+func TestIdleTimeout(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	const idle = 300 * time.Millisecond
+	g := startGateway(t, meshYAML(", idle_timeout: 300ms", cluster(reviews, "mesh", "round_robin", be.addr())))
+
+	busy := meshClient(t, g, pki)
+	quiet := meshClient(t, g, pki)
+
+	// The quiet connection is cut; the busy one, trickling a byte every idle/3, survives
+	// several idle periods.
+	start := time.Now()
+	quietClosed := make(chan error, 1)
+	go func() {
+		quiet.SetReadDeadline(time.Now().Add(30 * time.Second))
+		_, err := quiet.Read(make([]byte, 1))
+		quietClosed <- err
+	}()
+	buf := make([]byte, 1)
+	for i := 0; time.Since(start) < 5*idle; i++ {
+		if _, err := busy.Write([]byte{byte(i)}); err != nil {
+			t.Fatalf("busy connection cut after %v: %v", time.Since(start), err)
+		}
+		busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(busy, buf); err != nil || buf[0] != byte(i) {
+			t.Fatalf("busy connection cut after %v: %v", time.Since(start), err)
+		}
+		time.Sleep(idle / 3) // traffic pattern, not a wait for a condition
+	}
+	// Closed by the gateway, not by the test's own (much later) read deadline. How soon is not
+	// asserted (a loaded machine delays timers); the metric below says it was the idle timeout.
+	if err := <-quietClosed; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("quiet connection: read returned %v; want it closed by the idle timeout", err)
+	}
+	eventually(t, "idle_timeout result", func() bool {
+		return g.counter("ewgate_connections_total", map[string]string{"result": "idle_timeout"}) == 1
+	})
+}
+
+// dialRaw opens a plain TCP connection for hand-made bytes.
+// meshClient opens a TLS connection through the gateway's mesh listener to reviews, closed when
+// the test ends.
+func meshClient(t *testing.T, g *testGateway, pki *testPKI) *tls.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
+	if err != nil {
+		t.Fatalf("dial through the gateway: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func dialRaw(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+func isReset(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "connection reset") || errors.Is(err, io.EOF))
+}
+
+// An endpoint given by host name is resolved at connect time, and each of its addresses is tried
+// in turn (localhost may resolve to ::1 first, where the backend does not listen).
+func TestEndpointByHostName(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	_, port, _ := net.SplitHostPort(be.addr())
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", net.JoinHostPort("localhost", port))))
+	c := meshClient(t, g, pki)
+	if got, err := exchange(c, []byte("by name")); err != nil || string(got) != "by name" {
+		t.Fatalf("exchange through a named endpoint: %q, %v", got, err)
+	}
+}
+
+// Out of files, accepting fails and backs off instead of spinning; the connection waiting in the
+// listen queue is served once files are free again.
+func TestAcceptOutOfFilesBacksOff(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	low := rl
+	low.Cur = uint64(len(fds) + 64)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl) })
+	var fill []*os.File
+	defer func() {
+		for _, f := range fill {
+			f.Close()
+		}
+	}()
+	for range 200 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		fill = append(fill, f)
+	}
+	fill[len(fill)-1].Close() // one file left: the client's socket
+	fill = fill[:len(fill)-1]
+	raw, err := net.Dial("tcp", g.addr("mesh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	eventually(t, "the accept failure logged and counted", func() bool {
+		return g.logs.FilterMessage("accept failed; backing off").Len() > 0 &&
+			g.counter("ewgate_accept_failures_total", map[string]string{"listener": "mesh"}) > 0
+	})
+	for _, f := range fill {
+		f.Close()
+	}
+	fill = nil
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	c := tls.Client(raw, pki.clientConfig(reviews, "istio"))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if got, err := exchange(c, []byte("after the drought")); err != nil || string(got) != "after the drought" {
+		t.Fatalf("exchange once files were free: %q, %v", got, err)
+	}
+}
+
+// A legal hello of about 30 KiB, which crypto/tls splits over two TLS records, is routed with
+// the default max_hello_bytes (64 KiB, Envoy's TLS inspector's cap); it used to be refused at
+// 16 KiB.
+func TestLargeMultiRecordHelloIsRouted(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	alpn := []string{"istio"}
+	for i := range 120 {
+		alpn = append(alpn, fmt.Sprintf("padding-%03d-%s", i, strings.Repeat("p", 240)))
+	}
+	hello := helloBytes(t, reviews, alpn)
+	if len(hello) < 16<<10+5 || hello[0] != 22 || int(hello[3])<<8|int(hello[4]) >= len(hello)-5 {
+		t.Fatalf("the hello is %d bytes, first record %d: want more than one record", len(hello), int(hello[3])<<8|int(hello[4]))
+	}
+	c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, alpn...))
+	if err != nil {
+		t.Fatalf("a %d-byte hello over two records was refused: %v", len(hello), err)
+	}
+	defer c.Close()
+	if got, err := exchange(c, []byte("big hello")); err != nil || string(got) != "big hello" {
+		t.Fatalf("exchange: %q, %v", got, err)
+	}
+	if h := be.hellos(); len(h) != 1 || len(h[0].alpn) != len(alpn) {
+		t.Fatalf("backend saw %+v", h)
+	}
+}
+
+// A hello whose TLS record header announces more bytes than the client sends is not routed:
+// the gateway waits for the whole record until hello_timeout, and a client that half-closes
+// instead is refused as hello_truncated. The backend never sees either.
+func TestIncompleteHelloRecordIsNotRouted(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML(", hello_timeout: 300ms", cluster(reviews, "mesh", "round_robin", be.addr())))
+	hello := helloBytes(t, reviews, []string{"istio"})
+	n := int(hello[3])<<8 | int(hello[4])
+	if n != len(hello)-5 {
+		t.Fatalf("want a one-record hello, got record of %d for %d bytes", n, len(hello))
+	}
+	long := bytes.Clone(hello)
+	n += 200
+	long[3], long[4] = byte(n>>8), byte(n)
+	for _, tc := range []struct {
+		name      string
+		halfClose bool
+		result    string
+	}{{"client half-closes", true, "hello_truncated"}, {"client waits", false, "hello_timeout"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			labels := map[string]string{"listener": "mesh", "cluster": "", "result": tc.result}
+			before := g.counter("ewgate_connections_total", labels)
+			c := dialRaw(t, g.addr("mesh"))
+			if _, err := c.Write(long); err != nil {
+				t.Fatal(err)
+			}
+			if tc.halfClose {
+				c.(*net.TCPConn).CloseWrite()
+			}
+			if _, err := io.ReadAll(c); err != nil && !isReset(err) {
+				t.Fatalf("gateway did not close the connection: %v", err)
+			}
+			eventually(t, "result "+tc.result, func() bool { return g.counter("ewgate_connections_total", labels) == before+1 })
+		})
+	}
+	if h := be.hellos(); len(h) != 0 {
+		t.Fatalf("backend saw %d hellos from incomplete records", len(h))
+	}
+}

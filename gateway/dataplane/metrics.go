@@ -1,0 +1,76 @@
+package dataplane
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the data plane's Prometheus series (names ewgate_*).
+type metrics struct {
+	active         *prometheus.GaugeVec   // listener
+	conns          *prometheus.CounterVec // listener, cluster, result
+	bytes          *prometheus.CounterVec // listener, cluster, direction
+	peek           *prometheus.HistogramVec
+	connectFail    *prometheus.CounterVec // cluster
+	ejections      *prometheus.CounterVec // cluster
+	reloads        *prometheus.CounterVec // result
+	snapshotVer    prometheus.Gauge
+	snapshotAt     prometheus.Gauge
+	openFilesLimit prometheus.Gauge
+	relayFallbacks prometheus.Counter
+	acceptFails    *prometheus.CounterVec // listener
+	maxConns       *prometheus.GaugeVec   // listener, scope
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ewgate_connections_active", Help: "Connections open now, by listener.",
+		}, []string{"listener"}),
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_connections_total",
+			Help: "Connections ended, by listener, cluster (empty when none was chosen) and result (ok, or the reason it was refused or cut).",
+		}, []string{"listener", "cluster", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_bytes_total", Help: "Bytes relayed, by listener, cluster and direction (upstream: client to endpoint; downstream: endpoint to client).",
+		}, []string{"listener", "cluster", "direction"}),
+		peek: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ewgate_client_hello_seconds",
+			Help:    "Time from accept to a parsed ClientHello (or to giving up), by listener.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"listener"}),
+		connectFail: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_upstream_connect_failures_total", Help: "Failed upstream connection attempts, by cluster.",
+		}, []string{"cluster"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_endpoint_ejections_total", Help: "Endpoints ejected by passive health checking, by cluster.",
+		}, []string{"cluster"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_config_reloads_total", Help: "Configuration loads, by result (ok or failed).",
+		}, []string{"result"}),
+		snapshotVer: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ewgate_route_snapshot_version", Help: "Version of the route snapshot serving new connections.",
+		}),
+		snapshotAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ewgate_route_snapshot_timestamp_seconds", Help: "When the serving route snapshot was built (unix seconds).",
+		}),
+		openFilesLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ewgate_open_files_limit", Help: "The process's open-file limit; a proxied connection holds 2 files with the epoll relay engine, 6 with goroutines.",
+		}),
+		relayFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ewgate_relay_fallbacks_total", Help: "Connections the relay engine refused (out of files, not a TCP upstream) and goroutines relayed.",
+		}),
+		acceptFails: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_accept_failures_total",
+			Help: "Failed accepts (out of files, a transient kernel error), by listener; each backs the listener off 5 ms to 1 s.",
+		}, []string{"listener"}),
+		maxConns: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ewgate_listener_max_connections",
+			Help: "The connection caps in force, by listener and scope (listener: max_connections, as set or as shared out of the open-file limit; source: max_connections_per_source).",
+		}, []string{"listener", "scope"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.active, m.conns, m.bytes, m.peek, m.connectFail, m.ejections, m.reloads,
+			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks, m.acceptFails, m.maxConns)
+	}
+	return m
+}

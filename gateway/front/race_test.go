@@ -1,5 +1,0 @@
-//go:build race
-
-package front_test
-
-const raceEnabled = true

@@ -1,0 +1,5 @@
+//go:build !race
+
+package vmcontrol_test
+
+const raceEnabled = false

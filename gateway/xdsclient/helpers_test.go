@@ -1,0 +1,231 @@
+package xdsclient_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/controlplane"
+	"github.com/ewgate/ewgate/gateway/dataplane"
+	"github.com/ewgate/ewgate/gateway/xdsclient"
+	"github.com/ewgate/ewgate/registrar"
+)
+
+// pki is a CA whose leaves the backends serve; clients verify against it, so a handshake that
+// succeeds proves the TLS session went end to end through the gateway.
+type pki struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newPKI(t testing.TB) *pki {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	p := x509.NewCertPool()
+	p.AddCert(c)
+	return &pki{cert: c, key: key, pool: p}
+}
+
+func (p *pki) leaf(t testing.TB, names ...string) tls.Certificate {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// backend is a TLS server that answers each session with its name and then echoes.
+type backend struct {
+	name string
+	ln   net.Listener
+	wg   sync.WaitGroup
+}
+
+func startBackend(t testing.TB, p *pki, name string, sniNames ...string) *backend {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{p.leaf(t, sniNames...)}, NextProtos: []string{"istio", "istio-peer-exchange"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{name: name, ln: ln}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				if _, err := c.Write([]byte(b.name + "\n")); err == nil {
+					io.Copy(c, c)
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); b.wg.Wait() })
+	return b
+}
+
+func (b *backend) port() uint32 {
+	_, p, _ := net.SplitHostPort(b.ln.Addr().String())
+	n, _ := strconv.Atoi(p)
+	return uint32(n)
+}
+
+// who dials the gateway with an Istio SNI and returns the name of the backend it reached.
+func who(gwAddr string, p *pki, sni string) (string, error) {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", gwAddr,
+		&tls.Config{ServerName: sni, NextProtos: []string{"istio"}, RootCAs: p.pool})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n-1]), nil
+}
+
+// eventually polls cond with a deadline; no fixed sleeps.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for wait := time.Millisecond; !cond(); wait = min(wait*2, 50*time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// startGateway runs a gateway whose mesh listener takes routes from xds.
+func startGateway(t testing.TB) *dataplane.Gateway {
+	t.Helper()
+	f, err := config.Parse([]byte("listeners:\n  - {name: mesh, kind: mesh, address: 127.0.0.1:0, routes_from: xds}\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := dataplane.New(dataplane.Options{Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+	if err := g.Apply(f.DataPlane()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Shutdown(ctx)
+	})
+	return g
+}
+
+// runCP runs a control plane on ln until the returned stop is called (or the test ends).
+func runCP(t testing.TB, ln net.Listener, opts controlplane.Options) (*controlplane.Server, func()) {
+	t.Helper()
+	if opts.Debounce == 0 {
+		opts.Debounce, opts.MaxDelay = 5*time.Millisecond, 50*time.Millisecond
+	}
+	s := controlplane.New(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, ln) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("control plane: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return s, stop
+}
+
+func listen(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func xdsNode(t testing.TB) *corev3.Node {
+	f, _ := config.Parse([]byte("{}"), "t.yaml")
+	return xdsclient.NewNode(f.XDS.Node, "test")
+}
+
+// runClient runs the gateway's xDS client against addr.
+func runClient(t testing.TB, addr string, g *dataplane.Gateway, reg prometheus.Registerer) *xdsclient.Client {
+	t.Helper()
+	f, _ := config.Parse([]byte("{}"), "t.yaml")
+	c := xdsclient.New(xdsclient.Options{Target: addr, Node: xdsclient.NewNode(f.XDS.Node, "test"), Listeners: []string{"mesh"}, Sink: g,
+		InitialBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Registerer: reg,
+		Logger: zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+func entry(name, addr string, port uint32, labels map[string]string) *registrar.WorkloadEntry {
+	return &registrar.WorkloadEntry{
+		ObjectMeta: registrar.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: registrar.WorkloadEntrySpec{Address: addr, Ports: map[string]uint32{"tls": port}, Labels: labels,
+			ServiceAccount: "reviews"},
+	}
+}
+
+const reviewsHost = "reviews.default.svc.cluster.local"
+
+var reviewsSNI = "outbound_.9080_._." + reviewsHost
+
+func reviewsService() []config.Service {
+	f, err := config.Parse([]byte(`services:
+  - name: reviews
+    hosts: [`+reviewsHost+`]
+    ports: [{number: 9080, name: tls, protocol: TLS}]
+    workload_selector: {labels: {app: reviews}}
+`), "t.yaml")
+	if err != nil {
+		panic(err)
+	}
+	return f.Services
+}

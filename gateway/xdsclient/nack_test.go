@@ -1,0 +1,103 @@
+package xdsclient_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+func chain(sni, cluster string) *listenerv3.FilterChain {
+	tp, _ := anypb.New(&tcpproxyv3.TcpProxy{StatPrefix: cluster, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}})
+	return &listenerv3.FilterChain{
+		FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: []string{sni}, ApplicationProtocols: []string{"istio"}},
+		Filters:          []*listenerv3.Filter{{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tp}}},
+	}
+}
+
+func sock(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+// A control plane that sends one cluster the gateway cannot use (ORIGINAL_DST) and one chain it
+// must never route (no server names) next to a good one: the client NACKs with the reason and
+// the good route serves.
+func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
+	p := newPKI(t)
+	badSNI := "outbound_.9080_._.bad.default.svc.cluster.local"
+	a := startBackend(t, p, "a", reviewsSNI, badSNI)
+	g := startGateway(t)
+
+	var mu sync.Mutex
+	nacks := map[string]string{}
+	cb := server.CallbackFuncs{StreamRequestFunc: func(_ int64, r *discovery.DiscoveryRequest) error {
+		if d := r.GetErrorDetail(); d != nil {
+			mu.Lock()
+			nacks[r.GetTypeUrl()] = d.GetMessage()
+			mu.Unlock()
+		}
+		return nil
+	}}
+	snapCache := cache.NewSnapshotCache(true, cache.IDHash{}, nil)
+	ads := func() *corev3.ConfigSource {
+		return &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+	}
+	good := &clusterv3.Cluster{Name: reviewsSNI, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads()}}
+	bad := &clusterv3.Cluster{Name: badSNI, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}}
+	catchAll := chain(reviewsSNI, reviewsSNI)
+	catchAll.FilterChainMatch.ServerNames = nil
+	l := &listenerv3.Listener{Name: "0.0.0.0_15443", Address: sock("0.0.0.0", 15443),
+		FilterChains: []*listenerv3.FilterChain{chain(reviewsSNI, reviewsSNI), chain(badSNI, badSNI), catchAll}}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: reviewsSNI, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: sock("127.0.0.1", a.port())}}}},
+	}}}
+	snap, err := cache.NewSnapshot("1", map[resource.Type][]types.Resource{
+		resource.ListenerType: {l}, resource.ClusterType: {good, bad}, resource.EndpointType: {cla},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := xdsNode(t)
+	if err := snapCache.SetSnapshot(context.Background(), f.GetId(), snap); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gs := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, server.NewServer(ctx, snapCache, cb))
+	ln := listen(t, "127.0.0.1:0")
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
+
+	reg := prometheus.NewRegistry()
+	c := runClient(t, ln.Addr().String(), g, reg)
+	eventually(t, "ready despite the rejected parts", c.Ready)
+	gw := g.Addr("mesh").String()
+	eventually(t, "good route serves", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
+	if _, err := who(gw, p, badSNI); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+		t.Fatalf("the rejected cluster's route: %v; want refused", err)
+	}
+	eventually(t, "NACKs seen by the control plane", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(nacks[resource.ClusterType], "ORIGINAL_DST") && strings.Contains(nacks[resource.ListenerType], "catch-all")
+	})
+	if v := gauge(t, reg, "ewgate_xds_pushes_total", map[string]string{"type": "cds", "result": "rejected"}); v < 1 {
+		t.Fatalf("cds rejected = %v", v)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 const (
@@ -176,7 +177,7 @@ clusters:
 			}
 		}()
 	}
-	eventually(t, "the flood to hold the ingress listener's share", func() bool { return held.Load() >= int64(share) })
+	testkit.Eventually(t, "the flood to hold the ingress listener's share", func() bool { return held.Load() >= int64(share) })
 	// The flood goes on (bounded) while the mesh client works.
 	wg.Add(1)
 	go func() {

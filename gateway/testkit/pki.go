@@ -22,7 +22,7 @@ import (
 // Cert is a certificate and its private key. A CA's Cert signs others (Issue, Server, Client,
 // Intermediate); a leaf's is served or presented (TLS, WriteFiles).
 type Cert struct {
-	Cert *x509.Certificate
+	X509 *x509.Certificate
 	Key  crypto.Signer
 	// parent is the issuer (nil for a self-signed certificate); TLS sends the chain up to, not
 	// including, the root.
@@ -69,7 +69,7 @@ func Issue(t testing.TB, tmpl *x509.Certificate, parent *Cert) *Cert {
 	}
 	signer, parentCert := crypto.Signer(key), tmpl
 	if parent != nil {
-		signer, parentCert = parent.Key, parent.Cert
+		signer, parentCert = parent.Key, parent.X509
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parentCert, key.Public(), signer)
 	if err != nil {
@@ -79,7 +79,7 @@ func Issue(t testing.TB, tmpl *x509.Certificate, parent *Cert) *Cert {
 	if err != nil {
 		t.Fatalf("testkit: parse certificate %q: %v", tmpl.Subject.CommonName, err)
 	}
-	return &Cert{Cert: c, Key: key, parent: parent}
+	return &Cert{X509: c, Key: key, parent: parent}
 }
 
 func caTemplate(name string, opts []CertOption) *x509.Certificate {
@@ -152,9 +152,9 @@ func (c *Cert) Client(t testing.TB, uris []string, opts ...CertOption) *Cert {
 // TLS returns the certificate for a tls.Config: the leaf, then its issuers up to, not
 // including, the self-signed root, with Leaf set.
 func (c *Cert) TLS() tls.Certificate {
-	out := tls.Certificate{PrivateKey: c.Key, Leaf: c.Cert}
+	out := tls.Certificate{PrivateKey: c.Key, Leaf: c.X509}
 	for x := c; x != nil && (x == c || x.parent != nil); x = x.parent {
-		out.Certificate = append(out.Certificate, x.Cert.Raw)
+		out.Certificate = append(out.Certificate, x.X509.Raw)
 	}
 	return out
 }
@@ -162,12 +162,12 @@ func (c *Cert) TLS() tls.Certificate {
 // Pool returns a pool holding c alone (c as a trust root).
 func (c *Cert) Pool() *x509.CertPool {
 	p := x509.NewCertPool()
-	p.AddCert(c.Cert)
+	p.AddCert(c.X509)
 	return p
 }
 
 // PEM returns c's certificate in PEM.
-func (c *Cert) PEM() []byte { return PEM(c.Cert) }
+func (c *Cert) PEM() []byte { return PEM(c.X509) }
 
 // PEM encodes certificates one after another, as a bundle file holds them.
 func PEM(certs ...*x509.Certificate) []byte {

@@ -76,7 +76,8 @@ func TestOnlyTestsImportTestkit(t *testing.T) {
 		n++
 		for _, p := range paths {
 			if p == self {
-				t.Errorf("%s imports %s, which is for tests only: move the use into a _test.go file", file, self)
+				rel, _ := filepath.Rel(root, file)
+				t.Errorf("%s imports %s, which is for tests only: move the use into a _test.go file", rel, self)
 			}
 		}
 	}
@@ -137,7 +138,7 @@ func TestPKIHandshake(t *testing.T) {
 	if len(got) != 1 || len(got[0].URIs) != 1 || got[0].URIs[0].String() != "spiffe://cluster.local/ns/vm-ns/sa/web" {
 		t.Fatalf("server saw client chain %v, want one certificate with the SPIFFE URI", got)
 	}
-	if _, err := srv.Cert.Verify(x509.VerifyOptions{DNSName: "server.test", Roots: root.Pool(), Intermediates: mid.Pool()}); err != nil {
+	if _, err := srv.X509.Verify(x509.VerifyOptions{DNSName: "server.test", Roots: root.Pool(), Intermediates: mid.Pool()}); err != nil {
 		t.Fatalf("DNS SAN: %v", err)
 	}
 

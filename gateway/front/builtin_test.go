@@ -25,6 +25,7 @@ import (
 
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/front"
+	"github.com/ewgate/ewgate/gateway/testkit"
 	xdsca "github.com/ewgate/ewgate/gateway/xds/ca"
 	"github.com/ewgate/ewgate/gateway/xds/controlplane"
 	"github.com/ewgate/ewgate/registrar"
@@ -51,7 +52,7 @@ type standalone struct {
 
 func startStandalone(t *testing.T) *standalone {
 	t.Helper()
-	s := &standalone{p: newPKI(t), store: registrar.NewMemoryStore(), clock: &fakeClock{now: t0}, done: make(chan struct{})}
+	s := &standalone{p: newPKI(t), store: registrar.NewMemoryStore(), clock: &fakeClock{testkit.NewClock(t0)}, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	if _, err := s.store.WorkloadGroups().Create(ctx, &registrar.WorkloadGroup{
@@ -129,7 +130,7 @@ func (s *standalone) entryCount(t testing.TB) int {
 // waitGone advances the fake clock past the grace period until the entry is deleted.
 func (s *standalone) waitGone(t testing.TB, name string) {
 	t.Helper()
-	eventually(t, "entry "+name+" deleted after the grace period", func() bool {
+	testkit.Eventually(t, "entry "+name+" deleted after the grace period", func() bool {
 		s.clock.Advance(time.Second)
 		return s.entry(t, name) == nil
 	})
@@ -193,12 +194,12 @@ func TestBuiltinADSRegistersBeforeTheFirstResponseAndDeregistersAfterGrace(t *te
 	}
 	// A health report is applied to the entry, not forwarded.
 	ads.Send(&discoveryv3.DiscoveryRequest{TypeUrl: front.HealthInfoType})
-	eventually(t, "Healthy=True on the entry", func() bool {
+	testkit.Eventually(t, "Healthy=True on the entry", func() bool {
 		c := s.entry(t, entryName).Status.Condition(registrar.ConditionHealthy)
 		return c != nil && c.Status == "True"
 	})
 	cancel()
-	eventually(t, "disconnectedAt set", func() bool {
+	testkit.Eventually(t, "disconnectedAt set", func() bool {
 		e := s.entry(t, entryName)
 		return e != nil && e.Annotations[registrar.AnnotationDisconnectedAt] != ""
 	})

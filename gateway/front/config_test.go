@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/gateway/front"
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func TestValidateNamesTheField(t *testing.T) {
@@ -85,16 +86,16 @@ func TestServingCertificateIsReloaded(t *testing.T) {
 	u := startUpstream(t, p, "")
 	g := startFront(t, p, front.Config{TLS: front.TLSConfig{CheckInterval: time.Millisecond},
 		Upstreams: []front.UpstreamConfig{p.upstreamConfig(u, "")}}, front.Options{})
-	newCA := newCA(t, "renewed serving CA")
-	certFile, keyFile := writePair(t, t.TempDir(), "renewed", newCA.leaf(t, []string{serverName}, ""))
+	newCA := testkit.NewCA(t, "renewed serving CA")
+	certFile, keyFile := newCA.Server(t, serverName).WriteFiles(t, t.TempDir(), "renewed")
 	for _, f := range [][2]string{{certFile, p.certFile}, {keyFile, p.keyFile}} {
 		b, _ := os.ReadFile(f[0])
 		if err := os.WriteFile(f[1], b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the renewed certificate is served", func() bool {
-		c, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: newCA.pool(), ServerName: serverName, NextProtos: []string{"h2"}})
+	testkit.Eventually(t, "the renewed certificate is served", func() bool {
+		c, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: newCA.Pool(), ServerName: serverName, NextProtos: []string{"h2"}})
 		if err != nil {
 			return false
 		}

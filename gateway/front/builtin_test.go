@@ -2,14 +2,9 @@ package front_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -230,10 +225,7 @@ func TestBuiltinDeltaADS(t *testing.T) {
 func TestBuiltinCASignsForTheVerifiedCaller(t *testing.T) {
 	s := startStandalone(t)
 	cc := s.g.dial(t, s.p)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse("spiffe://cluster.local/ns/istio-system/sa/istiod") // asks for somebody else
-	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}, URIs: []*url.URL{u}}, key)
-	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csr, _ := testkit.CSR(t, "spiffe://cluster.local/ns/istio-system/sa/istiod") // asks for somebody else
 	client := securityv1alpha1.NewIstioCertificateServiceClient(cc)
 	resp, err := client.CreateCertificate(withToken(t.Context(), token(t, vmNS, vmSA), "clusterid", "c1"),
 		&securityv1alpha1.IstioCertificateRequest{Csr: csr, ValidityDuration: 3600})

@@ -208,3 +208,19 @@ func WriteFile(t testing.TB, dir, name string, data []byte) string {
 	}
 	return p
 }
+
+// CSR returns a PEM certificate request for a fresh P-256 key asking for the URI SAN uri (a
+// SPIFFE ID), as pilot-agent sends it to a CA, and the key.
+func CSR(t testing.TB, uri string) (string, *ecdsa.PrivateKey) {
+	t.Helper()
+	key := NewKey(t)
+	u, err := url.Parse(uri)
+	if err != nil {
+		t.Fatalf("testkit: URI SAN %q: %v", uri, err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatalf("testkit: create CSR: %v", err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), key
+}

@@ -58,7 +58,7 @@ func value(m *dto.Metric) float64 {
 }
 
 // reached dials n times and returns the set of backends reached.
-func reached(gwAddr string, p *pki, sni string, n int) map[string]bool {
+func reached(gwAddr string, p *testkit.Cert, sni string, n int) map[string]bool {
 	got := map[string]bool{}
 	for range n {
 		if name, err := who(gwAddr, p, sni); err == nil {
@@ -83,7 +83,7 @@ func only(m map[string]bool, names ...string) bool {
 }
 
 func TestRoutesFollowConfigAndRegistrations(t *testing.T) {
-	p := newPKI(t)
+	p := testkit.NewCA(t, "test CA")
 	a := startBackend(t, p, "a", reviewsSNI)
 	b := startBackend(t, p, "b", reviewsSNI)
 	store := registrar.NewMemoryStore()
@@ -138,7 +138,7 @@ func TestRoutesFollowConfigAndRegistrations(t *testing.T) {
 }
 
 func TestControlPlaneRestartDropsNothing(t *testing.T) {
-	p := newPKI(t)
+	p := testkit.NewCA(t, "test CA")
 	a := startBackend(t, p, "a", reviewsSNI)
 	b := startBackend(t, p, "b", reviewsSNI)
 	store := registrar.NewMemoryStore()

@@ -23,17 +23,6 @@ import (
 	"github.com/ewgate/ewgate/registrar"
 )
 
-// pki is a CA whose leaves the backends serve; clients verify against it, so a handshake that
-// succeeds proves the TLS session went end to end through the gateway.
-type pki struct{ *testkit.Cert }
-
-func newPKI(t testing.TB) *pki { return &pki{testkit.NewCA(t, "test CA")} }
-
-func (p *pki) leaf(t testing.TB, names ...string) tls.Certificate {
-	t.Helper()
-	return p.Server(t, names...).TLS()
-}
-
 // backend is a TLS server that answers each session with its name and then echoes.
 type backend struct {
 	name string
@@ -41,9 +30,9 @@ type backend struct {
 	wg   sync.WaitGroup
 }
 
-func startBackend(t testing.TB, p *pki, name string, sniNames ...string) *backend {
+func startBackend(t testing.TB, p *testkit.Cert, name string, sniNames ...string) *backend {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{p.leaf(t, sniNames...)}, NextProtos: []string{"istio", "istio-peer-exchange"}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{p.Server(t, sniNames...).TLS()}, NextProtos: []string{"istio", "istio-peer-exchange"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +67,7 @@ func (b *backend) port() uint32 {
 }
 
 // who dials the gateway with an Istio SNI and returns the name of the backend it reached.
-func who(gwAddr string, p *pki, sni string) (string, error) {
+func who(gwAddr string, p *testkit.Cert, sni string) (string, error) {
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", gwAddr,
 		&tls.Config{ServerName: sni, NextProtos: []string{"istio"}, RootCAs: p.Pool()})
 	if err != nil {

@@ -39,7 +39,7 @@ func sock(host string, port uint32) *corev3.Address {
 // must never route (no server names) next to a good one: the client NACKs with the reason and
 // the good route serves.
 func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
-	p := newPKI(t)
+	p := testkit.NewCA(t, "test CA")
 	badSNI := "outbound_.9080_._.bad.default.svc.cluster.local"
 	a := startBackend(t, p, "a", reviewsSNI, badSNI)
 	g := startGateway(t)

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // benchVerify measures VerifyToken on one valid token; uncached, every
@@ -13,7 +15,7 @@ func benchVerify(b *testing.B, cached bool, alg jose.SignatureAlgorithm) {
 	testKeys(b)
 	clock := newClock()
 	cfg := Config{Issuers: []IssuerConfig{{Issuer: issuerB, Cluster: "c1",
-		JWKS: jwksJSON(b, jwk{kid: "rsa", key: rsaA}, jwk{kid: "ec", key: ec256})}}}
+		JWKS: testkit.JWKS(b, testkit.JWK{KeyID: "rsa", Key: rsaA}, testkit.JWK{KeyID: "ec", Key: ec256})}}}
 	cfg.Cache.Disabled = !cached
 	v, err := New(context.Background(), cfg, Options{Now: clock.Now})
 	if err != nil {
@@ -25,7 +27,7 @@ func benchVerify(b *testing.B, cached bool, alg jose.SignatureAlgorithm) {
 	if alg == jose.RS256 {
 		key, kid = rsaA, "rsa"
 	}
-	token := joseMint(b, alg, key, kid, saClaims(issuerB, clock.Now()))
+	token := testkit.SignJWT(b, alg, key, kid, saClaims(issuerB, clock.Now()))
 	ctx := context.Background()
 	if _, err := v.VerifyToken(ctx, token); err != nil {
 		b.Fatal(err)

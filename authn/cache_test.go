@@ -9,13 +9,15 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // inlineVerifier has one issuer with an inline ES256 key.
-func inlineVerifier(t testing.TB, clock *fakeClock, mut func(*Config)) *Verifier {
+func inlineVerifier(t testing.TB, clock *testkit.Clock, mut func(*Config)) *Verifier {
 	t.Helper()
 	testKeys(t)
-	cfg := Config{Issuers: []IssuerConfig{{Issuer: issuerB, Cluster: "c1", JWKS: jwksJSON(t, jwk{kid: "k1", key: ec256})}}}
+	cfg := Config{Issuers: []IssuerConfig{{Issuer: issuerB, Cluster: "c1", JWKS: testkit.JWKS(t, testkit.JWK{KeyID: "k1", Key: ec256})}}}
 	if mut != nil {
 		mut(&cfg)
 	}
@@ -36,7 +38,7 @@ func TestCacheHitAndExpiry(t *testing.T) {
 	clock := newClock()
 	v := inlineVerifier(t, clock, func(c *Config) { c.Cache.MaxTTL = time.Hour })
 	now := clock.Now()
-	token := joseMint(t, jose.ES256, ec256, "k1", with(saClaims(issuerB, now), "exp", now.Add(2*time.Minute).Unix()))
+	token := testkit.SignJWT(t, jose.ES256, ec256, "k1", with(saClaims(issuerB, now), "exp", now.Add(2*time.Minute).Unix()))
 	ctx := context.Background()
 
 	id1, err := v.VerifyToken(ctx, token)
@@ -80,7 +82,7 @@ func TestCacheHitAndExpiry(t *testing.T) {
 func TestCacheMaxTTL(t *testing.T) {
 	clock := newClock()
 	v := inlineVerifier(t, clock, func(c *Config) { c.Cache.MaxTTL = time.Minute })
-	token := joseMint(t, jose.ES256, ec256, "k1", saClaims(issuerB, clock.Now()))
+	token := testkit.SignJWT(t, jose.ES256, ec256, "k1", saClaims(issuerB, clock.Now()))
 	for range 2 {
 		if _, err := v.VerifyToken(context.Background(), token); err != nil {
 			t.Fatal(err)
@@ -100,7 +102,7 @@ func TestCacheBounded(t *testing.T) {
 	v := inlineVerifier(t, clock, func(c *Config) { c.Cache.MaxEntries = 4 })
 	var tokens []string
 	for i := range 20 {
-		tok := joseMint(t, jose.ES256, ec256, "k1", with(saClaims(issuerB, clock.Now()), "jti", fmt.Sprint(i)))
+		tok := testkit.SignJWT(t, jose.ES256, ec256, "k1", with(saClaims(issuerB, clock.Now()), "jti", fmt.Sprint(i)))
 		tokens = append(tokens, tok)
 		if _, err := v.VerifyToken(context.Background(), tok); err != nil {
 			t.Fatal(err)
@@ -158,7 +160,7 @@ func TestCacheCollisionIsMiss(t *testing.T) {
 func TestCacheDisabled(t *testing.T) {
 	clock := newClock()
 	v := inlineVerifier(t, clock, func(c *Config) { c.Cache.Disabled = true })
-	token := joseMint(t, jose.ES256, ec256, "k1", saClaims(issuerB, clock.Now()))
+	token := testkit.SignJWT(t, jose.ES256, ec256, "k1", saClaims(issuerB, clock.Now()))
 	for range 3 {
 		if _, err := v.VerifyToken(context.Background(), token); err != nil {
 			t.Fatal(err)

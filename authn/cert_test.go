@@ -2,42 +2,18 @@ package authn
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"net"
 	"net/url"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
-
-type testCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
-
-func newCert(t testing.TB, tmpl *x509.Certificate, parent *testCA) *testCA {
-	t.Helper()
-	key := newECKey(t)
-	tmpl.SerialNumber = nextSerial()
-	signer, parentCert := crypto.Signer(key), tmpl
-	if parent != nil {
-		signer, parentCert = parent.key, parent.cert
-	}
-	der, err := x509.CreateCertificate(nil, tmpl, parentCert, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: c, key: key}
-}
 
 func caTmpl(name string, notBefore time.Time) *x509.Certificate {
 	return &x509.Certificate{
@@ -69,27 +45,19 @@ func leafTmpl(now time.Time, uris ...string) *x509.Certificate {
 	return tmpl
 }
 
-func pemOf(certs ...*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range certs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
-}
-
 const meshID = "spiffe://cluster.local/ns/vm-ns/sa/vm-sa"
 
 func TestVerifyCert(t *testing.T) {
 	clock := newClock()
 	now := clock.Now()
-	root := newCert(t, caTmpl("root", now), nil)
-	inter := newCert(t, caTmpl("intermediate", now), root)
-	otherRoot := newCert(t, caTmpl("other root", now), nil)
-	otherTDRoot := newCert(t, caTmpl("other td root", now), nil)
+	root := testkit.Issue(t, caTmpl("root", now), nil)
+	inter := testkit.Issue(t, caTmpl("intermediate", now), root)
+	otherRoot := testkit.Issue(t, caTmpl("other root", now), nil)
+	otherTDRoot := testkit.Issue(t, caTmpl("other td root", now), nil)
 
 	cfg := Config{ClientCerts: ClientCertConfig{TrustBundles: []TrustBundleConfig{
-		{TrustDomain: "cluster.local", CAFile: writeFile(t, "root.pem", pemOf(root.cert)), Cluster: "cluster-a"},
-		{TrustDomain: "other.td", CAFile: writeFile(t, "other.pem", pemOf(otherTDRoot.cert))},
+		{TrustDomain: "cluster.local", CAFile: writeFile(t, "root.pem", testkit.PEM(root.X509)), Cluster: "cluster-a"},
+		{TrustDomain: "other.td", CAFile: writeFile(t, "other.pem", testkit.PEM(otherTDRoot.X509))},
 	}}}
 	v, err := New(context.Background(), cfg, Options{Now: clock.Now})
 	if err != nil {
@@ -97,18 +65,18 @@ func TestVerifyCert(t *testing.T) {
 	}
 	defer v.Close()
 
-	leaf := newCert(t, leafTmpl(now, meshID), inter)
-	id, err := v.VerifyCert([]*x509.Certificate{leaf.cert, inter.cert})
+	leaf := testkit.Issue(t, leafTmpl(now, meshID), inter)
+	id, err := v.VerifyCert([]*x509.Certificate{leaf.X509, inter.X509})
 	if err != nil {
 		t.Fatalf("good chain: %v", err)
 	}
 	want := Identity{Cluster: "cluster-a", Namespace: "vm-ns", ServiceAccount: "vm-sa", TrustDomain: "cluster.local",
-		SPIFFEID: meshID, ExpiresAt: leaf.cert.NotAfter, Source: SourceCert}
+		SPIFFEID: meshID, ExpiresAt: leaf.X509.NotAfter, Source: SourceCert}
 	if *id != want {
 		t.Fatalf("identity\n got %+v\nwant %+v", *id, want)
 	}
 	// Directly under the root also works.
-	if _, err := v.VerifyCert([]*x509.Certificate{newCert(t, leafTmpl(now, meshID), root).cert}); err != nil {
+	if _, err := v.VerifyCert([]*x509.Certificate{testkit.Issue(t, leafTmpl(now, meshID), root).X509}); err != nil {
 		t.Fatalf("leaf under root: %v", err)
 	}
 
@@ -122,18 +90,18 @@ func TestVerifyCert(t *testing.T) {
 		want  error
 	}{
 		{"no certificate", nil, 0, ErrUntrustedCert},
-		{"untrusted root", []*x509.Certificate{newCert(t, leafTmpl(now, meshID), otherRoot).cert}, 0, ErrUntrustedCert},
-		{"intermediate missing", []*x509.Certificate{leaf.cert}, 0, ErrUntrustedCert},
-		{"self-signed leaf", []*x509.Certificate{newCert(t, leafTmpl(now, meshID), nil).cert}, 0, ErrUntrustedCert},
-		{"root of another trust domain", []*x509.Certificate{newCert(t, leafTmpl(now, "spiffe://other.td/ns/vm-ns/sa/vm-sa"), root).cert}, 0, ErrUntrustedCert},
-		{"server auth only", []*x509.Certificate{newCert(t, serverOnly, root).cert}, 0, ErrUntrustedCert},
-		{"expired", []*x509.Certificate{leaf.cert, inter.cert}, 25 * time.Hour, ErrExpired},
-		{"not yet valid", []*x509.Certificate{newCert(t, notYet, root).cert}, 0, ErrNotYetValid},
-		{"wrong trust domain", []*x509.Certificate{newCert(t, leafTmpl(now, "spiffe://evil.example/ns/vm-ns/sa/vm-sa"), root).cert}, 0, ErrBadTrustDomain},
-		{"two SPIFFE URIs", []*x509.Certificate{newCert(t, leafTmpl(now, meshID, "spiffe://cluster.local/ns/x/sa/y"), root).cert}, 0, ErrBadSubject},
-		{"no URI SAN", []*x509.Certificate{newCert(t, leafTmpl(now), root).cert}, 0, ErrBadSubject},
-		{"SPIFFE ID not ns/sa", []*x509.Certificate{newCert(t, leafTmpl(now, "spiffe://cluster.local/workload/vm"), root).cert}, 0, ErrBadSubject},
-		{"SPIFFE ID with extra path", []*x509.Certificate{newCert(t, leafTmpl(now, meshID+"/x"), root).cert}, 0, ErrBadSubject},
+		{"untrusted root", []*x509.Certificate{testkit.Issue(t, leafTmpl(now, meshID), otherRoot).X509}, 0, ErrUntrustedCert},
+		{"intermediate missing", []*x509.Certificate{leaf.X509}, 0, ErrUntrustedCert},
+		{"self-signed leaf", []*x509.Certificate{testkit.Issue(t, leafTmpl(now, meshID), nil).X509}, 0, ErrUntrustedCert},
+		{"root of another trust domain", []*x509.Certificate{testkit.Issue(t, leafTmpl(now, "spiffe://other.td/ns/vm-ns/sa/vm-sa"), root).X509}, 0, ErrUntrustedCert},
+		{"server auth only", []*x509.Certificate{testkit.Issue(t, serverOnly, root).X509}, 0, ErrUntrustedCert},
+		{"expired", []*x509.Certificate{leaf.X509, inter.X509}, 25 * time.Hour, ErrExpired},
+		{"not yet valid", []*x509.Certificate{testkit.Issue(t, notYet, root).X509}, 0, ErrNotYetValid},
+		{"wrong trust domain", []*x509.Certificate{testkit.Issue(t, leafTmpl(now, "spiffe://evil.example/ns/vm-ns/sa/vm-sa"), root).X509}, 0, ErrBadTrustDomain},
+		{"two SPIFFE URIs", []*x509.Certificate{testkit.Issue(t, leafTmpl(now, meshID, "spiffe://cluster.local/ns/x/sa/y"), root).X509}, 0, ErrBadSubject},
+		{"no URI SAN", []*x509.Certificate{testkit.Issue(t, leafTmpl(now), root).X509}, 0, ErrBadSubject},
+		{"SPIFFE ID not ns/sa", []*x509.Certificate{testkit.Issue(t, leafTmpl(now, "spiffe://cluster.local/workload/vm"), root).X509}, 0, ErrBadSubject},
+		{"SPIFFE ID with extra path", []*x509.Certificate{testkit.Issue(t, leafTmpl(now, meshID+"/x"), root).X509}, 0, ErrBadSubject},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -150,16 +118,15 @@ func TestVerifyCert(t *testing.T) {
 // Through a real TLS handshake: the server requests a certificate and
 // leaves verification to VerifyConnectionState.
 func TestVerifyConnectionState(t *testing.T) {
-	clock := newClock()
 	now := time.Now() // the handshake itself checks the server cert at real time
-	clock.t = now
-	root := newCert(t, caTmpl("root", now), nil)
-	leaf := newCert(t, leafTmpl(now, meshID), root)
-	server := newCert(t, &x509.Certificate{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+	clock := testkit.NewClock(now)
+	root := testkit.Issue(t, caTmpl("root", now), nil)
+	leaf := testkit.Issue(t, leafTmpl(now, meshID), root)
+	server := testkit.Issue(t, &x509.Certificate{NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
 		DNSNames: []string{"istiod.istio-system.svc"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, root)
 
 	v, err := New(context.Background(), Config{ClientCerts: ClientCertConfig{TrustBundles: []TrustBundleConfig{
-		{TrustDomain: "cluster.local", CAFile: writeFile(t, "root.pem", pemOf(root.cert)), Cluster: "c1"}}}},
+		{TrustDomain: "cluster.local", CAFile: writeFile(t, "root.pem", testkit.PEM(root.X509)), Cluster: "c1"}}}},
 		Options{Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -171,13 +138,13 @@ func TestVerifyConnectionState(t *testing.T) {
 
 	c1, c2 := net.Pipe()
 	srvConn := tls.Server(c1, &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{server.cert.Raw}, PrivateKey: server.key}},
+		Certificates: []tls.Certificate{{Certificate: [][]byte{server.X509.Raw}, PrivateKey: server.Key}},
 		ClientAuth:   tls.RequireAnyClientCert,
 	})
 	cliConn := tls.Client(c2, &tls.Config{
 		ServerName:   "istiod.istio-system.svc",
 		RootCAs:      v.ClientCAs(),
-		Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.cert.Raw}, PrivateKey: leaf.key.(*ecdsa.PrivateKey)}},
+		Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.X509.Raw}, PrivateKey: leaf.Key.(*ecdsa.PrivateKey)}},
 	})
 	done := make(chan error, 1)
 	go func() { done <- cliConn.Handshake() }()

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func decode(t *testing.T, doc string) (Config, error) {
@@ -24,8 +26,8 @@ func decode(t *testing.T, doc string) (Config, error) {
 
 func TestConfigYAML(t *testing.T) {
 	testKeys(t)
-	ca := writeFile(t, "root.pem", pemOf(newCert(t, caTmpl("root", time.Now()), nil).cert))
-	jwksFile := writeFile(t, "jwks.json", []byte(jwksJSON(t, jwk{kid: "f1", key: ec256})))
+	ca := writeFile(t, "root.pem", testkit.PEM(testkit.Issue(t, caTmpl("root", time.Now()), nil).X509))
+	jwksFile := writeFile(t, "jwks.json", []byte(testkit.JWKS(t, testkit.JWK{KeyID: "f1", Key: ec256})))
 	doc := `
 authn:
   leeway: 30s
@@ -122,7 +124,7 @@ func TestConfigDefaults(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	testKeys(t)
-	jwks := jwksJSON(t, jwk{kid: "k", key: ec256})
+	jwks := testkit.JWKS(t, testkit.JWK{KeyID: "k", Key: ec256})
 	ok := func() IssuerConfig { return IssuerConfig{Issuer: "https://i.example", Cluster: "c", JWKS: jwks} }
 	cases := []struct {
 		name string

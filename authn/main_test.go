@@ -17,18 +17,16 @@ import (
 	"hash"
 	"io"
 	"log"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
 	"go.uber.org/goleak"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func TestMain(m *testing.M) {
@@ -73,47 +71,8 @@ func testKeys(t testing.TB) {
 	})
 }
 
-// fakeClock is the injected clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// jwk is one public key of a test key set.
-type jwk struct {
-	kid string
-	key crypto.Signer
-	alg string // pinned algorithm, optional
-}
-
-func jwksJSON(t testing.TB, keys ...jwk) string {
-	t.Helper()
-	set := jose.JSONWebKeySet{}
-	for _, k := range keys {
-		set.Keys = append(set.Keys, jose.JSONWebKey{Key: k.key.Public(), KeyID: k.kid, Use: "sig", Algorithm: k.alg})
-	}
-	b, err := json.Marshal(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
+// newClock is the injected clock, at a fixed start.
+func newClock() *testkit.Clock { return testkit.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)) }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
@@ -191,52 +150,10 @@ func mint(t testing.TB, hdr map[string]any, claims any, alg string, key any) str
 	return input + "." + b64(sign(t, alg, key, []byte(input)))
 }
 
-// joseMint builds a token with go-jose's own signer (the reference path).
-func joseMint(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, claims any) string {
-	t.Helper()
-	opts := (&jose.SignerOptions{}).WithType("JWT")
-	if kid != "" {
-		opts = opts.WithHeader("kid", kid)
-	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	payload, err := json.Marshal(claims)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jws, err := s.Sign(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := jws.CompactSerialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-var jtiSeq atomic.Int64
-
 // saClaims are the claims of a bound service-account token as a
 // kube-apiserver makes them (TokenRequest, audience istio-ca).
 func saClaims(iss string, now time.Time) map[string]any {
-	return map[string]any{
-		"iss": iss,
-		"aud": []string{"istio-ca"},
-		"sub": "system:serviceaccount:vm-ns:vm-sa",
-		"exp": now.Add(time.Hour).Unix(),
-		"iat": now.Unix(),
-		"nbf": now.Unix(),
-		"jti": fmt.Sprintf("jti-%d", jtiSeq.Add(1)),
-		"kubernetes.io": map[string]any{
-			"namespace":      "vm-ns",
-			"serviceaccount": map[string]any{"name": "vm-sa", "uid": "5b1c2f0e-7f43-4a55-9d8e-3f1a6c2b9e10"},
-			"pod":            map[string]any{"name": "vm-pod", "uid": "pod-uid"},
-			"node":           map[string]any{"name": "node-1", "uid": "node-uid"},
-		},
-	}
+	return testkit.ServiceAccountClaims(iss, "vm-ns", "vm-sa", now)
 }
 
 // with returns a copy of claims with keys set (or deleted when the value is
@@ -263,11 +180,7 @@ var deleteClaim = marker{}
 // writeFile writes data into the test's temp dir and returns the path.
 func writeFile(t testing.TB, name string, data []byte) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testkit.WriteFile(t, t.TempDir(), name, data)
 }
 
 // caFile writes the test server's certificate as a PEM CA bundle.
@@ -282,7 +195,7 @@ func caFile(t testing.TB, srv *httptest.Server) string {
 type jwksServer struct {
 	*httptest.Server
 	mu      sync.Mutex
-	keys    []jwk
+	keys    []testkit.JWK
 	status  int // non-zero: answer the JWKS with this status
 	hang    chan struct{}
 	hits    atomic.Int64
@@ -291,7 +204,7 @@ type jwksServer struct {
 	discHit atomic.Int64
 }
 
-func newJWKSServer(t testing.TB, keys ...jwk) *jwksServer {
+func newJWKSServer(t testing.TB, keys ...testkit.JWK) *jwksServer {
 	t.Helper()
 	s := &jwksServer{keys: keys, hit: make(chan struct{}, 100)}
 	mux := http.NewServeMux()
@@ -311,7 +224,7 @@ func newJWKSServer(t testing.TB, keys ...jwk) *jwksServer {
 			}
 		}()
 		s.mu.Lock()
-		status, hang, keys := s.status, s.hang, append([]jwk(nil), s.keys...)
+		status, hang, keys := s.status, s.hang, append([]testkit.JWK(nil), s.keys...)
 		s.mu.Unlock()
 		if hang != nil {
 			select {
@@ -325,7 +238,7 @@ func newJWKSServer(t testing.TB, keys ...jwk) *jwksServer {
 			return
 		}
 		w.Header().Set("Content-Type", "application/jwk-set+json")
-		fmt.Fprint(w, jwksJSON(t, keys...))
+		fmt.Fprint(w, testkit.JWKS(t, keys...))
 	})
 	s.Server = httptest.NewUnstartedServer(mux)
 	s.Server.Config.ErrorLog = log.New(io.Discard, "", 0) // handshake failures are expected in some tests
@@ -334,7 +247,7 @@ func newJWKSServer(t testing.TB, keys ...jwk) *jwksServer {
 	return s
 }
 
-func (s *jwksServer) setKeys(keys ...jwk) {
+func (s *jwksServer) setKeys(keys ...testkit.JWK) {
 	s.mu.Lock()
 	s.keys = keys
 	s.mu.Unlock()
@@ -359,8 +272,3 @@ func (s *jwksServer) waitHits(t testing.TB, n int64) {
 		}
 	}
 }
-
-// serial numbers for test certificates.
-var serial atomic.Int64
-
-func nextSerial() *big.Int { return big.NewInt(serial.Add(1)) }

@@ -3,8 +3,6 @@ package authn
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"errors"
 	"net/http"
 	"os"
@@ -16,20 +14,13 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-)
 
-func newECKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+	"github.com/ewgate/ewgate/gateway/testkit"
+)
 
 // discoveryVerifier is a Verifier with one issuer found through OIDC
 // discovery on srv.
-func discoveryVerifier(t testing.TB, srv *jwksServer, clock *fakeClock, mut func(*Config)) *Verifier {
+func discoveryVerifier(t testing.TB, srv *jwksServer, clock *testkit.Clock, mut func(*Config)) *Verifier {
 	t.Helper()
 	cfg := Config{Issuers: []IssuerConfig{{Issuer: srv.URL, Cluster: "c1", Discovery: true,
 		CAFile: caFile(t, srv.Server), RefreshInterval: time.Hour}}}
@@ -57,8 +48,8 @@ func waitReady(t testing.TB, v *Verifier) {
 // change costs exactly one fetch however many callers meet the new kid, and
 // on-demand refetches are limited to one per MinRefetchInterval.
 func TestRotation(t *testing.T) {
-	k1, k2, k3, k4 := newECKey(t), newECKey(t), newECKey(t), newECKey(t)
-	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	k1, k2, k3, k4 := testkit.NewKey(t), testkit.NewKey(t), testkit.NewKey(t), testkit.NewKey(t)
+	srv := newJWKSServer(t, testkit.JWK{KeyID: "k1", Key: k1})
 	clock := newClock()
 	v := discoveryVerifier(t, srv, clock, nil)
 	waitReady(t, v)
@@ -67,7 +58,7 @@ func TestRotation(t *testing.T) {
 	}
 	iss := srv.URL
 	tok := func(key *ecdsa.PrivateKey, kid string) string {
-		return joseMint(t, jose.ES256, key, kid, saClaims(iss, clock.Now()))
+		return testkit.SignJWT(t, jose.ES256, key, kid, saClaims(iss, clock.Now()))
 	}
 	verify := func(token string) error {
 		_, err := v.VerifyToken(context.Background(), token)
@@ -114,14 +105,14 @@ func TestRotation(t *testing.T) {
 	}()
 
 	// 1. A key is added: 16 concurrent callers meet kid k2, one fetch.
-	srv.setKeys(jwk{kid: "k1", key: k1}, jwk{kid: "k2", key: k2})
+	srv.setKeys(testkit.JWK{KeyID: "k1", Key: k1}, testkit.JWK{KeyID: "k2", Key: k2})
 	concurrently(t, 16, func() error { return verify(tok(k2, "k2")) })
 	if n := srv.hits.Load(); n != 2 {
 		t.Fatalf("after k2 appeared: %d fetches, want 2", n)
 	}
 
 	// 2. Another new kid within MinRefetchInterval: no fetch, refused.
-	srv.setKeys(jwk{kid: "k1", key: k1}, jwk{kid: "k2", key: k2}, jwk{kid: "k3", key: k3})
+	srv.setKeys(testkit.JWK{KeyID: "k1", Key: k1}, testkit.JWK{KeyID: "k2", Key: k2}, testkit.JWK{KeyID: "k3", Key: k3})
 	if err := verify(tok(k3, "k3")); !errors.Is(err, ErrUnknownKID) {
 		t.Fatalf("k3 within the refetch interval: %v, want unknown_kid", err)
 	}
@@ -131,7 +122,7 @@ func TestRotation(t *testing.T) {
 
 	// 3. k1 removed, k3 there; 31 s later k3 verifies after one fetch, and
 	// k1 is gone.
-	srv.setKeys(jwk{kid: "k2", key: k2}, jwk{kid: "k3", key: k3})
+	srv.setKeys(testkit.JWK{KeyID: "k2", Key: k2}, testkit.JWK{KeyID: "k3", Key: k3})
 	clock.Advance(31 * time.Second)
 	concurrently(t, 16, func() error { return verify(tok(k3, "k3")) })
 	if n := srv.hits.Load(); n != 3 {
@@ -148,7 +139,7 @@ func TestRotation(t *testing.T) {
 	}
 
 	// 4. And a fourth key, once the interval has passed again.
-	srv.setKeys(jwk{kid: "k3", key: k3}, jwk{kid: "k4", key: k4})
+	srv.setKeys(testkit.JWK{KeyID: "k3", Key: k3}, testkit.JWK{KeyID: "k4", Key: k4})
 	clock.Advance(31 * time.Second)
 	concurrently(t, 8, func() error { return verify(tok(k4, "k4")) })
 	if n := srv.hits.Load(); n != 4 {
@@ -191,8 +182,8 @@ func concurrently(t testing.TB, n int, f func() error) {
 // The periodic refresh keeps going, and a failing issuer keeps its last
 // good key set (and readiness), with the failure visible in Status.
 func TestRefreshKeepsLastGoodSet(t *testing.T) {
-	k1 := newECKey(t)
-	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	k1 := testkit.NewKey(t)
+	srv := newJWKSServer(t, testkit.JWK{KeyID: "k1", Key: k1})
 	clock := newClock()
 	v := discoveryVerifier(t, srv, clock, func(c *Config) { c.Issuers[0].RefreshInterval = 20 * time.Millisecond })
 	waitReady(t, v)
@@ -200,7 +191,7 @@ func TestRefreshKeepsLastGoodSet(t *testing.T) {
 	srv.setStatus(http.StatusInternalServerError)
 	n := srv.hits.Load()
 	srv.waitHits(t, n+2) // and go on failing (retry is capped by the interval)
-	if _, err := v.VerifyToken(context.Background(), joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))); err != nil {
+	if _, err := v.VerifyToken(context.Background(), testkit.SignJWT(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))); err != nil {
 		t.Fatalf("token refused while the issuer is failing: %v", err)
 	}
 	if err := v.Ready(); err != nil {
@@ -218,12 +209,12 @@ func TestRefreshKeepsLastGoodSet(t *testing.T) {
 // Start-up does not fail when the issuer is down; readiness says so; once
 // it answers, verification works.
 func TestStartWhileIssuerDown(t *testing.T) {
-	k1 := newECKey(t)
-	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	k1 := testkit.NewKey(t)
+	srv := newJWKSServer(t, testkit.JWK{KeyID: "k1", Key: k1})
 	srv.setStatus(http.StatusServiceUnavailable)
 	clock := newClock()
 	v := discoveryVerifier(t, srv, clock, nil)
-	token := joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))
+	token := testkit.SignJWT(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))
 	// The verification waits for a fetch (joined or its own) to finish.
 	if _, err := v.VerifyToken(context.Background(), token); !errors.Is(err, ErrKeysUnavailable) {
 		t.Fatalf("while down: %v, want keys_unavailable", err)
@@ -244,8 +235,8 @@ func TestStartWhileIssuerDown(t *testing.T) {
 
 // A hanging issuer never holds a verification longer than VerifyTimeout.
 func TestVerifyTimeoutBoundsFetch(t *testing.T) {
-	k1 := newECKey(t)
-	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	k1 := testkit.NewKey(t)
+	srv := newJWKSServer(t, testkit.JWK{KeyID: "k1", Key: k1})
 	release := make(chan struct{})
 	srv.mu.Lock()
 	srv.hang = release
@@ -256,7 +247,7 @@ func TestVerifyTimeoutBoundsFetch(t *testing.T) {
 		c.VerifyTimeout = 150 * time.Millisecond
 		c.Issuers[0].FetchTimeout = time.Minute
 	})
-	token := joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))
+	token := testkit.SignJWT(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))
 	start := time.Now()
 	_, err := v.VerifyToken(context.Background(), token)
 	if !errors.Is(err, ErrKeysUnavailable) {
@@ -276,8 +267,8 @@ func TestVerifyTimeoutBoundsFetch(t *testing.T) {
 // Close waits for background goroutines and stops fetching; goleak in
 // TestMain checks nothing is left. A Verifier closed by its context too.
 func TestCloseAndContext(t *testing.T) {
-	k1 := newECKey(t)
-	srv := newJWKSServer(t, jwk{kid: "k1", key: k1})
+	k1 := testkit.NewKey(t)
+	srv := newJWKSServer(t, testkit.JWK{KeyID: "k1", Key: k1})
 	clock := newClock()
 	ctx, cancel := context.WithCancel(context.Background())
 	v, err := New(ctx, Config{Issuers: []IssuerConfig{{Issuer: srv.URL, Cluster: "c1", Discovery: true,
@@ -294,11 +285,11 @@ func TestCloseAndContext(t *testing.T) {
 		t.Fatal("goroutine started after Close")
 	}
 	// After Close, known keys still verify, unknown kids do not fetch.
-	if _, err := v.VerifyToken(context.Background(), joseMint(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))); err != nil {
+	if _, err := v.VerifyToken(context.Background(), testkit.SignJWT(t, jose.ES256, k1, "k1", saClaims(srv.URL, clock.Now()))); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Minute)
-	if _, err := v.VerifyToken(context.Background(), joseMint(t, jose.ES256, k1, "kx", saClaims(srv.URL, clock.Now()))); !errors.Is(err, ErrUnknownKID) {
+	if _, err := v.VerifyToken(context.Background(), testkit.SignJWT(t, jose.ES256, k1, "kx", saClaims(srv.URL, clock.Now()))); !errors.Is(err, ErrUnknownKID) {
 		t.Fatalf("unknown kid after close: %v", err)
 	}
 	if srv.hits.Load() != n {
@@ -309,10 +300,10 @@ func TestCloseAndContext(t *testing.T) {
 // A JWKS file is re-read on an unknown kid (a rotated, mounted ConfigMap),
 // and a plain jwks_url works with a bearer token.
 func TestFileAndURLSources(t *testing.T) {
-	k1, k2 := newECKey(t), newECKey(t)
+	k1, k2 := testkit.NewKey(t), testkit.NewKey(t)
 	clock := newClock()
-	file := writeFile(t, "jwks.json", []byte(jwksJSON(t, jwk{kid: "k1", key: k1})))
-	srv := newJWKSServer(t, jwk{kid: "u1", key: k2})
+	file := writeFile(t, "jwks.json", []byte(testkit.JWKS(t, testkit.JWK{KeyID: "k1", Key: k1})))
+	srv := newJWKSServer(t, testkit.JWK{KeyID: "u1", Key: k2})
 	cfg := Config{Issuers: []IssuerConfig{
 		{Issuer: "https://file.example", Cluster: "f", JWKSFile: file, RefreshInterval: time.Hour},
 		{Issuer: "https://url.example", Cluster: "u", JWKSURL: srv.URL + "/openid/v1/jwks", CAFile: caFile(t, srv.Server),
@@ -325,19 +316,19 @@ func TestFileAndURLSources(t *testing.T) {
 	defer v.Close()
 	waitReady(t, v)
 	ctx := context.Background()
-	if _, err := v.VerifyToken(ctx, joseMint(t, jose.ES256, k1, "k1", saClaims("https://file.example", clock.Now()))); err != nil {
+	if _, err := v.VerifyToken(ctx, testkit.SignJWT(t, jose.ES256, k1, "k1", saClaims("https://file.example", clock.Now()))); err != nil {
 		t.Fatalf("file source: %v", err)
 	}
-	if _, err := v.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "u1", saClaims("https://url.example", clock.Now()))); err != nil {
+	if _, err := v.VerifyToken(ctx, testkit.SignJWT(t, jose.ES256, k2, "u1", saClaims("https://url.example", clock.Now()))); err != nil {
 		t.Fatalf("url source: %v", err)
 	}
 	if got := srv.auth.Load(); got != "Bearer url-reader" {
 		t.Fatalf("Authorization %q", got)
 	}
-	if err := os.WriteFile(file, []byte(jwksJSON(t, jwk{kid: "k1", key: k1}, jwk{kid: "k2", key: k2})), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(testkit.JWKS(t, testkit.JWK{KeyID: "k1", Key: k1}, testkit.JWK{KeyID: "k2", Key: k2})), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "k2", saClaims("https://file.example", clock.Now()))); err != nil {
+	if _, err := v.VerifyToken(ctx, testkit.SignJWT(t, jose.ES256, k2, "k2", saClaims("https://file.example", clock.Now()))); err != nil {
 		t.Fatalf("rotated file: %v", err)
 	}
 	// A discovery document naming another issuer is refused.
@@ -347,7 +338,7 @@ func TestFileAndURLSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v2.Close()
-	if _, err := v2.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "u1", saClaims("https://not-this-server.example", clock.Now()))); !errors.Is(err, ErrKeysUnavailable) {
+	if _, err := v2.VerifyToken(ctx, testkit.SignJWT(t, jose.ES256, k2, "u1", saClaims("https://not-this-server.example", clock.Now()))); !errors.Is(err, ErrKeysUnavailable) {
 		t.Fatalf("mismatched discovery issuer: %v", err)
 	}
 	if st := v2.Status()[0]; !strings.Contains(st.LastError, "document names issuer") {
@@ -360,7 +351,7 @@ func TestFileAndURLSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v3.Close()
-	if _, err := v3.VerifyToken(ctx, joseMint(t, jose.ES256, k2, "u1", saClaims(srv.URL, clock.Now()))); !errors.Is(err, ErrKeysUnavailable) {
+	if _, err := v3.VerifyToken(ctx, testkit.SignJWT(t, jose.ES256, k2, "u1", saClaims(srv.URL, clock.Now()))); !errors.Is(err, ErrKeysUnavailable) {
 		t.Fatalf("untrusted JWKS server: %v", err)
 	}
 	if st := v3.Status()[0]; !strings.Contains(st.LastError, "certificate") {

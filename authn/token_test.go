@@ -16,6 +16,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 const (
@@ -28,21 +30,21 @@ const (
 // (inline JWKS, two keys).
 type tableEnv struct {
 	v     *Verifier
-	clock *fakeClock
+	clock *testkit.Clock
 	srv   *jwksServer
 	issA  string
 	reg   *prometheus.Registry
 	logs  *observer.ObservedLogs
 }
 
-func aKeys() []jwk {
-	return []jwk{
-		{kid: "rsa", key: rsaA},
-		{kid: "rsa-pinned", key: rsaA, alg: "RS256"},
-		{kid: "ec256", key: ec256},
-		{kid: "ec384", key: ec384},
-		{kid: "ec521", key: ec521},
-		{kid: "ed", key: edKey},
+func aKeys() []testkit.JWK {
+	return []testkit.JWK{
+		{KeyID: "rsa", Key: rsaA},
+		{KeyID: "rsa-pinned", Key: rsaA, Alg: "RS256"},
+		{KeyID: "ec256", Key: ec256},
+		{KeyID: "ec384", Key: ec384},
+		{KeyID: "ec521", Key: ec521},
+		{KeyID: "ed", Key: edKey},
 	}
 }
 
@@ -55,8 +57,8 @@ func newTableEnv(t testing.TB, mut func(*Config)) *tableEnv {
 		Issuers: []IssuerConfig{
 			{Issuer: e.issA, Cluster: "cluster-a", Discovery: true, CAFile: caFile(t, e.srv.Server),
 				BearerTokenFile: writeFile(t, "reader-token", []byte("reader-secret\n"))},
-			{Issuer: issuerB, Cluster: "cluster-b", TrustDomain: "b.example", JWKS: jwksJSON(t, jwk{kid: "b1", key: rsaB})},
-			{Issuer: issuerC, Cluster: "cluster-c", JWKS: jwksJSON(t, jwk{kid: "c1", key: ec256}, jwk{kid: "c2", key: ec384})},
+			{Issuer: issuerB, Cluster: "cluster-b", TrustDomain: "b.example", JWKS: testkit.JWKS(t, testkit.JWK{KeyID: "b1", Key: rsaB})},
+			{Issuer: issuerC, Cluster: "cluster-c", JWKS: testkit.JWKS(t, testkit.JWK{KeyID: "c1", Key: ec256}, testkit.JWK{KeyID: "c2", Key: ec384})},
 		},
 	}
 	if mut != nil {
@@ -95,25 +97,25 @@ func TestGoodTokens(t *testing.T) {
 		token string
 		iss   string
 	}{
-		{"RS256", joseMint(t, jose.RS256, rsaA, "rsa", good), e.issA},
-		{"RS384", joseMint(t, jose.RS384, rsaA, "rsa", good), e.issA},
-		{"RS512", joseMint(t, jose.RS512, rsaA, "rsa", good), e.issA},
-		{"PS256", joseMint(t, jose.PS256, rsaA, "rsa", good), e.issA},
-		{"PS384", joseMint(t, jose.PS384, rsaA, "rsa", good), e.issA},
-		{"PS512", joseMint(t, jose.PS512, rsaA, "rsa", good), e.issA},
-		{"ES256", joseMint(t, jose.ES256, ec256, "ec256", good), e.issA},
-		{"ES384", joseMint(t, jose.ES384, ec384, "ec384", good), e.issA},
-		{"ES512", joseMint(t, jose.ES512, ec521, "ec521", good), e.issA},
-		{"EdDSA", joseMint(t, jose.EdDSA, edKey, "ed", good), e.issA},
-		{"RS256 pinned key", joseMint(t, jose.RS256, rsaA, "rsa-pinned", good), e.issA},
+		{"RS256", testkit.SignJWT(t, jose.RS256, rsaA, "rsa", good), e.issA},
+		{"RS384", testkit.SignJWT(t, jose.RS384, rsaA, "rsa", good), e.issA},
+		{"RS512", testkit.SignJWT(t, jose.RS512, rsaA, "rsa", good), e.issA},
+		{"PS256", testkit.SignJWT(t, jose.PS256, rsaA, "rsa", good), e.issA},
+		{"PS384", testkit.SignJWT(t, jose.PS384, rsaA, "rsa", good), e.issA},
+		{"PS512", testkit.SignJWT(t, jose.PS512, rsaA, "rsa", good), e.issA},
+		{"ES256", testkit.SignJWT(t, jose.ES256, ec256, "ec256", good), e.issA},
+		{"ES384", testkit.SignJWT(t, jose.ES384, ec384, "ec384", good), e.issA},
+		{"ES512", testkit.SignJWT(t, jose.ES512, ec521, "ec521", good), e.issA},
+		{"EdDSA", testkit.SignJWT(t, jose.EdDSA, edKey, "ed", good), e.issA},
+		{"RS256 pinned key", testkit.SignJWT(t, jose.RS256, rsaA, "rsa-pinned", good), e.issA},
 		{"hand-signed RS256", mint(t, hdr("RS256", "rsa"), good, "RS256", rsaA), e.issA},
 		{"hand-signed ES256", mint(t, hdr("ES256", "ec256"), good, "ES256", ec256), e.issA},
-		{"no kid, single-key issuer", joseMint(t, jose.RS256, rsaB, "", with(saClaims(issuerB, now))), issuerB},
-		{"kid, single-key issuer", joseMint(t, jose.RS256, rsaB, "b1", with(saClaims(issuerB, now))), issuerB},
-		{"aud as a string", joseMint(t, jose.ES256, ec256, "ec256", with(good, "aud", "istio-ca")), e.issA},
-		{"exp just past, within leeway", joseMint(t, jose.ES256, ec256, "ec256", with(good, "exp", now.Add(-30*time.Second).Unix())), e.issA},
-		{"nbf just ahead, within leeway", joseMint(t, jose.ES256, ec256, "ec256", with(good, "nbf", now.Add(30*time.Second).Unix())), e.issA},
-		{"no nbf, no iat, no pod", joseMint(t, jose.ES256, ec256, "ec256", with(good, "nbf", deleteClaim, "iat", deleteClaim,
+		{"no kid, single-key issuer", testkit.SignJWT(t, jose.RS256, rsaB, "", with(saClaims(issuerB, now))), issuerB},
+		{"kid, single-key issuer", testkit.SignJWT(t, jose.RS256, rsaB, "b1", with(saClaims(issuerB, now))), issuerB},
+		{"aud as a string", testkit.SignJWT(t, jose.ES256, ec256, "ec256", with(good, "aud", "istio-ca")), e.issA},
+		{"exp just past, within leeway", testkit.SignJWT(t, jose.ES256, ec256, "ec256", with(good, "exp", now.Add(-30*time.Second).Unix())), e.issA},
+		{"nbf just ahead, within leeway", testkit.SignJWT(t, jose.ES256, ec256, "ec256", with(good, "nbf", now.Add(30*time.Second).Unix())), e.issA},
+		{"no nbf, no iat, no pod", testkit.SignJWT(t, jose.ES256, ec256, "ec256", with(good, "nbf", deleteClaim, "iat", deleteClaim,
 			"kubernetes.io", map[string]any{"namespace": "vm-ns", "serviceaccount": map[string]any{"name": "vm-sa", "uid": "u"}})), e.issA},
 	}
 	for _, tc := range cases {
@@ -136,7 +138,7 @@ func TestGoodTokens(t *testing.T) {
 		})
 	}
 	// The full identity of a bound token.
-	id, err := e.v.VerifyToken(context.Background(), joseMint(t, jose.RS256, rsaA, "rsa", good))
+	id, err := e.v.VerifyToken(context.Background(), testkit.SignJWT(t, jose.RS256, rsaA, "rsa", good))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // fakeAPIServer answers authentication.k8s.io/v1 TokenReviews the way a
@@ -132,7 +134,7 @@ func TestTokenReview(t *testing.T) {
 	})
 	ctx := context.Background()
 	mk := func(jti string) string {
-		return joseMint(t, jose.ES256, ec256, "k1", with(saClaims(issuerB, clock.Now()), "jti", jti))
+		return testkit.SignJWT(t, jose.ES256, ec256, "k1", with(saClaims(issuerB, clock.Now()), "jti", jti))
 	}
 	calls := func(want int64) {
 		t.Helper()
@@ -216,7 +218,7 @@ func TestTokenReviewUnauthorized(t *testing.T) {
 		c.Issuers[0].TokenReview = &TokenReviewConfig{URL: api.URL, CAFile: caFile(t, api.Server),
 			BearerTokenFile: writeFile(t, "sa-token", []byte("wrong-token"))}
 	})
-	_, err := v.VerifyToken(context.Background(), joseMint(t, jose.ES256, ec256, "k1", saClaims(issuerB, clock.Now())))
+	_, err := v.VerifyToken(context.Background(), testkit.SignJWT(t, jose.ES256, ec256, "k1", saClaims(issuerB, clock.Now())))
 	if !errors.Is(err, ErrReviewUnavailable) || !strings.Contains(err.Error(), "HTTP 401") || strings.Contains(err.Error(), "wrong-token") {
 		t.Fatalf("err %v", err)
 	}

@@ -10,8 +10,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/registrar"
-	"github.com/ewgate/ewgate/registrar/internal/fakeclock"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -20,15 +20,20 @@ const ns = "vm-ns"
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
+// clock is testkit's clock as a registrar.Clock, whose AfterFunc returns a registrar.Timer.
+type clock struct{ *testkit.Clock }
+
+func (c clock) AfterFunc(d time.Duration, f func()) registrar.Timer { return c.Clock.AfterFunc(d, f) }
+
 // env is a store and a fake clock shared by the registrars of one test.
 type env struct {
 	t     *testing.T
 	store registrar.Store
-	clock *fakeclock.Clock
+	clock clock
 }
 
 func newEnv(t *testing.T) *env {
-	e := &env{t: t, store: registrar.NewMemoryStore(), clock: fakeclock.New(t0)}
+	e := &env{t: t, store: registrar.NewMemoryStore(), clock: clock{testkit.NewClock(t0)}}
 	e.putGroup(webGroup())
 	return e
 }
@@ -173,21 +178,6 @@ func (e *env) entryNames() []string {
 		names = append(names, x.Name)
 	}
 	return names
-}
-
-// eventually polls cond until it holds or 10s pass: for effects that travel through a watch or
-// the Run loop's ticks, which no queue state reveals.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within 10s: %s", what)
-		}
-		<-tick.C
-	}
 }
 
 // advance moves the clock in steps, letting the registrars finish each step's work.

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -187,7 +188,7 @@ func TestReconnectReconciles(t *testing.T) {
 	if _, err := e.store.WorkloadGroups().Update(t.Context(), grp); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "group change reaches the entry", func() bool {
+	testkit.Eventually(t, "group change reaches the entry", func() bool {
 		got := e.mustEntry(entry1)
 		return got.Spec.Ports["grpc"] == 9090 && got.Annotations["team"] == "platform"
 	})
@@ -203,12 +204,12 @@ func TestGroupRecreated(t *testing.T) {
 	if err := e.store.WorkloadGroups().Delete(t.Context(), ns, "web", registrar.Preconditions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "entries withdrawn", func() bool { return len(e.entryNames()) == 0 })
+	testkit.Eventually(t, "entries withdrawn", func() bool { return len(e.entryNames()) == 0 })
 	if _, err := g.Connect(t.Context(), request(3, "10.0.0.3")); err == nil {
 		t.Fatal("connect accepted with the group deleted")
 	}
 	grp := e.putGroup(webGroup())
-	eventually(t, "entries restored", func() bool { return len(e.entryNames()) == 2 })
+	testkit.Eventually(t, "entries restored", func() bool { return len(e.entryNames()) == 2 })
 	if got := e.mustEntry(entry1); got.OwnerReferences[0].UID != grp.UID {
 		t.Fatalf("owner uid %s, want the new group's %s", got.OwnerReferences[0].UID, grp.UID)
 	}
@@ -228,7 +229,7 @@ func TestGroupExcludesVM(t *testing.T) {
 	if _, err := e.store.WorkloadGroups().Update(context.Background(), grp); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "entry of a VM the group no longer admits is withdrawn", func() bool { return len(e.entryNames()) == 0 })
+	testkit.Eventually(t, "entry of a VM the group no longer admits is withdrawn", func() bool { return len(e.entryNames()) == 0 })
 }
 
 func TestHealth(t *testing.T) {
@@ -310,7 +311,7 @@ func TestAddressCollision(t *testing.T) {
 func TestLeaseRenewed(t *testing.T) {
 	e := newEnv(t)
 	g := e.start("gw-a")
-	eventually(t, "lease created", func() bool {
+	testkit.Eventually(t, "lease created", func() bool {
 		_, err := e.store.Leases().Get(t.Context(), "istio-system", "gw-a")
 		return err == nil
 	})

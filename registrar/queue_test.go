@@ -4,38 +4,14 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
-// manualClock is a minimal Clock for the queue's unit tests (the registrar's tests use
-// internal/fakeclock, which imports this package).
-type manualClock struct {
-	now    time.Time
-	timers []*manualTimer
-}
+// clock is testkit's clock as a Clock, whose AfterFunc returns a Timer.
+type clock struct{ *testkit.Clock }
 
-type manualTimer struct {
-	at      time.Time
-	f       func()
-	stopped bool
-}
-
-func (c *manualClock) Now() time.Time { return c.now }
-func (c *manualClock) AfterFunc(d time.Duration, f func()) Timer {
-	t := &manualTimer{at: c.now.Add(d), f: f}
-	c.timers = append(c.timers, t)
-	return t
-}
-func (t *manualTimer) Stop() bool { s := !t.stopped; t.stopped = true; return s }
-
-func (c *manualClock) advance(d time.Duration) {
-	c.now = c.now.Add(d)
-	for _, t := range c.timers {
-		if !t.stopped && !t.at.After(c.now) {
-			t.stopped = true
-			t.f()
-		}
-	}
-}
+func (c clock) AfterFunc(d time.Duration, f func()) Timer { return c.Clock.AfterFunc(d, f) }
 
 func get(t *testing.T, q *workQueue) string {
 	t.Helper()
@@ -55,7 +31,7 @@ func ready(q *workQueue) int {
 }
 
 func TestQueueDedup(t *testing.T) {
-	q := newWorkQueue(&manualClock{}, time.Millisecond, time.Second)
+	q := newWorkQueue(clock{testkit.NewClock(time.Time{})}, time.Millisecond, time.Second)
 	q.Add("a")
 	q.Add("a")
 	q.Add("b")
@@ -74,7 +50,7 @@ func TestQueueDedup(t *testing.T) {
 }
 
 func TestQueueBackoff(t *testing.T) {
-	c := &manualClock{now: time.Unix(0, 0)}
+	c := clock{testkit.NewClock(time.Unix(0, 0))}
 	q := newWorkQueue(c, 100*time.Millisecond, 300*time.Millisecond)
 	var got []time.Duration
 	for range 4 {
@@ -86,11 +62,11 @@ func TestQueueBackoff(t *testing.T) {
 			t.Fatalf("backoffs %v, want %v", got, want)
 		}
 	}
-	c.advance(99 * time.Millisecond)
+	c.Advance(99 * time.Millisecond)
 	if ready(q) != 0 {
 		t.Fatal("ready before its delay")
 	}
-	c.advance(time.Millisecond)
+	c.Advance(time.Millisecond)
 	if k := get(t, q); k != "k" {
 		t.Fatalf("got %q", k)
 	}

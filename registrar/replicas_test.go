@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -131,7 +132,7 @@ func TestRestartReconcilesOwn(t *testing.T) {
 
 	e.clock.Advance(time.Minute)
 	a2 := e.start("gw-a")
-	eventually(t, "own entries marked disconnected at start", func() bool {
+	testkit.Eventually(t, "own entries marked disconnected at start", func() bool {
 		x, y := e.entry(entry1), e.entry(entry2)
 		return x != nil && y != nil && x.Annotations[registrar.AnnotationDisconnectedAt] != "" &&
 			y.Annotations[registrar.AnnotationDisconnectedAt] != ""

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // TestAdminSplit runs the binary with the three admin servers on loopback: the status server
@@ -23,7 +25,7 @@ func TestAdminSplit(t *testing.T) {
 		}
 		p := startServe(t, path)
 		admin, status, metrics := "http://"+p.addr(t, "admin"), "http://"+p.addr(t, "status"), "http://"+p.addr(t, "metrics")
-		eventually(t, "ready on the status port", func() bool { code, _ := httpGet(t, status+"/healthz/ready"); return code == 200 })
+		testkit.Eventually(t, "ready on the status port", func() bool { code, _ := httpGet(t, status+"/healthz/ready"); return code == 200 })
 
 		want := []struct {
 			url  string
@@ -84,7 +86,7 @@ func TestConfigWarnings(t *testing.T) {
 		}
 		return false
 	}
-	eventually(t, "warning logged at start", func() bool { return warned("start") })
+	testkit.Eventually(t, "warning logged at start", func() bool { return warned("start") })
 	os.WriteFile(path, []byte(cfg+"drain_timeout: 5s\n"), 0o600)
-	eventually(t, "warning logged at reload", func() bool { return warned("reload") })
+	testkit.Eventually(t, "warning logged at reload", func() bool { return warned("reload") })
 }

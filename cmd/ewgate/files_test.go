@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // TestFileBudgetCountsControlAndAdmin runs the binary under a 4096-file limit: a VM control
@@ -29,7 +31,7 @@ func TestFileBudgetCountsControlAndAdmin(t *testing.T) {
 
 	refused := startProcess(t, limited("serve", "--config", write("5000")))
 	var stopped map[string]any
-	eventually(t, "serve to stop or start", func() bool {
+	testkit.Eventually(t, "serve to stop or start", func() bool {
 		if len(refused.find("ewgate serving")) > 0 {
 			t.Fatal("serve started with a control cap of 5000 connections under a 4096-file limit")
 		}
@@ -50,7 +52,7 @@ func TestFileBudgetCountsControlAndAdmin(t *testing.T) {
 	}
 
 	p := startProcess(t, limited("serve", "--config", write("1000")))
-	eventually(t, "the open-file budget line", func() bool { return len(p.find("open-file budget")) > 0 })
+	testkit.Eventually(t, "the open-file budget line", func() bool { return len(p.find("open-file budget")) > 0 })
 	line := p.find("open-file budget")[0]
 	t.Logf("budget: %v", line)
 	// 4096 - reserve 256 - control (1000 + listener + 2 upstream connections) - admin (64 + 1)

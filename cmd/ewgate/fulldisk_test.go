@@ -23,6 +23,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // fullDisk mounts a 256 KiB tmpfs on a fresh directory and fills it until a write fails with
@@ -105,7 +107,7 @@ func TestFullStoreDiskDegradesOnlyTheVMSide(t *testing.T) {
 	p := startServe(t, path)
 	status, metrics := "http://"+p.addr(t, "status"), "http://"+p.addr(t, "metrics")
 	mesh, control := p.addr(t, "mesh"), p.addr(t, "control")
-	eventually(t, "ready on the status port", func() bool { code, _ := httpGet(t, status+"/healthz/ready"); return code == 200 })
+	testkit.Eventually(t, "ready on the status port", func() bool { code, _ := httpGet(t, status+"/healthz/ready"); return code == 200 })
 
 	// The data plane serves.
 	out := sClient(t, "-connect", mesh, "-servername", "outbound_.8443_._.demo.default.svc.cluster.local", "-alpn", "istio")
@@ -132,14 +134,14 @@ func TestFullStoreDiskDegradesOnlyTheVMSide(t *testing.T) {
 	if err := os.WriteFile(path, []byte(changed), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "reload while degraded", func() bool { return len(p.find("config reloaded")) == 1 })
+	testkit.Eventually(t, "reload while degraded", func() bool { return len(p.find("config reloaded")) == 1 })
 	if code, _ := httpGet(t, status+"/healthz/control"); code != 503 {
 		t.Fatalf("/healthz/control after a reload on a full disk: %d; want 503", code)
 	}
 
 	// Space returns: the groups are written and the VM side recovers by itself.
 	free()
-	eventually(t, "/healthz/control 200 after space returned", func() bool { code, _ := httpGet(t, status+"/healthz/control"); return code == 200 })
+	testkit.Eventually(t, "/healthz/control 200 after space returned", func() bool { code, _ := httpGet(t, status+"/healthz/control"); return code == 200 })
 	for _, g := range []string{"web", "api"} {
 		if _, err := os.Stat(filepath.Join(store, "workloadgroups", "vms", g+".yaml")); err != nil {
 			t.Fatalf("group %s not in the store after recovery: %v", g, err)

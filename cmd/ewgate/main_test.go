@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // The tests run the real binaries: ewgate and the demo backend `make run` uses.
@@ -140,7 +142,7 @@ func (p *process) find(msg string) []map[string]any {
 func (p *process) addr(t *testing.T, listener string) string {
 	t.Helper()
 	var addr string
-	eventually(t, listener+" listening", func() bool {
+	testkit.Eventually(t, listener+" listening", func() bool {
 		for _, l := range p.find("listening") {
 			if l["listener"] == listener {
 				addr = l["address"].(string)
@@ -150,17 +152,6 @@ func (p *process) addr(t *testing.T, listener string) string {
 		return false
 	})
 	return addr
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for wait := time.Millisecond; !cond(); wait = min(wait*2, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(wait)
-	}
 }
 
 func freeAddr(t *testing.T) string {
@@ -210,7 +201,7 @@ func TestServeExampleReloadDrain(t *testing.T) {
 	p := startServe(t, path)
 	admin := "http://" + p.addr(t, "admin")
 	mesh := p.addr(t, "mesh")
-	eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
+	testkit.Eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
 
 	// The README's line, pointed at this gateway.
 	readme, _ := os.ReadFile("../../README.md")
@@ -224,7 +215,7 @@ func TestServeExampleReloadDrain(t *testing.T) {
 
 	// An invalid file is refused; the old routes keep serving.
 	os.WriteFile(path, []byte(cfg+"bogus_key: 1\n"), 0o600)
-	eventually(t, "refused reload", func() bool { return len(p.find("config reload refused; the previous config keeps serving")) == 1 })
+	testkit.Eventually(t, "refused reload", func() bool { return len(p.find("config reload refused; the previous config keeps serving")) == 1 })
 	if _, body := httpGet(t, admin+"/metrics"); !strings.Contains(body, `ewgate_config_reloads_total{result="failed"} 1`) {
 		t.Fatal("failed reload not counted")
 	}
@@ -236,13 +227,13 @@ func TestServeExampleReloadDrain(t *testing.T) {
 	changed := strings.Replace(cfg, "[demo.example.com,", "[demo2.example.com, demo.example.com,", 1)
 	changed = strings.Replace(changed, "services:\n", "services:\n  - {name: extra, hosts: [extra.default.svc.cluster.local], ports: [{number: 9443, name: tls}], endpoints: [{address: 127.0.0.1, service_account: extra}]}\n", 1)
 	os.WriteFile(path, []byte(changed), 0o600)
-	eventually(t, "routes from the changed file", func() bool {
+	testkit.Eventually(t, "routes from the changed file", func() bool {
 		_, body := httpGet(t, admin+"/debug/routes")
 		return strings.Contains(body, "demo2.example.com") && strings.Contains(body, "outbound_.9443_._.extra.default.svc.cluster.local")
 	})
 	// SIGHUP reloads too.
 	p.cmd.Process.Signal(syscall.SIGHUP)
-	eventually(t, "SIGHUP reload", func() bool {
+	testkit.Eventually(t, "SIGHUP reload", func() bool {
 		for _, l := range p.find("config reloaded") {
 			if l["trigger"] == "SIGHUP" {
 				return true
@@ -261,7 +252,7 @@ func TestServeExampleReloadDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	eventually(t, "not ready while draining", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 503 })
+	testkit.Eventually(t, "not ready while draining", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 503 })
 	br := bufio.NewReader(tc)
 	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "hello from the ewgate demo backend") {
 		t.Fatalf("open connection during drain: %q %v", line, err)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // A reload reads the file until two reads agree: a file caught mid-write (here: first read
@@ -55,7 +57,7 @@ func TestReloadStormUnderRace(t *testing.T) {
 		if i%10 == 0 {
 			// Let the owner catch up now and then, so the storm spans many reloads.
 			n := len(p.find("config reloaded"))
-			eventually(t, "a reload", func() bool { return len(p.find("config reloaded")) > n })
+			testkit.Eventually(t, "a reload", func() bool { return len(p.find("config reloaded")) > n })
 		}
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)

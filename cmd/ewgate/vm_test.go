@@ -2,18 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,8 +15,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -32,6 +22,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 const (
@@ -43,7 +35,7 @@ const (
 // issuer's key and a serving certificate for 15012, both made here.
 type vmTestEnv struct {
 	dir      string
-	key      *rsa.PrivateKey
+	issuer   *testkit.Issuer
 	jwks     string
 	roots    *x509.CertPool
 	certFile string
@@ -52,52 +44,18 @@ type vmTestEnv struct {
 
 func newVMTestEnv(t *testing.T) *vmTestEnv {
 	t.Helper()
-	e := &vmTestEnv{dir: t.TempDir()}
-	var err error
-	if e.key, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-		t.Fatal(err)
-	}
-	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &e.key.PublicKey, KeyID: "k1", Algorithm: "RS256", Use: "sig"}}}
-	b, _ := json.Marshal(set)
-	e.jwks = string(b)
-
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "15012 test CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	caCert, _ := x509.ParseCertificate(caDER)
-	e.roots = x509.NewCertPool()
-	e.roots.AddCert(caCert)
-	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: vmCA}, DNSNames: []string{vmCA},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	leafDER, _ := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(leafKey)
-	e.certFile, e.keyFile = filepath.Join(e.dir, "tls.crt"), filepath.Join(e.dir, "tls.key")
-	os.WriteFile(e.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}), 0o600)
-	os.WriteFile(e.keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	e := &vmTestEnv{dir: t.TempDir(), issuer: testkit.NewIssuer(t, testIssuer)}
+	e.jwks = e.issuer.JWKS(t)
+	ca := testkit.NewCA(t, "15012 test CA")
+	e.roots = ca.Pool()
+	e.certFile, e.keyFile = ca.Server(t, vmCA).WriteFiles(t, e.dir, "tls")
 	return e
 }
 
 // token is a Kubernetes-shaped service-account token for ns/sa, audience istio-ca.
 func (e *vmTestEnv) token(t *testing.T, ns, sa string) string {
 	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: e.key},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	tok, err := jwt.Signed(signer).Claims(map[string]any{
-		"iss": testIssuer, "aud": []string{"istio-ca"}, "sub": "system:serviceaccount:" + ns + ":" + sa,
-		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
-		"kubernetes.io": map[string]any{"namespace": ns, "serviceaccount": map[string]any{"name": sa, "uid": "uid-" + sa}},
-	}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return e.issuer.Token(t, ns, sa)
 }
 
 func (e *vmTestEnv) config() string {
@@ -152,7 +110,7 @@ func TestStandaloneVMOnboarding(t *testing.T) {
 	p := startServe(t, path)
 	admin := "http://" + p.addr(t, "admin")
 	control := p.addr(t, "control")
-	eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
+	testkit.Eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
 
 	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: env.roots, ServerName: vmCA})))
 	if err != nil {
@@ -164,13 +122,15 @@ func TestStandaloneVMOnboarding(t *testing.T) {
 	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+env.token(t, "vms", "web"), "ClusterID", "cluster1")
 
 	// No token: refused before anything reaches the control plane.
-	_, err = securityv1alpha1.NewIstioCertificateServiceClient(cc).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{Csr: csr(t, "spiffe://cluster.local/ns/vms/sa/web")})
+	webCSR, _ := testkit.CSR(t, "spiffe://cluster.local/ns/vms/sa/web")
+	otherCSR, _ := testkit.CSR(t, "spiffe://cluster.local/ns/istio-system/sa/istiod")
+	_, err = securityv1alpha1.NewIstioCertificateServiceClient(cc).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{Csr: webCSR})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("CreateCertificate without a token: %v; want Unauthenticated", err)
 	}
 	// With the token: a certificate for the verified identity, whatever the CSR asks for.
 	resp, err := securityv1alpha1.NewIstioCertificateServiceClient(cc).CreateCertificate(asVM, &securityv1alpha1.IstioCertificateRequest{
-		Csr: csr(t, "spiffe://cluster.local/ns/istio-system/sa/istiod"), ValidityDuration: 3600})
+		Csr: otherCSR, ValidityDuration: 3600})
 	if err != nil {
 		t.Fatalf("CreateCertificate: %v", err)
 	}
@@ -199,32 +159,21 @@ func TestStandaloneVMOnboarding(t *testing.T) {
 		t.Fatalf("/debug/registrations does not list %s:\n%s", entry, body)
 	}
 	sni := "outbound_.8080_._.web.vms.svc.cluster.local"
-	eventually(t, "the VM as an endpoint of the mesh route", func() bool {
+	testkit.Eventually(t, "the VM as an endpoint of the mesh route", func() bool {
 		_, body := httpGet(t, admin+"/debug/routes")
 		return strings.Contains(body, sni) && strings.Contains(body, "10.1.2.3:8080")
 	})
 
 	// The VM goes: after the grace period its entry and its endpoint go.
 	cancel()
-	eventually(t, "entry deleted after the grace period", func() bool {
+	testkit.Eventually(t, "entry deleted after the grace period", func() bool {
 		_, err := os.Stat(filepath.Join(env.dir, "store", "workloadentries", "vms", entry+".yaml"))
 		return os.IsNotExist(err)
 	})
-	eventually(t, "endpoint removed from the mesh route", func() bool {
+	testkit.Eventually(t, "endpoint removed from the mesh route", func() bool {
 		_, body := httpGet(t, admin+"/debug/routes")
 		return !strings.Contains(body, "10.1.2.3:8080")
 	})
-}
-
-func csr(t *testing.T, uri string) string {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse(uri)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
 func spiffeOf(t *testing.T, certPEM string) string {

@@ -3,13 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,28 +13,12 @@ import (
 
 	"github.com/ewgate/ewgate/authn"
 	"github.com/ewgate/ewgate/gateway/meshca"
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/registrar"
 )
 
-// testCAPEM is a self-signed CA certificate in PEM.
-func testCAPEM(t *testing.T, cn string) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
 func testBundle(t *testing.T) *bundle {
-	root, err := rootBundle(testCAPEM(t, "ewgate 15012"), testCAPEM(t, "mesh root"))
+	root, err := rootBundle(testkit.NewCA(t, "ewgate 15012").PEM(), testkit.NewCA(t, "mesh root").PEM())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,10 +174,11 @@ func TestVMConfigStandalone(t *testing.T) {
 	dir := t.TempDir()
 	keyDir := filepath.Join(dir, "vm-tokens")
 	servingCA := filepath.Join(dir, "serving-ca.pem")
-	if err := os.WriteFile(servingCA, testCAPEM(t, "serving"), 0o644); err != nil {
+	serving := testkit.NewCA(t, "serving")
+	if err := os.WriteFile(servingCA, serving.PEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	certFile, keyFile := writeServingCert(t, dir)
+	certFile, keyFile := serving.Server(t, defaultSAN).WriteFiles(t, dir, "tls")
 	cfg := `
 listeners: [{name: mesh, kind: mesh, address: 127.0.0.1:0, routes_from: xds}]
 xds: {node: {network: vmnet}}
@@ -283,31 +261,4 @@ workload_groups:
 	if d := time.Until(id.ExpiresAt); d < 55*time.Minute || d > time.Hour+time.Minute {
 		t.Errorf("token expires in %v, want about 1h", d)
 	}
-}
-
-// writeServingCert writes a self-signed serving certificate and key for the control endpoint.
-func writeServingCert(t *testing.T, dir string) (string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: defaultSAN}, DNSNames: []string{defaultSAN},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
 }

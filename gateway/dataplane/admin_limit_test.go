@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // TestAdminConnectionCaps runs a real admin HTTP server on loopback behind the caps: one source
@@ -92,7 +94,7 @@ func TestAdminConnectionCaps(t *testing.T) {
 	}
 	// A client that leaves frees its slot for others.
 	first.Close()
-	eventually(t, "the closed connection's slot released", func() bool {
+	testkit.Eventually(t, "the closed connection's slot released", func() bool {
 		return testutil.ToFloat64(lim.open.WithLabelValues("status")) == 3
 	})
 	if _, ok := dial("127.0.0.3"); !ok {

@@ -9,11 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func TestProxyProtocolDrivesMaglevAndLogs(t *testing.T) {
@@ -67,7 +68,7 @@ func TestProxyProtocolDrivesMaglevAndLogs(t *testing.T) {
 		}
 	}
 	total := g.logs.FilterMessage("connection").Len()
-	eventually(t, "access log lines", func() bool { total = g.logs.FilterMessage("connection").Len(); return total == len(clients)*4 })
+	testkit.Eventually(t, "access log lines", func() bool { total = g.logs.FilterMessage("connection").Len(); return total == len(clients)*4 })
 	used := map[string]bool{}
 	for _, ip := range clients {
 		seen := endpointsOf(ip + ":40000")
@@ -85,7 +86,7 @@ func TestProxyProtocolDrivesMaglevAndLogs(t *testing.T) {
 	if err := dialVia(""); err == nil {
 		t.Fatal("a trusted source without a PROXY header was served")
 	}
-	eventually(t, "proxy_protocol_error", func() bool {
+	testkit.Eventually(t, "proxy_protocol_error", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"result": "proxy_protocol_error"}) == 1
 	})
 }
@@ -240,12 +241,8 @@ clusters:
 
 func writePEMs(t *testing.T, pki *testPKI, dir string, names ...string) (cert, key, ca string) {
 	t.Helper()
-	leaf := pki.leaf(t, names...)
-	cert, key, ca = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
-	writePEM(t, cert, "CERTIFICATE", leaf.Certificate[0])
-	writePEM(t, key, "PRIVATE KEY", marshalKey(t, leaf.PrivateKey))
-	writePEM(t, ca, "CERTIFICATE", pki.caCert.Raw)
-	return cert, key, ca
+	cert, key = pki.Server(t, names...).WriteFiles(t, dir, "cert")
+	return cert, key, testkit.WriteFile(t, dir, "ca.pem", pki.PEM())
 }
 
 func freePort(t *testing.T) string {
@@ -256,7 +253,7 @@ func freePort(t *testing.T) string {
 
 func waitListening(t *testing.T, addr string) {
 	t.Helper()
-	eventually(t, addr+" to listen", func() bool {
+	testkit.Eventually(t, addr+" to listen", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()

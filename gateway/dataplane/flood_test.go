@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 const (
@@ -174,7 +176,7 @@ clusters:
 			}
 		}()
 	}
-	eventually(t, "the flood to hold the ingress listener's share", func() bool { return held.Load() >= int64(share) })
+	testkit.Eventually(t, "the flood to hold the ingress listener's share", func() bool { return held.Load() >= int64(share) })
 	// The flood goes on (bounded) while the mesh client works.
 	wg.Add(1)
 	go func() {

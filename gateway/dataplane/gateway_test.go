@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // testRelay is the relay engine the tests' gateways use. The suite runs once per engine:
@@ -101,7 +103,7 @@ func TestMeshPassthroughEndToEnd(t *testing.T) {
 		t.Fatalf("backend saw %+v; want the client's own SNI and ALPN", h)
 	}
 	c.Close()
-	eventually(t, "access log line", func() bool { return g.logs.FilterMessage("connection").Len() == 1 })
+	testkit.Eventually(t, "access log line", func() bool { return g.logs.FilterMessage("connection").Len() == 1 })
 	entry := g.logs.FilterMessage("connection").All()[0].ContextMap()
 	if entry["result"] != "ok" || entry["sni"] != reviews || entry["cluster"] != reviews || entry["endpoint"] != be.addr() ||
 		entry["bytes_down"].(int64) < int64(len(msg)) || entry["bytes_up"].(int64) < int64(len(msg)) {
@@ -169,7 +171,7 @@ func TestMeshRefusals(t *testing.T) {
 					t.Fatalf("error %v; want TLS alert %q", err, tt.alert)
 				}
 			}
-			eventually(t, "refusal metric "+tt.result, func() bool {
+			testkit.Eventually(t, "refusal metric "+tt.result, func() bool {
 				return g.counter("ewgate_connections_total", map[string]string{"listener": "mesh", "cluster": "", "result": tt.result}) == before+1
 			})
 		})
@@ -242,7 +244,7 @@ func TestIngressIsKeptApartFromTheMesh(t *testing.T) {
 		t.Fatalf("the mesh backend saw %d ingress connections", n)
 	}
 	// Counted when the gateway finishes with the refused connection, after the client saw the alert.
-	eventually(t, "mesh_name_on_ingress = 2", func() bool {
+	testkit.Eventually(t, "mesh_name_on_ingress = 2", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"listener": "ingress", "result": "mesh_name_on_ingress"}) == 2
 	})
 	// And the mesh listener never consults ingress routes.
@@ -318,8 +320,8 @@ func TestDrainWaitsForOpenConnection(t *testing.T) {
 	addr := g.addr("mesh")
 	done := make(chan error, 1)
 	go func() { done <- g.Shutdown(context.Background()) }()
-	eventually(t, "not ready", func() bool { return !g.Ready() })
-	eventually(t, "listener closed", func() bool {
+	testkit.Eventually(t, "not ready", func() bool { return !g.Ready() })
+	testkit.Eventually(t, "listener closed", func() bool {
 		nc, err := net.Dial("tcp", addr)
 		if err == nil {
 			nc.Close()
@@ -355,7 +357,7 @@ func TestDrainDeadlineClosesTheRest(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("connection still open after the drain deadline")
 	}
-	eventually(t, "drained result", func() bool {
+	testkit.Eventually(t, "drained result", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"result": "drained"}) == 1
 	})
 }
@@ -391,11 +393,11 @@ func TestConnectionLimit(t *testing.T) {
 		c.Close()
 		t.Fatal("third connection accepted over max_connections: 2")
 	}
-	eventually(t, "over_limit = 1", func() bool {
+	testkit.Eventually(t, "over_limit = 1", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"listener": "mesh", "result": "over_limit"}) == 1
 	})
 	open[0].Close()
-	eventually(t, "a slot to free up", func() bool {
+	testkit.Eventually(t, "a slot to free up", func() bool {
 		c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, "istio"))
 		if err != nil {
 			return false
@@ -440,7 +442,7 @@ func TestIdleTimeout(t *testing.T) {
 	if err := <-quietClosed; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("quiet connection: read returned %v; want it closed by the idle timeout", err)
 	}
-	eventually(t, "idle_timeout result", func() bool {
+	testkit.Eventually(t, "idle_timeout result", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"result": "idle_timeout"}) == 1
 	})
 }
@@ -526,7 +528,7 @@ func TestAcceptOutOfFilesBacksOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	eventually(t, "the accept failure logged and counted", func() bool {
+	testkit.Eventually(t, "the accept failure logged and counted", func() bool {
 		return g.logs.FilterMessage("accept failed; backing off").Len() > 0 &&
 			g.counter("ewgate_accept_failures_total", map[string]string{"listener": "mesh"}) > 0
 	})
@@ -603,7 +605,7 @@ func TestIncompleteHelloRecordIsNotRouted(t *testing.T) {
 			if _, err := io.ReadAll(c); err != nil && !isReset(err) {
 				t.Fatalf("gateway did not close the connection: %v", err)
 			}
-			eventually(t, "result "+tc.result, func() bool { return g.counter("ewgate_connections_total", labels) == before+1 })
+			testkit.Eventually(t, "result "+tc.result, func() bool { return g.counter("ewgate_connections_total", labels) == before+1 })
 		})
 	}
 	if h := be.hellos(); len(h) != 0 {

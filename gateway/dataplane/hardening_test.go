@@ -19,6 +19,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func TestPlanFiles(t *testing.T) {
@@ -222,12 +224,12 @@ clusters:
 			if _, err := dial(tc.listener, tc.a, hdr("10.1.0.1")); err == nil {
 				t.Fatal("a third connection from one source was served over max_connections_per_source: 2")
 			}
-			eventually(t, "over_source_limit counted", func() bool { return overSource(tc.listener) == 1 })
+			testkit.Eventually(t, "over_source_limit counted", func() bool { return overSource(tc.listener) == 1 })
 			if _, err := dial(tc.listener, tc.b, hdr("10.1.0.2")); err != nil {
 				t.Fatalf("another source refused: %v", err)
 			}
 			first.Close()
-			eventually(t, "the source's slot freed", func() bool {
+			testkit.Eventually(t, "the source's slot freed", func() bool {
 				c, err := dial(tc.listener, tc.a, hdr("10.1.0.1"))
 				if c != nil {
 					c.Close()
@@ -251,7 +253,7 @@ clusters:
 		}
 		return out
 	}
-	eventually(t, "the relayed connections' lines", func() bool { return len(okLines("lb")) >= 4 && len(okLines("mesh")) >= 4 })
+	testkit.Eventually(t, "the relayed connections' lines", func() bool { return len(okLines("lb")) >= 4 && len(okLines("mesh")) >= 4 })
 	for _, m := range okLines("lb") {
 		if !strings.HasPrefix(m["client"].(string), "10.1.0.") || !strings.HasPrefix(fmt.Sprint(m["lb"]), "127.0.0.1:") {
 			t.Fatalf("PROXY connection logged as client %v lb %v; want the PROXY source and the load balancer's address", m["client"], m["lb"])
@@ -323,7 +325,7 @@ func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 	}
 	const n = 60
 	flood(n)
-	eventually(t, "every refusal counted", func() bool { return refused() == n })
+	testkit.Eventually(t, "every refusal counted", func() bool { return refused() == n })
 	lines := func() []observer.LoggedEntry {
 		return logs.Filter(func(e observer.LoggedEntry) bool {
 			return e.Message == "connection" && e.ContextMap()["result"] == "unknown_sni"
@@ -347,7 +349,7 @@ func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 	now = now.Add(refusalLogInterval)
 	mu.Unlock()
 	flood(1)
-	eventually(t, "the next window's line", func() bool { return len(lines()) == refusalLogBurst+1 })
+	testkit.Eventually(t, "the next window's line", func() bool { return len(lines()) == refusalLogBurst+1 })
 	if d := lines()[refusalLogBurst].ContextMap()["dropped"]; d != uint64(n-refusalLogBurst) {
 		t.Fatalf("the next line says dropped=%v; want %d", d, n-refusalLogBurst)
 	}
@@ -359,7 +361,7 @@ func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 		}
 		c.Close()
 	}
-	eventually(t, "a line per relayed connection", func() bool {
+	testkit.Eventually(t, "a line per relayed connection", func() bool {
 		return logs.Filter(func(e observer.LoggedEntry) bool {
 			return e.Message == "connection" && e.ContextMap()["endpoint"] != nil
 		}).Len() == 2*refusalLogBurst

@@ -3,20 +3,11 @@ package dataplane
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -28,68 +19,24 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/sni"
 )
 
-// testPKI is a CA and the leaf certificates the backends serve; made fresh for every test.
-type testPKI struct {
-	caCert *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	pool   *x509.CertPool
-}
+// testPKI is a CA whose leaves the backends serve; made fresh for every test.
+type testPKI struct{ *testkit.Cert }
 
-func newPKI(t testing.TB) *testPKI {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "ewgate test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &testPKI{caCert: ca, caKey: key, pool: pool}
-}
+func newPKI(t testing.TB) *testPKI { return &testPKI{testkit.NewCA(t, "ewgate test CA")} }
 
 func (p *testPKI) leaf(t testing.TB, names ...string) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return p.Server(t, names...).TLS()
 }
 
 // clientConfig verifies the backend's chain against the test CA: a gateway that terminated
 // TLS could not present it, so a verified handshake proves the session is end to end.
 func (p *testPKI) clientConfig(serverName string, alpn ...string) *tls.Config {
-	return &tls.Config{ServerName: serverName, NextProtos: alpn, RootCAs: p.pool}
+	return &tls.Config{ServerName: serverName, NextProtos: alpn, RootCAs: p.Pool()}
 }
 
 // backend is a real crypto/tls server on loopback that echoes what it reads and records what
@@ -261,18 +208,6 @@ func labelsMatch(m *dto.Metric, want map[string]string) bool {
 	return n == len(want)
 }
 
-// eventually waits for cond with a deadline; no fixed sleeps.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for wait := time.Millisecond; !cond(); wait = min(wait*2, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(wait)
-	}
-}
-
 // exchange writes msg, half-closes, and returns everything read back until EOF.
 func exchange(c *tls.Conn, msg []byte) ([]byte, error) {
 	errc := make(chan error, 1)
@@ -309,22 +244,6 @@ func cluster(name, listener, policy string, endpoints ...string) string {
 		s += fmt.Sprintf("      - address: %s\n", e)
 	}
 	return s
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func marshalKey(t testing.TB, k crypto.PrivateKey) []byte {
-	t.Helper()
-	der, err := x509.MarshalPKCS8PrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
 }
 
 // helloBytes returns the bytes a crypto/tls client sends as its ClientHello.

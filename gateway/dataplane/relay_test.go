@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // rawBackend accepts plain TCP, consumes the ClientHello the gateway forwards and hands the
@@ -197,7 +199,7 @@ func TestRelayManyConnectionsInRandomOrder(t *testing.T) {
 		}
 		done += n
 	}
-	eventually(t, "every connection logged ok", func() bool {
+	testkit.Eventually(t, "every connection logged ok", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"result": "ok"}) == total
 	})
 	up := g.counter("ewgate_bytes_total", map[string]string{"direction": "upstream"})
@@ -205,7 +207,7 @@ func TestRelayManyConnectionsInRandomOrder(t *testing.T) {
 	if down != float64(sent.Load()) || up != float64(sent.Load()+total*int64(len(hello))) {
 		t.Fatalf("bytes counted up %v down %v; want %d and %d", up, down, sent.Load()+total*int64(len(hello)), sent.Load())
 	}
-	eventually(t, "files back to where they were", func() bool {
+	testkit.Eventually(t, "files back to where they were", func() bool {
 		pooled := g.counter("ewgate_relay_engine_pipes", map[string]string{"state": "pooled"})
 		return openFDs(t)-2*int(pooled) <= fds // drained pipes kept for reuse
 	})
@@ -318,10 +320,10 @@ func TestRelayResetMidTransfer(t *testing.T) {
 					t.Fatal("the upstream's writes never failed")
 				}
 			}
-			eventually(t, "a reset result", func() bool {
+			testkit.Eventually(t, "a reset result", func() bool {
 				return g.counter("ewgate_connections_total", map[string]string{"result": "reset"}) == 1
 			})
-			eventually(t, "the pair gone", func() bool { return g.ActiveConnections() == 0 })
+			testkit.Eventually(t, "the pair gone", func() bool { return g.ActiveConnections() == 0 })
 		})
 	}
 }
@@ -350,7 +352,7 @@ func TestRelayUpstreamHalfClosesFirst(t *testing.T) {
 	if b := <-got; string(b) != "reply after EOF" {
 		t.Fatalf("upstream got %q", b)
 	}
-	eventually(t, "ok result", func() bool {
+	testkit.Eventually(t, "ok result", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"result": "ok"}) == 1
 	})
 }
@@ -401,10 +403,10 @@ func TestRelayIdleTimeoutOverThousands(t *testing.T) {
 		}
 	}
 	ping()
-	eventually(t, "idle_timeout results", func() bool {
+	testkit.Eventually(t, "idle_timeout results", func() bool {
 		return g.counter("ewgate_connections_total", map[string]string{"result": "idle_timeout"}) == float64(len(quiet))
 	})
-	eventually(t, "only the busy connection open", func() bool { return g.ActiveConnections() == 1 })
+	testkit.Eventually(t, "only the busy connection open", func() bool { return g.ActiveConnections() == 1 })
 	ping()
 }
 
@@ -471,7 +473,7 @@ func TestRelayShutdownInEveryState(t *testing.T) {
 			}
 		}
 	}()
-	eventually(t, "five connections open", func() bool { return g.ActiveConnections() == 5 })
+	testkit.Eventually(t, "five connections open", func() bool { return g.ActiveConnections() == 5 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -496,5 +498,5 @@ func TestRelayShutdownInEveryState(t *testing.T) {
 	for _, c := range []net.Conn{peeking, idle, half, spew, stalled} {
 		c.Close()
 	}
-	eventually(t, "files back to where they were", func() bool { return openFDs(t) <= fds })
+	testkit.Eventually(t, "files back to where they were", func() bool { return openFDs(t) <= fds })
 }

@@ -3,13 +3,9 @@ package meshca
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -24,24 +20,10 @@ import (
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
 	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// csrFor makes a CSR that asks for name, as a VM that wants somebody else's identity would.
-func csrFor(t *testing.T, name string) (string, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(name)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}, URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), key
-}
 
 // serve runs the CA behind a real gRPC server on loopback whose interceptor plays the part of
 // the authenticating front: a "who" header names the identity it verified.
@@ -77,7 +59,7 @@ func TestSignsForTheCallerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := serve(t, c)
-	csr, key := csrFor(t, "spiffe://cluster.local/ns/istio-system/sa/istiod")
+	csr, key := testkit.CSR(t, "spiffe://cluster.local/ns/istio-system/sa/istiod")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -152,10 +154,5 @@ func newEngine(t testing.TB, o Options) *Engine {
 // waitSeen waits until the loop has recorded an event with bit for c's socket.
 func waitSeen(t *testing.T, c *Conn, bit uint32) {
 	t.Helper()
-	for end := time.Now().Add(10 * time.Second); c.p.seen[c.side].Load()&bit == 0; {
-		if time.Now().After(end) {
-			t.Fatal("the loop never saw the socket's event")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, "the loop to see the socket's event", func() bool { return c.p.seen[c.side].Load()&bit != 0 })
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -35,9 +36,9 @@ func TestCallsBeingAuthenticatedAreCappedPerSource(t *testing.T) {
 		case <-r.Context().Done():
 			return
 		}
-		io.WriteString(w, jwksJSON(t))
+		io.WriteString(w, testkit.NewIssuer(t, issuer).JWKS(t))
 	}))
-	jwks.TLS = &tls.Config{Certificates: []tls.Certificate{p.serving.leaf(t, []string{"localhost"}, "")}}
+	jwks.TLS = &tls.Config{Certificates: []tls.Certificate{p.serving.Server(t, "localhost", "127.0.0.1").TLS()}}
 	jwks.StartTLS()
 	t.Cleanup(jwks.Close)
 	t.Cleanup(open) // registered after Close: runs first, so Close does not wait on the handler
@@ -66,7 +67,7 @@ func TestCallsBeingAuthenticatedAreCappedPerSource(t *testing.T) {
 	for range perSource {
 		start(cc)
 	}
-	eventually(t, "the calls wait in verification", func() bool {
+	testkit.Eventually(t, "the calls wait in verification", func() bool {
 		return gaugeValue(t, reg, "ewgate_control_authenticating") == perSource
 	})
 	bounded, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -78,7 +79,7 @@ func TestCallsBeingAuthenticatedAreCappedPerSource(t *testing.T) {
 		t.Fatalf("max_authenticating_per_source hits = %v, want 1", v)
 	}
 	start(g.dialFrom(t, p, "127.0.0.21")) // another address is not held back by the first
-	eventually(t, "the other address's call is being verified", func() bool {
+	testkit.Eventually(t, "the other address's call is being verified", func() bool {
 		return gaugeValue(t, reg, "ewgate_control_authenticating") == perSource+1
 	})
 	open() // the keys arrive

@@ -49,7 +49,7 @@ func BenchmarkForwardPerMessage(b *testing.B) {
 	p, u, g := benchSetup(b)
 	ctx := withToken(b.Context(), token(b, vmNS, vmSA))
 	direct, err := grpc.NewClient(u.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
-		RootCAs: p.serving.pool(), ServerName: upstreamName})))
+		RootCAs: p.serving.Pool(), ServerName: upstreamName})))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -2,14 +2,9 @@ package vmcontrol_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +21,7 @@ import (
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/controlplane"
 	xdsca "github.com/ewgate/ewgate/gateway/meshca"
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -51,7 +47,7 @@ type standalone struct {
 
 func startStandalone(t *testing.T) *standalone {
 	t.Helper()
-	s := &standalone{p: newPKI(t), store: registrar.NewMemoryStore(), clock: &fakeClock{now: t0}, done: make(chan struct{})}
+	s := &standalone{p: newPKI(t), store: registrar.NewMemoryStore(), clock: &fakeClock{testkit.NewClock(t0)}, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	if _, err := s.store.WorkloadGroups().Create(ctx, &registrar.WorkloadGroup{
@@ -129,7 +125,7 @@ func (s *standalone) entryCount(t testing.TB) int {
 // waitGone advances the fake clock past the grace period until the entry is deleted.
 func (s *standalone) waitGone(t testing.TB, name string) {
 	t.Helper()
-	eventually(t, "entry "+name+" deleted after the grace period", func() bool {
+	testkit.Eventually(t, "entry "+name+" deleted after the grace period", func() bool {
 		s.clock.Advance(time.Second)
 		return s.entry(t, name) == nil
 	})
@@ -193,12 +189,12 @@ func TestBuiltinADSRegistersBeforeTheFirstResponseAndDeregistersAfterGrace(t *te
 	}
 	// A health report is applied to the entry, not forwarded.
 	ads.Send(&discoveryv3.DiscoveryRequest{TypeUrl: vmcontrol.HealthInfoType})
-	eventually(t, "Healthy=True on the entry", func() bool {
+	testkit.Eventually(t, "Healthy=True on the entry", func() bool {
 		c := s.entry(t, entryName).Status.Condition(registrar.ConditionHealthy)
 		return c != nil && c.Status == "True"
 	})
 	cancel()
-	eventually(t, "disconnectedAt set", func() bool {
+	testkit.Eventually(t, "disconnectedAt set", func() bool {
 		e := s.entry(t, entryName)
 		return e != nil && e.Annotations[registrar.AnnotationDisconnectedAt] != ""
 	})
@@ -229,10 +225,7 @@ func TestBuiltinDeltaADS(t *testing.T) {
 func TestBuiltinCASignsForTheVerifiedCaller(t *testing.T) {
 	s := startStandalone(t)
 	cc := s.g.dial(t, s.p)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	u, _ := url.Parse("spiffe://cluster.local/ns/istio-system/sa/istiod") // asks for somebody else
-	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}, URIs: []*url.URL{u}}, key)
-	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	csr, _ := testkit.CSR(t, "spiffe://cluster.local/ns/istio-system/sa/istiod") // asks for somebody else
 	client := securityv1alpha1.NewIstioCertificateServiceClient(cc)
 	resp, err := client.CreateCertificate(withToken(t.Context(), token(t, vmNS, vmSA), "clusterid", "c1"),
 		&securityv1alpha1.IstioCertificateRequest{Csr: csr, ValidityDuration: 3600})

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -85,16 +86,16 @@ func TestServingCertificateIsReloaded(t *testing.T) {
 	u := startUpstream(t, p, "")
 	g := startFront(t, p, vmcontrol.Config{TLS: vmcontrol.TLSConfig{CheckInterval: time.Millisecond},
 		Upstreams: []vmcontrol.UpstreamConfig{p.upstreamConfig(u, "")}}, vmcontrol.Options{})
-	newCA := newCA(t, "renewed serving CA")
-	certFile, keyFile := writePair(t, t.TempDir(), "renewed", newCA.leaf(t, []string{serverName}, ""))
+	newCA := testkit.NewCA(t, "renewed serving CA")
+	certFile, keyFile := newCA.Server(t, serverName).WriteFiles(t, t.TempDir(), "renewed")
 	for _, f := range [][2]string{{certFile, p.certFile}, {keyFile, p.keyFile}} {
 		b, _ := os.ReadFile(f[0])
 		if err := os.WriteFile(f[1], b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the renewed certificate is served", func() bool {
-		c, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: newCA.pool(), ServerName: serverName, NextProtos: []string{"h2"}})
+	testkit.Eventually(t, "the renewed certificate is served", func() bool {
+		c, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: newCA.Pool(), ServerName: serverName, NextProtos: []string{"h2"}})
 		if err != nil {
 			return false
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -76,13 +77,13 @@ func TestConnectionCaps(t *testing.T) {
 	for range 4 { // half-open: TCP only, never a ClientHello
 		held = append(held, dialTCP(t, g, "127.0.0.2"))
 	}
-	eventually(t, "the four connections are accepted", func() bool {
+	testkit.Eventually(t, "the four connections are accepted", func() bool {
 		return gaugeValue(t, reg, "ewgate_control_connections_active") == 4
 	})
 	if !refusedAtAccept(t, g, "127.0.0.2") {
 		t.Fatal("a 5th connection from one source was not closed")
 	}
-	eventually(t, "the per-source refusal is counted", func() bool { return limit("max_connections_per_source") == 1 })
+	testkit.Eventually(t, "the per-source refusal is counted", func() bool { return limit("max_connections_per_source") == 1 })
 	for _, c := range held {
 		if !stillOpen(c) {
 			t.Fatal("a connection within the cap was closed")
@@ -94,18 +95,18 @@ func TestConnectionCaps(t *testing.T) {
 	}
 	// Total: 4 + 1 (the VM) + 1 = 6; the 7th, from a fresh source, is refused.
 	dialTCP(t, g, "127.0.0.4")
-	eventually(t, "six connections are open", func() bool {
+	testkit.Eventually(t, "six connections are open", func() bool {
 		return gaugeValue(t, reg, "ewgate_control_connections_active") == 6
 	})
 	if !refusedAtAccept(t, g, "127.0.0.5") {
 		t.Fatal("a connection over max_connections was not closed")
 	}
-	eventually(t, "the refusal over the total is counted", func() bool { return limit("max_connections") == 1 })
+	testkit.Eventually(t, "the refusal over the total is counted", func() bool { return limit("max_connections") == 1 })
 	if v := limit("max_connections_per_source"); v != 1 {
 		t.Fatalf("max_connections_per_source hits = %v, want 1", v)
 	}
 	held[0].Close() // a slot frees
-	eventually(t, "the freed slot is taken again", func() bool {
+	testkit.Eventually(t, "the freed slot is taken again", func() bool {
 		return gaugeValue(t, reg, "ewgate_control_connections_active") == 5
 	})
 	if c := dialTCP(t, g, "127.0.0.5"); !stillOpen(c) {
@@ -145,9 +146,9 @@ func TestHandshakeFailuresAreCounted(t *testing.T) {
 	if !closedByPeer(silent) {
 		t.Fatal("a silent connection outlived the handshake timeout")
 	}
-	eventually(t, "the silent connection is counted as a timeout", func() bool { return count("timeout") == 1 })
+	testkit.Eventually(t, "the silent connection is counted as a timeout", func() bool { return count("timeout") == 1 })
 
-	tc, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: p.serving.pool(), ServerName: serverName, NextProtos: []string{"h2"}})
+	tc, err := tls.Dial("tcp", g.addr, &tls.Config{RootCAs: p.serving.Pool(), ServerName: serverName, NextProtos: []string{"h2"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,22 +156,22 @@ func TestHandshakeFailuresAreCounted(t *testing.T) {
 	if !closedByPeer(tc) {
 		t.Fatal("a connection without an HTTP/2 preface outlived the handshake timeout")
 	}
-	eventually(t, "the missing preface is counted as a timeout", func() bool { return count("timeout") == 2 })
+	testkit.Eventually(t, "the missing preface is counted as a timeout", func() bool { return count("timeout") == 2 })
 
 	plain := dialTCP(t, g, "127.0.0.1")
 	io.WriteString(plain, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	closedByPeer(plain)
-	eventually(t, "plain HTTP is counted as not_tls", func() bool { return count("not_tls") == 1 })
+	testkit.Eventually(t, "plain HTTP is counted as not_tls", func() bool { return count("not_tls") == 1 })
 
-	old := &tls.Config{RootCAs: p.serving.pool(), ServerName: serverName, MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}
+	old := &tls.Config{RootCAs: p.serving.Pool(), ServerName: serverName, MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}
 	if c, err := tls.Dial("tcp", g.addr, old); err == nil {
 		c.Close()
 		t.Fatal("a TLS 1.1 handshake succeeded")
 	}
-	eventually(t, "a TLS 1.1 client is counted as tls", func() bool { return count("tls") == 1 })
+	testkit.Eventually(t, "a TLS 1.1 client is counted as tls", func() bool { return count("tls") == 1 })
 
 	dialTCP(t, g, "127.0.0.1").Close()
-	eventually(t, "a connection closed before its hello is counted as closed", func() bool { return count("closed") == 1 })
+	testkit.Eventually(t, "a connection closed before its hello is counted as closed", func() bool { return count("closed") == 1 })
 	if v := count("timeout"); v != 2 {
 		t.Fatalf("timeouts = %v, want 2", v)
 	}
@@ -225,7 +226,7 @@ func TestAcceptFailuresAreCounted(t *testing.T) {
 		t.Fatal("could not connect with one descriptor free")
 	}
 	defer client.Close()
-	eventually(t, "the failed accept is counted", func() bool {
+	testkit.Eventually(t, "the failed accept is counted", func() bool {
 		return metricValue(t, reg, "ewgate_control_accept_failures_total", map[string]string{"reason": "fd_limit"}) >= 1
 	})
 	restore()

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -55,7 +56,7 @@ func TestControlPlaneRestartMidStream(t *testing.T) {
 	s.startControlPlane()
 	// The VM reconnects, as pilot-agent does, and is registered again under the same entry.
 	var ads2 discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	eventually(t, "the VM's new stream is served", func() bool {
+	testkit.Eventually(t, "the VM's new stream is served", func() bool {
 		a, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
 		if err != nil {
 			return false
@@ -101,7 +102,7 @@ func TestSlowVMIsNotBufferedWithoutBound(t *testing.T) {
 	if err := cs.SendMsg(wrapperspb.String(strconv.Itoa(n))); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the upstream starts sending", func() bool { return u.flowSent.Load() >= 1 })
+	testkit.Eventually(t, "the upstream starts sending", func() bool { return u.flowSent.Load() >= 1 })
 	// Watch the stalled stream for a while: the upstream must stay blocked far below n.
 	var peak uint64
 	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {

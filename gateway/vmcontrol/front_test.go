@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4/jwt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -102,7 +102,7 @@ func TestXFCCModePassesTheVerifiedIdentityNotTheToken(t *testing.T) {
 
 func TestBadCredentialsNeverReachTheUpstream(t *testing.T) {
 	p, u, g := setup(t, vmcontrol.IdentityForward, func(c *vmcontrol.Config) { c.AuthFailures.Rate = -1 })
-	other := newCA(t, "stranger")
+	other := testkit.NewCA(t, "stranger")
 	cases := []struct {
 		name string
 		ctx  func() context.Context
@@ -116,14 +116,13 @@ func TestBadCredentialsNeverReachTheUpstream(t *testing.T) {
 			return metadata.AppendToOutgoingContext(t.Context(), "authorization", "Basic abc")
 		}, false, codes.Unauthenticated, "Bearer"},
 		{"expired", func() context.Context {
-			return withToken(t.Context(), token(t, vmNS, vmSA, func(c *jwt.Claims) {
-				c.Expiry = jwt.NewNumericDate(time.Now().Add(-time.Hour))
-				c.IssuedAt = jwt.NewNumericDate(time.Now().Add(-2 * time.Hour))
-				c.NotBefore = c.IssuedAt
-			}))
+			return withToken(t.Context(), token(t, vmNS, vmSA,
+				testkit.Claim("exp", time.Now().Add(-time.Hour).Unix()),
+				testkit.Claim("iat", time.Now().Add(-2*time.Hour).Unix()),
+				testkit.Claim("nbf", time.Now().Add(-2*time.Hour).Unix())))
 		}, false, codes.Unauthenticated, "expired"},
 		{"wrong audience", func() context.Context {
-			return withToken(t.Context(), token(t, vmNS, vmSA, func(c *jwt.Claims) { c.Audience = jwt.Audience{"api"} }))
+			return withToken(t.Context(), token(t, vmNS, vmSA, testkit.Claim("aud", []string{"api"})))
 		}, false, codes.Unauthenticated, "bad_audience"},
 		{"cluster mismatch", func() context.Context { return withToken(t.Context(), token(t, vmNS, vmSA), "clusterid", "c2") }, false, codes.PermissionDenied, "ClusterID"},
 		{"certificate of another root", func() context.Context { return t.Context() }, true, codes.Unauthenticated, "untrusted_cert"},
@@ -132,7 +131,7 @@ func TestBadCredentialsNeverReachTheUpstream(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cc := g.dial(t, p)
 			if tc.cert {
-				cc = g.dial(t, p, other.leaf(t, nil, "spiffe://cluster.local/ns/vm-ns/sa/web"))
+				cc = g.dial(t, p, other.Client(t, []string{"spiffe://cluster.local/ns/vm-ns/sa/web"}).TLS())
 			}
 			_, _, _, err := echo(t, tc.ctx(), cc, "secret")
 			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
@@ -147,7 +146,7 @@ func TestBadCredentialsNeverReachTheUpstream(t *testing.T) {
 
 func TestClientCertificateAuthenticates(t *testing.T) {
 	p, u, g := setup(t, vmcontrol.IdentityXFCC)
-	cc := g.dial(t, p, p.mesh.leaf(t, nil, "spiffe://cluster.local/ns/vm-ns/sa/cert-sa"))
+	cc := g.dial(t, p, p.mesh.Client(t, []string{"spiffe://cluster.local/ns/vm-ns/sa/cert-sa"}).TLS())
 	if _, _, _, err := echo(t, t.Context(), cc, "a"); err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +265,7 @@ func TestStreamLimitsPerIdentity(t *testing.T) {
 	if err := open[0].RecvMsg(&wrapperspb.StringValue{}); !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
-	eventually(t, "a slot frees when a stream ends", func() bool {
+	testkit.Eventually(t, "a slot frees when a stream ends", func() bool {
 		_, _, _, err := echo(t, ctx, cc, "x")
 		return err == nil
 	})
@@ -292,7 +291,7 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 	if _, _, _, err := echo(t, withToken(t.Context(), token(t, vmNS, vmSA)), cc, "x"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the idle connection is closed", func() bool {
+	testkit.Eventually(t, "the idle connection is closed", func() bool {
 		s := cc.GetState().String()
 		return s == "IDLE" || s == "TRANSIENT_FAILURE" || s == "CONNECTING"
 	})

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -31,7 +32,7 @@ type h2conn struct {
 func dialH2(t testing.TB, g *gateway, p *pki, local net.Addr) (*h2conn, error) {
 	t.Helper()
 	d := &tls.Dialer{NetDialer: &net.Dialer{LocalAddr: local, Timeout: 10 * time.Second},
-		Config: &tls.Config{RootCAs: p.serving.pool(), ServerName: serverName, NextProtos: []string{"h2"}}}
+		Config: &tls.Config{RootCAs: p.serving.Pool(), ServerName: serverName, NextProtos: []string{"h2"}}}
 	c, err := d.DialContext(t.Context(), "tcp", g.addr)
 	if err != nil {
 		return nil, err
@@ -239,7 +240,7 @@ func TestHeaderListOverTheLimitIsResetAndCounted(t *testing.T) {
 			break
 		}
 	}
-	eventually(t, "the reset is counted", func() bool {
+	testkit.Eventually(t, "the reset is counted", func() bool {
 		return metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "header_size"}) == 1
 	})
 	if err := c.fr.WritePing(false, [8]byte{1}); err != nil {

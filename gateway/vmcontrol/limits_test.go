@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -71,7 +72,7 @@ func TestKeepaliveViolationsAreCounted(t *testing.T) {
 	grpcMinPingTime = time.Millisecond
 	ka := grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 20 * time.Millisecond, Timeout: 5 * time.Second, PermitWithoutStream: true})
 	grpcMinPingTime = saved
-	tc := &tls.Config{RootCAs: p.serving.pool(), ServerName: serverName}
+	tc := &tls.Config{RootCAs: p.serving.Pool(), ServerName: serverName}
 	cc, err := grpc.NewClient(g.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)), ka)
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +94,7 @@ func TestKeepaliveViolationsAreCounted(t *testing.T) {
 	if err := cs.RecvMsg(&wrapperspb.StringValue{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("held stream on a connection closed for too many pings: %v, want Unavailable", err)
 	}
-	eventually(t, "the keepalive limit is counted", func() bool {
+	testkit.Eventually(t, "the keepalive limit is counted", func() bool {
 		return metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "keepalive"}) == 1
 	})
 	// A well-behaved client on the same front is not counted.
@@ -110,7 +111,7 @@ func TestKeepaliveViolationsAreCounted(t *testing.T) {
 // certificate after the client's side of the handshake, on the first read).
 func handshakeError(t *testing.T, g *gateway, p *pki, certs ...tls.Certificate) error {
 	t.Helper()
-	d := &tls.Dialer{Config: &tls.Config{RootCAs: p.serving.pool(), ServerName: serverName, NextProtos: []string{"h2"}, Certificates: certs}}
+	d := &tls.Dialer{Config: &tls.Config{RootCAs: p.serving.Pool(), ServerName: serverName, NextProtos: []string{"h2"}, Certificates: certs}}
 	conn, err := d.DialContext(t.Context(), "tcp", g.addr)
 	if err != nil {
 		return err
@@ -123,12 +124,12 @@ func handshakeError(t *testing.T, g *gateway, p *pki, certs ...tls.Certificate) 
 
 func TestRequiredClientCertificates(t *testing.T) {
 	p, u, g := setup(t, vmcontrol.IdentityXFCC, func(c *vmcontrol.Config) { c.TLS.ClientCerts = vmcontrol.ClientCertRequire })
-	good := p.mesh.leaf(t, nil, "spiffe://cluster.local/ns/vm-ns/sa/cert-sa")
+	good := p.mesh.Client(t, []string{"spiffe://cluster.local/ns/vm-ns/sa/cert-sa"}).TLS()
 
 	if err := handshakeError(t, g, p); err == nil || !strings.Contains(err.Error(), "certificate required") {
 		t.Fatalf("no client certificate: %v, want the handshake refused (certificate required)", err)
 	}
-	stranger := newCA(t, "stranger").leaf(t, nil, "spiffe://cluster.local/ns/vm-ns/sa/web")
+	stranger := testkit.NewCA(t, "stranger").Client(t, []string{"spiffe://cluster.local/ns/vm-ns/sa/web"}).TLS()
 	if err := handshakeError(t, g, p, stranger); err == nil || !strings.Contains(err.Error(), "tls:") {
 		t.Fatalf("certificate of another root: %v, want the handshake refused", err)
 	}
@@ -187,7 +188,7 @@ func TestRegistrationTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, err := registrar.New(registrar.Config{Instance: "gw-1", GracePeriod: registrar.Duration(grace)},
-		registrar.Options{Store: refusingStore{mem}, Clock: &fakeClock{now: t0}})
+		registrar.Options{Store: refusingStore{mem}, Clock: &fakeClock{testkit.NewClock(t0)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +245,7 @@ func TestUpstreamDialFailureIsCounted(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("VM behind an unreachable upstream: %v, want Unavailable", err)
 	}
-	eventually(t, "the dial failure is counted", func() bool {
+	testkit.Eventually(t, "the dial failure is counted", func() bool {
 		return metricValue(t, reg, "ewgate_control_upstream_dial_failures_total", map[string]string{"cluster": "c1"}) >= 1
 	})
 	if v := metricValue(t, reg, "ewgate_control_streams_total", map[string]string{"cluster": "c1", "result": "Unavailable"}); v != 1 {

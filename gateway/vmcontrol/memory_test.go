@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -43,8 +44,8 @@ func TestFrontMemoryPerStream(t *testing.T) {
 	}
 	const perConn = 4
 	p := newPKI(t)
-	writePair(t, p.dir, "upstream", p.serving.leaf(t, []string{upstreamName}, ""))
-	writeFile(t, p.dir, "token", []byte(token(t, vmNS, vmSA)))
+	p.serving.Server(t, upstreamName).WriteFiles(t, p.dir, "upstream")
+	testkit.WriteFile(t, p.dir, "token", []byte(token(t, vmNS, vmSA)))
 
 	child := startMemoryChild(t, p.dir)
 	upAddr := child.expect(t, "upstream")
@@ -73,7 +74,7 @@ func TestFrontMemoryPerStream(t *testing.T) {
 func settle(t *testing.T) {
 	t.Helper()
 	last, since := -1, time.Now()
-	eventually(t, "the goroutine count settles", func() bool {
+	testkit.Eventually(t, "the goroutine count settles", func() bool {
 		if n := runtime.NumGoroutine(); n != last {
 			last, since = n, time.Now()
 		}

@@ -24,7 +24,7 @@ import (
 func (g *gateway) dialFrom(t testing.TB, p *pki, ip string) *grpc.ClientConn {
 	t.Helper()
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
-	tc := &tls.Config{RootCAs: p.serving.pool(), ServerName: serverName}
+	tc := &tls.Config{RootCAs: p.serving.Pool(), ServerName: serverName}
 	cc, err := grpc.NewClient(g.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }))
 	if err != nil {

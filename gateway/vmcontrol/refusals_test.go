@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -85,7 +86,7 @@ func TestMessageSizeRefusalsAlwaysCountAsMessageSize(t *testing.T) {
 			t.Fatalf("call %d: %v, want ResourceExhausted", i, err)
 		}
 	}
-	eventually(t, "every stream is counted", func() bool { return sumStreams(t, reg) == n })
+	testkit.Eventually(t, "every stream is counted", func() bool { return sumStreams(t, reg) == n })
 	if v := metricValue(t, reg, "ewgate_control_streams_total", map[string]string{"result": "ResourceExhausted"}); v != n {
 		t.Fatalf("streams ended ResourceExhausted = %v of %d (Canceled: %v)", v, n,
 			metricValue(t, reg, "ewgate_control_streams_total", map[string]string{"result": "Canceled"}))

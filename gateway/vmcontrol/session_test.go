@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -67,7 +68,7 @@ func TestFailedRegistrationLeavesNothing(t *testing.T) {
 	}
 	var down atomic.Bool
 	down.Store(true)
-	clock := &fakeClock{now: t0}
+	clock := &fakeClock{testkit.NewClock(t0)}
 	r, err := registrar.New(registrar.Config{Instance: "gw-1", GracePeriod: registrar.Duration(grace)},
 		registrar.Options{Store: outageStore{mem, &down}, Clock: clock})
 	if err != nil {
@@ -107,7 +108,7 @@ func TestFailedRegistrationLeavesNothing(t *testing.T) {
 	if err := s2.Send(&discoveryv3.DiscoveryRequest{Node: n2, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "VM 2 is waiting for its registration", func() bool {
+	testkit.Eventually(t, "VM 2 is waiting for its registration", func() bool {
 		for _, reg := range r.Registrations() {
 			if reg.NodeID == n2.Id {
 				return true
@@ -121,7 +122,7 @@ func TestFailedRegistrationLeavesNothing(t *testing.T) {
 	}
 
 	down.Store(false) // the store recovers; the queued writes go through
-	eventually(t, "no entry and no registration left after the grace period", func() bool {
+	testkit.Eventually(t, "no entry and no registration left after the grace period", func() bool {
 		clock.Advance(time.Second)
 		list, _, err := mem.WorkloadEntries().List(context.Background(), "", registrar.ListOptions{})
 		return err == nil && len(list) == 0 && len(r.Registrations()) == 0

@@ -89,7 +89,7 @@ func startUpstream(t testing.TB, p *pki, addr string) *testUpstream {
 		t.Fatal(err)
 	}
 	u := &testUpstream{addr: ln.Addr().String(), done: make(chan struct{}), ended: make(chan *call, 100), release: make(chan struct{})}
-	cert := p.serving.leaf(t, []string{upstreamName}, "")
+	cert := p.serving.Server(t, upstreamName).TLS()
 	u.gs = grpc.NewServer(grpc.Creds(credentials.NewServerTLSFromCert(&cert)), grpc.ForceServerCodec(rawBytes{}), grpc.UnknownServiceHandler(u.handle),
 		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	go func() { defer close(u.done); u.gs.Serve(countingListener{ln, &u.accepted}) }()

@@ -17,6 +17,7 @@ import (
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/controlplane"
 	"github.com/ewgate/ewgate/gateway/dataplane"
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/xdsclient"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -57,7 +58,7 @@ func value(m *dto.Metric) float64 {
 }
 
 // reached dials n times and returns the set of backends reached.
-func reached(gwAddr string, p *pki, sni string, n int) map[string]bool {
+func reached(gwAddr string, p *testkit.Cert, sni string, n int) map[string]bool {
 	got := map[string]bool{}
 	for range n {
 		if name, err := who(gwAddr, p, sni); err == nil {
@@ -82,7 +83,7 @@ func only(m map[string]bool, names ...string) bool {
 }
 
 func TestRoutesFollowConfigAndRegistrations(t *testing.T) {
-	p := newPKI(t)
+	p := testkit.NewCA(t, "test CA")
 	a := startBackend(t, p, "a", reviewsSNI)
 	b := startBackend(t, p, "b", reviewsSNI)
 	store := registrar.NewMemoryStore()
@@ -95,7 +96,7 @@ func TestRoutesFollowConfigAndRegistrations(t *testing.T) {
 	cp, _ := runCP(t, ln, controlplane.Options{Services: reviewsService(), Entries: entries})
 	reg := prometheus.NewRegistry()
 	c := runClient(t, addr, g, reg)
-	eventually(t, "client ready", c.Ready)
+	testkit.Eventually(t, "client ready", c.Ready)
 	if !g.Ready() {
 		t.Fatal("gateway not ready after the first complete xDS snapshot")
 	}
@@ -109,22 +110,22 @@ func TestRoutesFollowConfigAndRegistrations(t *testing.T) {
 	if _, err := entries.Create(ctx, entry("reviews-a", "127.0.0.1", a.port(), labels)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "registered workload a reachable", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
+	testkit.Eventually(t, "registered workload a reachable", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
 	if _, err := entries.Create(ctx, entry("reviews-b", "127.0.0.1", b.port(), labels)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "both workloads used", func() bool { return only(reached(gw, p, reviewsSNI, 4), "a", "b") })
+	testkit.Eventually(t, "both workloads used", func() bool { return only(reached(gw, p, reviewsSNI, 4), "a", "b") })
 	if err := entries.Delete(ctx, "default", "reviews-a", registrar.Preconditions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "a workload that went away is no longer used", func() bool { return only(reached(gw, p, reviewsSNI, 4), "b") })
+	testkit.Eventually(t, "a workload that went away is no longer used", func() bool { return only(reached(gw, p, reviewsSNI, 4), "b") })
 	// A workload whose labels do not match the selector is not an endpoint.
 	if _, err := entries.Create(ctx, entry("other", "127.0.0.1", a.port(), map[string]string{"app": "ratings"})); err != nil {
 		t.Fatal(err)
 	}
 	// The config changes: the service goes away and so does its route.
 	cp.SetServices(nil)
-	eventually(t, "route removed with its service", func() bool {
+	testkit.Eventually(t, "route removed with its service", func() bool {
 		_, err := who(gw, p, reviewsSNI)
 		return err != nil && strings.Contains(err.Error(), "unrecognized name")
 	})
@@ -137,7 +138,7 @@ func TestRoutesFollowConfigAndRegistrations(t *testing.T) {
 }
 
 func TestControlPlaneRestartDropsNothing(t *testing.T) {
-	p := newPKI(t)
+	p := testkit.NewCA(t, "test CA")
 	a := startBackend(t, p, "a", reviewsSNI)
 	b := startBackend(t, p, "b", reviewsSNI)
 	store := registrar.NewMemoryStore()
@@ -153,18 +154,18 @@ func TestControlPlaneRestartDropsNothing(t *testing.T) {
 	_, stop := runCP(t, ln, controlplane.Options{Services: reviewsService(), Entries: entries})
 	reg := prometheus.NewRegistry()
 	c := runClient(t, addr, g, reg)
-	eventually(t, "client ready", c.Ready)
+	testkit.Eventually(t, "client ready", c.Ready)
 	gw := g.Addr("mesh").String()
-	eventually(t, "a reachable", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
+	testkit.Eventually(t, "a reachable", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
 
 	// A connection open across the restart.
-	open, err := tls.Dial("tcp", gw, &tls.Config{ServerName: reviewsSNI, NextProtos: []string{"istio"}, RootCAs: p.pool})
+	open, err := tls.Dial("tcp", gw, &tls.Config{ServerName: reviewsSNI, NextProtos: []string{"istio"}, RootCAs: p.Pool()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer open.Close()
 	stop()
-	eventually(t, "client notices the control plane is gone", func() bool { return gauge(t, reg, "ewgate_xds_connected", nil) == 0 })
+	testkit.Eventually(t, "client notices the control plane is gone", func() bool { return gauge(t, reg, "ewgate_xds_connected", nil) == 0 })
 	if !only(reached(gw, p, reviewsSNI, 3), "a") || !g.Ready() || !c.Ready() {
 		t.Fatal("routes or readiness lost while the control plane was down")
 	}
@@ -173,7 +174,7 @@ func TestControlPlaneRestartDropsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	runCP(t, listenRetry(t, addr), controlplane.Options{Services: reviewsService(), Entries: entries})
-	eventually(t, "reconnected and updated", func() bool { return only(reached(gw, p, reviewsSNI, 4), "a", "b") })
+	testkit.Eventually(t, "reconnected and updated", func() bool { return only(reached(gw, p, reviewsSNI, 4), "a", "b") })
 	if gauge(t, reg, "ewgate_xds_reconnects_total", nil) < 1 {
 		t.Fatal("no reconnect counted")
 	}
@@ -194,7 +195,7 @@ func TestControlPlaneRestartDropsNothing(t *testing.T) {
 func listenRetry(t *testing.T, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
-	eventually(t, "port free again", func() bool {
+	testkit.Eventually(t, "port free again", func() bool {
 		var err error
 		ln, err = net.Listen("tcp", addr)
 		return err == nil
@@ -237,7 +238,7 @@ func BenchmarkRegistrationToPush(b *testing.B) {
 			done := make(chan struct{})
 			go func() { defer close(done); c.Run(ctx) }()
 			defer func() { cancel(); <-done }()
-			eventually(b, "ready", c.Ready)
+			testkit.Eventually(b, "ready", c.Ready)
 			i := 0
 			for b.Loop() {
 				i++

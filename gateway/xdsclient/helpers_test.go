@@ -2,14 +2,8 @@ package xdsclient_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
 	"strconv"
 	"sync"
@@ -24,44 +18,10 @@ import (
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/controlplane"
 	"github.com/ewgate/ewgate/gateway/dataplane"
+	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/xdsclient"
 	"github.com/ewgate/ewgate/registrar"
 )
-
-// pki is a CA whose leaves the backends serve; clients verify against it, so a handshake that
-// succeeds proves the TLS session went end to end through the gateway.
-type pki struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newPKI(t testing.TB) *pki {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	p := x509.NewCertPool()
-	p.AddCert(c)
-	return &pki{cert: c, key: key, pool: p}
-}
-
-func (p *pki) leaf(t testing.TB, names ...string) tls.Certificate {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{SerialNumber: serial, DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
 
 // backend is a TLS server that answers each session with its name and then echoes.
 type backend struct {
@@ -70,9 +30,9 @@ type backend struct {
 	wg   sync.WaitGroup
 }
 
-func startBackend(t testing.TB, p *pki, name string, sniNames ...string) *backend {
+func startBackend(t testing.TB, p *testkit.Cert, name string, sniNames ...string) *backend {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{p.leaf(t, sniNames...)}, NextProtos: []string{"istio", "istio-peer-exchange"}})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{p.Server(t, sniNames...).TLS()}, NextProtos: []string{"istio", "istio-peer-exchange"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,9 +67,9 @@ func (b *backend) port() uint32 {
 }
 
 // who dials the gateway with an Istio SNI and returns the name of the backend it reached.
-func who(gwAddr string, p *pki, sni string) (string, error) {
+func who(gwAddr string, p *testkit.Cert, sni string) (string, error) {
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", gwAddr,
-		&tls.Config{ServerName: sni, NextProtos: []string{"istio"}, RootCAs: p.pool})
+		&tls.Config{ServerName: sni, NextProtos: []string{"istio"}, RootCAs: p.Pool()})
 	if err != nil {
 		return "", err
 	}
@@ -121,18 +81,6 @@ func who(gwAddr string, p *pki, sni string) (string, error) {
 		return "", err
 	}
 	return string(buf[:n-1]), nil
-}
-
-// eventually polls cond with a deadline; no fixed sleeps.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for wait := time.Millisecond; !cond(); wait = min(wait*2, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(wait)
-	}
 }
 
 // startGateway runs a gateway whose mesh listener takes routes from xds.

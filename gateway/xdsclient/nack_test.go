@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 func chain(sni, cluster string) *listenerv3.FilterChain {
@@ -37,7 +39,7 @@ func sock(host string, port uint32) *corev3.Address {
 // must never route (no server names) next to a good one: the client NACKs with the reason and
 // the good route serves.
 func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
-	p := newPKI(t)
+	p := testkit.NewCA(t, "test CA")
 	badSNI := "outbound_.9080_._.bad.default.svc.cluster.local"
 	a := startBackend(t, p, "a", reviewsSNI, badSNI)
 	g := startGateway(t)
@@ -86,13 +88,13 @@ func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
 
 	reg := prometheus.NewRegistry()
 	c := runClient(t, ln.Addr().String(), g, reg)
-	eventually(t, "ready despite the rejected parts", c.Ready)
+	testkit.Eventually(t, "ready despite the rejected parts", c.Ready)
 	gw := g.Addr("mesh").String()
-	eventually(t, "good route serves", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
+	testkit.Eventually(t, "good route serves", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
 	if _, err := who(gw, p, badSNI); err == nil || !strings.Contains(err.Error(), "unrecognized name") {
 		t.Fatalf("the rejected cluster's route: %v; want refused", err)
 	}
-	eventually(t, "NACKs seen by the control plane", func() bool {
+	testkit.Eventually(t, "NACKs seen by the control plane", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return strings.Contains(nacks[resource.ClusterType], "ORIGINAL_DST") && strings.Contains(nacks[resource.ListenerType], "catch-all")

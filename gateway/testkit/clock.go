@@ -1,34 +1,36 @@
-// Package fakeclock is a manually advanced clock for the registrar's tests: timers fire, in time
-// order, from the goroutine that calls Advance, and never otherwise.
-package fakeclock
+package testkit
 
 import (
 	"slices"
 	"sync"
 	"time"
-
-	"github.com/ewgate/ewgate/registrar"
 )
 
-// Clock is a registrar.Clock whose time moves only through Advance and Set.
+// Clock is a clock whose time moves only through Advance: timers fire, in deadline order, from
+// the goroutine that calls Advance, and never otherwise. Its methods are safe for concurrent use.
+//
+// A package whose clock interface returns its own timer type adapts it in one method, e.g.
+//
+//	type clock struct{ *testkit.Clock }
+//
+//	func (c clock) AfterFunc(d time.Duration, f func()) registrar.Timer { return c.Clock.AfterFunc(d, f) }
 type Clock struct {
 	mu     sync.Mutex
 	now    time.Time
 	seq    int
-	timers []*timer
+	timers []*Timer
 }
 
-type timer struct {
+// Timer is a pending call made by Clock.AfterFunc.
+type Timer struct {
 	c   *Clock
 	at  time.Time
 	seq int
 	f   func()
 }
 
-var _ registrar.Clock = (*Clock)(nil)
-
-// New returns a clock reading start.
-func New(start time.Time) *Clock { return &Clock{now: start} }
+// NewClock returns a clock reading start.
+func NewClock(start time.Time) *Clock { return &Clock{now: start} }
 
 // Now returns the clock's current time.
 func (c *Clock) Now() time.Time {
@@ -37,18 +39,22 @@ func (c *Clock) Now() time.Time {
 	return c.now
 }
 
+// Since returns the time elapsed since t on this clock.
+func (c *Clock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
 // AfterFunc schedules f to run when the clock has been advanced by d. A d <= 0 fires on the
 // next Advance (even by 0).
-func (c *Clock) AfterFunc(d time.Duration, f func()) registrar.Timer {
+func (c *Clock) AfterFunc(d time.Duration, f func()) *Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
-	t := &timer{c: c, at: c.now.Add(d), seq: c.seq, f: f}
+	t := &Timer{c: c, at: c.now.Add(d), seq: c.seq, f: f}
 	c.timers = append(c.timers, t)
 	return t
 }
 
-func (t *timer) Stop() bool {
+// Stop prevents the call if it has not happened yet and reports whether it did so.
+func (t *Timer) Stop() bool {
 	t.c.mu.Lock()
 	defer t.c.mu.Unlock()
 	i := slices.Index(t.c.timers, t)
@@ -67,14 +73,15 @@ func (c *Clock) Pending() int {
 }
 
 // Advance moves the clock forward by d, firing every timer that falls due on the way, each with
-// the clock reading its own deadline, in deadline order.
+// the clock reading its own deadline, in deadline order (ties in the order they were set). A
+// timer set by a firing timer fires too if it falls due within d.
 func (c *Clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	end := c.now.Add(d)
 	c.mu.Unlock()
 	for {
 		c.mu.Lock()
-		slices.SortFunc(c.timers, func(a, b *timer) int {
+		slices.SortFunc(c.timers, func(a, b *Timer) int {
 			if c := a.at.Compare(b.at); c != 0 {
 				return c
 			}

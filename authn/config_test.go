@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 func decode(t *testing.T, doc string) (Config, error) {
@@ -169,9 +171,9 @@ func TestConfigValidate(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Validate = %v, want %q", err, tc.want)
 			}
-			var fe *FieldError
+			var fe *field.Error
 			if !errors.As(err, &fe) || fe.Path == "" {
-				t.Fatalf("not a *FieldError: %v", err)
+				t.Fatalf("not a *field.Error: %v", err)
 			}
 			// New refuses it too.
 			if v, err := New(context.Background(), c, Options{}); err == nil {

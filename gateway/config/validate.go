@@ -15,19 +15,11 @@ import (
 // are decided.
 func (f *File) SetDefaults() {
 	f.setVMDefaults()
-	if f.Log.Format == "" {
-		f.Log.Format = LogJSON
-	}
-	if f.Log.Level == "" {
-		f.Log.Level = "info"
-	}
+	field.Default(&f.Log.Format, LogJSON)
+	field.Default(&f.Log.Level, "info")
 	f.Admin.setDefaults()
-	if f.DrainTimeout == 0 {
-		f.DrainTimeout = DefaultDrainTimeout
-	}
-	if f.Reload.WatchInterval == 0 {
-		f.Reload.WatchInterval = DefaultWatchInterval
-	}
+	field.Default(&f.DrainTimeout, DefaultDrainTimeout)
+	field.Default(&f.Reload.WatchInterval, DefaultWatchInterval)
 	dp := f.DataPlane()
 	dp.SetDefaults()
 	f.Relay, f.Listeners, f.Clusters = dp.Relay, dp.Listeners, dp.Clusters

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"syscall"
 
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -15,9 +16,7 @@ func (f *File) setVMDefaults() {
 		f.Authn.SetDefaults()
 	}
 	if f.Control != nil {
-		if f.Control.Limits.MaxConnections == 0 {
-			f.Control.Limits.MaxConnections = ControlConnections(openFileLimit())
-		}
+		field.Default(&f.Control.Limits.MaxConnections, ControlConnections(openFileLimit()))
 		f.Control.SetDefaults()
 	}
 	if f.Registrar != nil {

@@ -193,7 +193,7 @@ func (f *File) validateClusters(v *validator, listeners map[string]*Listener) ma
 			v.add(p+".listener", "required: the name of the listener this cluster serves")
 		case !ok:
 			v.add(p+".listener", "no listener is named %q", c.Listener)
-		case l.Kind == KindMesh && l.RoutesFrom == RoutesXDS:
+		case l.RoutesFromXDS():
 			v.add(p+".listener", "listener %q takes its routes from xDS (routes_from: xds); a static cluster may not name it", c.Listener)
 		case l.Kind == KindMesh:
 			n, err := sni.ParseIstioName(c.Name)

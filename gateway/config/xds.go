@@ -141,7 +141,7 @@ type ServiceEndpoint struct {
 // UsesXDS reports whether a listener takes its routes from xDS.
 func (f *File) UsesXDS() bool {
 	for _, l := range f.Listeners {
-		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
+		if l.RoutesFromXDS() {
 			return true
 		}
 	}

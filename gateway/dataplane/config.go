@@ -219,6 +219,12 @@ func (c *ClusterConfig) SetDefaults() {
 	}
 }
 
+// RoutesFromXDS reports whether the listener takes its routes from the xDS client: a mesh
+// listener with routes_from: xds. No cluster of the file may name such a listener.
+func (l *Listener) RoutesFromXDS() bool {
+	return l.Kind == KindMesh && l.RoutesFrom == RoutesXDS
+}
+
 // MeshDomainOf reports the mesh domain that host (an SNI, or a route's pattern) falls under on
 // this listener, or "".
 func (l *Listener) MeshDomainOf(host string) string {

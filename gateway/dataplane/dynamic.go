@@ -96,7 +96,7 @@ func (g *Gateway) SetMeshClusters(listener string, specs []ClusterSpec) error {
 	switch {
 	case lc == nil:
 		return fmt.Errorf("%w: %q", ErrUnknownListener, listener)
-	case lc.Kind != KindMesh || lc.RoutesFrom != RoutesXDS:
+	case !lc.RoutesFromXDS():
 		return fmt.Errorf("%w: %q", ErrNotXDSListener, listener)
 	}
 	g.dynamic[listener] = g.buildDynamic(listener, specs, g.dynamic[listener])
@@ -170,7 +170,7 @@ func (g *Gateway) routeProblem(listener, reason, cluster, msg string) {
 func dynamicStateKeys(f *Config, dyn map[string]map[string]*dynamicCluster) []stateKey {
 	var keys []stateKey
 	for _, l := range f.Listeners {
-		if l.Kind != KindMesh || l.RoutesFrom != RoutesXDS {
+		if !l.RoutesFromXDS() {
 			continue
 		}
 		for name, dc := range dyn[l.Name] {
@@ -213,7 +213,7 @@ func buildDynamicCluster(listener string, s ClusterSpec, kept map[stateKey]*endp
 // xdsPending reports whether a routes_from: xds listener of f has not had its first table.
 func xdsPending(f *Config, dyn map[string]map[string]*dynamicCluster) bool {
 	for _, l := range f.Listeners {
-		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
+		if l.RoutesFromXDS() {
 			if _, ok := dyn[l.Name]; !ok {
 				return true
 			}

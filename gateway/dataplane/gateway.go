@@ -115,7 +115,7 @@ func (g *Gateway) Apply(f *Config) error {
 		return err
 	}
 	for _, lc := range f.Listeners {
-		if lc.Kind != KindMesh || lc.RoutesFrom != RoutesXDS {
+		if !lc.RoutesFromXDS() {
 			// Its built clusters hold endpoint states this snapshot forgets; rebuild them if
 			// the listener takes routes from xds again.
 			for _, dc := range g.dynamic[lc.Name] {

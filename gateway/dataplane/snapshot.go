@@ -151,7 +151,7 @@ func buildSnapshot(f *Config, dyn map[string]map[string]*dynamicCluster, st *sta
 				t.proxies = append(t.proxies, netip.MustParsePrefix(c)) // validated at load
 			}
 		}
-		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
+		if l.RoutesFromXDS() {
 			addDynamic(t, dyn[l.Name], kept)
 		} else if l.Kind == KindMesh {
 			for _, c := range clusters {

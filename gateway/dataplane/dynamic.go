@@ -16,8 +16,8 @@ import (
 
 // Errors of SetMeshClusters: the whole call was refused and nothing changed.
 var (
-	ErrUnknownListener = errors.New("gateway: no such listener in the serving config")
-	ErrNotXDSListener  = errors.New("gateway: listener does not take its routes from xds (routes_from: xds)")
+	ErrUnknownListener = errors.New("dataplane: no such listener in the serving config")
+	ErrNotXDSListener  = errors.New("dataplane: listener does not take its routes from xds (routes_from: xds)")
 )
 
 // ClusterSpec is a mesh cluster handed to the gateway by a route source other than the file (the

@@ -29,7 +29,7 @@ import (
 )
 
 // ErrShutdown is returned by Apply after Shutdown has begun.
-var ErrShutdown = errors.New("gateway: shutting down")
+var ErrShutdown = errors.New("dataplane: shutting down")
 
 // Options are the Gateway's seams; the zero value works.
 type Options struct {
@@ -174,7 +174,7 @@ func (g *Gateway) bindNew(f *Config) (map[string]*listener, error) {
 			for _, l := range bound {
 				l.close()
 			}
-			return nil, fmt.Errorf("gateway: listener %q: %w", lc.Name, err)
+			return nil, fmt.Errorf("dataplane: listener %q: %w", lc.Name, err)
 		}
 		l := &listener{name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
 		if e := g.epoll.Load(); e != nil {

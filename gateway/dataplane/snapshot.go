@@ -13,10 +13,10 @@ import (
 // Routing decisions, as sentinels; the connection handler turns them into a metric label,
 // a log reason and a TLS alert.
 var (
-	ErrNoRoute       = errors.New("gateway: no route for this server name")
-	ErrNotIstioName  = errors.New("gateway: server name is not an Istio outbound_ cluster name")
-	ErrNoIstioALPN   = errors.New("gateway: client offers none of Istio's mTLS ALPN protocols")
-	ErrMeshOnIngress = errors.New("gateway: mesh-internal name refused on an ingress listener")
+	ErrNoRoute       = errors.New("dataplane: no route for this server name")
+	ErrNotIstioName  = errors.New("dataplane: server name is not an Istio outbound_ cluster name")
+	ErrNoIstioALPN   = errors.New("dataplane: client offers none of Istio's mTLS ALPN protocols")
+	ErrMeshOnIngress = errors.New("dataplane: mesh-internal name refused on an ingress listener")
 )
 
 // Snapshot is an immutable set of route tables, one per listener. A new snapshot replaces the

@@ -138,6 +138,8 @@ func TestVMSectionsValidation(t *testing.T) {
 			[]string{"authn.issuers[0].issuer", "control.tls.cert_file"}},
 		{"registrar needs control and a store", "registrar: {grace_period: 5s}\n",
 			[]string{"registrar: VMs register through the control endpoint", "registrar: needs a store"}},
+		{"a section's error points at its key", "registrar:\n  grace_period: 5s\n",
+			[]string{"t.yaml:1: registrar: VMs register through the control endpoint"}},
 		{"registrar's own checks", "registrar: {address_policy: guess}\n", []string{`registrar.address_policy: "guess"`}},
 		{"groups need the registrar", "workload_groups: [{metadata: {name: web, namespace: vms}}]\n",
 			[]string{"workload_groups: groups are for the registrar"}},

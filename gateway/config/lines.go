@@ -91,19 +91,18 @@ func (x *nodeIndex) valuePath(line int, tag, shown string) string {
 	return ""
 }
 
-// lineOf finds the line of a field path such as listeners[1].routes[0].cluster; it returns the
-// line of the deepest node it reaches, so an error on a missing key points at the object that
-// lacks it.
+// lineOf finds the line of a field path such as listeners[1].routes[0].cluster: the line of its
+// key (a block mapping or list as a value starts on the next line). It returns the line of the
+// deepest field it reaches, so an error on a missing key points at the object that lacks it.
 func (x *nodeIndex) lineOf(path string) int {
 	n := x.root
 	line := n.Line
 	for _, part := range splitPath(path) {
-		next := child(n, part)
+		next, at := child(n, part)
 		if next == nil {
 			break
 		}
-		n = next
-		line = n.Line
+		n, line = next, at
 	}
 	return line
 }
@@ -131,21 +130,22 @@ func splitPath(path string) []string {
 	return parts
 }
 
-func child(n *yaml.Node, part string) *yaml.Node {
+// child is the node at part ([2] in a list, a key in a mapping) and the line where it is named.
+func child(n *yaml.Node, part string) (*yaml.Node, int) {
 	if strings.HasPrefix(part, "[") {
 		i, err := strconv.Atoi(strings.Trim(part, "[]"))
 		if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
-			return nil
+			return nil, 0
 		}
-		return n.Content[i]
+		return n.Content[i], n.Content[i].Line
 	}
 	if n.Kind != yaml.MappingNode {
-		return nil
+		return nil, 0
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == part {
-			return n.Content[i+1]
+		if k := n.Content[i]; k.Value == part {
+			return n.Content[i+1], k.Line
 		}
 	}
-	return nil
+	return nil, 0
 }

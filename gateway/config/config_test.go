@@ -93,6 +93,8 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 		{"routes on mesh", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    routes: [{hosts: [a.example.com], cluster: web}]\n", 1), `listeners[0].routes: a mesh listener routes by cluster name`},
 		{"proxy cidr", strings.Replace(base, "    kind: ingress\n", "    kind: ingress\n    proxy_protocol: {trusted_cidrs: [10.0.0.0/33]}\n", 1), `listeners[1].proxy_protocol.trusted_cidrs[0]: "10.0.0.0/33" is not a CIDR`},
 		{"two documents", base + "---\nlog: {}\n", "more than one YAML document"},
+		{"two documents, the first one's problems too", "drain_timeout: soon\n---\nlog: {}\n", `t.yaml:1: drain_timeout: "soon"`},
+		{"a long bad value in full", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    max_hello_bytes: verymanybytes\n", 1), `t.yaml:4: listeners[0].max_hello_bytes: "verymanybytes" is not valid here: want a whole number`},
 		{"bad route source", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    routes_from: istiod\n", 1), `listeners[0].routes_from: "istiod" is not a route source`},
 		{"route source on ingress", strings.Replace(base, "    kind: ingress\n", "    kind: ingress\n    routes_from: xds\n", 1), `listeners[1].routes_from: only mesh listeners`},
 		{"static cluster on xds listener", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    routes_from: xds\n", 1), `clusters[0].listener: listener "mesh" takes its routes from xDS`},

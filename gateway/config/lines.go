@@ -69,26 +69,27 @@ func (x *nodeIndex) keyPath(line int, key string) string {
 // valuePath is the path of the value on line that the decoder's message shows: a list or a
 // mapping (tag seq or map), or a scalar, which the decoder cuts to 7 characters and "...". With
 // no tag, the first scalar on the line (a block mapping starts on the line of its first key).
-func (x *nodeIndex) valuePath(line int, tag, shown string) string {
+// It returns the value in full, which the message may have cut.
+func (x *nodeIndex) valuePath(line int, tag, shown string) (path, value string) {
 	for _, nn := range x.nodes[line] {
 		n := nn.node
 		switch {
 		case nn.key:
 		case tag == "":
 			if n.Kind == yaml.ScalarNode {
-				return nn.path
+				return nn.path, n.Value
 			}
 		case tag == "seq" || tag == "map":
 			if n.Kind == yaml.SequenceNode && tag == "seq" || n.Kind == yaml.MappingNode && tag == "map" {
-				return nn.path
+				return nn.path, n.Value
 			}
 		case n.Kind == yaml.ScalarNode:
 			if n.Value == shown || strings.HasSuffix(shown, "...") && strings.HasPrefix(n.Value, strings.TrimSuffix(shown, "...")) {
-				return nn.path
+				return nn.path, n.Value
 			}
 		}
 	}
-	return ""
+	return "", shown
 }
 
 // lineOf finds the line of a field path such as listeners[1].routes[0].cluster: the line of its

@@ -38,16 +38,17 @@ func Parse(data []byte, name string) (*File, error) {
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) && !errors.As(err, &te) {
 		return nil, syntaxError(err, name) // the file is not YAML: nothing further can be read
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, field.Errors{{File: name, Line: extra.Line, Msg: "more than one YAML document; ewgate reads exactly one"}}
-	}
 	var root yaml.Node
 	_ = yaml.Unmarshal(data, &root) // it decoded above, so it parses
 	idx := indexNodes(&root)
 	var decoded field.Errors
 	if te != nil {
 		decoded = idx.decodeErrors(te)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		// Only the first document is read; its problems are reported with this one.
+		decoded = append(decoded, &field.Error{Line: max(extra.Line, 1), Msg: "more than one YAML document; ewgate reads exactly one"})
 	}
 	errs := decoded
 	// A field the decoder could not fill is left zero and takes its default, so validation goes
@@ -118,10 +119,11 @@ func (x *nodeIndex) decodeErrors(te *yaml.TypeError) field.Errors {
 			e.Path = x.keyPath(e.Line, u[1])
 			e.Msg = fmt.Sprintf("unknown key %q (see docs/config.md for the keys allowed here)", u[1])
 		case v != nil:
-			e.Path = x.valuePath(e.Line, v[1], v[2])
-			e.Msg = badValueMsg(v[1], v[2], v[3])
+			var value string
+			e.Path, value = x.valuePath(e.Line, v[1], v[2])
+			e.Msg = badValueMsg(v[1], value, v[3])
 		default: // a section's own type refused the value (registrar durations)
-			e.Path = x.valuePath(e.Line, "", "")
+			e.Path, _ = x.valuePath(e.Line, "", "")
 		}
 		errs = append(errs, e)
 	}

@@ -1,11 +1,12 @@
 package authn
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 // Defaults applied by SetDefaults.
@@ -138,57 +139,34 @@ type CacheConfig struct {
 
 // SetDefaults fills every zero field that has a default. It is idempotent.
 func (c *Config) SetDefaults() {
-	setDur(&c.Leeway, DefaultLeeway)
-	setDur(&c.VerifyTimeout, DefaultVerifyTimeout)
-	setDur(&c.MinRefetchInterval, DefaultMinRefetchInterval)
-	setDur(&c.Cache.MaxTTL, DefaultCacheMaxTTL)
-	if c.MaxTokenBytes == 0 {
-		c.MaxTokenBytes = DefaultMaxTokenBytes
-	}
-	if c.Cache.MaxEntries == 0 {
-		c.Cache.MaxEntries = DefaultCacheMaxEntries
-	}
+	field.Default(&c.Leeway, DefaultLeeway)
+	field.Default(&c.VerifyTimeout, DefaultVerifyTimeout)
+	field.Default(&c.MinRefetchInterval, DefaultMinRefetchInterval)
+	field.Default(&c.Cache.MaxTTL, DefaultCacheMaxTTL)
+	field.Default(&c.MaxTokenBytes, DefaultMaxTokenBytes)
+	field.Default(&c.Cache.MaxEntries, DefaultCacheMaxEntries)
 	for i := range c.Issuers {
 		is := &c.Issuers[i]
 		if len(is.Audiences) == 0 {
 			is.Audiences = []string{DefaultAudience}
 		}
-		if is.TrustDomain == "" {
-			is.TrustDomain = DefaultTrustDomain
-		}
-		setDur(&is.RefreshInterval, DefaultRefreshInterval)
-		setDur(&is.FetchTimeout, DefaultFetchTimeout)
+		field.Default(&is.TrustDomain, DefaultTrustDomain)
+		field.Default(&is.RefreshInterval, DefaultRefreshInterval)
+		field.Default(&is.FetchTimeout, DefaultFetchTimeout)
 		if tr := is.TokenReview; tr != nil {
-			setDur(&tr.CacheTTL, DefaultReviewCacheTTL)
-			setDur(&tr.Timeout, DefaultReviewTimeout)
+			field.Default(&tr.CacheTTL, DefaultReviewCacheTTL)
+			field.Default(&tr.Timeout, DefaultReviewTimeout)
 		}
 	}
 }
-
-func setDur(d *time.Duration, def time.Duration) {
-	if *d == 0 {
-		*d = def
-	}
-}
-
-// FieldError is one validation failure; Path names the field in YAML terms
-// relative to the authn section, e.g. "issuers[1].jwks_url".
-type FieldError struct {
-	Path string
-	Msg  string
-}
-
-func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
 
 // Validate checks the config (after SetDefaults) and returns every problem
-// at once, joined with errors.Join; each is a *FieldError. Files named by the
-// config are checked for existence and syntax, remote endpoints are not
-// contacted.
+// at once, as field.Errors whose paths are relative to the authn section
+// (issuers[1].jwks_url). Files named by the config are checked for existence
+// and syntax, remote endpoints are not contacted.
 func (c *Config) Validate() error {
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
-	}
+	var errs field.Errors
+	add := errs.Add
 	if c.Leeway < 0 || c.Leeway > 5*time.Minute {
 		add("leeway", "must be between 0s and 5m, got %s", c.Leeway)
 	}
@@ -234,7 +212,7 @@ func (c *Config) Validate() error {
 			tdCluster[tb.TrustDomain] = i
 		}
 	}
-	return errors.Join(errs...)
+	return errs.Err()
 }
 
 func (is *IssuerConfig) validate(p string, add func(path, format string, args ...any)) {

@@ -10,6 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
@@ -171,9 +172,9 @@ func TestConfigValidate(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Validate = %v, want %q", err, tc.want)
 			}
-			var fe *FieldError
+			var fe *field.Error
 			if !errors.As(err, &fe) || fe.Path == "" {
-				t.Fatalf("not a *FieldError: %v", err)
+				t.Fatalf("not a *field.Error: %v", err)
 			}
 			// New refuses it too.
 			if v, err := New(context.Background(), c, Options{}); err == nil {

@@ -1,7 +1,6 @@
 package registrar
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -9,6 +8,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 // Address policies: which address a registered VM's WorkloadEntry gets.
@@ -70,44 +71,27 @@ func (c *Config) SetDefaults() {
 		}
 		c.Instance = strings.ToLower(h)
 	}
-	setDur(&c.GracePeriod, 10*time.Second)
-	if c.AddressPolicy == "" {
-		c.AddressPolicy = AddressClaimed
-	}
+	field.Default(&c.GracePeriod, Duration(10*time.Second))
+	field.Default(&c.AddressPolicy, AddressClaimed)
 	if c.ReservedLabels == nil {
 		c.ReservedLabels = append([]string(nil), DefaultReservedLabels...)
 	}
-	if c.DeleteRate == 0 {
-		c.DeleteRate = 20
-	}
-	if c.DeleteBurst == 0 {
-		c.DeleteBurst = max(1, int(c.DeleteRate+0.999))
-	}
-	if c.Workers == 0 {
-		c.Workers = 4
-	}
-	setDur(&c.RetryBase, 100*time.Millisecond)
-	setDur(&c.RetryMax, 30*time.Second)
-	if c.LeaseNamespace == "" {
-		c.LeaseNamespace = "istio-system"
-	}
-	setDur(&c.LeaseDuration, 30*time.Second)
-	setDur(&c.LeaseRenew, c.LeaseDuration.D()/3)
-	setDur(&c.SweepInterval, 30*time.Second)
+	field.Default(&c.DeleteRate, 20)
+	field.Default(&c.DeleteBurst, max(1, int(c.DeleteRate+0.999)))
+	field.Default(&c.Workers, 4)
+	field.Default(&c.RetryBase, Duration(100*time.Millisecond))
+	field.Default(&c.RetryMax, Duration(30*time.Second))
+	field.Default(&c.LeaseNamespace, "istio-system")
+	field.Default(&c.LeaseDuration, Duration(30*time.Second))
+	field.Default(&c.LeaseRenew, Duration(c.LeaseDuration.D()/3))
+	field.Default(&c.SweepInterval, Duration(30*time.Second))
 }
 
-func setDur(d *Duration, def time.Duration) {
-	if *d == 0 {
-		*d = Duration(def)
-	}
-}
-
-// Validate checks a defaulted Config; each error names its field as registrar.<key>.
+// Validate checks a defaulted Config and returns every problem at once, as field.Errors whose
+// paths are relative to the registrar section (allowed_cidrs[0]).
 func (c *Config) Validate() error {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("registrar.%s: "+format, append([]any{field}, args...)...))
-	}
+	var errs field.Errors
+	bad := errs.Add
 	if !validName(c.Instance, 253) {
 		bad("instance", "%q is not a valid Kubernetes name (lower case alphanumerics, '-', '.')", c.Instance)
 	}
@@ -160,7 +144,7 @@ func (c *Config) Validate() error {
 	if c.Workers < 1 || c.Workers > 256 {
 		bad("workers", "must be 1..256, got %d", c.Workers)
 	}
-	return errors.Join(errs...)
+	return errs.Err()
 }
 
 // Duration is a time.Duration written in YAML as a Go duration string ("10s", "1m30s").
@@ -172,15 +156,16 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // MarshalYAML writes d as a string.
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
-// UnmarshalYAML reads a duration string.
+// UnmarshalYAML reads a duration string. A bad one is a *yaml.TypeError, which the decoder
+// collects and goes on, so that a file's other problems are reported with it.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	var s string
 	if err := n.Decode(&s); err != nil {
-		return fmt.Errorf("line %d: want a duration like \"10s\"", n.Line)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: want a duration like \"10s\"", n.Line)}}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration like \"10s\"", n.Line, s)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %q is not a duration like \"10s\"", n.Line, s)}}
 	}
 	*d = Duration(v)
 	return nil

@@ -70,20 +70,20 @@ func TestConfigValidate(t *testing.T) {
 		change func(c *registrar.Config)
 		want   string
 	}{
-		{func(c *registrar.Config) { c.Instance = "GW_1" }, "registrar.instance:"},
-		{func(c *registrar.Config) { c.AddressPolicy = "nat" }, "registrar.address_policy:"},
-		{func(c *registrar.Config) { c.AddressPolicy = registrar.AddressClaimedInCIDRs }, "registrar.allowed_cidrs: required"},
-		{func(c *registrar.Config) { c.AllowedCIDRs = []string{"10.0.0.0/8"} }, "registrar.allowed_cidrs: only used"},
+		{func(c *registrar.Config) { c.Instance = "GW_1" }, "instance:"},
+		{func(c *registrar.Config) { c.AddressPolicy = "nat" }, "address_policy:"},
+		{func(c *registrar.Config) { c.AddressPolicy = registrar.AddressClaimedInCIDRs }, "allowed_cidrs: required"},
+		{func(c *registrar.Config) { c.AllowedCIDRs = []string{"10.0.0.0/8"} }, "allowed_cidrs: only used"},
 		{func(c *registrar.Config) {
 			c.AddressPolicy, c.AllowedCIDRs = registrar.AddressClaimedInCIDRs, []string{"10.0.0.0/8", "ten"}
-		}, "registrar.allowed_cidrs[1]:"},
-		{func(c *registrar.Config) { c.ReservedLabels = []string{"a*b*"} }, "registrar.reserved_labels[0]:"},
-		{func(c *registrar.Config) { c.GracePeriod = -1 }, "registrar.grace_period:"},
-		{func(c *registrar.Config) { c.LeaseDuration = registrar.Duration(1500 * time.Millisecond) }, "registrar.lease_duration: must be whole seconds"},
-		{func(c *registrar.Config) { c.LeaseRenew = c.LeaseDuration }, "registrar.lease_renew:"},
-		{func(c *registrar.Config) { c.DeleteRate = -1 }, "registrar.delete_rate:"},
-		{func(c *registrar.Config) { c.Workers = 1000 }, "registrar.workers:"},
-		{func(c *registrar.Config) { c.RetryMax = registrar.Duration(time.Millisecond) }, "registrar.retry_max:"},
+		}, "allowed_cidrs[1]:"},
+		{func(c *registrar.Config) { c.ReservedLabels = []string{"a*b*"} }, "reserved_labels[0]:"},
+		{func(c *registrar.Config) { c.GracePeriod = -1 }, "grace_period:"},
+		{func(c *registrar.Config) { c.LeaseDuration = registrar.Duration(1500 * time.Millisecond) }, "lease_duration: must be whole seconds"},
+		{func(c *registrar.Config) { c.LeaseRenew = c.LeaseDuration }, "lease_renew:"},
+		{func(c *registrar.Config) { c.DeleteRate = -1 }, "delete_rate:"},
+		{func(c *registrar.Config) { c.Workers = 1000 }, "workers:"},
+		{func(c *registrar.Config) { c.RetryMax = registrar.Duration(time.Millisecond) }, "retry_max:"},
 	}
 	for _, tc := range cases {
 		var c registrar.Config

@@ -92,7 +92,7 @@ func New(cfg Config, opts Options) (*Registrar, error) {
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("registrar: invalid config: %w", err)
 	}
 	r := &Registrar{
 		cfg: cfg, entries: opts.Store.WorkloadEntries(), groups: opts.Store.WorkloadGroups(),

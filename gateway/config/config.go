@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/authn"
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -72,7 +73,7 @@ type File struct {
 	// Warnings are the risky settings Load and Parse found in a valid file (see risk.go): not
 	// errors, since a deployment may justify them, but each is worth a log line at start and
 	// reload. They carry the file, line and path as errors do. Not a key of the file.
-	Warnings Errors `yaml:"-"`
+	Warnings field.Errors `yaml:"-"`
 }
 
 // Kubernetes says how to reach the API server.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 func exampleConfig(t *testing.T) string {
@@ -74,8 +76,8 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 		name, yaml string
 		want       string // substring of the error
 	}{
-		{"unknown key", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    colour: blue\n", 1), `t.yaml:4: unknown key "colour"`},
-		{"bad duration", "drain_timeout: soon\n", `t.yaml:1: "soon" is not valid here: want a duration`},
+		{"unknown key", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    colour: blue\n", 1), `t.yaml:4: listeners[0].colour: unknown key "colour"`},
+		{"bad duration", "drain_timeout: soon\n", `t.yaml:1: drain_timeout: "soon" is not valid here: want a duration`},
 		{"bad kind", strings.Replace(base, "kind: mesh", "kind: sidecar", 1), `t.yaml:3: listeners[0].kind: "sidecar" is not a listener kind`},
 		{"bad address", strings.Replace(base, "address: 127.0.0.1:0\n  - name: ingress", "address: 15443\n  - name: ingress", 1), `t.yaml:4: listeners[0].address: "15443" is not host:port`},
 		{"mesh cluster not an Istio name", strings.Replace(base, "outbound_.80_._.web.default.svc.cluster.local", "web-mesh", 1), `t.yaml:12: clusters[0].name: "web-mesh": a mesh cluster is named by the Istio SNI`},
@@ -91,6 +93,8 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 		{"routes on mesh", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    routes: [{hosts: [a.example.com], cluster: web}]\n", 1), `listeners[0].routes: a mesh listener routes by cluster name`},
 		{"proxy cidr", strings.Replace(base, "    kind: ingress\n", "    kind: ingress\n    proxy_protocol: {trusted_cidrs: [10.0.0.0/33]}\n", 1), `listeners[1].proxy_protocol.trusted_cidrs[0]: "10.0.0.0/33" is not a CIDR`},
 		{"two documents", base + "---\nlog: {}\n", "more than one YAML document"},
+		{"two documents, the first one's problems too", "drain_timeout: soon\n---\nlog: {}\n", `t.yaml:1: drain_timeout: "soon"`},
+		{"a long bad value in full", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    max_hello_bytes: verymanybytes\n", 1), `t.yaml:4: listeners[0].max_hello_bytes: "verymanybytes" is not valid here: want a whole number`},
 		{"bad route source", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    routes_from: istiod\n", 1), `listeners[0].routes_from: "istiod" is not a route source`},
 		{"route source on ingress", strings.Replace(base, "    kind: ingress\n", "    kind: ingress\n    routes_from: xds\n", 1), `listeners[1].routes_from: only mesh listeners`},
 		{"static cluster on xds listener", strings.Replace(base, "    kind: mesh\n", "    kind: mesh\n    routes_from: xds\n", 1), `clusters[0].listener: listener "mesh" takes its routes from xDS`},
@@ -112,7 +116,7 @@ func TestInvalidConfigsNameFieldAndLine(t *testing.T) {
 func TestAllErrorsReportedAtOnce(t *testing.T) {
 	y := strings.Replace(strings.Replace(base, "kind: mesh", "kind: x", 1), "cluster: web\n", "cluster: nope\n", 1)
 	_, err := Parse([]byte(y), "t.yaml")
-	var errs Errors
+	var errs field.Errors
 	if !errors.As(err, &errs) || len(errs) < 2 {
 		t.Fatalf("got %v; want every problem listed", err)
 	}
@@ -136,6 +140,8 @@ func TestVMSectionsValidation(t *testing.T) {
 			[]string{"authn.issuers[0].issuer", "control.tls.cert_file"}},
 		{"registrar needs control and a store", "registrar: {grace_period: 5s}\n",
 			[]string{"registrar: VMs register through the control endpoint", "registrar: needs a store"}},
+		{"a section's error points at its key", "registrar:\n  grace_period: 5s\n",
+			[]string{"t.yaml:1: registrar: VMs register through the control endpoint"}},
 		{"registrar's own checks", "registrar: {address_policy: guess}\n", []string{`registrar.address_policy: "guess"`}},
 		{"groups need the registrar", "workload_groups: [{metadata: {name: web, namespace: vms}}]\n",
 			[]string{"workload_groups: groups are for the registrar"}},
@@ -191,6 +197,54 @@ func TestControlConnectionsFromTheFileLimit(t *testing.T) {
 	}{{4096, 1024}, {20000, 5000}, {1 << 20, 10000}, {40, 16}} {
 		if got := ControlConnections(tc.limit); got != tc.want {
 			t.Errorf("ControlConnections(%d) = %d, want %d", tc.limit, got, tc.want)
+		}
+	}
+}
+
+// ewgate check lists every problem of a file at once: unknown keys anywhere, values of the wrong
+// type (which the decoder finds) and values validation refuses, each with its path and line.
+func TestEveryProblemAtOnceWithPathAndLine(t *testing.T) {
+	y := `log:
+  format: json
+  colour: blue
+drain_timeout: soon
+` + strings.Replace(strings.Replace(base,
+		"    kind: ingress\n", "    kind: ingress\n    tls_mode: strict\n", 1),
+		"    listener: ingress\n", "    listener: ingress\n    lb_policy: random\n", 1)
+	_, err := Parse([]byte(y), "t.yaml")
+	var errs field.Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("got %v; want field.Errors", err)
+	}
+	want := []struct {
+		line int
+		path string
+		msg  string
+	}{
+		{3, "log.colour", `unknown key "colour"`},
+		{4, "drain_timeout", `"soon" is not valid here: want a duration`},
+		{11, "listeners[1].tls_mode", `unknown key "tls_mode"`},
+		{22, "clusters[1].lb_policy", `"random" is not a policy`},
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("got %d problems, want %d:\n%v", len(errs), len(want), err)
+	}
+	for i, w := range want {
+		e := errs[i]
+		if e.File != "t.yaml" || e.Line != w.line || e.Path != w.path || !strings.Contains(e.Msg, w.msg) {
+			t.Errorf("problem %d = %q; want t.yaml:%d: %s: ...%s...", i, e, w.line, w.path, w.msg)
+		}
+	}
+}
+
+// A section's own type refusing a value (the registrar's durations) no longer stops the decoder:
+// the file's other problems are reported with it.
+func TestSectionTypeErrorDoesNotHideTheRest(t *testing.T) {
+	y := "registrar:\n  grace_period: soon\nlog:\n  colour: blue\n"
+	_, err := Parse([]byte(y), "t.yaml")
+	for _, w := range []string{`t.yaml:2: registrar.grace_period: "soon" is not a duration`, `t.yaml:4: log.colour: unknown key "colour"`} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error:\n%v\nwant it to contain %q", err, w)
 		}
 	}
 }

@@ -7,52 +7,14 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
-
-// FieldError is one problem in the file: where it is and what is wrong.
-type FieldError struct {
-	File string // file name as given to Load, may be empty
-	Line int    // 1-based; zero when the field is absent from the file (a missing required key)
-	Path string // field path, e.g. listeners[0].address
-	Msg  string
-}
-
-func (e *FieldError) Error() string {
-	var b strings.Builder
-	if e.File != "" {
-		b.WriteString(e.File)
-		b.WriteByte(':')
-	}
-	if e.Line > 0 {
-		b.WriteString(strconv.Itoa(e.Line))
-		b.WriteByte(':')
-	}
-	if b.Len() > 0 {
-		b.WriteByte(' ')
-	}
-	if e.Path != "" {
-		b.WriteString(e.Path)
-		b.WriteString(": ")
-	}
-	b.WriteString(e.Msg)
-	return b.String()
-}
-
-// Errors is every problem found in one file. It is returned as a whole so that an operator fixes
-// them in one round.
-type Errors []*FieldError
-
-func (es Errors) Error() string {
-	msgs := make([]string, len(es))
-	for i, e := range es {
-		msgs[i] = e.Error()
-	}
-	return strings.Join(msgs, "\n")
-}
 
 // Load reads, decodes, defaults and validates the file at path. A valid file's risky settings
 // are in the returned File's Warnings, for the caller to log or print.
@@ -64,139 +26,131 @@ func Load(path string) (*File, error) {
 	return Parse(data, path)
 }
 
-// Parse decodes, defaults and validates data; name is used in error messages.
+// Parse decodes, defaults and validates data; name is used in error messages. It returns every
+// problem of the file at once, as field.Errors in the order of the file: the keys no section
+// knows and the values of the wrong type (which the decoder reports), then what validation finds
+// in the rest, each with its field path and line.
 func Parse(data []byte, name string) (*File, error) {
 	var f File
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return nil, decodeError(err, name)
+	var te *yaml.TypeError
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) && !errors.As(err, &te) {
+		return nil, syntaxError(err, name) // the file is not YAML: nothing further can be read
+	}
+	var root yaml.Node
+	_ = yaml.Unmarshal(data, &root) // it decoded above, so it parses
+	idx := indexNodes(&root)
+	var decoded field.Errors
+	if te != nil {
+		decoded = idx.decodeErrors(te)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, &FieldError{File: name, Msg: "more than one YAML document; ewgate reads exactly one"}
+		// Only the first document is read; its problems are reported with this one.
+		decoded = append(decoded, &field.Error{Line: max(extra.Line, 1), Msg: "more than one YAML document; ewgate reads exactly one"})
 	}
+	errs := decoded
+	// A field the decoder could not fill is left zero and takes its default, so validation goes
+	// on with the rest of the file; what it says about a field the decoder already reported (the
+	// zero value it sees there) is left out.
 	f.SetDefaults()
-	errs := f.Validate()
-	if len(errs) > 0 || len(f.Warnings) > 0 {
-		var root yaml.Node
-		_ = yaml.Unmarshal(data, &root) // it decoded above, so it parses
-		for _, e := range append(errs, f.Warnings...) {
-			e.File = name
-			e.Line = lineOf(&root, e.Path)
+	for _, e := range f.Validate() {
+		if !slices.ContainsFunc(decoded, func(d *field.Error) bool { return under(e.Path, d.Path) }) {
+			errs = append(errs, e)
+		}
+	}
+	for _, e := range append(errs, f.Warnings...) {
+		e.File = name
+		if e.Line == 0 {
+			e.Line = idx.lineOf(e.Path)
 		}
 	}
 	if len(errs) > 0 {
+		slices.SortStableFunc(errs, func(a, b *field.Error) int { return a.Line - b.Line })
 		return nil, errs
 	}
 	return &f, nil
 }
 
-var yamlLine = regexp.MustCompile(`^line (\d+): (.*)$`)
+// under reports whether path is dir or a field inside it.
+func under(path, dir string) bool {
+	if dir == "" || !strings.HasPrefix(path, dir) {
+		return false
+	}
+	rest := path[len(dir):]
+	return rest == "" || rest[0] == '.' || rest[0] == '['
+}
 
-// decodeError turns yaml's errors ("yaml: unmarshal errors:\n  line 3: field foo not found in type
-// config.Listener") into FieldErrors with the line and a message in the file's own terms.
-func decodeError(err error, name string) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return &FieldError{File: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+var yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+
+// syntaxError is the one error of a file that is not YAML.
+func syntaxError(err error, name string) error {
+	e := &field.Error{File: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")}
+	if g := yamlLine.FindStringSubmatch(err.Error()); g != nil {
+		e.Line, _ = strconv.Atoi(g[1])
+		e.Msg = g[2]
 	}
-	var errs Errors
-	for _, m := range te.Errors {
-		fe := &FieldError{File: name, Msg: m}
-		if g := yamlLine.FindStringSubmatch(m); g != nil {
-			fe.Line, _ = strconv.Atoi(g[1])
-			fe.Msg = friendlier(g[2])
-		}
-		errs = append(errs, fe)
-	}
-	return errs
+	return field.Errors{e}
 }
 
 var (
 	unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
-	badValue     = regexp.MustCompile(`^cannot unmarshal !!\w+ ` + "`" + `(.*)` + "`" + ` into (\S+)$`)
+	badValue     = regexp.MustCompile(`^cannot unmarshal !!(\w+)(?: ` + "`" + `(.*)` + "`" + `)? into (\S+)$`)
 )
 
-func friendlier(m string) string {
-	if g := unknownField.FindStringSubmatch(m); g != nil {
-		return fmt.Sprintf("unknown key %q (see docs/config.md for the keys allowed here)", g[1])
-	}
-	if g := badValue.FindStringSubmatch(m); g != nil {
-		want := g[2]
-		switch {
-		case want == "time.Duration":
-			want = "a duration such as 5s, 1m30s or 1h"
-		case strings.HasPrefix(want, "[]"):
-			want = "a list"
-		case strings.HasPrefix(want, "int") || strings.HasPrefix(want, "uint"):
-			want = "a whole number"
-		case want == "bool":
-			want = "true or false"
+// decodeErrors turns the decoder's messages ("line 3: field foo not found in type
+// dataplane.Listener") into field errors with the line, the field path and a message in the
+// file's own terms. The decoder reports only a line, so the path is the one of the key or value
+// on that line that the message names.
+func (x *nodeIndex) decodeErrors(te *yaml.TypeError) field.Errors {
+	var errs field.Errors
+	for _, m := range te.Errors {
+		e := &field.Error{Msg: m}
+		g := yamlLine.FindStringSubmatch(m)
+		if g == nil {
+			errs = append(errs, e)
+			continue
 		}
-		return fmt.Sprintf("%q is not valid here: want %s", g[1], want)
+		e.Line, _ = strconv.Atoi(g[1])
+		e.Msg = g[2]
+		switch u, v := unknownField.FindStringSubmatch(g[2]), badValue.FindStringSubmatch(g[2]); {
+		case u != nil:
+			e.Path = x.keyPath(e.Line, u[1])
+			e.Msg = fmt.Sprintf("unknown key %q (see docs/config.md for the keys allowed here)", u[1])
+		case v != nil:
+			var value string
+			e.Path, value = x.valuePath(e.Line, v[1], v[2])
+			e.Msg = badValueMsg(v[1], value, v[3])
+		default: // a section's own type refused the value (registrar durations)
+			e.Path, _ = x.valuePath(e.Line, "", "")
+		}
+		errs = append(errs, e)
 	}
-	return m
+	return errs
 }
 
-// lineOf finds the line of a field path such as listeners[1].routes[0].cluster in the parsed
-// document; it returns the line of the deepest node it reaches, so an error on a missing key
-// points at the object that lacks it.
-func lineOf(root *yaml.Node, path string) int {
-	n := root
-	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
-		n = n.Content[0]
+func badValueMsg(tag, value, goType string) string {
+	want := goType
+	switch {
+	case goType == "time.Duration":
+		want = "a duration such as 5s, 1m30s or 1h"
+	case strings.HasPrefix(goType, "[]"):
+		want = "a list"
+	case strings.HasPrefix(goType, "map["), strings.Contains(goType, ".") && !strings.HasPrefix(goType, "*"):
+		want = "a mapping of keys (see docs/config.md)"
+	case strings.HasPrefix(goType, "int") || strings.HasPrefix(goType, "uint"):
+		want = "a whole number"
+	case strings.HasPrefix(goType, "float"):
+		want = "a number"
+	case goType == "bool":
+		want = "true or false"
+	case goType == "string":
+		want = "a string"
 	}
-	line := n.Line
-	for _, part := range splitPath(path) {
-		next := child(n, part)
-		if next == nil {
-			break
-		}
-		n = next
-		line = n.Line
+	if value == "" && (tag == "seq" || tag == "map") {
+		what := map[string]string{"seq": "a list", "map": "a mapping"}[tag]
+		return fmt.Sprintf("%s is not valid here: want %s", what, want)
 	}
-	return line
-}
-
-func splitPath(path string) []string {
-	var parts []string
-	for _, seg := range strings.Split(path, ".") {
-		for seg != "" {
-			i := strings.IndexByte(seg, '[')
-			if i < 0 {
-				parts = append(parts, seg)
-				break
-			}
-			if i > 0 {
-				parts = append(parts, seg[:i])
-			}
-			j := strings.IndexByte(seg, ']')
-			if j < i {
-				break
-			}
-			parts = append(parts, seg[i:j+1])
-			seg = seg[j+1:]
-		}
-	}
-	return parts
-}
-
-func child(n *yaml.Node, part string) *yaml.Node {
-	if strings.HasPrefix(part, "[") {
-		i, err := strconv.Atoi(strings.Trim(part, "[]"))
-		if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
-			return nil
-		}
-		return n.Content[i]
-	}
-	if n.Kind != yaml.MappingNode {
-		return nil
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if n.Content[i].Value == part {
-			return n.Content[i+1]
-		}
-	}
-	return nil
+	return fmt.Sprintf("%q is not valid here: want %s", value, want)
 }

@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 // The admin servers' defaults and checks, and the settings that expose more than their
@@ -23,15 +25,9 @@ import (
 //     authenticates no caller, so anyone reaching it reads every service and endpoint.
 
 func (a *Admin) setDefaults() {
-	if a.Address == "" {
-		a.Address = DefaultAdminAddress
-	}
-	if a.MaxConnections == 0 {
-		a.MaxConnections = DefaultAdminMaxConns
-	}
-	if a.MaxConnectionsPerSource == 0 {
-		a.MaxConnectionsPerSource = DefaultAdminMaxPerSource
-	}
+	field.Default(&a.Address, DefaultAdminAddress)
+	field.Default(&a.MaxConnections, DefaultAdminMaxConns)
+	field.Default(&a.MaxConnectionsPerSource, DefaultAdminMaxPerSource)
 }
 
 func (f *File) validateAdmin(v *validator) {

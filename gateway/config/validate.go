@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -14,46 +15,39 @@ import (
 // are decided.
 func (f *File) SetDefaults() {
 	f.setVMDefaults()
-	if f.Log.Format == "" {
-		f.Log.Format = LogJSON
-	}
-	if f.Log.Level == "" {
-		f.Log.Level = "info"
-	}
+	field.Default(&f.Log.Format, LogJSON)
+	field.Default(&f.Log.Level, "info")
 	f.Admin.setDefaults()
-	if f.DrainTimeout == 0 {
-		f.DrainTimeout = DefaultDrainTimeout
-	}
-	if f.Reload.WatchInterval == 0 {
-		f.Reload.WatchInterval = DefaultWatchInterval
-	}
+	field.Default(&f.DrainTimeout, DefaultDrainTimeout)
+	field.Default(&f.Reload.WatchInterval, DefaultWatchInterval)
 	dp := f.DataPlane()
 	dp.SetDefaults()
 	f.Relay, f.Listeners, f.Clusters = dp.Relay, dp.Listeners, dp.Clusters
 	f.setXDSDefaults()
 }
 
-// validator collects FieldErrors and warnings with their paths.
-type validator struct{ errs, warns Errors }
+// validator collects the errors and warnings of the whole file with their paths.
+type validator struct{ errs, warns field.Errors }
 
-func (v *validator) add(path, format string, args ...any) {
-	v.errs = append(v.errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
-}
+func (v *validator) add(path, format string, args ...any) { v.errs.Add(path, format, args...) }
 
 // warn records a risky setting that a deployment may still justify.
-func (v *validator) warn(path, format string, args ...any) {
-	v.warns = append(v.warns, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
+func (v *validator) warn(path, format string, args ...any) { v.warns.Add(path, format, args...) }
+
+// section adds the errors a section's own Validate returned, under the section's key.
+func (v *validator) section(key string, err error) {
+	v.errs = append(v.errs, field.From(err).Under(key)...)
 }
 
 // Validate checks a defaulted File and returns every problem found (nil when it is valid).
 // Warnings are set in f.Warnings (without file and line: Parse adds those).
-func (f *File) Validate() Errors {
+func (f *File) Validate() field.Errors {
 	errs, warns := f.validate()
 	f.Warnings = warns
 	return errs
 }
 
-func (f *File) validate() (Errors, Errors) {
+func (f *File) validate() (field.Errors, field.Errors) {
 	v := &validator{}
 	switch f.Log.Format {
 	case LogJSON, LogConsole:
@@ -199,7 +193,7 @@ func (f *File) validateClusters(v *validator, listeners map[string]*Listener) ma
 			v.add(p+".listener", "required: the name of the listener this cluster serves")
 		case !ok:
 			v.add(p+".listener", "no listener is named %q", c.Listener)
-		case l.Kind == KindMesh && l.RoutesFrom == RoutesXDS:
+		case l.RoutesFromXDS():
 			v.add(p+".listener", "listener %q takes its routes from xDS (routes_from: xds); a static cluster may not name it", c.Listener)
 		case l.Kind == KindMesh:
 			n, err := sni.ParseIstioName(c.Name)

@@ -2,9 +2,9 @@ package config
 
 import (
 	"fmt"
-	"strings"
 	"syscall"
 
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -16,9 +16,7 @@ func (f *File) setVMDefaults() {
 		f.Authn.SetDefaults()
 	}
 	if f.Control != nil {
-		if f.Control.Limits.MaxConnections == 0 {
-			f.Control.Limits.MaxConnections = ControlConnections(openFileLimit())
-		}
+		field.Default(&f.Control.Limits.MaxConnections, ControlConnections(openFileLimit()))
 		f.Control.SetDefaults()
 	}
 	if f.Registrar != nil {
@@ -64,7 +62,7 @@ func (f *File) validateVM(v *validator) {
 		v.section("authn", f.Authn.Validate())
 	}
 	if f.Registrar != nil {
-		v.section("", f.Registrar.Validate()) // its messages already start with "registrar."
+		v.section("registrar", f.Registrar.Validate())
 	}
 	if f.Control != nil {
 		v.section("control", f.Control.Validate())
@@ -101,28 +99,5 @@ func (f *File) validateVM(v *validator) {
 		} else {
 			seen[key] = true
 		}
-	}
-}
-
-// section adds the errors a section's own Validate returned, under prefix. Every section reports
-// "<path>: <message>" (authn and control relative to their section, the registrar with its
-// "registrar." prefix), so the path is what comes before the first ": ".
-func (v *validator) section(prefix string, err error) {
-	if err == nil {
-		return
-	}
-	errs := []error{err}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	for _, e := range errs {
-		path, msg, ok := strings.Cut(e.Error(), ": ")
-		if !ok || strings.Contains(path, " ") {
-			path, msg = "", e.Error()
-		}
-		if prefix != "" {
-			path = strings.TrimSuffix(prefix+"."+path, ".")
-		}
-		v.add(path, "%s", msg)
 	}
 }

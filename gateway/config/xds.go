@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/sni"
 )
 
@@ -140,7 +141,7 @@ type ServiceEndpoint struct {
 // UsesXDS reports whether a listener takes its routes from xDS.
 func (f *File) UsesXDS() bool {
 	for _, l := range f.Listeners {
-		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
+		if l.RoutesFromXDS() {
 			return true
 		}
 	}
@@ -157,23 +158,15 @@ func (f *File) ControlPlaneEnabled() bool {
 
 func (f *File) setXDSDefaults() {
 	x := &f.XDS
-	if x.Server == "" {
-		x.Server = XDSServerBuiltin
-	}
-	if x.MeshPort == 0 {
-		x.MeshPort = DefaultMeshPort
-	}
-	if x.InitialBackoff == 0 {
-		x.InitialBackoff = DefaultXDSInitialBackoff
-	}
-	if x.MaxBackoff == 0 {
-		x.MaxBackoff = DefaultXDSMaxBackoff
-	}
+	field.Default(&x.Server, XDSServerBuiltin)
+	field.Default(&x.MeshPort, DefaultMeshPort)
+	field.Default(&x.InitialBackoff, DefaultXDSInitialBackoff)
+	field.Default(&x.MaxBackoff, DefaultXDSMaxBackoff)
 	n := &x.Node
-	n.IP = or(n.IP, hostIP())
-	n.Name = or(n.Name, hostName())
-	n.Namespace = or(n.Namespace, DefaultNodeNamespace)
-	n.ClusterID = or(n.ClusterID, DefaultClusterID)
+	field.Default(&n.IP, hostIP())
+	field.Default(&n.Name, hostName())
+	field.Default(&n.Namespace, DefaultNodeNamespace)
+	field.Default(&n.ClusterID, DefaultClusterID)
 	if len(n.RequestedNetworkView) == 0 && n.Network != "" {
 		n.RequestedNetworkView = []string{n.Network}
 	}
@@ -181,43 +174,24 @@ func (f *File) setXDSDefaults() {
 		n.Labels = map[string]string{"istio": "eastwestgateway"}
 	}
 	cp := &f.ControlPlane
-	cp.Address = or(cp.Address, DefaultControlPlaneAddress)
-	if cp.Debounce == 0 {
-		cp.Debounce = DefaultDebounce
-	}
-	if cp.MaxPushDelay == 0 {
-		cp.MaxPushDelay = DefaultMaxPushDelay
-	}
-	if cp.CA.TTL == 0 {
-		cp.CA.TTL = DefaultCertTTL
-	}
-	if cp.CA.MaxTTL == 0 {
-		cp.CA.MaxTTL = DefaultMaxCertTTL
-	}
-	cp.CA.TrustDomain = or(cp.CA.TrustDomain, DefaultTrustDomain)
-	cp.DNS.VIPRange = or(cp.DNS.VIPRange, DefaultVIPRange)
+	field.Default(&cp.Address, DefaultControlPlaneAddress)
+	field.Default(&cp.Debounce, DefaultDebounce)
+	field.Default(&cp.MaxPushDelay, DefaultMaxPushDelay)
+	field.Default(&cp.CA.TTL, DefaultCertTTL)
+	field.Default(&cp.CA.MaxTTL, DefaultMaxCertTTL)
+	field.Default(&cp.CA.TrustDomain, DefaultTrustDomain)
+	field.Default(&cp.DNS.VIPRange, DefaultVIPRange)
 	for i := range f.Services {
 		s := &f.Services[i]
-		s.Namespace = or(s.Namespace, defaultServiceNamespaceName)
-		s.Location = or(s.Location, MeshInternal)
+		field.Default(&s.Namespace, defaultServiceNamespaceName)
+		field.Default(&s.Location, MeshInternal)
 		for j := range s.Ports {
-			if s.Ports[j].TargetPort == 0 {
-				s.Ports[j].TargetPort = s.Ports[j].Number
-			}
+			field.Default(&s.Ports[j].TargetPort, s.Ports[j].Number)
 		}
 		for j := range s.Endpoints {
-			if s.Endpoints[j].Weight == 0 {
-				s.Endpoints[j].Weight = 1
-			}
+			field.Default(&s.Endpoints[j].Weight, 1)
 		}
 	}
-}
-
-func or(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 func (f *File) validateXDS(v *validator) {

@@ -3,6 +3,8 @@ package dataplane
 import (
 	"strings"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 // The data plane's own configuration: what it serves (Config) and the sections of the file that
@@ -165,9 +167,7 @@ func BoolOr(b *bool, def bool) bool {
 // listener's and cluster's own defaults. It is the only place these defaults are decided
 // (config.File.SetDefaults calls it).
 func (c *Config) SetDefaults() {
-	if c.Relay.Engine == "" {
-		c.Relay.Engine = RelayAuto
-	}
+	field.Default(&c.Relay.Engine, RelayAuto)
 	if len(c.Listeners) == 0 {
 		c.Listeners = []Listener{{Name: KindMesh, Kind: KindMesh, Address: DefaultMeshAddress}}
 	}
@@ -183,15 +183,9 @@ func (c *Config) SetDefaults() {
 func (l *Listener) SetDefaults() {
 	// MaxConnections and MaxConnectionsPerSource stay zero here: their defaults depend on the
 	// process's open-file limit and the relay engine, which the gateway resolves at Apply.
-	if l.HelloTimeout == 0 {
-		l.HelloTimeout = DefaultHelloTimeout
-	}
-	if l.MaxHelloBytes == 0 {
-		l.MaxHelloBytes = DefaultMaxHelloBytes
-	}
-	if l.IdleTimeout == 0 {
-		l.IdleTimeout = DefaultIdleTimeout
-	}
+	field.Default(&l.HelloTimeout, DefaultHelloTimeout)
+	field.Default(&l.MaxHelloBytes, DefaultMaxHelloBytes)
+	field.Default(&l.IdleTimeout, DefaultIdleTimeout)
 	if l.Kind == KindIngress && len(l.MeshDomains) == 0 {
 		l.MeshDomains = []string{DefaultMeshDomain}
 	}
@@ -210,33 +204,25 @@ func MeshClusterDefaults(name, listener string) ClusterConfig {
 
 // SetDefaults fills every zero optional field of the cluster with its default.
 func (c *ClusterConfig) SetDefaults() {
-	if c.LBPolicy == "" {
-		c.LBPolicy = RoundRobin
-	}
-	if c.ConnectTimeout == 0 {
-		c.ConnectTimeout = DefaultConnectTimeout
-	}
-	if c.MaxConnectAttempts == 0 {
-		c.MaxConnectAttempts = DefaultMaxConnectAttempts
-	}
+	field.Default(&c.LBPolicy, RoundRobin)
+	field.Default(&c.ConnectTimeout, DefaultConnectTimeout)
+	field.Default(&c.MaxConnectAttempts, DefaultMaxConnectAttempts)
 	if c.OutlierDetection == nil {
 		c.OutlierDetection = &OutlierDetection{}
 	}
 	od := c.OutlierDetection
-	if od.ConsecutiveFailures == 0 {
-		od.ConsecutiveFailures = DefaultConsecutiveFails
-	}
-	if od.BaseEjectionTime == 0 {
-		od.BaseEjectionTime = DefaultBaseEjectionTime
-	}
-	if od.MaxEjectionTime == 0 {
-		od.MaxEjectionTime = DefaultMaxEjectionTime
-	}
+	field.Default(&od.ConsecutiveFailures, DefaultConsecutiveFails)
+	field.Default(&od.BaseEjectionTime, DefaultBaseEjectionTime)
+	field.Default(&od.MaxEjectionTime, DefaultMaxEjectionTime)
 	for i := range c.Endpoints {
-		if c.Endpoints[i].Weight == 0 {
-			c.Endpoints[i].Weight = 1
-		}
+		field.Default(&c.Endpoints[i].Weight, 1)
 	}
+}
+
+// RoutesFromXDS reports whether the listener takes its routes from the xDS client: a mesh
+// listener with routes_from: xds. No cluster of the file may name such a listener.
+func (l *Listener) RoutesFromXDS() bool {
+	return l.Kind == KindMesh && l.RoutesFrom == RoutesXDS
 }
 
 // MeshDomainOf reports the mesh domain that host (an SNI, or a route's pattern) falls under on

@@ -322,7 +322,7 @@ const (
 	logErrBytes  = 512
 )
 
-var errOverSourceLimit = errors.New("gateway: source address at max_connections_per_source")
+var errOverSourceLimit = errors.New("dataplane: source address at max_connections_per_source")
 
 // TLS alerts (RFC 8446 6.2). ewgate never terminates TLS, but a fatal alert tells a client why
 // it was refused instead of a bare reset.

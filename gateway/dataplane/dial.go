@@ -13,7 +13,7 @@ import (
 	"github.com/ewgate/ewgate/gateway/splice"
 )
 
-var errNoEndpoint = errors.New("gateway: no endpoint left to try")
+var errNoEndpoint = errors.New("dataplane: no endpoint left to try")
 
 // dial connects to an endpoint of the connection's cluster and sends it the peeked bytes first,
 // trying up to max_connect_attempts endpoints; each failure, of the connect or of sending first,

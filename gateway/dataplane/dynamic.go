@@ -16,8 +16,8 @@ import (
 
 // Errors of SetMeshClusters: the whole call was refused and nothing changed.
 var (
-	ErrUnknownListener = errors.New("gateway: no such listener in the serving config")
-	ErrNotXDSListener  = errors.New("gateway: listener does not take its routes from xds (routes_from: xds)")
+	ErrUnknownListener = errors.New("dataplane: no such listener in the serving config")
+	ErrNotXDSListener  = errors.New("dataplane: listener does not take its routes from xds (routes_from: xds)")
 )
 
 // ClusterSpec is a mesh cluster handed to the gateway by a route source other than the file (the
@@ -96,7 +96,7 @@ func (g *Gateway) SetMeshClusters(listener string, specs []ClusterSpec) error {
 	switch {
 	case lc == nil:
 		return fmt.Errorf("%w: %q", ErrUnknownListener, listener)
-	case lc.Kind != KindMesh || lc.RoutesFrom != RoutesXDS:
+	case !lc.RoutesFromXDS():
 		return fmt.Errorf("%w: %q", ErrNotXDSListener, listener)
 	}
 	g.dynamic[listener] = g.buildDynamic(listener, specs, g.dynamic[listener])
@@ -170,7 +170,7 @@ func (g *Gateway) routeProblem(listener, reason, cluster, msg string) {
 func dynamicStateKeys(f *Config, dyn map[string]map[string]*dynamicCluster) []stateKey {
 	var keys []stateKey
 	for _, l := range f.Listeners {
-		if l.Kind != KindMesh || l.RoutesFrom != RoutesXDS {
+		if !l.RoutesFromXDS() {
 			continue
 		}
 		for name, dc := range dyn[l.Name] {
@@ -213,7 +213,7 @@ func buildDynamicCluster(listener string, s ClusterSpec, kept map[stateKey]*endp
 // xdsPending reports whether a routes_from: xds listener of f has not had its first table.
 func xdsPending(f *Config, dyn map[string]map[string]*dynamicCluster) bool {
 	for _, l := range f.Listeners {
-		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
+		if l.RoutesFromXDS() {
 			if _, ok := dyn[l.Name]; !ok {
 				return true
 			}

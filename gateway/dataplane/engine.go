@@ -27,7 +27,7 @@ func (g *Gateway) startEngineLocked(cfg Relay) error {
 		case err == nil:
 			g.epoll.Store(e)
 		case cfg.Engine == RelayEpoll:
-			return fmt.Errorf("gateway: relay.engine epoll: %w (use auto or goroutines)", err)
+			return fmt.Errorf("dataplane: relay.engine epoll: %w (use auto or goroutines)", err)
 		case !errors.Is(err, splice.ErrUnsupported):
 			g.log.Warn("relay engine could not start; relaying with goroutines", zap.Error(err))
 		}

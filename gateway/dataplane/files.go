@@ -36,7 +36,7 @@ const minDerivedConnections = 16
 
 // ErrFileBudget is wrapped by the error of a config whose connection caps do not fit in the
 // process's open-file limit.
-var ErrFileBudget = errors.New("gateway: the connection caps do not fit in the open-file limit")
+var ErrFileBudget = errors.New("dataplane: the connection caps do not fit in the open-file limit")
 
 // CheckFDBudget returns nil when the holders and FDReserve fit in limit, and otherwise an error
 // (wrapping ErrFileBudget) naming every holder's share, the total and the limit, and what to
@@ -130,7 +130,7 @@ func PlanFiles(listeners []Listener, limit uint64, filesPerConn int, others []FD
 func openFileLimit() (soft, hard uint64, err error) {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, 0, fmt.Errorf("gateway: reading the open-file limit: %w", err)
+		return 0, 0, fmt.Errorf("dataplane: reading the open-file limit: %w", err)
 	}
 	return rl.Cur, rl.Max, nil
 }

@@ -29,7 +29,7 @@ import (
 )
 
 // ErrShutdown is returned by Apply after Shutdown has begun.
-var ErrShutdown = errors.New("gateway: shutting down")
+var ErrShutdown = errors.New("dataplane: shutting down")
 
 // Options are the Gateway's seams; the zero value works.
 type Options struct {
@@ -115,7 +115,7 @@ func (g *Gateway) Apply(f *Config) error {
 		return err
 	}
 	for _, lc := range f.Listeners {
-		if lc.Kind != KindMesh || lc.RoutesFrom != RoutesXDS {
+		if !lc.RoutesFromXDS() {
 			// Its built clusters hold endpoint states this snapshot forgets; rebuild them if
 			// the listener takes routes from xds again.
 			for _, dc := range g.dynamic[lc.Name] {
@@ -174,7 +174,7 @@ func (g *Gateway) bindNew(f *Config) (map[string]*listener, error) {
 			for _, l := range bound {
 				l.close()
 			}
-			return nil, fmt.Errorf("gateway: listener %q: %w", lc.Name, err)
+			return nil, fmt.Errorf("dataplane: listener %q: %w", lc.Name, err)
 		}
 		l := &listener{name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
 		if e := g.epoll.Load(); e != nil {

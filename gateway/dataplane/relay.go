@@ -25,7 +25,7 @@ type relayEngine interface {
 	relay(c *conn) error
 }
 
-var errNotOnEngine = errors.New("gateway: the connection was not accepted onto the relay engine")
+var errNotOnEngine = errors.New("dataplane: the connection was not accepted onto the relay engine")
 
 // relay hands the routed pair to the gateway's relay engine. When that is the epoll engine and
 // it does not take the pair (a listener it could not accept for, counted when it was bound; a

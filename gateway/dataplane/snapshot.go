@@ -13,10 +13,10 @@ import (
 // Routing decisions, as sentinels; the connection handler turns them into a metric label,
 // a log reason and a TLS alert.
 var (
-	ErrNoRoute       = errors.New("gateway: no route for this server name")
-	ErrNotIstioName  = errors.New("gateway: server name is not an Istio outbound_ cluster name")
-	ErrNoIstioALPN   = errors.New("gateway: client offers none of Istio's mTLS ALPN protocols")
-	ErrMeshOnIngress = errors.New("gateway: mesh-internal name refused on an ingress listener")
+	ErrNoRoute       = errors.New("dataplane: no route for this server name")
+	ErrNotIstioName  = errors.New("dataplane: server name is not an Istio outbound_ cluster name")
+	ErrNoIstioALPN   = errors.New("dataplane: client offers none of Istio's mTLS ALPN protocols")
+	ErrMeshOnIngress = errors.New("dataplane: mesh-internal name refused on an ingress listener")
 )
 
 // Snapshot is an immutable set of route tables, one per listener. A new snapshot replaces the
@@ -151,7 +151,7 @@ func buildSnapshot(f *Config, dyn map[string]map[string]*dynamicCluster, st *sta
 				t.proxies = append(t.proxies, netip.MustParsePrefix(c)) // validated at load
 			}
 		}
-		if l.Kind == KindMesh && l.RoutesFrom == RoutesXDS {
+		if l.RoutesFromXDS() {
 			addDynamic(t, dyn[l.Name], kept)
 		} else if l.Kind == KindMesh {
 			for _, c := range clusters {

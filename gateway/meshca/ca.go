@@ -39,8 +39,8 @@ import (
 
 // Errors of the CA; the gRPC edge maps them to status codes.
 var (
-	ErrNoIdentity = errors.New("ca: no verified caller identity")
-	ErrBadCSR     = errors.New("ca: certificate signing request is not valid")
+	ErrNoIdentity = errors.New("meshca: no verified caller identity")
+	ErrBadCSR     = errors.New("meshca: certificate signing request is not valid")
 )
 
 // Files in Options.DataDir.
@@ -108,7 +108,7 @@ func Open(opts Options) (*CA, error) {
 	certFile, keyFile := opts.CertFile, opts.KeyFile
 	if certFile == "" {
 		if opts.DataDir == "" {
-			return nil, errors.New("ca: give a data directory or a certificate and key file")
+			return nil, errors.New("meshca: give a data directory or a certificate and key file")
 		}
 		certFile, keyFile = filepath.Join(opts.DataDir, CertFileName), filepath.Join(opts.DataDir, KeyFileName)
 		if _, err := os.Stat(keyFile); errors.Is(err, os.ErrNotExist) {
@@ -126,11 +126,11 @@ func Open(opts Options) (*CA, error) {
 
 func generate(dir, trustDomain string, now time.Time) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
@@ -143,11 +143,11 @@ func generate(dir, trustDomain string, now time.Time) error {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	kder, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	// The key first: a crash in between leaves a key without a root, which the next start
 	// reports, rather than a root whose key is lost.
@@ -160,15 +160,15 @@ func generate(dir, trustDomain string, now time.Time) error {
 func writeNew(path string, data []byte) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return fmt.Errorf("ca: write %s: %w", filepath.Base(path), err)
+		return fmt.Errorf("meshca: write %s: %w", filepath.Base(path), err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	return f.Close()
 }
@@ -176,33 +176,33 @@ func writeNew(path string, data []byte) error {
 func (c *CA) load(certFile, keyFile string) error {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return fmt.Errorf("ca: %w", err)
+		return fmt.Errorf("meshca: %w", err)
 	}
 	cb, _ := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" {
-		return fmt.Errorf("ca: %s: no PEM certificate", certFile)
+		return fmt.Errorf("meshca: %s: no PEM certificate", certFile)
 	}
 	cert, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
-		return fmt.Errorf("ca: %s: %w", certFile, err)
+		return fmt.Errorf("meshca: %s: %w", certFile, err)
 	}
 	kb, _ := pem.Decode(keyPEM)
 	if kb == nil {
-		return fmt.Errorf("ca: %s: no PEM key", keyFile) // never print the key itself
+		return fmt.Errorf("meshca: %s: no PEM key", keyFile) // never print the key itself
 	}
 	key, err := parseKey(kb)
 	if err != nil {
-		return fmt.Errorf("ca: %s: %w", keyFile, err)
+		return fmt.Errorf("meshca: %s: %w", keyFile, err)
 	}
 	if !cert.IsCA {
-		return fmt.Errorf("ca: %s is not a CA certificate", certFile)
+		return fmt.Errorf("meshca: %s is not a CA certificate", certFile)
 	}
 	if !publicKeysEqual(cert.PublicKey, key.Public()) {
-		return fmt.Errorf("ca: %s does not belong to %s", keyFile, certFile)
+		return fmt.Errorf("meshca: %s does not belong to %s", keyFile, certFile)
 	}
 	c.cert, c.key, c.rootPEM = cert, key, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
 	return nil
@@ -272,7 +272,7 @@ func (c *CA) Sign(csrPEM []byte, id *authn.Identity, ttl time.Duration) ([]strin
 	}
 	uri, err := url.Parse(id.SPIFFEID)
 	if err != nil || uri.Scheme != "spiffe" {
-		return nil, fmt.Errorf("ca: identity %q is not a SPIFFE ID", id.SPIFFEID)
+		return nil, fmt.Errorf("meshca: identity %q is not a SPIFFE ID", id.SPIFFEID)
 	}
 	if ttl <= 0 {
 		ttl = c.opts.TTL
@@ -294,7 +294,7 @@ func (c *CA) Sign(csrPEM []byte, id *authn.Identity, ttl time.Duration) ([]strin
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, csr.PublicKey, c.key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: sign: %w", err)
+		return nil, fmt.Errorf("meshca: sign: %w", err)
 	}
 	leaf := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	return []string{leaf, c.rootPEM}, nil

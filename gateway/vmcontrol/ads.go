@@ -59,11 +59,11 @@ func decodeFirst(method string, b []byte) (*firstRequest, error) {
 		msg = &discoveryv3.DiscoveryRequest{}
 	}
 	if err := proto.Unmarshal(b, msg); err != nil {
-		return nil, fmt.Errorf("front: first discovery request: %w", err)
+		return nil, fmt.Errorf("vmcontrol: first discovery request: %w", err)
 	}
 	fr := &firstRequest{node: msg.GetNode(), msg: msg}
 	if fr.node == nil {
-		return nil, fmt.Errorf("front: the first discovery request carries no node")
+		return nil, fmt.Errorf("vmcontrol: the first discovery request carries no node")
 	}
 	fr.group = metaString(fr.node.GetMetadata(), metaAutoRegister)
 	return fr, nil

@@ -125,7 +125,7 @@ type memAddr struct{}
 func (memAddr) Network() string { return "ewgate-builtin" }
 func (memAddr) String() string  { return "builtin" }
 
-var errMemClosed = errors.New("front: builtin listener closed")
+var errMemClosed = errors.New("vmcontrol: builtin listener closed")
 
 func newMemListener() *memListener {
 	return &memListener{conns: make(chan net.Conn), done: make(chan struct{})}

@@ -43,7 +43,7 @@ func (r *certReloader) fileStamp() (string, error) {
 	for _, name := range []string{r.certFile, r.keyFile} {
 		fi, err := os.Stat(name)
 		if err != nil {
-			return "", fmt.Errorf("front: %w", err)
+			return "", fmt.Errorf("vmcontrol: %w", err)
 		}
 		s += fmt.Sprintf("%d/%d;", fi.Size(), fi.ModTime().UnixNano())
 	}
@@ -54,7 +54,7 @@ func (r *certReloader) load(stamp string) error {
 	c, err := tls.LoadX509KeyPair(r.certFile, r.keyFile)
 	if err != nil {
 		// LoadX509KeyPair's errors name the files and the PEM problem, never key bytes.
-		return fmt.Errorf("front: serving certificate: %w", err)
+		return fmt.Errorf("vmcontrol: serving certificate: %w", err)
 	}
 	r.cert, r.stamp = &c, stamp
 	return nil

@@ -45,7 +45,7 @@ func (rawCodec) Name() string { return "proto" }
 func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	f, ok := v.(*frame)
 	if !ok {
-		return nil, fmt.Errorf("front: codec cannot marshal %T", v)
+		return nil, fmt.Errorf("vmcontrol: codec cannot marshal %T", v)
 	}
 	out := f.data
 	f.data = nil // gRPC owns (and frees) it now
@@ -58,7 +58,7 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	f, ok := v.(*frame)
 	if !ok {
-		return fmt.Errorf("front: codec cannot unmarshal into %T", v)
+		return fmt.Errorf("vmcontrol: codec cannot unmarshal into %T", v)
 	}
 	data.Ref()
 	f.data = data

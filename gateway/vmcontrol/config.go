@@ -1,12 +1,13 @@
 package vmcontrol
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 // Defaults applied by SetDefaults (documented in docs/vm-onboarding.md).
@@ -173,84 +174,48 @@ type LimitsConfig struct {
 
 // SetDefaults fills every zero field that has a default. It is idempotent.
 func (c *Config) SetDefaults() {
-	if c.Address == "" {
-		c.Address = DefaultAddress
-	}
-	if c.TLS.ClientCerts == "" {
-		c.TLS.ClientCerts = ClientCertRequest
-	}
-	setDur(&c.TLS.CheckInterval, DefaultCertCheckInterval)
+	field.Default(&c.Address, DefaultAddress)
+	field.Default(&c.TLS.ClientCerts, ClientCertRequest)
+	field.Default(&c.TLS.CheckInterval, DefaultCertCheckInterval)
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
-		if u.Identity == "" {
-			u.Identity = IdentityForward
-		}
-		if u.Connections == 0 {
-			u.Connections = DefaultConnections
-		}
-		setDur(&u.ConnectTimeout, DefaultConnectTimeout)
+		field.Default(&u.Identity, IdentityForward)
+		field.Default(&u.Connections, DefaultConnections)
+		field.Default(&u.ConnectTimeout, DefaultConnectTimeout)
 	}
 	a := &c.AuthFailures
-	if a.Rate == 0 {
-		a.Rate = DefaultAuthFailureRate
-	}
-	if a.Burst == 0 {
-		a.Burst = DefaultAuthFailureBurst
-	}
-	if a.MaxSources == 0 {
-		a.MaxSources = DefaultAuthMaxSources
-	}
+	field.Default(&a.Rate, DefaultAuthFailureRate)
+	field.Default(&a.Burst, DefaultAuthFailureBurst)
+	field.Default(&a.MaxSources, DefaultAuthMaxSources)
 	l := &c.Limits
-	setInt(&l.MaxStreams, DefaultMaxStreams)
+	field.Default(&l.MaxStreams, DefaultMaxStreams)
 	if l.MaxStreamsPerVM == 0 && l.MaxStreamsPerID != 0 {
 		l.MaxStreamsPerVM = l.MaxStreamsPerID // the former name
 	}
-	setInt(&l.MaxStreamsPerVM, DefaultMaxStreamsPerVM)
-	setInt(&l.MaxHeaderBytes, DefaultMaxHeaderBytes)
-	setInt(&l.MaxStreamsPerConnection, DefaultMaxStreamsPerConn)
-	setInt(&l.MaxConnections, DefaultMaxConnections)
-	setInt(&l.MaxConnectionsPerSource, DefaultMaxConnsPerSource)
-	setInt(&l.MaxAuthenticatingPerSource, DefaultMaxAuthPerSource)
-	setInt(&l.MaxMessageBytes, DefaultMaxMessageBytes)
-	setInt(&l.MaxUpstreamMsgSize, DefaultMaxUpstreamMsgBytes)
-	setDur(&l.IdleTimeout, DefaultIdleTimeout)
-	setDur(&l.HandshakeTimeout, DefaultHandshakeTimeout)
-	setDur(&l.FirstMessageTimeout, DefaultFirstMessageTimeout)
-	setDur(&l.KeepaliveMinTime, DefaultKeepaliveMinTime)
-	setDur(&l.KeepaliveTime, DefaultKeepaliveTime)
-	setDur(&l.KeepaliveTimeout, DefaultKeepaliveTimeout)
-	setDur(&c.RegisterTimeout, DefaultRegisterTimeout)
-	setDur(&c.DrainTimeout, DefaultDrainTimeout)
+	field.Default(&l.MaxStreamsPerVM, DefaultMaxStreamsPerVM)
+	field.Default(&l.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	field.Default(&l.MaxStreamsPerConnection, DefaultMaxStreamsPerConn)
+	field.Default(&l.MaxConnections, DefaultMaxConnections)
+	field.Default(&l.MaxConnectionsPerSource, DefaultMaxConnsPerSource)
+	field.Default(&l.MaxAuthenticatingPerSource, DefaultMaxAuthPerSource)
+	field.Default(&l.MaxMessageBytes, DefaultMaxMessageBytes)
+	field.Default(&l.MaxUpstreamMsgSize, DefaultMaxUpstreamMsgBytes)
+	field.Default(&l.IdleTimeout, DefaultIdleTimeout)
+	field.Default(&l.HandshakeTimeout, DefaultHandshakeTimeout)
+	field.Default(&l.FirstMessageTimeout, DefaultFirstMessageTimeout)
+	field.Default(&l.KeepaliveMinTime, DefaultKeepaliveMinTime)
+	field.Default(&l.KeepaliveTime, DefaultKeepaliveTime)
+	field.Default(&l.KeepaliveTimeout, DefaultKeepaliveTimeout)
+	field.Default(&c.RegisterTimeout, DefaultRegisterTimeout)
+	field.Default(&c.DrainTimeout, DefaultDrainTimeout)
 }
 
-func setDur(d *time.Duration, def time.Duration) {
-	if *d == 0 {
-		*d = def
-	}
-}
-
-func setInt(n *int, def int) {
-	if *n == 0 {
-		*n = def
-	}
-}
-
-// FieldError is one validation failure; Path names the field relative to the control section,
-// e.g. "upstreams[1].address".
-type FieldError struct {
-	Path string
-	Msg  string
-}
-
-func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
-
-// Validate checks the config (after SetDefaults) and returns every problem at once, joined
-// with errors.Join; each is a *FieldError. Files are checked for existence, not for content.
+// Validate checks the config (after SetDefaults) and returns every problem at once, as
+// field.Errors whose paths are relative to the control section (upstreams[1].address). Files are
+// checked for existence, not for content.
 func (c *Config) Validate() error {
-	var errs []error
-	add := func(path, format string, args ...any) {
-		errs = append(errs, &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)})
-	}
+	var errs field.Errors
+	add := errs.Add
 	if _, _, err := net.SplitHostPort(c.Address); err != nil {
 		add("address", "%q is not host:port (for example :15012)", c.Address)
 	}
@@ -291,7 +256,7 @@ func (c *Config) Validate() error {
 	c.Limits.validate(add)
 	positive(add, "register_timeout", c.RegisterTimeout)
 	positive(add, "drain_timeout", c.DrainTimeout)
-	return errors.Join(errs...)
+	return errs.Err()
 }
 
 func (u *UpstreamConfig) validate(p string, add func(path, format string, args ...any)) {

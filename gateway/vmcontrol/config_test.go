@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
@@ -58,7 +59,7 @@ func TestValidateNamesTheField(t *testing.T) {
 				}
 				return
 			}
-			var fe *vmcontrol.FieldError
+			var fe *field.Error
 			if !errors.As(err, &fe) || !strings.Contains(err.Error(), tc.path+": ") {
 				t.Fatalf("got %v, want an error at %s", err, tc.path)
 			}

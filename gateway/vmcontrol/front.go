@@ -71,10 +71,10 @@ func New(cfg Config, opts Options) (*Front, error) {
 	cfg.Upstreams = append([]UpstreamConfig(nil), cfg.Upstreams...)
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("front: invalid config: %w", err)
+		return nil, fmt.Errorf("vmcontrol: invalid config: %w", err)
 	}
 	if opts.Verifier == nil {
-		return nil, errors.New("front: Options.Verifier is required")
+		return nil, errors.New("vmcontrol: Options.Verifier is required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
@@ -156,7 +156,7 @@ func (f *Front) serverOptions() []grpc.ServerOption {
 func (f *Front) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", f.cfg.Address)
 	if err != nil {
-		return fmt.Errorf("front: %w", err)
+		return fmt.Errorf("vmcontrol: %w", err)
 	}
 	f.log.Info("listening", zap.String("listener", "control"), zap.String("address", ln.Addr().String()))
 	return f.Serve(ctx, ln)

@@ -62,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.streams, m.active, m.auth, m.dialFailures, m.bytes, m.limits, m.registers, m.health, m.handshakes, m.accepts, m.conns, m.authenticating} {
 		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("front: metrics: %w", err)
+			return nil, fmt.Errorf("vmcontrol: metrics: %w", err)
 		}
 	}
 	return m, nil

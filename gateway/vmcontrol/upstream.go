@@ -82,7 +82,7 @@ func (f *Front) newUpstream(u UpstreamConfig) (*upstream, error) {
 		cc, err := grpc.NewClient(target, opts...)
 		if err != nil {
 			up.close()
-			return nil, fmt.Errorf("front: upstream %s: %w", u.Cluster, err)
+			return nil, fmt.Errorf("vmcontrol: upstream %s: %w", u.Cluster, err)
 		}
 		up.conns = append(up.conns, cc)
 	}
@@ -103,11 +103,11 @@ func upstreamTLS(u UpstreamConfig) (*tls.Config, error) {
 	if u.CAFile != "" {
 		pem, err := os.ReadFile(u.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("front: upstream %s: %w", u.Cluster, err)
+			return nil, fmt.Errorf("vmcontrol: upstream %s: %w", u.Cluster, err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("front: upstream %s: %s holds no PEM certificate", u.Cluster, u.CAFile)
+			return nil, fmt.Errorf("vmcontrol: upstream %s: %s holds no PEM certificate", u.Cluster, u.CAFile)
 		}
 		tc.RootCAs = pool
 	}

@@ -155,7 +155,7 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	cc, err := grpc.NewClient(c.opts.Target, dialOpts...)
 	if err != nil {
-		return fmt.Errorf("xds: %w", err)
+		return fmt.Errorf("xdsclient: %w", err)
 	}
 	defer cc.Close()
 	ads := discovery.NewAggregatedDiscoveryServiceClient(cc)
@@ -281,7 +281,7 @@ func equalStrings(a, b []string) bool {
 }
 
 // errUnknownType is NACKed: the client subscribed to nothing of that type.
-var errUnknownType = errors.New("xds: resource type not subscribed")
+var errUnknownType = errors.New("xdsclient: resource type not subscribed")
 
 // handle takes a response into the state, applies the routes when the state is complete, and
 // returns the error to NACK with (nil: ACK). Resources that failed keep their last good version.

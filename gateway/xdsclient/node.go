@@ -67,18 +67,18 @@ type tokenFile struct {
 func (t *tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
 	st, err := os.Stat(t.path)
 	if err != nil {
-		return nil, fmt.Errorf("xds: token file: %w", err)
+		return nil, fmt.Errorf("xdsclient: token file: %w", err)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !st.ModTime().Equal(t.mod) || st.Size() != t.size || t.tok == "" {
 		raw, err := os.ReadFile(t.path)
 		if err != nil {
-			return nil, fmt.Errorf("xds: token file: %w", err)
+			return nil, fmt.Errorf("xdsclient: token file: %w", err)
 		}
 		tok := strings.TrimSpace(string(raw))
 		if tok == "" {
-			return nil, errors.New("xds: token file is empty")
+			return nil, errors.New("xdsclient: token file is empty")
 		}
 		t.tok, t.mod, t.size = tok, st.ModTime(), st.Size()
 	}

@@ -98,7 +98,7 @@ func (ca *CA) Pool() *x509.CertPool {
 }
 
 // newRSAKeyPEM makes the service-account signing key: RSA 2048, so tokens are RS256 as in a
-// real cluster (istio.md).
+// real cluster (a kube-apiserver signs service-account tokens with RS256).
 func newRSAKeyPEM() ([]byte, error) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// ServiceAccountClaims are the claims of a Kubernetes service-account token (istio.md, section 2).
+// ServiceAccountClaims are the claims of a Kubernetes service-account token (what a TokenRequest for the istio-ca audience returns; docs/vm-identity.md).
 func (a *APIServer) ServiceAccountClaims(ns, sa, uid string, iat, exp time.Time, audiences ...string) map[string]any {
 	return map[string]any{
 		"iss": a.Issuer,

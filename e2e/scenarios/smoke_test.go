@@ -121,7 +121,7 @@ func TestWorkloadEntryReadBackWithKubectl(t *testing.T) {
 	}
 }
 
-// A TokenRequest token carries the claims istio.md lists. The token itself is never logged.
+// A TokenRequest token carries the claims a Kubernetes service-account token has (docs/vm-identity.md). The token itself is never logged.
 func TestTokenClaims(t *testing.T) {
 	cluster.LogOnFailure(t)
 	ctx := harness.Context(t, 30*time.Second)

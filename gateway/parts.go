@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -37,13 +37,16 @@ type parts struct {
 	health *controlHealth
 	cp     *controlplane.Server
 	vm     *vmParts
+
+	afterBuiltinStop func() // a test's hook: runs after the built-in upstream's Stop
 }
 
 // startParts starts, in dependency order, the store, the VM control endpoint, the built-in
 // control plane (standalone mode) and the gateway's xDS client (routes_from: xds listeners).
-func (s *server) startParts(cfg *config.File, reg prometheus.Registerer) (p *parts, err error) {
+func (g *Gateway) startParts(cfg *config.File) (p *parts, err error) {
+	reg := g.reg
 	ctx, cancel := context.WithCancel(context.Background())
-	p = &parts{log: s.log, ctx: ctx, cancel: cancel, health: s.health}
+	p = &parts{log: g.log, ctx: ctx, cancel: cancel, health: g.health}
 	defer func() {
 		if err != nil {
 			p.stop()
@@ -67,14 +70,14 @@ func (s *server) startParts(cfg *config.File, reg prometheus.Registerer) (p *par
 	}
 	p.vm.run(p)
 	if cfg.UsesXDS() {
-		if err := p.startXDSClient(cfg, reg, s, target); err != nil {
+		if err := p.startXDSClient(cfg, reg, g, target); err != nil {
 			return nil, err
 		}
 	}
 	return p, nil
 }
 
-func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, s *server, target string) error {
+func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, g *Gateway, target string) error {
 	var tlsCfg *tls.Config
 	if t := cfg.XDS.TLS; t != nil {
 		tlsCfg = &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
@@ -96,8 +99,8 @@ func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, s *s
 		}
 	}
 	c := xdsclient.New(xdsclient.Options{
-		Target: target, TLS: tlsCfg, TokenFile: cfg.XDS.TokenFile, Node: xdsclient.NewNode(cfg.XDS.Node, versionString()),
-		MeshPort: cfg.XDS.MeshPort, Listeners: listeners, Sink: s.gw,
+		Target: target, TLS: tlsCfg, TokenFile: cfg.XDS.TokenFile, Node: xdsclient.NewNode(cfg.XDS.Node, g.opts.Version),
+		MeshPort: cfg.XDS.MeshPort, Listeners: listeners, Sink: g.dp,
 		InitialBackoff: cfg.XDS.InitialBackoff, MaxBackoff: cfg.XDS.MaxBackoff,
 		Logger: p.log.Named("xds"), Registerer: reg,
 	})
@@ -137,23 +140,32 @@ func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (
 		gs := grpc.NewServer(p.vm.front.BuiltinServerOptions()...)
 		p.cp.Register(p.ctx, gs)
 		bl := p.vm.front.BuiltinListener()
-		p.goRun("built-in upstream", func(ctx context.Context) error {
-			go func() { <-ctx.Done(); gs.Stop() }()
-			return gs.Serve(bl)
+		// Serve returns once Stop has run; the goroutine that calls Stop is owned too, so
+		// that stop returns only after the server is stopped.
+		p.goRun("built-in upstream", func(context.Context) error { return gs.Serve(bl) })
+		p.goRun("built-in upstream stop", func(ctx context.Context) error {
+			<-ctx.Done()
+			gs.Stop()
+			if p.afterBuiltinStop != nil {
+				p.afterBuiltinStop()
+			}
+			return nil
 		})
 	}
 	return ln.Addr().String(), nil
 }
 
-// goRun runs fn until the parts stop; stop waits for it.
-func (p *parts) goRun(name string, fn func(ctx context.Context) error) {
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+// goRun runs fn until the parts stop; stop waits for it. The channel is closed when fn has
+// returned.
+func (p *parts) goRun(name string, fn func(ctx context.Context) error) <-chan struct{} {
+	done := make(chan struct{})
+	p.wg.Go(func() {
+		defer close(done)
 		if err := fn(p.ctx); err != nil && p.ctx.Err() == nil {
 			p.log.Error(name+" stopped", zap.Error(err))
 		}
-	}()
+	})
+	return done
 }
 
 // reload hands the new services to the control plane and the new groups to the store.
@@ -165,6 +177,21 @@ func (p *parts) reload(cfg *config.File) error {
 		p.cp.SetServices(cfg.Services)
 	}
 	return p.vm.syncGroups(p.ctx, cfg)
+}
+
+// stopAccepting closes the listeners VMs connect to (the control endpoint's); see
+// Gateway.Shutdown.
+func (p *parts) stopAccepting() {
+	if p != nil {
+		p.vm.stopAccepting()
+	}
+}
+
+// drainControl waits for the control endpoint's drain, cutting it when ctx ends.
+func (p *parts) drainControl(ctx context.Context) {
+	if p != nil {
+		p.vm.drain(ctx)
+	}
 }
 
 // stop ends everything and waits for it.

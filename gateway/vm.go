@@ -1,8 +1,7 @@
-package main
+package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,7 +20,8 @@ type vmParts struct {
 	reg      *registrar.Registrar
 	store    registrar.Store
 	front    *vmcontrol.Front
-	groups   *groupSync // nil without a registrar
+	groups   *groupSync      // nil without a registrar
+	served   <-chan struct{} // closed when the front's Run has returned; nil without a front
 }
 
 // startVM builds the verifier, the registrar and the front the config asks for into p.vm (so
@@ -60,7 +60,29 @@ func (vm *vmParts) run(p *parts) {
 		p.goRun("workload group sync", vm.groups.run)
 	}
 	if vm.front != nil {
-		p.goRun("control endpoint", vm.front.Run)
+		vm.served = p.goRun("control endpoint", vm.front.Run)
+	}
+}
+
+// stopAccepting closes the control endpoint's listener: new VM connections are refused, open
+// streams go on.
+func (vm *vmParts) stopAccepting() {
+	if vm != nil && vm.front != nil {
+		vm.front.StopAccepting()
+	}
+}
+
+// drain waits for the control endpoint to finish its drain (which StopAccepting began), capped
+// by its own control.drain_timeout; when ctx ends first, the streams still open are cut.
+func (vm *vmParts) drain(ctx context.Context) {
+	if vm == nil || vm.served == nil {
+		return
+	}
+	select {
+	case <-vm.served:
+	case <-ctx.Done():
+		vm.front.Cut()
+		<-vm.served
 	}
 }
 
@@ -79,43 +101,15 @@ func (vm *vmParts) close() {
 	}
 }
 
-// debugHandlers are the admin pages of the VM parts: /debug/registrations (live registrations)
-// and /debug/authn (each issuer's key status, never a key).
-func (s *server) debugHandlers() map[string]http.Handler {
-	page := func(get func(vm *vmParts) (any, bool)) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			var vm *vmParts
-			if p := s.parts.Load(); p != nil {
-				vm = p.vm
-			}
-			v, ok := any(nil), false
-			if vm != nil {
-				v, ok = get(vm)
-			}
-			if !ok {
-				http.Error(w, "not configured", http.StatusNotFound)
-				return
-			}
-			w.Header().Set("Content-Type", "application/json")
-			enc := json.NewEncoder(w)
-			enc.SetIndent("", "  ")
-			if err := enc.Encode(v); err != nil {
-				s.log.Debug("debug page", zap.Error(err))
-			}
-		})
+// pages are the VM side's admin pages, for the components it runs: /debug/registrations (live
+// registrations, with a registrar) and /debug/authn (each issuer's key status, never a key).
+func (vm *vmParts) pages(log *zap.Logger) pages {
+	p := pages{debug: map[string]http.Handler{}}
+	if vm.reg != nil {
+		p.debug["GET /debug/registrations"] = jsonPage(log, func() any { return vm.reg.Registrations() })
 	}
-	return map[string]http.Handler{
-		"GET /debug/registrations": page(func(vm *vmParts) (any, bool) {
-			if vm.reg == nil {
-				return nil, false
-			}
-			return vm.reg.Registrations(), true
-		}),
-		"GET /debug/authn": page(func(vm *vmParts) (any, bool) {
-			if vm.verifier == nil {
-				return nil, false
-			}
-			return vm.verifier.Status(), true
-		}),
+	if vm.verifier != nil {
+		p.debug["GET /debug/authn"] = jsonPage(log, func() any { return vm.verifier.Status() })
 	}
+	return p
 }

@@ -76,7 +76,9 @@ func Start(cfg *config.File, opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	if g.parts, err = g.startParts(cfg); err != nil {
-		g.dp.Shutdown(context.Background()) // nothing was accepted for long: the drain is short
+		cut, cancel := context.WithCancel(context.Background())
+		cancel() // not serving yet: whatever was accepted is closed at once
+		g.dp.Shutdown(cut)
 		g.admin.close()
 		return nil, err
 	}

@@ -301,3 +301,71 @@ func TestBuiltinUpstreamStopIsOwned(t *testing.T) {
 		t.Fatal("Shutdown returned before the built-in upstream's stop goroutine ended: nobody waits for it")
 	}
 }
+
+// openADS opens a VM's ADS stream through the control endpoint and reads its first response.
+func openADS(t *testing.T, s *vmSetup, ctx context.Context, control string) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: s.roots, ServerName: serverName})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+s.token(t), "ClusterID", "cluster1")
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": "cluster1", "NAMESPACE": "vms"})
+	node := &corev3.Node{Id: "sidecar~10.1.2.4~web-2.vms~vms.svc.cluster.local", Metadata: md}
+	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ads.Recv(); err != nil {
+		t.Fatalf("first ADS response: %v", err)
+	}
+	return ads
+}
+
+// TestShutdownDeadlineCutsTheControlEndpoint: the drain has one deadline. When Shutdown's
+// context ends (a second signal; or drain_timeout) before control.drain_timeout (60s here), the
+// VM streams still open are cut and Shutdown returns.
+func TestShutdownDeadlineCutsTheControlEndpoint(t *testing.T) {
+	s := newVMSetup(t)
+	cfg, err := config.Parse([]byte(s.cfg), filepath.Join(s.dir, "ewgate.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	g, err := Start(cfg, Options{Logger: zap.New(core), Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmCtx, vmCancel := context.WithTimeout(context.Background(), time.Minute)
+	defer vmCancel()
+	ads := openADS(t, s, vmCtx, listening(t, logs, "control"))
+
+	ctx, cut := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() { stopped <- g.Shutdown(ctx) }()
+	waitFor(t, "the drain to begin", func() bool { return len(logs.FilterMessage("shutting down: draining connections").All()) == 1 })
+	select {
+	case err := <-stopped:
+		t.Fatalf("Shutdown returned (%v) with a VM stream open before its deadline", err)
+	default:
+	}
+	cut()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(30 * time.Second): // control.drain_timeout is 60s
+		t.Fatal("Shutdown did not return after its context ended: the control endpoint's drain ignored the common deadline")
+	}
+	for range 100 { // the stream ends: no more responses, an error
+		if _, err := ads.Recv(); err != nil {
+			return
+		}
+	}
+	t.Fatal("the VM stream still delivers responses after Shutdown returned")
+}

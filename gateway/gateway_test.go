@@ -188,6 +188,7 @@ func gatewayFrames() []string {
 // the built-in control plane, stops only after the control endpoint has drained); when it ends
 // Shutdown returns, and no goroutine of the gateway is left.
 func TestShutdownContract(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last, once the test's gRPC client is closed
 	s := newVMSetup(t)
 	path := filepath.Join(s.dir, "ewgate.yaml")
 	os.WriteFile(path, []byte(s.cfg), 0o600)
@@ -207,26 +208,9 @@ func TestShutdownContract(t *testing.T) {
 		t.Fatalf("/debug/registrations: %d; the VM side registers its pages", code)
 	}
 
-	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: s.roots, ServerName: serverName})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+s.token(t), "ClusterID", "cluster1")
-	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": "cluster1", "NAMESPACE": "vms"})
-	node := &corev3.Node{Id: "sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local", Metadata: md}
-	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ads.Recv(); err != nil {
-		t.Fatalf("first ADS response: %v", err)
-	}
+	ads, node := openADS(t, s, ctx, control)
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- g.Shutdown(context.Background()) }()
@@ -256,14 +240,12 @@ func TestShutdownContract(t *testing.T) {
 	default:
 	}
 	cancel()
-	cc.Close()
 	if err := <-stopped; err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
 	if left := gatewayFrames(); len(left) > 0 {
 		t.Fatalf("%d goroutines of the gateway still run after Shutdown returned:\n%s", len(left), strings.Join(left, "\n\n"))
 	}
-	goleak.VerifyNone(t)
 }
 
 // TestBuiltinUpstreamStopIsOwned is issue 18's third bug: the in-process upstream's Stop ran on
@@ -303,7 +285,7 @@ func TestBuiltinUpstreamStopIsOwned(t *testing.T) {
 }
 
 // openADS opens a VM's ADS stream through the control endpoint and reads its first response.
-func openADS(t *testing.T, s *vmSetup, ctx context.Context, control string) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+func openADS(t *testing.T, s *vmSetup, ctx context.Context, control string) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *corev3.Node) {
 	t.Helper()
 	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: s.roots, ServerName: serverName})))
 	if err != nil {
@@ -323,7 +305,7 @@ func openADS(t *testing.T, s *vmSetup, ctx context.Context, control string) disc
 	if _, err := ads.Recv(); err != nil {
 		t.Fatalf("first ADS response: %v", err)
 	}
-	return ads
+	return ads, node
 }
 
 // TestShutdownDeadlineCutsTheControlEndpoint: the drain has one deadline. When Shutdown's
@@ -342,7 +324,7 @@ func TestShutdownDeadlineCutsTheControlEndpoint(t *testing.T) {
 	}
 	vmCtx, vmCancel := context.WithTimeout(context.Background(), time.Minute)
 	defer vmCancel()
-	ads := openADS(t, s, vmCtx, listening(t, logs, "control"))
+	ads, _ := openADS(t, s, vmCtx, listening(t, logs, "control"))
 
 	ctx, cut := context.WithCancel(context.Background())
 	stopped := make(chan error, 1)

@@ -147,5 +147,5 @@ func (g *Gateway) stop(ctx context.Context) error {
 	return err
 }
 
-// Handler returns the debug admin server's handler (every page), for tests and embedding.
-func (g *Gateway) Handler() http.Handler { return g.admin.debug }
+// handler is the debug admin server's handler (every page).
+func (g *Gateway) handler() http.Handler { return g.admin.debug }

@@ -201,7 +201,7 @@ func TestShutdownContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := g.Handler()
+	h := g.handler()
 	mesh, control := listening(t, logs, "mesh"), listening(t, logs, "control")
 	waitFor(t, "ready", func() bool { return get(h, "/healthz/ready") == 200 && get(h, "/healthz/control") == 200 })
 	if code := get(h, "/debug/registrations"); code != 200 {

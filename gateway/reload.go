@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/dataplane"
 )
 
 // One goroutine owns reloads (ownReloads): SIGHUP (through Reload) and the file watcher only
@@ -61,6 +62,10 @@ func (g *Gateway) reload(why string) {
 			err = g.apply(cfg)
 			if err == nil {
 				g.log.Info("config reloaded", zap.String("trigger", why), zap.Uint64("snapshot", g.dp.Snapshot().Version))
+				return
+			}
+			if errors.Is(err, dataplane.ErrShutdown) {
+				g.log.Info("config reload skipped: shutting down", zap.String("trigger", why))
 				return
 			}
 		} else {

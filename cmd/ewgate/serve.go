@@ -55,7 +55,8 @@ func cmdServe(args []string, stderr io.Writer) int {
 }
 
 // serve runs the gateway until SIGTERM or SIGINT (SIGHUP reloads), then shuts it down; a
-// second signal during the drain closes every connection at once.
+// second SIGTERM or SIGINT during the drain closes every connection at once. Signals are taken
+// from before the start, so one that arrives while the gateway starts is acted on once it has.
 func serve(cfg *config.File, opts gateway.Options) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -76,11 +77,18 @@ func serve(cfg *config.File, opts gateway.Options) error {
 	drained := make(chan struct{})
 	var w sync.WaitGroup
 	w.Go(func() {
-		select {
-		case sig := <-sigs:
-			opts.Logger.Warn("second signal: closing every connection now", zap.Stringer("signal", sig))
-			cut()
-		case <-drained:
+		for {
+			select {
+			case sig := <-sigs:
+				if sig == syscall.SIGHUP {
+					continue // no reloads while draining
+				}
+				opts.Logger.Warn("second signal: closing every connection now", zap.Stringer("signal", sig))
+				cut()
+				return
+			case <-drained:
+				return
+			}
 		}
 	})
 	err = g.Shutdown(ctx)

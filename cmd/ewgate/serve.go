@@ -81,7 +81,8 @@ func serve(cfg *config.File, opts gateway.Options) error {
 			select {
 			case sig := <-sigs:
 				if sig == syscall.SIGHUP {
-					continue // no reloads while draining
+					opts.Logger.Info("SIGHUP ignored: draining (no reloads, nothing cut)")
+					continue
 				}
 				opts.Logger.Warn("second signal: closing every connection now", zap.Stringer("signal", sig))
 				cut()

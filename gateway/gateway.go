@@ -33,13 +33,13 @@ type Options struct {
 // Gateway is ewgate assembled: the data plane, the admin servers and the components the config
 // asks for, started in order by Start, reloaded by one goroutine, stopped by Shutdown.
 type Gateway struct {
-	opts   Options
-	log    *zap.Logger
-	reg    *prometheus.Registry
-	dp     *dataplane.Gateway
-	health *controlHealth
-	admin  *adminServers
-	parts  *parts // set by Start before the reload owner runs; never replaced
+	opts       Options
+	log        *zap.Logger
+	reg        *prometheus.Registry
+	dp         *dataplane.Gateway
+	health     *controlHealth
+	admin      *adminServers
+	components *components // set by Start before the reload owner runs; never replaced
 
 	reloads     chan string
 	stopReloads context.CancelFunc
@@ -75,14 +75,14 @@ func Start(cfg *config.File, opts Options) (*Gateway, error) {
 		g.admin.close()
 		return nil, err
 	}
-	if g.parts, err = g.startParts(cfg); err != nil {
+	if g.components, err = g.startComponents(cfg); err != nil {
 		cut, cancel := context.WithCancel(context.Background())
 		cancel() // not serving yet: whatever was accepted is closed at once
 		g.dp.Shutdown(cut)
 		g.admin.close()
 		return nil, err
 	}
-	g.admin.register(g.parts.vm.pages(g.log))
+	g.admin.register(g.components.vm.pages(g.log))
 	g.health.set(func(h *controlHealth) { h.started.Store(true) })
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -125,7 +125,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 func (g *Gateway) stop(ctx context.Context) error {
 	g.health.set(func(h *controlHealth) { h.started.Store(false) })
 	g.dp.StopAccepting()
-	g.parts.stopAccepting()
+	g.components.stopAccepting()
 
 	g.stopReloads()
 	g.bg.Wait() // g.cfg is Shutdown's from here
@@ -138,10 +138,10 @@ func (g *Gateway) stop(ctx context.Context) error {
 			g.log.Warn("drain ended with connections still open; they were closed", zap.Error(err))
 		}
 	})
-	drains.Go(func() { g.parts.drainControl(drainCtx) })
+	drains.Go(func() { g.components.drainControl(drainCtx) })
 	drains.Wait()
 
-	g.parts.stop()
+	g.components.stop()
 	err := g.admin.shutdown()
 	g.log.Info("ewgate stopped")
 	return err

@@ -266,7 +266,7 @@ func TestBuiltinUpstreamStopIsOwned(t *testing.T) {
 	}
 	returned := make(chan struct{})
 	var finished atomic.Bool
-	g.parts.afterBuiltinStop = func() {
+	g.components.afterBuiltinStop = func() {
 		select {
 		case <-returned: // Shutdown returned first: this goroutine was not waited for
 		case <-time.After(500 * time.Millisecond):

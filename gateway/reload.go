@@ -40,7 +40,7 @@ func (g *Gateway) apply(cfg *config.File) error {
 		return err
 	}
 	g.cfg = cfg
-	if err := g.parts.reload(cfg); err != nil {
+	if err := g.components.reload(cfg); err != nil {
 		g.log.Error("reload: workload groups not written; the registrar keeps the previous ones and ewgate retries with backoff", zap.Error(err))
 	}
 	if lvl, err := zapcore.ParseLevel(cfg.Log.Level); err == nil && g.opts.Level != nil {

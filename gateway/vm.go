@@ -13,9 +13,9 @@ import (
 	"github.com/ewgate/ewgate/registrar"
 )
 
-// vmParts are the VM control endpoint (port 15012) and what it needs: authn, and the registrar
+// vmSide is the VM control endpoint (port 15012) and what it needs: authn, and the registrar
 // with its store.
-type vmParts struct {
+type vmSide struct {
 	verifier *authn.Verifier
 	reg      *registrar.Registrar
 	store    registrar.Store
@@ -26,8 +26,8 @@ type vmParts struct {
 
 // startVM builds the verifier, the registrar and the front the config asks for into p.vm (so
 // that stop releases what was built even when a later step fails); run starts them.
-func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
-	vm := &vmParts{}
+func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error {
+	vm := &vmSide{}
 	p.vm = vm
 	if cfg.Control == nil {
 		return nil
@@ -54,7 +54,7 @@ func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
 }
 
 // run starts the registrar and the front (after the control plane they may forward to).
-func (vm *vmParts) run(p *parts) {
+func (vm *vmSide) run(p *components) {
 	if vm.reg != nil {
 		p.goRun("registrar", vm.reg.Run)
 		p.goRun("workload group sync", vm.groups.run)
@@ -66,7 +66,7 @@ func (vm *vmParts) run(p *parts) {
 
 // stopAccepting closes the control endpoint's listener: new VM connections are refused, open
 // streams go on.
-func (vm *vmParts) stopAccepting() {
+func (vm *vmSide) stopAccepting() {
 	if vm != nil && vm.front != nil {
 		vm.front.StopAccepting()
 	}
@@ -74,7 +74,7 @@ func (vm *vmParts) stopAccepting() {
 
 // drain waits for the control endpoint to finish its drain (which StopAccepting began), capped
 // by its own control.drain_timeout; when ctx ends first, the streams still open are cut.
-func (vm *vmParts) drain(ctx context.Context) {
+func (vm *vmSide) drain(ctx context.Context) {
 	if vm == nil || vm.served == nil {
 		return
 	}
@@ -88,14 +88,14 @@ func (vm *vmParts) drain(ctx context.Context) {
 
 // syncGroups writes the config's workload groups to the registrar's store; on failure they
 // are retried in the background until written (or replaced by a later reload).
-func (vm *vmParts) syncGroups(ctx context.Context, cfg *config.File) error {
+func (vm *vmSide) syncGroups(ctx context.Context, cfg *config.File) error {
 	if vm == nil || vm.groups == nil {
 		return nil
 	}
 	return vm.groups.update(ctx, cfg.WorkloadGroups)
 }
 
-func (vm *vmParts) close() {
+func (vm *vmSide) close() {
 	if vm != nil && vm.verifier != nil {
 		vm.verifier.Close()
 	}
@@ -103,7 +103,7 @@ func (vm *vmParts) close() {
 
 // pages are the VM side's admin pages, for the components it runs: /debug/registrations (live
 // registrations, with a registrar) and /debug/authn (each issuer's key status, never a key).
-func (vm *vmParts) pages(log *zap.Logger) pages {
+func (vm *vmSide) pages(log *zap.Logger) pages {
 	p := pages{debug: map[string]http.Handler{}}
 	if vm.reg != nil {
 		p.debug["GET /debug/registrations"] = jsonPage(log, func() any { return vm.reg.Registrations() })

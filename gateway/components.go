@@ -22,11 +22,11 @@ import (
 	"github.com/ewgate/ewgate/registrar/kube"
 )
 
-// parts are what runs beside the data plane when the config asks for it: the registrar's store,
-// the VM control endpoint with authn and the registrar (vm.go), the built-in control plane and
-// the gateway's xDS client. Changing their settings needs a restart; services and workload
-// groups follow reloads.
-type parts struct {
+// components are what runs beside the data plane when the config asks for it: the registrar's
+// store, the VM control endpoint with authn and the registrar (vm.go), the built-in control
+// plane and the gateway's xDS client. Changing their settings needs a restart; services and
+// workload groups follow reloads.
+type components struct {
 	log    *zap.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -36,17 +36,17 @@ type parts struct {
 	where  string          // where the store is, for logs
 	health *controlHealth
 	cp     *controlplane.Server
-	vm     *vmParts
+	vm     *vmSide
 
 	afterBuiltinStop func() // a test's hook: runs after the built-in upstream's Stop
 }
 
-// startParts starts, in dependency order, the store, the VM control endpoint, the built-in
+// startComponents starts, in dependency order, the store, the VM control endpoint, the built-in
 // control plane (standalone mode) and the gateway's xDS client (routes_from: xds listeners).
-func (g *Gateway) startParts(cfg *config.File) (p *parts, err error) {
+func (g *Gateway) startComponents(cfg *config.File) (p *components, err error) {
 	reg := g.reg
 	ctx, cancel := context.WithCancel(context.Background())
-	p = &parts{log: g.log, ctx: ctx, cancel: cancel, health: g.health}
+	p = &components{log: g.log, ctx: ctx, cancel: cancel, health: g.health}
 	defer func() {
 		if err != nil {
 			p.stop()
@@ -77,7 +77,7 @@ func (g *Gateway) startParts(cfg *config.File) (p *parts, err error) {
 	return p, nil
 }
 
-func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, g *Gateway, target string) error {
+func (p *components) startXDSClient(cfg *config.File, reg prometheus.Registerer, g *Gateway, target string) error {
 	var tlsCfg *tls.Config
 	if t := cfg.XDS.TLS; t != nil {
 		tlsCfg = &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
@@ -109,7 +109,7 @@ func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, g *G
 	return nil
 }
 
-func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (string, error) {
+func (p *components) startControlPlane(cfg *config.File, reg prometheus.Registerer) (string, error) {
 	cpc := cfg.ControlPlane
 	opts := controlplane.Options{
 		Services: cfg.Services, Network: cfg.XDS.Node.Network, MeshPort: cfg.XDS.MeshPort,
@@ -155,9 +155,9 @@ func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (
 	return ln.Addr().String(), nil
 }
 
-// goRun runs fn until the parts stop; stop waits for it. The channel is closed when fn has
+// goRun runs fn until the components stop; stop waits for it. The channel is closed when fn has
 // returned.
-func (p *parts) goRun(name string, fn func(ctx context.Context) error) <-chan struct{} {
+func (p *components) goRun(name string, fn func(ctx context.Context) error) <-chan struct{} {
 	done := make(chan struct{})
 	p.wg.Go(func() {
 		defer close(done)
@@ -169,7 +169,7 @@ func (p *parts) goRun(name string, fn func(ctx context.Context) error) <-chan st
 }
 
 // reload hands the new services to the control plane and the new groups to the store.
-func (p *parts) reload(cfg *config.File) error {
+func (p *components) reload(cfg *config.File) error {
 	if p == nil {
 		return nil
 	}
@@ -181,21 +181,21 @@ func (p *parts) reload(cfg *config.File) error {
 
 // stopAccepting closes the listeners VMs connect to (the control endpoint's); see
 // Gateway.Shutdown.
-func (p *parts) stopAccepting() {
+func (p *components) stopAccepting() {
 	if p != nil {
 		p.vm.stopAccepting()
 	}
 }
 
 // drainControl waits for the control endpoint's drain, cutting it when ctx ends.
-func (p *parts) drainControl(ctx context.Context) {
+func (p *components) drainControl(ctx context.Context) {
 	if p != nil {
 		p.vm.drain(ctx)
 	}
 }
 
 // stop ends everything and waits for it.
-func (p *parts) stop() {
+func (p *components) stop() {
 	if p == nil {
 		return
 	}
@@ -209,7 +209,7 @@ func (p *parts) stop() {
 
 // openStore opens the store of WorkloadEntries and WorkloadGroups that the registrar writes and
 // the built-in control plane reads: the API server, or a directory.
-func (p *parts) openStore(cfg *config.File) error {
+func (p *components) openStore(cfg *config.File) error {
 	switch {
 	case cfg.Kubernetes != nil:
 		rc, err := kube.RESTConfig(cfg.Kubernetes.Kubeconfig)

@@ -44,7 +44,7 @@ func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error 
 			return err
 		}
 		// A store that refuses the groups (a full disk, an API server away) degrades the VM
-		// side only: the data plane serves on and the groups are retried (groupsync.go).
+		// side only: the data plane serves on and the groups are retried (health.go).
 		vm.groups = newGroupSync(vm.store.WorkloadGroups(), p.where, p.log.Named("registrar"), p.health)
 		_ = vm.groups.update(p.ctx, cfg.WorkloadGroups)
 		opts.Registrar = vm.reg

@@ -176,7 +176,8 @@ func httpGet(t *testing.T, url string) (int, string) {
 
 // TestServeExampleReloadDrain runs the example config (ports moved to free ones) with the demo
 // backend, sends the README's openssl s_client line through it, reloads by file change and by
-// SIGHUP, refuses an invalid file while serving on, and drains on SIGTERM.
+// SIGHUP, refuses an invalid file while serving on, and drains on SIGTERM (a SIGHUP during the
+// drain changes nothing).
 func TestServeExampleReloadDrain(t *testing.T) {
 	raw, err := os.ReadFile(example)
 	if err != nil {
@@ -253,6 +254,15 @@ func TestServeExampleReloadDrain(t *testing.T) {
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	testkit.Eventually(t, "not ready while draining", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 503 })
+	// A SIGHUP during the drain (a config-management agent's) neither reloads nor cuts.
+	testkit.Eventually(t, "the drain to begin", func() bool { return len(p.find("shutting down: draining connections")) > 0 })
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	testkit.Eventually(t, "the SIGHUP seen during the drain", func() bool {
+		return len(p.find("SIGHUP ignored: draining (no reloads, nothing cut)"))+len(p.find("second signal: closing every connection now")) > 0
+	})
+	if cut := p.find("second signal: closing every connection now"); len(cut) > 0 {
+		t.Fatalf("a SIGHUP during the drain cut every connection: %v", cut[0])
+	}
 	br := bufio.NewReader(tc)
 	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, "hello from the ewgate demo backend") {
 		t.Fatalf("open connection during drain: %q %v", line, err)

@@ -222,13 +222,7 @@ func (g *Gateway) ActiveConnections() int {
 // until ctx is done, then closes the rest, and returns when every goroutine has exited. It
 // returns ctx.Err() when connections had to be cut.
 func (g *Gateway) Shutdown(ctx context.Context) error {
-	g.mu.Lock()
-	g.draining.Store(true)
-	for name, l := range g.listeners {
-		l.close()
-		delete(g.listeners, name)
-	}
-	g.mu.Unlock()
+	g.StopAccepting()
 	err := g.waitIdle(ctx)
 	if err != nil {
 		g.mu.Lock()
@@ -243,6 +237,20 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		e.Close() // every pair has ended: their handlers were in g.wg
 	}
 	return err
+}
+
+// StopAccepting turns readiness false and closes every listener: new connections are refused
+// while open ones go on, and Apply is refused from here on. Shutdown does it first; a caller
+// that stops other components as well calls it before any of them drains, so that nothing is
+// ready or accepting while they do.
+func (g *Gateway) StopAccepting() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.draining.Store(true)
+	for name, l := range g.listeners {
+		l.close()
+		delete(g.listeners, name)
+	}
 }
 
 // waitIdle polls until no connection is open or ctx ends. Polling (every 10-500 ms, like

@@ -63,6 +63,12 @@ type Front struct {
 	sample         *logsample.Sampler
 
 	wg sync.WaitGroup // goroutines that outlive a handler (VM readers)
+
+	lifeMu   sync.Mutex   // guards ln and stopping
+	ln       *capListener // the listener Serve serves on; nil before Serve
+	stopping bool         // StopAccepting was called
+	cut      chan struct{}
+	cutOnce  sync.Once
 }
 
 // New builds a front from cfg (defaults applied to a copy, then validated). Upstream
@@ -91,7 +97,8 @@ func New(cfg Config, opts Options) (*Front, error) {
 		failures:       newFailureLimiter(cfg.AuthFailures, opts.Now),
 		authenticating: newAuthenticating(cfg.Limits.MaxAuthenticatingPerSource),
 		limits:         newStreamLimits(cfg.Limits.MaxStreams, cfg.Limits.MaxStreamsPerVM),
-		sample:         logsample.New(RefusalLogBurst, time.Second, opts.Now)}
+		sample:         logsample.New(RefusalLogBurst, time.Second, opts.Now),
+		cut:            make(chan struct{})}
 	if f.certs, err = newCertReloader(cfg.TLS.CertFile, cfg.TLS.KeyFile, cfg.TLS.CheckInterval, f.log); err != nil {
 		return nil, err
 	}
@@ -162,17 +169,24 @@ func (f *Front) Run(ctx context.Context) error {
 	return f.Serve(ctx, ln)
 }
 
-// Serve serves VMs on ln until ctx ends, then stops accepting, lets open streams continue for
-// the drain timeout, closes the rest and the upstream connections, and returns once every
-// goroutine it started has exited. A Front serves once.
+// Serve serves VMs on ln until ctx ends (or StopAccepting), then stops accepting, lets open
+// streams continue for the drain timeout (or until Cut), closes the rest and the upstream
+// connections, and returns once every goroutine it started has exited. A Front serves once.
 func (f *Front) Serve(ctx context.Context, ln net.Listener) error {
-	f.tracker = newConnTracker(newCapListener(ln, f), f.cfg.Limits.IdleTimeout, func() { f.m.limits.WithLabelValues("idle_timeout").Inc() })
+	cl := newCapListener(ln, f)
+	f.lifeMu.Lock()
+	f.ln = cl
+	if f.stopping {
+		cl.Close()
+	}
+	f.lifeMu.Unlock()
+	f.tracker = newConnTracker(cl, f.cfg.Limits.IdleTimeout, func() { f.m.limits.WithLabelValues("idle_timeout").Inc() })
 	gs := grpc.NewServer(f.serverOptions()...)
 	reapDone := make(chan struct{})
 	var bg sync.WaitGroup
 	bg.Go(func() { f.tracker.run(reapDone) })
 	serveErr := make(chan error, 1)
-	bg.Go(func() { serveErr <- gs.Serve(f.tracker) })
+	bg.Go(func() { serveErr <- f.stoppedAccepting(gs.Serve(f.tracker)) })
 	var err error
 	select {
 	case <-ctx.Done():
@@ -187,6 +201,9 @@ func (f *Front) Serve(ctx context.Context, ln net.Listener) error {
 	case <-t.C:
 		gs.Stop()
 		<-stopped
+	case <-f.cut:
+		gs.Stop()
+		<-stopped
 	}
 	t.Stop()
 	close(reapDone)
@@ -196,5 +213,33 @@ func (f *Front) Serve(ctx context.Context, ln net.Listener) error {
 	bg.Wait()
 	f.wg.Wait()
 	f.closeUpstreams()
+	return err
+}
+
+// StopAccepting closes the listener Serve serves on (now, or as soon as Serve begins): new
+// connections are refused while open streams go on, and Serve begins its drain as when its
+// context ends. The gateway calls it when shutting down, before anything drains, so that a
+// load balancer's and the VMs' new connections go elsewhere at once.
+func (f *Front) StopAccepting() {
+	f.lifeMu.Lock()
+	defer f.lifeMu.Unlock()
+	f.stopping = true
+	if f.ln != nil {
+		f.ln.Close()
+	}
+}
+
+// Cut ends Serve's drain at once: the streams still open are closed, as when the drain timeout
+// passes. The gateway calls it when its own drain deadline (drain_timeout) comes first.
+func (f *Front) Cut() { f.cutOnce.Do(func() { close(f.cut) }) }
+
+// stoppedAccepting turns the error of gRPC's Serve after StopAccepting (the listener closed
+// under it) into nil: that is a shutdown, not a failure.
+func (f *Front) stoppedAccepting(err error) error {
+	f.lifeMu.Lock()
+	defer f.lifeMu.Unlock()
+	if f.stopping && errors.Is(err, net.ErrClosed) {
+		return nil
+	}
 	return err
 }

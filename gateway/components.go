@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -22,11 +22,11 @@ import (
 	"github.com/ewgate/ewgate/registrar/kube"
 )
 
-// parts are what runs beside the data plane when the config asks for it: the registrar's store,
-// the VM control endpoint with authn and the registrar (vm.go), the built-in control plane and
-// the gateway's xDS client. Changing their settings needs a restart; services and workload
-// groups follow reloads.
-type parts struct {
+// components are what runs beside the data plane when the config asks for it: the registrar's
+// store, the VM control endpoint with authn and the registrar (vm.go), the built-in control
+// plane and the gateway's xDS client. Changing their settings needs a restart; services and
+// workload groups follow reloads.
+type components struct {
 	log    *zap.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -36,14 +36,17 @@ type parts struct {
 	where  string          // where the store is, for logs
 	health *controlHealth
 	cp     *controlplane.Server
-	vm     *vmParts
+	vm     *vmSide
+
+	afterBuiltinStop func() // a test's hook: runs after the built-in upstream's Stop
 }
 
-// startParts starts, in dependency order, the store, the VM control endpoint, the built-in
+// startComponents starts, in dependency order, the store, the VM control endpoint, the built-in
 // control plane (standalone mode) and the gateway's xDS client (routes_from: xds listeners).
-func (s *server) startParts(cfg *config.File, reg prometheus.Registerer) (p *parts, err error) {
+func (g *Gateway) startComponents(cfg *config.File) (p *components, err error) {
+	reg := g.reg
 	ctx, cancel := context.WithCancel(context.Background())
-	p = &parts{log: s.log, ctx: ctx, cancel: cancel, health: s.health}
+	p = &components{log: g.log, ctx: ctx, cancel: cancel, health: g.health}
 	defer func() {
 		if err != nil {
 			p.stop()
@@ -67,14 +70,14 @@ func (s *server) startParts(cfg *config.File, reg prometheus.Registerer) (p *par
 	}
 	p.vm.run(p)
 	if cfg.UsesXDS() {
-		if err := p.startXDSClient(cfg, reg, s, target); err != nil {
+		if err := p.startXDSClient(cfg, reg, g, target); err != nil {
 			return nil, err
 		}
 	}
 	return p, nil
 }
 
-func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, s *server, target string) error {
+func (p *components) startXDSClient(cfg *config.File, reg prometheus.Registerer, g *Gateway, target string) error {
 	var tlsCfg *tls.Config
 	if t := cfg.XDS.TLS; t != nil {
 		tlsCfg = &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
@@ -96,8 +99,8 @@ func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, s *s
 		}
 	}
 	c := xdsclient.New(xdsclient.Options{
-		Target: target, TLS: tlsCfg, TokenFile: cfg.XDS.TokenFile, Node: xdsclient.NewNode(cfg.XDS.Node, versionString()),
-		MeshPort: cfg.XDS.MeshPort, Listeners: listeners, Sink: s.gw,
+		Target: target, TLS: tlsCfg, TokenFile: cfg.XDS.TokenFile, Node: xdsclient.NewNode(cfg.XDS.Node, g.opts.Version),
+		MeshPort: cfg.XDS.MeshPort, Listeners: listeners, Sink: g.dp,
 		InitialBackoff: cfg.XDS.InitialBackoff, MaxBackoff: cfg.XDS.MaxBackoff,
 		Logger: p.log.Named("xds"), Registerer: reg,
 	})
@@ -106,7 +109,7 @@ func (p *parts) startXDSClient(cfg *config.File, reg prometheus.Registerer, s *s
 	return nil
 }
 
-func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (string, error) {
+func (p *components) startControlPlane(cfg *config.File, reg prometheus.Registerer) (string, error) {
 	cpc := cfg.ControlPlane
 	opts := controlplane.Options{
 		Services: cfg.Services, Network: cfg.XDS.Node.Network, MeshPort: cfg.XDS.MeshPort,
@@ -137,27 +140,36 @@ func (p *parts) startControlPlane(cfg *config.File, reg prometheus.Registerer) (
 		gs := grpc.NewServer(p.vm.front.BuiltinServerOptions()...)
 		p.cp.Register(p.ctx, gs)
 		bl := p.vm.front.BuiltinListener()
-		p.goRun("built-in upstream", func(ctx context.Context) error {
-			go func() { <-ctx.Done(); gs.Stop() }()
-			return gs.Serve(bl)
+		// Serve returns once Stop has run; the goroutine that calls Stop is owned too, so
+		// that stop returns only after the server is stopped.
+		p.goRun("built-in upstream", func(context.Context) error { return gs.Serve(bl) })
+		p.goRun("built-in upstream stop", func(ctx context.Context) error {
+			<-ctx.Done()
+			gs.Stop()
+			if p.afterBuiltinStop != nil {
+				p.afterBuiltinStop()
+			}
+			return nil
 		})
 	}
 	return ln.Addr().String(), nil
 }
 
-// goRun runs fn until the parts stop; stop waits for it.
-func (p *parts) goRun(name string, fn func(ctx context.Context) error) {
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
+// goRun runs fn until the components stop; stop waits for it. The channel is closed when fn has
+// returned.
+func (p *components) goRun(name string, fn func(ctx context.Context) error) <-chan struct{} {
+	done := make(chan struct{})
+	p.wg.Go(func() {
+		defer close(done)
 		if err := fn(p.ctx); err != nil && p.ctx.Err() == nil {
 			p.log.Error(name+" stopped", zap.Error(err))
 		}
-	}()
+	})
+	return done
 }
 
 // reload hands the new services to the control plane and the new groups to the store.
-func (p *parts) reload(cfg *config.File) error {
+func (p *components) reload(cfg *config.File) error {
 	if p == nil {
 		return nil
 	}
@@ -167,8 +179,23 @@ func (p *parts) reload(cfg *config.File) error {
 	return p.vm.syncGroups(p.ctx, cfg)
 }
 
+// stopAccepting closes the listeners VMs connect to (the control endpoint's); see
+// Gateway.Shutdown.
+func (p *components) stopAccepting() {
+	if p != nil {
+		p.vm.stopAccepting()
+	}
+}
+
+// drainControl waits for the control endpoint's drain, cutting it when ctx ends.
+func (p *components) drainControl(ctx context.Context) {
+	if p != nil {
+		p.vm.drain(ctx)
+	}
+}
+
 // stop ends everything and waits for it.
-func (p *parts) stop() {
+func (p *components) stop() {
 	if p == nil {
 		return
 	}
@@ -182,7 +209,7 @@ func (p *parts) stop() {
 
 // openStore opens the store of WorkloadEntries and WorkloadGroups that the registrar writes and
 // the built-in control plane reads: the API server, or a directory.
-func (p *parts) openStore(cfg *config.File) error {
+func (p *components) openStore(cfg *config.File) error {
 	switch {
 	case cfg.Kubernetes != nil:
 		rc, err := kube.RESTConfig(cfg.Kubernetes.Kubeconfig)

@@ -1,8 +1,7 @@
-package main
+package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,20 +13,21 @@ import (
 	"github.com/ewgate/ewgate/registrar"
 )
 
-// vmParts are the VM control endpoint (port 15012) and what it needs: authn, and the registrar
+// vmSide is the VM control endpoint (port 15012) and what it needs: authn, and the registrar
 // with its store.
-type vmParts struct {
+type vmSide struct {
 	verifier *authn.Verifier
 	reg      *registrar.Registrar
 	store    registrar.Store
 	front    *vmcontrol.Front
-	groups   *groupSync // nil without a registrar
+	groups   *groupSync      // nil without a registrar
+	served   <-chan struct{} // closed when the front's Run has returned; nil without a front
 }
 
 // startVM builds the verifier, the registrar and the front the config asks for into p.vm (so
 // that stop releases what was built even when a later step fails); run starts them.
-func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
-	vm := &vmParts{}
+func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error {
+	vm := &vmSide{}
 	p.vm = vm
 	if cfg.Control == nil {
 		return nil
@@ -44,7 +44,7 @@ func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
 			return err
 		}
 		// A store that refuses the groups (a full disk, an API server away) degrades the VM
-		// side only: the data plane serves on and the groups are retried (groupsync.go).
+		// side only: the data plane serves on and the groups are retried (health.go).
 		vm.groups = newGroupSync(vm.store.WorkloadGroups(), p.where, p.log.Named("registrar"), p.health)
 		_ = vm.groups.update(p.ctx, cfg.WorkloadGroups)
 		opts.Registrar = vm.reg
@@ -54,68 +54,62 @@ func (p *parts) startVM(cfg *config.File, reg prometheus.Registerer) error {
 }
 
 // run starts the registrar and the front (after the control plane they may forward to).
-func (vm *vmParts) run(p *parts) {
+func (vm *vmSide) run(p *components) {
 	if vm.reg != nil {
 		p.goRun("registrar", vm.reg.Run)
 		p.goRun("workload group sync", vm.groups.run)
 	}
 	if vm.front != nil {
-		p.goRun("control endpoint", vm.front.Run)
+		vm.served = p.goRun("control endpoint", vm.front.Run)
+	}
+}
+
+// stopAccepting closes the control endpoint's listener: new VM connections are refused, open
+// streams go on.
+func (vm *vmSide) stopAccepting() {
+	if vm != nil && vm.front != nil {
+		vm.front.StopAccepting()
+	}
+}
+
+// drain waits for the control endpoint to finish its drain (which StopAccepting began), capped
+// by its own control.drain_timeout; when ctx ends first, the streams still open are cut.
+func (vm *vmSide) drain(ctx context.Context) {
+	if vm == nil || vm.served == nil {
+		return
+	}
+	select {
+	case <-vm.served:
+	case <-ctx.Done():
+		vm.front.Cut()
+		<-vm.served
 	}
 }
 
 // syncGroups writes the config's workload groups to the registrar's store; on failure they
 // are retried in the background until written (or replaced by a later reload).
-func (vm *vmParts) syncGroups(ctx context.Context, cfg *config.File) error {
+func (vm *vmSide) syncGroups(ctx context.Context, cfg *config.File) error {
 	if vm == nil || vm.groups == nil {
 		return nil
 	}
 	return vm.groups.update(ctx, cfg.WorkloadGroups)
 }
 
-func (vm *vmParts) close() {
+func (vm *vmSide) close() {
 	if vm != nil && vm.verifier != nil {
 		vm.verifier.Close()
 	}
 }
 
-// debugHandlers are the admin pages of the VM parts: /debug/registrations (live registrations)
-// and /debug/authn (each issuer's key status, never a key).
-func (s *server) debugHandlers() map[string]http.Handler {
-	page := func(get func(vm *vmParts) (any, bool)) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			var vm *vmParts
-			if p := s.parts.Load(); p != nil {
-				vm = p.vm
-			}
-			v, ok := any(nil), false
-			if vm != nil {
-				v, ok = get(vm)
-			}
-			if !ok {
-				http.Error(w, "not configured", http.StatusNotFound)
-				return
-			}
-			w.Header().Set("Content-Type", "application/json")
-			enc := json.NewEncoder(w)
-			enc.SetIndent("", "  ")
-			if err := enc.Encode(v); err != nil {
-				s.log.Debug("debug page", zap.Error(err))
-			}
-		})
+// pages are the VM side's admin pages, for the components it runs: /debug/registrations (live
+// registrations, with a registrar) and /debug/authn (each issuer's key status, never a key).
+func (vm *vmSide) pages(log *zap.Logger) pages {
+	p := pages{debug: map[string]http.Handler{}}
+	if vm.reg != nil {
+		p.debug["GET /debug/registrations"] = jsonPage(log, func() any { return vm.reg.Registrations() })
 	}
-	return map[string]http.Handler{
-		"GET /debug/registrations": page(func(vm *vmParts) (any, bool) {
-			if vm.reg == nil {
-				return nil, false
-			}
-			return vm.reg.Registrations(), true
-		}),
-		"GET /debug/authn": page(func(vm *vmParts) (any, bool) {
-			if vm.verifier == nil {
-				return nil, false
-			}
-			return vm.verifier.Status(), true
-		}),
+	if vm.verifier != nil {
+		p.debug["GET /debug/authn"] = jsonPage(log, func() any { return vm.verifier.Status() })
 	}
+	return p
 }

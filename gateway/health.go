@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/ewgate/ewgate/gateway/dataplane"
 	"github.com/ewgate/ewgate/registrar"
 )
 
@@ -61,17 +62,16 @@ func (h *controlHealth) set(f func(h *controlHealth)) {
 	h.ready.Set(v)
 }
 
-// statusChecks are the status server's checks beyond /healthz/ready: GET /healthz/control, 200
-// while the VM side serves, 503 while it starts, drains or is degraded, 404 without a control
-// endpoint. The body never says more than the state: the status port may be public.
-func (s *server) statusChecks() map[string]http.Handler {
+// pages is the status check beyond /healthz/ready: GET /healthz/control, 200 while the VM side
+// serves, 503 while it starts, drains or is degraded, 404 without a control endpoint. The body
+// never says more than the state: the status port may be public.
+func (h *controlHealth) pages(dp *dataplane.Gateway) map[string]http.Handler {
 	return map[string]http.Handler{
 		"GET /healthz/control": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			h := s.health
 			switch {
 			case !h.configured.Load():
 				http.Error(w, "no control endpoint configured", http.StatusNotFound)
-			case !h.started.Load() || !s.gw.Ready():
+			case !h.started.Load() || !dp.Ready():
 				http.Error(w, "not ready", http.StatusServiceUnavailable)
 			case !h.groupsOK.Load():
 				http.Error(w, "degraded: workload groups not in the store (see the log)", http.StatusServiceUnavailable)

@@ -94,7 +94,7 @@ func (p *components) startXDSClient(cfg *config.File, reg prometheus.Registerer,
 	}
 	var listeners []string
 	for _, l := range cfg.Listeners {
-		if l.Kind == config.KindMesh && l.RoutesFrom == config.RoutesXDS {
+		if l.RoutesFromXDS() {
 			listeners = append(listeners, l.Name)
 		}
 	}

@@ -2,10 +2,11 @@ package dataplane
 
 import (
 	"net"
-	"net/netip"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ewgate/ewgate/gateway/internal/conncap"
 )
 
 // AdminLimits caps the connections of one admin HTTP server, so that a flood on one of them
@@ -55,8 +56,7 @@ func (a *AdminLimiter) Wrap(server string, ln net.Listener, lim AdminLimits) net
 	}
 	return &limitListener{
 		Listener:  ln,
-		lim:       lim,
-		perSource: map[netip.Addr]int{},
+		caps:      &conncap.Caps{Max: lim.MaxConnections, PerSource: lim.MaxPerSource},
 		refusedMx: a.refused.WithLabelValues(server, AdminRefusedMax),
 		refusedPS: a.refused.WithLabelValues(server, AdminRefusedPerSource),
 		open:      a.open.WithLabelValues(server),
@@ -65,13 +65,9 @@ func (a *AdminLimiter) Wrap(server string, ln net.Listener, lim AdminLimits) net
 
 type limitListener struct {
 	net.Listener
-	lim                  AdminLimits
+	caps                 *conncap.Caps
 	refusedMx, refusedPS prometheus.Counter
 	open                 prometheus.Gauge
-
-	mu        sync.Mutex
-	total     int
-	perSource map[netip.Addr]int // sources with open connections only: at most lim.MaxConnections keys
 }
 
 // Accept returns the next connection within the caps; those beyond are closed here and never
@@ -83,56 +79,20 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := sourceOf(c.RemoteAddr())
-		if reason := l.admit(src); reason != nil {
-			reason.Inc() // before the close, which the client sees
-			// A reset (linger 0) frees the socket at once instead of leaving it in TIME_WAIT.
-			if tc, ok := c.(*net.TCPConn); ok {
-				tc.SetLinger(0)
-			}
-			c.Close()
+		src := conncap.Source(c.RemoteAddr())
+		switch l.caps.Admit(src) {
+		case conncap.OverTotal:
+			l.refusedMx.Inc() // before the close, which the client sees
+			conncap.Refuse(c)
+			continue
+		case conncap.OverPerSource:
+			l.refusedPS.Inc()
+			conncap.Refuse(c)
 			continue
 		}
 		l.open.Inc()
-		return &limitConn{Conn: c, release: func() { l.release(src) }}, nil
+		return &limitConn{Conn: c, release: func() { l.caps.Release(src); l.open.Dec() }}, nil
 	}
-}
-
-// admit takes a slot for src, or returns the counter of the reason it is refused.
-func (l *limitListener) admit(src netip.Addr) prometheus.Counter {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.total >= l.lim.MaxConnections {
-		return l.refusedMx
-	}
-	if l.perSource[src] >= l.lim.MaxPerSource {
-		return l.refusedPS
-	}
-	l.total++
-	l.perSource[src]++
-	return nil
-}
-
-func (l *limitListener) release(src netip.Addr) {
-	l.mu.Lock()
-	l.total--
-	if l.perSource[src]--; l.perSource[src] <= 0 {
-		delete(l.perSource, src)
-	}
-	l.mu.Unlock()
-	l.open.Dec()
-}
-
-func sourceOf(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ip, _ := netip.AddrFromSlice(ta.IP)
-		return ip.Unmap()
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
 }
 
 // limitConn gives its slot back once, on the first Close.

@@ -120,7 +120,7 @@ func (c *conn) readProxyHeader() bool {
 	}
 	if src, ok := h.Source.(*net.TCPAddr); ok && src != nil {
 		c.lbAddr, c.clientAddr = c.clientAddr, src.AddrPort()
-		if !c.l.sources.acquire(c.clientAddr.Addr(), lc.MaxConnectionsPerSource) {
+		if !c.l.sources.Acquire(c.clientAddr.Addr(), lc.MaxConnectionsPerSource) {
 			return c.fail(resultOverSource, errOverSourceLimit)
 		}
 		c.source = c.clientAddr.Addr()
@@ -191,7 +191,7 @@ func (c *conn) done() {
 		c.endpoint.state.active.Add(-1)
 	}
 	if c.source.IsValid() {
-		c.l.sources.release(c.source)
+		c.l.sources.Release(c.source)
 	}
 	c.count()
 	c.log()

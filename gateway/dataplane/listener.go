@@ -3,13 +3,14 @@ package dataplane
 import (
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/ewgate/ewgate/gateway/splice"
+
+	"github.com/ewgate/ewgate/gateway/internal/conncap"
 )
 
 // listener is one bound socket; its settings come from the snapshot's table of the same name.
@@ -19,7 +20,7 @@ type listener struct {
 	ln      *net.TCPListener
 	acc     *splice.Acceptor // accepts onto the relay engine's loops; nil without the engine
 	active  atomic.Int64
-	sources sourceCounts
+	sources conncap.Sources
 	closed  atomic.Bool
 }
 
@@ -92,7 +93,7 @@ func (g *Gateway) admit(l *listener, s clientSocket) *conn {
 	// Counted on the TCP peer here, before any byte is read; a trusted load balancer's
 	// connections are counted on the PROXY header's source once it is read (readProxyHeader).
 	if !t.trustsProxy(peer.Addr()) {
-		if !l.sources.acquire(peer.Addr(), t.Listener.MaxConnectionsPerSource) {
+		if !l.sources.Acquire(peer.Addr(), t.Listener.MaxConnectionsPerSource) {
 			g.refuseAtAccept(l, s, peer, resultOverSource)
 			return nil
 		}
@@ -125,46 +126,4 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
-}
-
-// sourceCounts counts a listener's open connections per source address, so that one source
-// cannot take every slot of max_connections. IPv6 sources are counted per /64, what one
-// subscriber commonly gets.
-type sourceCounts struct {
-	mu sync.Mutex
-	n  map[netip.Addr]int
-}
-
-func sourceKey(a netip.Addr) netip.Addr {
-	a = a.Unmap()
-	if a.Is6() {
-		p, _ := a.Prefix(64)
-		return p.Addr()
-	}
-	return a
-}
-
-// acquire counts a connection from a and reports true, or reports false when a already holds
-// max connections.
-func (s *sourceCounts) acquire(a netip.Addr, max int) bool {
-	k := sourceKey(a)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.n[k] >= max {
-		return false
-	}
-	if s.n == nil {
-		s.n = map[netip.Addr]int{}
-	}
-	s.n[k]++
-	return true
-}
-
-func (s *sourceCounts) release(a netip.Addr) {
-	k := sourceKey(a)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.n[k]--; s.n[k] <= 0 {
-		delete(s.n, k)
-	}
 }

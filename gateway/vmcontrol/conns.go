@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+
+	"github.com/ewgate/ewgate/gateway/internal/conncap"
 )
 
 // Connection limits are enforced where a connection is accepted, before the TLS handshake and
@@ -24,17 +26,15 @@ import (
 type capListener struct {
 	net.Listener
 	f         *Front
-	max, per  int
+	caps      conncap.Caps
 	mu        sync.Mutex
-	total     int
-	bySource  map[netip.Addr]int
 	closed    bool
 	closeOnce sync.Once
 }
 
 func newCapListener(ln net.Listener, f *Front) *capListener {
 	l := f.cfg.Limits
-	return &capListener{Listener: ln, f: f, max: l.MaxConnections, per: l.MaxConnectionsPerSource, bySource: map[netip.Addr]int{}}
+	return &capListener{Listener: ln, f: f, caps: conncap.Caps{Max: l.MaxConnections, PerSource: l.MaxConnectionsPerSource}}
 }
 
 // Accept returns the next connection within the caps; connections over a cap are closed here
@@ -46,12 +46,9 @@ func (l *capListener) Accept() (net.Conn, error) {
 			l.acceptFailed(err)
 			return nil, err
 		}
-		src := addrOf(c.RemoteAddr())
-		if limit := l.admit(src); limit != "" {
-			if tc, ok := c.(*net.TCPConn); ok {
-				tc.SetLinger(0)
-			}
-			c.Close()
+		src := conncap.Source(c.RemoteAddr())
+		if limit := capLimits[l.caps.Admit(src)]; limit != "" {
+			conncap.Refuse(c)
 			l.f.m.limits.WithLabelValues(limit).Inc()
 			l.f.logEvent(limit, "control connection refused", zap.String("source", c.RemoteAddr().String()), zap.String("limit", limit))
 			continue
@@ -87,29 +84,8 @@ func (l *capListener) Close() error {
 	return l.Listener.Close()
 }
 
-// admit counts a connection from src; it returns the cap that refused it, or "".
-func (l *capListener) admit(src netip.Addr) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.total >= l.max {
-		return "max_connections"
-	}
-	if l.bySource[src] >= l.per {
-		return "max_connections_per_source"
-	}
-	l.total++
-	l.bySource[src]++
-	return ""
-}
-
-func (l *capListener) release(src netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total--
-	if l.bySource[src]--; l.bySource[src] <= 0 {
-		delete(l.bySource, src)
-	}
-}
+// capLimits are the ewgate_control_limits_total labels of the caps' refusals.
+var capLimits = map[conncap.Refusal]string{conncap.OverTotal: "max_connections", conncap.OverPerSource: "max_connections_per_source"}
 
 // cappedConn gives its slot back when closed (once, whoever closes it).
 type cappedConn struct {
@@ -122,22 +98,10 @@ type cappedConn struct {
 func (c *cappedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		c.l.release(c.src)
+		c.l.caps.Release(c.src)
 		c.l.f.m.conns.Dec()
 	})
 	return err
-}
-
-func addrOf(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		ip, _ := netip.AddrFromSlice(ta.IP)
-		return ip.Unmap()
-	}
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap()
 }
 
 // Handshake failure reasons (ewgate_control_handshake_failures_total).

@@ -38,6 +38,8 @@ type components struct {
 	cp     *controlplane.Server
 	vm     *vmSide
 
+	stopXDS func() // ends the xDS client and waits for it; nil without one
+
 	afterBuiltinStop func() // a test's hook: runs after the built-in upstream's Stop
 }
 
@@ -104,7 +106,14 @@ func (p *components) startXDSClient(cfg *config.File, reg prometheus.Registerer,
 		InitialBackoff: cfg.XDS.InitialBackoff, MaxBackoff: cfg.XDS.MaxBackoff,
 		Logger: p.log.Named("xds"), Registerer: reg,
 	})
-	p.goRun("xds client", func(ctx context.Context) error { return c.Run(ctx) })
+	xctx, cancel := context.WithCancel(p.ctx)
+	done := p.goRun("xds client", func(context.Context) error {
+		if err := c.Run(xctx); xctx.Err() == nil {
+			return err
+		}
+		return nil
+	})
+	p.stopXDS = func() { cancel(); <-done }
 	p.log.Info("xds client started", zap.String("server", target), zap.Strings("listeners", listeners))
 	return nil
 }
@@ -179,11 +188,17 @@ func (p *components) reload(cfg *config.File) error {
 	return p.vm.syncGroups(p.ctx, cfg)
 }
 
-// stopAccepting closes the listeners VMs connect to (the control endpoint's); see
-// Gateway.Shutdown.
+// stopAccepting closes the listeners VMs connect to (the control endpoint's) and ends the
+// gateway's xDS stream: a gateway that accepts nothing needs no new routes, its stream ending
+// tells istiod at once that this replica is going, and the routes stay as they are while the
+// connections drain. See Gateway.Shutdown.
 func (p *components) stopAccepting() {
-	if p != nil {
-		p.vm.stopAccepting()
+	if p == nil {
+		return
+	}
+	p.vm.stopAccepting()
+	if p.stopXDS != nil {
+		p.stopXDS()
 	}
 }
 

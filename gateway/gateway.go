@@ -110,11 +110,11 @@ func (g *Gateway) Reload(why string) {
 
 // Shutdown stops the gateway. First nothing is ready and nothing accepts: /healthz/ready and
 // /healthz/control turn 503, the data-plane listeners and the VM control endpoint's listener
-// close. Then reloads stop, and open connections and VM streams drain together until the
-// config's drain_timeout passes or ctx ends (the control endpoint's own control.drain_timeout
-// caps its streams); what is still open then is closed. Then the components behind them stop
-// (the registrar, the built-in control plane, the xDS client: the routes stay as they are while
-// connections drain), the admin servers last. Shutdown returns when every goroutine the gateway
+// close, and the xDS stream ends (the routes stay as they are while connections drain). Then
+// reloads stop, and open connections and VM streams drain together until the config's
+// drain_timeout passes or ctx ends (the control endpoint's own control.drain_timeout caps its
+// streams); what is still open then is closed. Then the components behind them stop (the
+// registrar, the built-in control plane, the store), the admin servers last. Shutdown returns when every goroutine the gateway
 // started has exited. Connections cut at the deadline are logged, not an error (the drain did
 // its job); the error is an admin server's failure. Later calls return the first call's result.
 func (g *Gateway) Shutdown(ctx context.Context) error {

@@ -3,8 +3,6 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -14,14 +12,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ewgate/ewgate/gateway/testkit"
@@ -155,14 +149,7 @@ func TestFullStoreDiskDegradesOnlyTheVMSide(t *testing.T) {
 	}
 
 	// The VM endpoint serves: a VM of the group registers.
-	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: env.roots, ServerName: vmCA})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+env.token(t, "vms", "web"), "ClusterID", "cluster1")
+	cc, _, asVM := env.vmClient(t, control)
 	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,8 +13,6 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ewgate/ewgate/gateway/testkit"
@@ -80,14 +76,7 @@ func TestShutdownTurnsNotReadyBeforeAnythingDrains(t *testing.T) {
 	testkit.Eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
 
 	// A VM's ADS stream, open through the whole test.
-	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: env.roots, ServerName: vmCA})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+env.token(t, "vms", "web"), "ClusterID", "cluster1")
+	cc, _, asVM := env.vmClient(t, control)
 	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
 	if err != nil {
 		t.Fatal(err)
@@ -127,8 +116,7 @@ func TestShutdownTurnsNotReadyBeforeAnythingDrains(t *testing.T) {
 		t.Fatalf("ewgate exited (%v) with a VM stream open inside the drain period", err)
 	default:
 	}
-	// The VM goes: the drain ends, the process exits 0.
-	cancel()
+	// The VM goes (closing its connection ends its stream): the drain ends, the process exits 0.
 	cc.Close()
 	select {
 	case err := <-p.done:

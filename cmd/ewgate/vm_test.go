@@ -58,6 +58,21 @@ func (e *vmTestEnv) token(t *testing.T, ns, sa string) string {
 	return e.issuer.Token(t, ns, sa)
 }
 
+// vmClient is a VM's gRPC connection to the control endpoint at addr (closed when the test
+// ends), a context for its calls (a minute at most) and that context with the VM's token and
+// cluster, as pilot-agent sends them.
+func (e *vmTestEnv) vmClient(t *testing.T, addr string) (*grpc.ClientConn, context.Context, context.Context) {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: e.roots, ServerName: vmCA})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return cc, ctx, metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.token(t, "vms", "web"), "ClusterID", "cluster1")
+}
+
 func (e *vmTestEnv) config() string {
 	return fmt.Sprintf(`
 admin: {address: 127.0.0.1:0}
@@ -112,19 +127,12 @@ func TestStandaloneVMOnboarding(t *testing.T) {
 	control := p.addr(t, "control")
 	testkit.Eventually(t, "ready", func() bool { code, _ := httpGet(t, admin+"/healthz/ready"); return code == 200 })
 
-	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: env.roots, ServerName: vmCA})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+env.token(t, "vms", "web"), "ClusterID", "cluster1")
+	cc, ctx, asVM := env.vmClient(t, control)
 
 	// No token: refused before anything reaches the control plane.
 	webCSR, _ := testkit.CSR(t, "spiffe://cluster.local/ns/vms/sa/web")
 	otherCSR, _ := testkit.CSR(t, "spiffe://cluster.local/ns/istio-system/sa/istiod")
-	_, err = securityv1alpha1.NewIstioCertificateServiceClient(cc).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{Csr: webCSR})
+	_, err := securityv1alpha1.NewIstioCertificateServiceClient(cc).CreateCertificate(ctx, &securityv1alpha1.IstioCertificateRequest{Csr: webCSR})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("CreateCertificate without a token: %v; want Unauthenticated", err)
 	}
@@ -164,8 +172,9 @@ func TestStandaloneVMOnboarding(t *testing.T) {
 		return strings.Contains(body, sni) && strings.Contains(body, "10.1.2.3:8080")
 	})
 
-	// The VM goes: after the grace period its entry and its endpoint go.
-	cancel()
+	// The VM goes (closing its connection ends its stream): after the grace period its entry
+	// and its endpoint go.
+	cc.Close()
 	testkit.Eventually(t, "entry deleted after the grace period", func() bool {
 		_, err := os.Stat(filepath.Join(env.dir, "store", "workloadentries", "vms", entry+".yaml"))
 		return os.IsNotExist(err)

@@ -10,10 +10,8 @@ type (
 	Relay            = dataplane.Relay
 	Listener         = dataplane.Listener
 	ProxyProtocol    = dataplane.ProxyProtocol
-	Route            = dataplane.Route
 	Cluster          = dataplane.ClusterConfig
 	OutlierDetection = dataplane.OutlierDetection
-	Endpoint         = dataplane.EndpointConfig
 )
 
 // Listener kinds, load-balancing policies, route sources and relay engines.
@@ -32,25 +30,13 @@ const (
 
 // Defaults of the data plane's sections (see package dataplane).
 const (
-	DefaultMeshAddress        = dataplane.DefaultMeshAddress
-	DefaultMaxConnections     = dataplane.DefaultMaxConnections
-	DefaultSourceShare        = dataplane.DefaultSourceShare
-	MinSourceDefault          = dataplane.MinSourceDefault
-	DefaultHelloTimeout       = dataplane.DefaultHelloTimeout
-	DefaultMaxHelloBytes      = dataplane.DefaultMaxHelloBytes
-	DefaultIdleTimeout        = dataplane.DefaultIdleTimeout
-	DefaultConnectTimeout     = dataplane.DefaultConnectTimeout
-	DefaultMaxConnectAttempts = dataplane.DefaultMaxConnectAttempts
-	DefaultConsecutiveFails   = dataplane.DefaultConsecutiveFails
-	DefaultBaseEjectionTime   = dataplane.DefaultBaseEjectionTime
-	DefaultMaxEjectionTime    = dataplane.DefaultMaxEjectionTime
-	DefaultMeshDomain         = dataplane.DefaultMeshDomain
+	DefaultMeshAddress    = dataplane.DefaultMeshAddress
+	DefaultMaxConnections = dataplane.DefaultMaxConnections
+	DefaultSourceShare    = dataplane.DefaultSourceShare
+	DefaultHelloTimeout   = dataplane.DefaultHelloTimeout
+	DefaultMaxHelloBytes  = dataplane.DefaultMaxHelloBytes
+	DefaultIdleTimeout    = dataplane.DefaultIdleTimeout
 )
-
-// MeshClusterDefaults returns a cluster of listener with every optional field at its default.
-func MeshClusterDefaults(name, listener string) Cluster {
-	return dataplane.MeshClusterDefaults(name, listener)
-}
 
 // BoolOr returns *b, or def when b is nil.
 func BoolOr(b *bool, def bool) bool { return dataplane.BoolOr(b, def) }

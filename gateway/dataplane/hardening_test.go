@@ -106,7 +106,7 @@ func TestApplyRefusesCapsOverTheFileLimit(t *testing.T) {
 	be := startBackend(t, pki, reviews)
 	var control int
 	reg := prometheus.NewRegistry()
-	g := &testGateway{Gateway: New(Options{Registerer: reg}), reg: reg}
+	g := &testGateway{Gateway: New(Options{Registerer: reg}), t: t, reg: reg}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -294,7 +294,7 @@ func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	core, logs := observer.New(zap.InfoLevel)
 	reg := prometheus.NewRegistry()
-	g := &testGateway{Gateway: New(Options{Logger: zap.New(core), Registerer: reg, Now: clock}), reg: reg, logs: logs}
+	g := &testGateway{Gateway: New(Options{Logger: zap.New(core), Registerer: reg, Now: clock}), t: t, reg: reg, logs: logs}
 	if err := g.Apply(f); err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 	"go.yaml.in/yaml/v3"
@@ -127,6 +126,7 @@ func (b *backend) hellos() []seenHello {
 // testGateway is a Gateway on loopback with its registry and observed logs.
 type testGateway struct {
 	*Gateway
+	t    testing.TB
 	reg  *prometheus.Registry
 	logs *observer.ObservedLogs
 }
@@ -168,44 +168,14 @@ func startGateway(t testing.TB, yaml string) *testGateway {
 		defer cancel()
 		g.Shutdown(ctx)
 	})
-	return &testGateway{Gateway: g, reg: reg, logs: logs}
+	return &testGateway{Gateway: g, t: t, reg: reg, logs: logs}
 }
 
 func (g *testGateway) addr(listener string) string { return g.Addr(listener).String() }
 
-// counter returns the value of a counter (or gauge) series with exactly these labels, 0 if absent.
+// counter returns the value of a counter (or gauge) series with these labels, 0 if absent.
 func (g *testGateway) counter(name string, labels map[string]string) float64 {
-	mfs, err := g.reg.Gather()
-	if err != nil {
-		panic(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if labelsMatch(m, labels) {
-				if m.Counter != nil {
-					return m.Counter.GetValue()
-				}
-				return m.Gauge.GetValue()
-			}
-		}
-	}
-	return 0
-}
-
-func labelsMatch(m *dto.Metric, want map[string]string) bool {
-	n := 0
-	for _, lp := range m.GetLabel() {
-		if v, ok := want[lp.GetName()]; ok {
-			if v != lp.GetValue() {
-				return false
-			}
-			n++
-		}
-	}
-	return n == len(want)
+	return testkit.Metric(g.t, g.reg, name, labels)
 }
 
 // exchange writes msg, half-closes, and returns everything read back until EOF.

@@ -20,6 +20,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/ewgate/ewgate/gateway/testkit"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const self = "github.com/ewgate/ewgate/gateway/testkit"
@@ -87,13 +88,14 @@ func TestOnlyTestsImportTestkit(t *testing.T) {
 }
 
 // TestImportsNoEwgatePackage keeps the package importable from every package's internal tests:
-// the standard library and go-jose only.
+// the standard library, go-jose and Prometheus's client only.
 func TestImportsNoEwgatePackage(t *testing.T) {
 	for file, paths := range imports(t, ".", func(p string) bool { return !strings.HasSuffix(p, "_test.go") }) {
 		for _, p := range paths {
 			first, _, _ := strings.Cut(p, "/")
-			if strings.Contains(first, ".") && !strings.HasPrefix(p, "github.com/go-jose/go-jose/v4") {
-				t.Errorf("%s imports %s: testkit may import only the standard library and go-jose", file, p)
+			if strings.Contains(first, ".") && !strings.HasPrefix(p, "github.com/go-jose/go-jose/v4") &&
+				!strings.HasPrefix(p, "github.com/prometheus/client_golang/") {
+				t.Errorf("%s imports %s: testkit may import only the standard library, go-jose and Prometheus's client", file, p)
 			}
 		}
 	}
@@ -220,4 +222,30 @@ func TestEventually(t *testing.T) {
 		}
 	}()
 	testkit.Eventually(t, "three increments", func() bool { return n.Load() == 3 })
+}
+
+func TestMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "c_total"}, []string{"a", "b"})
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
+	reg.MustRegister(c, g)
+	c.WithLabelValues("x", "1").Add(2)
+	c.WithLabelValues("y", "1").Add(5)
+	g.Set(7)
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"c_total", map[string]string{"a": "y"}, 5},
+		{"c_total", map[string]string{"a": "x", "b": "1"}, 2},
+		{"c_total", map[string]string{"a": "z"}, 0},
+		{"c_total", map[string]string{"a": "x", "nope": "1"}, 0}, // a label the series lacks
+		{"g", nil, 7},
+		{"absent", nil, 0},
+	} {
+		if got := testkit.Metric(t, reg, tc.name, tc.labels); got != tc.want {
+			t.Errorf("Metric(%s, %v) = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
 }

@@ -68,19 +68,19 @@ func TestCallsBeingAuthenticatedAreCappedPerSource(t *testing.T) {
 		start(cc)
 	}
 	testkit.Eventually(t, "the calls wait in verification", func() bool {
-		return gaugeValue(t, reg, "ewgate_control_authenticating") == perSource
+		return testkit.Metric(t, reg, "ewgate_control_authenticating", nil) == perSource
 	})
 	bounded, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := holdEcho(bounded, cc); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("call %d from one address while %d are verified: %v, want ResourceExhausted", perSource+1, perSource, err)
 	}
-	if v := metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "max_authenticating_per_source"}); v != 1 {
+	if v := testkit.Metric(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "max_authenticating_per_source"}); v != 1 {
 		t.Fatalf("max_authenticating_per_source hits = %v, want 1", v)
 	}
 	start(g.dialFrom(t, p, "127.0.0.21")) // another address is not held back by the first
 	testkit.Eventually(t, "the other address's call is being verified", func() bool {
-		return gaugeValue(t, reg, "ewgate_control_authenticating") == perSource+1
+		return testkit.Metric(t, reg, "ewgate_control_authenticating", nil) == perSource+1
 	})
 	open() // the keys arrive
 	wg.Wait()

@@ -71,14 +71,14 @@ func TestConnectionCaps(t *testing.T) {
 	g := startFront(t, p, vmcontrol.Config{Upstreams: []vmcontrol.UpstreamConfig{p.upstreamConfig(u, vmcontrol.IdentityForward)},
 		Limits: vmcontrol.LimitsConfig{MaxConnections: 6, MaxConnectionsPerSource: 4, HandshakeTimeout: time.Minute}}, vmcontrol.Options{Registerer: reg})
 	limit := func(l string) float64 {
-		return metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": l})
+		return testkit.Metric(t, reg, "ewgate_control_limits_total", map[string]string{"limit": l})
 	}
 	var held []net.Conn
 	for range 4 { // half-open: TCP only, never a ClientHello
 		held = append(held, dialTCP(t, g, "127.0.0.2"))
 	}
 	testkit.Eventually(t, "the four connections are accepted", func() bool {
-		return gaugeValue(t, reg, "ewgate_control_connections_active") == 4
+		return testkit.Metric(t, reg, "ewgate_control_connections_active", nil) == 4
 	})
 	if !refusedAtAccept(t, g, "127.0.0.2") {
 		t.Fatal("a 5th connection from one source was not closed")
@@ -96,7 +96,7 @@ func TestConnectionCaps(t *testing.T) {
 	// Total: 4 + 1 (the VM) + 1 = 6; the 7th, from a fresh source, is refused.
 	dialTCP(t, g, "127.0.0.4")
 	testkit.Eventually(t, "six connections are open", func() bool {
-		return gaugeValue(t, reg, "ewgate_control_connections_active") == 6
+		return testkit.Metric(t, reg, "ewgate_control_connections_active", nil) == 6
 	})
 	if !refusedAtAccept(t, g, "127.0.0.5") {
 		t.Fatal("a connection over max_connections was not closed")
@@ -107,26 +107,11 @@ func TestConnectionCaps(t *testing.T) {
 	}
 	held[0].Close() // a slot frees
 	testkit.Eventually(t, "the freed slot is taken again", func() bool {
-		return gaugeValue(t, reg, "ewgate_control_connections_active") == 5
+		return testkit.Metric(t, reg, "ewgate_control_connections_active", nil) == 5
 	})
 	if c := dialTCP(t, g, "127.0.0.5"); !stillOpen(c) {
 		t.Fatal("a connection was refused after a slot freed")
 	}
-}
-
-// gaugeValue is the value of the gauge name (0 if none).
-func gaugeValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	return 0
 }
 
 // TestHandshakeFailuresAreCounted: each way a connection fails before HTTP/2 is counted by
@@ -139,7 +124,7 @@ func TestHandshakeFailuresAreCounted(t *testing.T) {
 	g := startFront(t, p, vmcontrol.Config{Upstreams: []vmcontrol.UpstreamConfig{p.upstreamConfig(u, vmcontrol.IdentityForward)},
 		Limits: vmcontrol.LimitsConfig{HandshakeTimeout: 200 * time.Millisecond}}, vmcontrol.Options{Registerer: reg})
 	count := func(reason string) float64 {
-		return metricValue(t, reg, "ewgate_control_handshake_failures_total", map[string]string{"reason": reason})
+		return testkit.Metric(t, reg, "ewgate_control_handshake_failures_total", map[string]string{"reason": reason})
 	}
 
 	silent := dialTCP(t, g, "127.0.0.1") // half-open: nothing sent
@@ -227,7 +212,7 @@ func TestAcceptFailuresAreCounted(t *testing.T) {
 	}
 	defer client.Close()
 	testkit.Eventually(t, "the failed accept is counted", func() bool {
-		return metricValue(t, reg, "ewgate_control_accept_failures_total", map[string]string{"reason": "fd_limit"}) >= 1
+		return testkit.Metric(t, reg, "ewgate_control_accept_failures_total", map[string]string{"reason": "fd_limit"}) >= 1
 	})
 	restore()
 	if _, err := holdEcho(withToken(t.Context(), token(t, vmNS, vmSA)), cc); err != nil {

@@ -241,7 +241,7 @@ func TestHeaderListOverTheLimitIsResetAndCounted(t *testing.T) {
 		}
 	}
 	testkit.Eventually(t, "the reset is counted", func() bool {
-		return metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "header_size"}) == 1
+		return testkit.Metric(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "header_size"}) == 1
 	})
 	if err := c.fr.WritePing(false, [8]byte{1}); err != nil {
 		t.Fatal(err)

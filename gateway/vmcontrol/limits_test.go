@@ -25,34 +25,6 @@ import (
 	"github.com/ewgate/ewgate/registrar"
 )
 
-// metricValue is the value of the counter name whose labels include want (0 if none).
-func metricValue(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if have[k] != v {
-					continue metrics
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
-}
-
 // grpcMinPingTime is grpc-go's floor on keepalive.ClientParameters.Time (10s), which grpc-go's
 // own keepalive tests lower the same way (through its internal package). Without it a client
 // needs 40s to collect the three strikes that earn a GOAWAY.
@@ -95,13 +67,13 @@ func TestKeepaliveViolationsAreCounted(t *testing.T) {
 		t.Fatalf("held stream on a connection closed for too many pings: %v, want Unavailable", err)
 	}
 	testkit.Eventually(t, "the keepalive limit is counted", func() bool {
-		return metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "keepalive"}) == 1
+		return testkit.Metric(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "keepalive"}) == 1
 	})
 	// A well-behaved client on the same front is not counted.
 	if _, _, _, err := echo(t, withToken(t.Context(), token(t, vmNS, vmSA)), g.dial(t, p), "y"); err != nil {
 		t.Fatal(err)
 	}
-	if v := metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "keepalive"}); v != 1 {
+	if v := testkit.Metric(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "keepalive"}); v != 1 {
 		t.Fatalf("keepalive hits = %v, want 1", v)
 	}
 }
@@ -221,10 +193,10 @@ func TestRegistrationTimeout(t *testing.T) {
 	if n := u.accepted.Load(); n != 0 || len(u.seen()) != 0 {
 		t.Fatalf("the upstream got %d connections and %d calls for an unregistered VM", n, len(u.seen()))
 	}
-	if v := metricValue(t, reg, "ewgate_control_registrations_total", map[string]string{"result": "timeout"}); v != 1 {
+	if v := testkit.Metric(t, reg, "ewgate_control_registrations_total", map[string]string{"result": "timeout"}); v != 1 {
 		t.Fatalf("registration timeouts = %v, want 1", v)
 	}
-	if v := metricValue(t, reg, "ewgate_control_streams_total", map[string]string{"method": "ads", "result": "Unavailable"}); v != 1 {
+	if v := testkit.Metric(t, reg, "ewgate_control_streams_total", map[string]string{"method": "ads", "result": "Unavailable"}); v != 1 {
 		t.Fatalf("ADS streams ended Unavailable = %v, want 1", v)
 	}
 }
@@ -246,9 +218,9 @@ func TestUpstreamDialFailureIsCounted(t *testing.T) {
 		t.Fatalf("VM behind an unreachable upstream: %v, want Unavailable", err)
 	}
 	testkit.Eventually(t, "the dial failure is counted", func() bool {
-		return metricValue(t, reg, "ewgate_control_upstream_dial_failures_total", map[string]string{"cluster": "c1"}) >= 1
+		return testkit.Metric(t, reg, "ewgate_control_upstream_dial_failures_total", map[string]string{"cluster": "c1"}) >= 1
 	})
-	if v := metricValue(t, reg, "ewgate_control_streams_total", map[string]string{"cluster": "c1", "result": "Unavailable"}); v != 1 {
+	if v := testkit.Metric(t, reg, "ewgate_control_streams_total", map[string]string{"cluster": "c1", "result": "Unavailable"}); v != 1 {
 		t.Fatalf("streams ended Unavailable = %v, want 1", v)
 	}
 }

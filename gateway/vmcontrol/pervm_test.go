@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // dialFrom is a VM's grpc-go client whose connections come from the loopback address ip
@@ -76,7 +78,7 @@ func TestStreamLimitIsPerVM(t *testing.T) {
 	if _, err := holdEcho(ctx, conns[0]); status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("VM 1 past its own limit: %v, want ResourceExhausted", err)
 	}
-	if v := metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "max_streams_per_vm"}); v != 1 {
+	if v := testkit.Metric(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "max_streams_per_vm"}); v != 1 {
 		t.Fatalf("max_streams_per_vm hits = %v, want 1", v)
 	}
 

@@ -87,11 +87,11 @@ func TestMessageSizeRefusalsAlwaysCountAsMessageSize(t *testing.T) {
 		}
 	}
 	testkit.Eventually(t, "every stream is counted", func() bool { return sumStreams(t, reg) == n })
-	if v := metricValue(t, reg, "ewgate_control_streams_total", map[string]string{"result": "ResourceExhausted"}); v != n {
+	if v := testkit.Metric(t, reg, "ewgate_control_streams_total", map[string]string{"result": "ResourceExhausted"}); v != n {
 		t.Fatalf("streams ended ResourceExhausted = %v of %d (Canceled: %v)", v, n,
-			metricValue(t, reg, "ewgate_control_streams_total", map[string]string{"result": "Canceled"}))
+			testkit.Metric(t, reg, "ewgate_control_streams_total", map[string]string{"result": "Canceled"}))
 	}
-	if v := metricValue(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "message_size"}); v != n {
+	if v := testkit.Metric(t, reg, "ewgate_control_limits_total", map[string]string{"limit": "message_size"}); v != n {
 		t.Fatalf("message_size hits = %v, want %d", v, n)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"github.com/ewgate/ewgate/gateway/config"
@@ -23,39 +22,6 @@ import (
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func gauge(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-					continue next
-				}
-			}
-			return value(m)
-		}
-	}
-	return 0
-}
-
-func value(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	}
-	return 0
-}
 
 // reached dials n times and returns the set of backends reached.
 func reached(gwAddr string, p *testkit.Cert, sni string, n int) map[string]bool {
@@ -129,10 +95,10 @@ func TestRoutesFollowConfigAndRegistrations(t *testing.T) {
 		_, err := who(gw, p, reviewsSNI)
 		return err != nil && strings.Contains(err.Error(), "unrecognized name")
 	})
-	if v := gauge(t, reg, "ewgate_xds_pushes_total", map[string]string{"type": "eds", "result": "applied"}); v < 3 {
+	if v := testkit.Metric(t, reg, "ewgate_xds_pushes_total", map[string]string{"type": "eds", "result": "applied"}); v < 3 {
 		t.Fatalf("eds applied = %v; want several", v)
 	}
-	if gauge(t, reg, "ewgate_xds_connected", nil) != 1 || gauge(t, reg, "ewgate_xds_ready", nil) != 1 {
+	if testkit.Metric(t, reg, "ewgate_xds_connected", nil) != 1 || testkit.Metric(t, reg, "ewgate_xds_ready", nil) != 1 {
 		t.Fatal("connected/ready gauges not set")
 	}
 }
@@ -165,7 +131,7 @@ func TestControlPlaneRestartDropsNothing(t *testing.T) {
 	}
 	defer open.Close()
 	stop()
-	testkit.Eventually(t, "client notices the control plane is gone", func() bool { return gauge(t, reg, "ewgate_xds_connected", nil) == 0 })
+	testkit.Eventually(t, "client notices the control plane is gone", func() bool { return testkit.Metric(t, reg, "ewgate_xds_connected", nil) == 0 })
 	if !only(reached(gw, p, reviewsSNI, 3), "a") || !g.Ready() || !c.Ready() {
 		t.Fatal("routes or readiness lost while the control plane was down")
 	}
@@ -175,7 +141,7 @@ func TestControlPlaneRestartDropsNothing(t *testing.T) {
 	}
 	runCP(t, listenRetry(t, addr), controlplane.Options{Services: reviewsService(), Entries: entries})
 	testkit.Eventually(t, "reconnected and updated", func() bool { return only(reached(gw, p, reviewsSNI, 4), "a", "b") })
-	if gauge(t, reg, "ewgate_xds_reconnects_total", nil) < 1 {
+	if testkit.Metric(t, reg, "ewgate_xds_reconnects_total", nil) < 1 {
 		t.Fatal("no reconnect counted")
 	}
 	open.SetDeadline(time.Now().Add(5 * time.Second))

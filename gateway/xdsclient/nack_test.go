@@ -99,7 +99,7 @@ func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
 		defer mu.Unlock()
 		return strings.Contains(nacks[resource.ClusterType], "ORIGINAL_DST") && strings.Contains(nacks[resource.ListenerType], "catch-all")
 	})
-	if v := gauge(t, reg, "ewgate_xds_pushes_total", map[string]string{"type": "cds", "result": "rejected"}); v < 1 {
+	if v := testkit.Metric(t, reg, "ewgate_xds_pushes_total", map[string]string{"type": "cds", "result": "rejected"}); v < 1 {
 		t.Fatalf("cds rejected = %v", v)
 	}
 }

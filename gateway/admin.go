@@ -52,8 +52,8 @@ func (g *Gateway) startAdmin(cfg *config.File) (*adminServers, error) {
 		{"status", "admin.status_address", a.StatusAddress, as.status},
 		{"metrics", "admin.metrics_address", a.MetricsAddress, dataplane.MetricsHandler(g.reg)},
 	}
-	limiter := dataplane.NewAdminLimiter(g.reg)
-	lim := dataplane.AdminLimits{MaxConnections: a.MaxConnections, MaxPerSource: a.MaxConnectionsPerSource}
+	limiter := newAdminLimiter(g.reg)
+	lim := adminLimits{MaxConnections: a.MaxConnections, MaxPerSource: a.MaxConnectionsPerSource}
 	for _, sv := range servers {
 		if sv.addr == "" {
 			continue
@@ -65,7 +65,7 @@ func (g *Gateway) startAdmin(cfg *config.File) (*adminServers, error) {
 		}
 		srv := dataplane.NewAdminServer(sv.h)
 		s := adminServer{srv: srv, done: make(chan error, 1)}
-		go func() { s.done <- srv.Serve(limiter.Wrap(sv.name, ln, lim)) }() // owned: close and shutdown wait for done
+		go func() { s.done <- srv.Serve(limiter.wrap(sv.name, ln, lim)) }() // owned: close and shutdown wait for done
 		as.servers = append(as.servers, s)
 		g.log.Info("listening", zap.String("listener", sv.name), zap.String("kind", sv.name), zap.Stringer("address", ln.Addr()),
 			zap.Int("max_connections", lim.MaxConnections), zap.Int("max_connections_per_source", lim.MaxPerSource))

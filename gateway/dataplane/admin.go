@@ -73,7 +73,7 @@ func (g *Gateway) AdminHandler(gatherer prometheus.Gatherer, withPprof bool, ext
 }
 
 // NewAdminServer wraps an admin handler in an http.Server with the timeouts every admin server
-// has; serve it on a listener from AdminLimiter.Wrap for the connection caps.
+// has; the gateway serves it behind its admin connection caps.
 func NewAdminServer(h http.Handler) *http.Server {
 	return &http.Server{
 		Handler:           h,

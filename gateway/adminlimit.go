@@ -1,4 +1,4 @@
-package dataplane
+package gateway
 
 import (
 	"net"
@@ -9,31 +9,31 @@ import (
 	"github.com/ewgate/ewgate/gateway/internal/conncap"
 )
 
-// AdminLimits caps the connections of one admin HTTP server, so that a flood on one of them
+// adminLimits caps the connections of one admin HTTP server, so that a flood on one of them
 // (a slowloris on the status port a load balancer publishes, say) holds a bounded number of
 // the process's file descriptors and leaves the data plane's alone.
-type AdminLimits struct {
+type adminLimits struct {
 	MaxConnections int // open connections of the server; excess ones are closed at accept
 	MaxPerSource   int // open connections from one source IP; excess ones are closed at accept
 }
 
-// AdminLimiter wraps the admin servers' listeners and counts what they refuse in
+// adminLimiter wraps the admin servers' listeners and counts what they refuse in
 // ewgate_admin_connections_refused_total{server, reason} and hold in
 // ewgate_admin_connections{server}.
-type AdminLimiter struct {
+type adminLimiter struct {
 	refused *prometheus.CounterVec
 	open    *prometheus.GaugeVec
 }
 
 // Refusal reasons of the admin servers' connection caps.
 const (
-	AdminRefusedMax       = "max_connections"
-	AdminRefusedPerSource = "per_source"
+	adminRefusedMax       = "max_connections"
+	adminRefusedPerSource = "per_source"
 )
 
-// NewAdminLimiter registers the admin connection metrics with reg (nil: not registered).
-func NewAdminLimiter(reg prometheus.Registerer) *AdminLimiter {
-	a := &AdminLimiter{
+// newAdminLimiter registers the admin connection metrics with reg (nil: not registered).
+func newAdminLimiter(reg prometheus.Registerer) *adminLimiter {
+	a := &adminLimiter{
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ewgate_admin_connections_refused_total",
 			Help: "Connections an admin HTTP server (admin, status, metrics) closed at accept: reason max_connections or per_source.",
@@ -50,15 +50,15 @@ func NewAdminLimiter(reg prometheus.Registerer) *AdminLimiter {
 }
 
 // Wrap returns ln with lim applied; server names the server in the metrics.
-func (a *AdminLimiter) Wrap(server string, ln net.Listener, lim AdminLimits) net.Listener {
-	for _, r := range []string{AdminRefusedMax, AdminRefusedPerSource} {
+func (a *adminLimiter) wrap(server string, ln net.Listener, lim adminLimits) net.Listener {
+	for _, r := range []string{adminRefusedMax, adminRefusedPerSource} {
 		a.refused.WithLabelValues(server, r) // zero rows exist from the start
 	}
 	return &limitListener{
 		Listener:  ln,
 		caps:      &conncap.Caps{Max: lim.MaxConnections, PerSource: lim.MaxPerSource},
-		refusedMx: a.refused.WithLabelValues(server, AdminRefusedMax),
-		refusedPS: a.refused.WithLabelValues(server, AdminRefusedPerSource),
+		refusedMx: a.refused.WithLabelValues(server, adminRefusedMax),
+		refusedPS: a.refused.WithLabelValues(server, adminRefusedPerSource),
 		open:      a.open.WithLabelValues(server),
 	}
 }

@@ -1,4 +1,4 @@
-package dataplane
+package gateway
 
 import (
 	"bufio"
@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ewgate/ewgate/gateway/dataplane"
 	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
@@ -19,14 +20,14 @@ import (
 // counted by reason, and a closed connection gives its slot back.
 func TestAdminConnectionCaps(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	lim := NewAdminLimiter(reg)
+	lim := newAdminLimiter(reg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewAdminServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }))
+	srv := dataplane.NewAdminServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) }))
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(lim.Wrap("status", ln, AdminLimits{MaxConnections: 4, MaxPerSource: 2})) }()
+	go func() { done <- srv.Serve(lim.wrap("status", ln, adminLimits{MaxConnections: 4, MaxPerSource: 2})) }()
 	t.Cleanup(func() { srv.Close(); <-done })
 	addr := ln.Addr().String()
 
@@ -75,7 +76,7 @@ func TestAdminConnectionCaps(t *testing.T) {
 	if _, ok := dial("127.0.0.1"); ok {
 		t.Fatal("third connection from one source served; want it closed (per-source cap 2)")
 	}
-	if got := refused(AdminRefusedPerSource); got != 1 {
+	if got := refused(adminRefusedPerSource); got != 1 {
 		t.Fatalf("per_source refusals = %v; want 1", got)
 	}
 	for range 2 {
@@ -86,7 +87,7 @@ func TestAdminConnectionCaps(t *testing.T) {
 	if _, ok := dial("127.0.0.3"); ok {
 		t.Fatal("fifth connection served; want it closed (max_connections 4)")
 	}
-	if got := refused(AdminRefusedMax); got != 1 {
+	if got := refused(adminRefusedMax); got != 1 {
 		t.Fatalf("max_connections refusals = %v; want 1", got)
 	}
 	if got := testutil.ToFloat64(lim.open.WithLabelValues("status")); got != 4 {

@@ -2,9 +2,8 @@ package config
 
 import (
 	"fmt"
-	"syscall"
 
-	"github.com/ewgate/ewgate/gateway/config/field"
+	"github.com/ewgate/ewgate/gateway/dataplane"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 )
 
@@ -16,7 +15,13 @@ func (f *File) setVMDefaults() {
 		f.Authn.SetDefaults()
 	}
 	if f.Control != nil {
-		field.Default(&f.Control.Limits.MaxConnections, ControlConnections(openFileLimit()))
+		if f.Control.Limits.MaxConnections == 0 {
+			soft, _, err := dataplane.OpenFileLimit()
+			if err != nil {
+				soft = 1 << 20 // unreadable: a limit large enough for every default
+			}
+			f.Control.Limits.MaxConnections = ControlConnections(soft)
+		}
 		f.Control.SetDefaults()
 	}
 	if f.Registrar != nil {
@@ -26,21 +31,11 @@ func (f *File) setVMDefaults() {
 
 // ControlConnections is the VM control endpoint's connection cap when control.limits
 // max_connections is left unset: a quarter of the process's open-file limit, at most
-// vmcontrol.DefaultMaxConnections, at least 16. The listeners that leave their max_connections unset
-// share what the endpoint and the other holders leave (docs/operations.md, "File limits"), so
+// vmcontrol.DefaultMaxConnections, at least 16. The listeners that leave their
+// max_connections unset share what the endpoint and the other holders leave (docs/operations.md, "File limits"), so
 // a default config starts under any limit that can serve at all.
 func ControlConnections(openFiles uint64) int {
 	return int(max(16, min(uint64(vmcontrol.DefaultMaxConnections), openFiles/4)))
-}
-
-// openFileLimit is the process's soft open-file limit (Go raises it to the hard limit at start);
-// if it cannot be read, a limit large enough for every default.
-func openFileLimit() uint64 {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 1 << 20
-	}
-	return rl.Cur
 }
 
 // BuiltinUpstream reports whether the control endpoint forwards a cluster to the built-in

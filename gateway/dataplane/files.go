@@ -126,8 +126,8 @@ func PlanFiles(listeners []Listener, limit uint64, filesPerConn int, others []FD
 	return out, holders, nil
 }
 
-// openFileLimit is the process's soft open-file limit (Go raises it to the hard limit at start).
-func openFileLimit() (soft, hard uint64, err error) {
+// OpenFileLimit is the process's soft open-file limit (Go raises it to the hard limit at start).
+func OpenFileLimit() (soft, hard uint64, err error) {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 0, 0, fmt.Errorf("dataplane: reading the open-file limit: %w", err)
@@ -146,7 +146,7 @@ func (g *Gateway) filesPerConn() int {
 // planFilesLocked resolves f's connection caps against the open-file limit and the holders of
 // Config.FDHolders, and returns the config to serve: f itself is not changed. g.mu is held.
 func (g *Gateway) planFilesLocked(f *Config) (*Config, error) {
-	soft, _, err := openFileLimit()
+	soft, _, err := OpenFileLimit()
 	if err != nil {
 		return nil, err
 	}

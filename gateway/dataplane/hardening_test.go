@@ -98,7 +98,7 @@ func TestPlanFiles(t *testing.T) {
 // Apply refuses a config whose caps do not fit in the process's open-file limit, naming the
 // holders the caller adds, and keeps serving the one before.
 func TestApplyRefusesCapsOverTheFileLimit(t *testing.T) {
-	soft, _, err := openFileLimit()
+	soft, _, err := OpenFileLimit()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,8 +105,7 @@ func (g *Gateway) admit(l *listener, s clientSocket) *conn {
 // refuseAtAccept resets a connection refused before anything was read from it (over
 // max_connections or max_connections_per_source), counts it and writes a sampled log line.
 func (g *Gateway) refuseAtAccept(l *listener, s clientSocket, peer netip.AddrPort, result string) {
-	s.SetLinger(0) // RST: the client learns at once and no TIME_WAIT piles up under a flood
-	s.Close()
+	conncap.Refuse(s)
 	g.m.conns.WithLabelValues(l.name, "", result).Inc()
 	ok, dropped := g.refusals.Allow(l.name + "\x00" + result)
 	if !ok {

@@ -80,6 +80,7 @@ func reasonOf(err error) string {
 // Registration describes one VM known to this replica, for /debug/registrations.
 type Registration struct {
 	Key            string     `json:"key"`
+	Cluster        string     `json:"cluster,omitempty"` // the VM's verified cluster
 	Namespace      string     `json:"namespace"`
 	Group          string     `json:"group"`
 	Entry          string     `json:"entry,omitempty"`
@@ -115,7 +116,7 @@ func (r *Registrar) Registrations() []Registration {
 
 func (w *workload) registration() Registration {
 	reg := Registration{
-		Key: w.key, Namespace: w.ns, Group: w.group, Entry: w.written, State: w.state,
+		Key: w.key, Cluster: w.id.Cluster, Namespace: w.ns, Group: w.group, Entry: w.written, State: w.state,
 		Owned: w.owned, Identity: w.id.String(), NodeID: w.node.ID, WorkloadName: w.node.WorkloadName,
 		Address: w.addr.String(), Streams: w.sessions, ConnectedAt: w.connectedAt, LastError: w.lastErr,
 	}

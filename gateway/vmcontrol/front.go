@@ -31,9 +31,16 @@ var _ Registrar = (*registrar.Registrar)(nil)
 type Options struct {
 	// Verifier checks tokens and client certificates. Required.
 	Verifier *authn.Verifier
-	// Registrar registers VMs whose ADS node carries AUTO_REGISTER_GROUP. If nil, such streams
-	// are forwarded unchanged (the upstream istiod registers them).
+	// Registrar registers VMs whose ADS node carries AUTO_REGISTER_GROUP, of every cluster, in
+	// its one store. If nil (and Registrars is empty), such streams are forwarded unchanged (the
+	// upstream istiod registers them).
 	Registrar Registrar
+	// Registrars, instead of Registrar, are a registrar per cluster, each writing to that
+	// cluster's store: a VM is registered by the registrar of its verified cluster, where that
+	// cluster's istiod reads its WorkloadEntry. Every call of a VM whose cluster has none is
+	// refused (FailedPrecondition) before anything reaches an upstream: its istiod would
+	// otherwise register it, or serve it without the entry this gateway is meant to keep.
+	Registrars map[string]Registrar
 	// Logger gets one line per stream end and the listener's events. If nil, nothing is logged.
 	Logger *zap.Logger
 	// Registerer receives the ewgate_control_* metrics. If nil, they are not registered.
@@ -82,6 +89,9 @@ func New(cfg Config, opts Options) (*Front, error) {
 	if opts.Verifier == nil {
 		return nil, errors.New("vmcontrol: Options.Verifier is required")
 	}
+	if opts.Registrar != nil && len(opts.Registrars) > 0 {
+		return nil, errors.New("vmcontrol: set Options.Registrar (one for every cluster) or Options.Registrars (one per cluster), not both")
+	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -111,6 +121,16 @@ func New(cfg Config, opts Options) (*Front, error) {
 		f.upstreams[u.Cluster] = up
 	}
 	return f, nil
+}
+
+// registrarFor returns the registrar of a VM of cluster (nil: the front registers no VM) and
+// false when registrars are per cluster and cluster has none.
+func (f *Front) registrarFor(cluster string) (Registrar, bool) {
+	if len(f.opts.Registrars) == 0 {
+		return f.opts.Registrar, true
+	}
+	r, ok := f.opts.Registrars[cluster]
+	return r, ok && r != nil
 }
 
 func (f *Front) closeUpstreams() {

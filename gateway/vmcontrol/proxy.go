@@ -32,6 +32,8 @@ type stream struct {
 	caller  *caller
 	up, dn  int64 // bytes to the upstream, to the VM
 	session *registrar.Session
+	// registrar registers the VM (its verified cluster's); nil: the front registers no VM.
+	registrar Registrar
 	// vmErr is the error that ended the reading of the VM's side (not io.EOF), set by the
 	// reader before it hands the error over; readerDone is closed when the reader has exited.
 	vmErr      atomic.Pointer[error]
@@ -69,6 +71,12 @@ func (f *Front) handle(_ any, ss grpc.ServerStream) (err error) {
 	if up == nil {
 		st.reason = "no_upstream"
 		return status.Errorf(codes.PermissionDenied, "ewgate: no control plane is configured for cluster %q", c.cluster)
+	}
+	var ok bool
+	if st.registrar, ok = f.registrarFor(c.cluster); !ok {
+		st.reason = "no_registrar"
+		return status.Errorf(codes.FailedPrecondition, "ewgate: no registration store is configured for cluster %q "+
+			"(other clusters have one): give it one in ewgate's config (kubernetes.clusters)", c.cluster)
 	}
 	limit, release := f.limits.open()
 	if limit != "" {
@@ -192,7 +200,7 @@ func (f *Front) admitADS(ctx context.Context, st *stream, in <-chan received) (*
 		return nil, f.refuseLimit(st, limit)
 	}
 	st.releaseVM = release
-	if fr.group == "" || f.opts.Registrar == nil {
+	if fr.group == "" || st.registrar == nil {
 		return r.f, nil
 	}
 	if err := f.register(ctx, st, fr); err != nil {
@@ -213,7 +221,7 @@ func (f *Front) admitADS(ctx context.Context, st *stream, in <-chan received) (*
 func (f *Front) register(ctx context.Context, st *stream, fr *firstRequest) error {
 	c := st.caller
 	node := registrarNode(fr.node)
-	sess, err := f.opts.Registrar.Connect(ctx, registrar.Request{
+	sess, err := st.registrar.Connect(ctx, registrar.Request{
 		Identity: registrar.Identity{Cluster: c.cluster, Namespace: c.id.Namespace,
 			ServiceAccount: c.id.ServiceAccount, SPIFFEID: c.id.SPIFFEID},
 		Node: node, Source: c.source, // Time zero: the registrar's clock

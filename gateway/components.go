@@ -31,9 +31,7 @@ type components struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	store  registrar.Store // nil when the config needs none
-	close  func()          // releases the store
-	where  string          // where the store is, for logs
+	stores []*store // the registration stores; none when the config needs none
 	health *controlHealth
 	cp     *controlplane.Server
 	vm     *vmSide
@@ -41,6 +39,32 @@ type components struct {
 	stopXDS func() // ends the xDS client and waits for it; nil without one
 
 	afterBuiltinStop func() // a test's hook: runs after the built-in upstream's Stop
+	openKube         kubeOpener
+}
+
+// store is one registration store: the one store of every cluster (cluster empty), or with
+// kubernetes.clusters the API server of one cluster.
+type store struct {
+	cluster string
+	st      registrar.Store
+	close   func() // releases the store
+	where   string // where the store is, for logs
+}
+
+// kubeOpener opens the Kubernetes store of a kubeconfig ("" : in-cluster) and returns it with
+// its release. Gateway tests, which have no API server, stand memory stores in for it.
+type kubeOpener func(ctx context.Context, kubeconfig, leaseNamespace string, log *zap.Logger) (registrar.Store, func(), error)
+
+func openKube(ctx context.Context, kubeconfig, leaseNamespace string, log *zap.Logger) (registrar.Store, func(), error) {
+	rc, err := kube.RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := kube.New(ctx, kube.Options{Config: rc, LeaseNamespace: leaseNamespace, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, st.Close, nil
 }
 
 // startComponents starts, in dependency order, the store, the VM control endpoint, the built-in
@@ -48,13 +72,16 @@ type components struct {
 func (g *Gateway) startComponents(cfg *config.File) (p *components, err error) {
 	reg := g.reg
 	ctx, cancel := context.WithCancel(context.Background())
-	p = &components{log: g.log, ctx: ctx, cancel: cancel, health: g.health}
+	p = &components{log: g.log, ctx: ctx, cancel: cancel, health: g.health, openKube: g.opts.openKube}
+	if p.openKube == nil {
+		p.openKube = openKube
+	}
 	defer func() {
 		if err != nil {
 			p.stop()
 		}
 	}()
-	if err = p.openStore(cfg); err != nil {
+	if err = p.openStores(cfg); err != nil {
 		return nil, err
 	}
 	if err = p.startVM(cfg, reg); err != nil {
@@ -124,8 +151,8 @@ func (p *components) startControlPlane(cfg *config.File, reg prometheus.Register
 		Services: cfg.Services, Network: cfg.XDS.Node.Network, MeshPort: cfg.XDS.MeshPort,
 		Debounce: cpc.Debounce, MaxDelay: cpc.MaxPushDelay, DNSVIPRange: cpc.DNS.VIPRange, Logger: p.log.Named("controlplane"), Registerer: reg,
 	}
-	if p.store != nil {
-		opts.Entries = p.store.WorkloadEntries()
+	if st := p.entriesStore(cfg); st != nil {
+		opts.Entries = st.WorkloadEntries()
 	}
 	if cpc.CA.DataDir != "" || cpc.CA.CertFile != "" {
 		a, err := meshca.Open(meshca.Options{DataDir: cpc.CA.DataDir, CertFile: cpc.CA.CertFile, KeyFile: cpc.CA.KeyFile,
@@ -217,35 +244,61 @@ func (p *components) stop() {
 	p.cancel()
 	p.wg.Wait()
 	p.vm.close()
-	if p.close != nil {
-		p.close()
+	for _, st := range p.stores {
+		st.close()
 	}
 }
 
-// openStore opens the store of WorkloadEntries and WorkloadGroups that the registrar writes and
-// the built-in control plane reads: the API server, or a directory.
-func (p *components) openStore(cfg *config.File) error {
+// openStores opens the stores of WorkloadEntries and WorkloadGroups that the registrar writes
+// and the built-in control plane reads: the API server (one, or one per cluster), or a
+// directory. A store out of reach stops the start, as before stores per cluster.
+func (p *components) openStores(cfg *config.File) error {
+	leaseNS := ""
+	if cfg.Registrar != nil {
+		leaseNS = cfg.Registrar.LeaseNamespace
+	}
 	switch {
+	case cfg.PerClusterStores():
+		for i, c := range cfg.Kubernetes.Clusters {
+			log := p.log.Named("kube").With(zap.String("cluster", c.Cluster))
+			st, release, err := p.openKube(p.ctx, c.Kubeconfig, leaseNS, log)
+			if err != nil {
+				return fmt.Errorf("kubernetes.clusters[%d] (%s): %w", i, c.Cluster, err)
+			}
+			p.stores = append(p.stores, &store{cluster: c.Cluster, st: st, close: release, where: "kubernetes " + c.Cluster})
+		}
 	case cfg.Kubernetes != nil:
-		rc, err := kube.RESTConfig(cfg.Kubernetes.Kubeconfig)
+		st, release, err := p.openKube(p.ctx, cfg.Kubernetes.Kubeconfig, leaseNS, p.log.Named("kube"))
 		if err != nil {
 			return fmt.Errorf("kubernetes: %w", err)
 		}
-		leaseNS := ""
-		if cfg.Registrar != nil {
-			leaseNS = cfg.Registrar.LeaseNamespace
-		}
-		st, err := kube.New(p.ctx, kube.Options{Config: rc, LeaseNamespace: leaseNS, Logger: p.log.Named("kube")})
-		if err != nil {
-			return fmt.Errorf("kubernetes: %w", err)
-		}
-		p.store, p.close, p.where = st, st.Close, "kubernetes"
+		p.stores = []*store{{st: st, close: release, where: "kubernetes"}}
 	case cfg.ControlPlane.WorkloadEntriesDir != "":
 		st, err := registrar.OpenFileStore(cfg.ControlPlane.WorkloadEntriesDir)
 		if err != nil {
 			return fmt.Errorf("control_plane.workload_entries_dir: %w", err)
 		}
-		p.store, p.close, p.where = st, func() { st.Close() }, st.Dir()
+		p.stores = []*store{{st: st, close: func() { st.Close() }, where: st.Dir()}}
+	}
+	return nil
+}
+
+// entriesStore is the store whose WorkloadEntries the built-in control plane serves: the one
+// store, or with a store per cluster the store of the built-in upstream's cluster (the VMs that
+// control plane serves); nil when there is none.
+func (p *components) entriesStore(cfg *config.File) registrar.Store {
+	if len(p.stores) == 1 && p.stores[0].cluster == "" {
+		return p.stores[0].st
+	}
+	if cfg.Control == nil {
+		return nil
+	}
+	for _, u := range cfg.Control.Upstreams {
+		for _, st := range p.stores {
+			if u.Builtin && st.cluster == u.Cluster {
+				return st.st
+			}
+		}
 	}
 	return nil
 }

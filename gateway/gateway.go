@@ -28,6 +28,8 @@ type Options struct {
 	Level *zap.AtomicLevel
 	// Version is reported to the xDS server in the node and logged at start.
 	Version string
+
+	openKube kubeOpener // nil: the Kubernetes store (tests, which have no API server, set it)
 }
 
 // Gateway is ewgate assembled: the data plane, the admin servers and the components the config

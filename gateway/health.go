@@ -30,9 +30,9 @@ const (
 
 // controlHealth is the readiness of the VM control endpoint (port 15012) and what it needs.
 type controlHealth struct {
-	configured atomic.Bool // the config has a control: section
-	started    atomic.Bool // its parts run
-	groupsOK   atomic.Bool // the workload groups are in the store (true without a registrar)
+	configured atomic.Bool  // the config has a control: section
+	started    atomic.Bool  // its parts run
+	groupsDown atomic.Int32 // stores whose workload groups are not written (0 without a registrar)
 	ready      prometheus.Gauge
 	failures   prometheus.Counter
 }
@@ -48,7 +48,6 @@ func newControlHealth(reg prometheus.Registerer) *controlHealth {
 			Help: "Attempts to write the config's workload groups to the registrar's store that failed (each is retried with backoff).",
 		}),
 	}
-	h.groupsOK.Store(true)
 	reg.MustRegister(h.ready, h.failures)
 	return h
 }
@@ -56,7 +55,7 @@ func newControlHealth(reg prometheus.Registerer) *controlHealth {
 func (h *controlHealth) set(f func(h *controlHealth)) {
 	f(h)
 	v := 0.0
-	if h.configured.Load() && h.started.Load() && h.groupsOK.Load() {
+	if h.configured.Load() && h.started.Load() && h.groupsDown.Load() == 0 {
 		v = 1
 	}
 	h.ready.Set(v)
@@ -73,7 +72,7 @@ func (h *controlHealth) pages(dp *dataplane.Gateway) map[string]http.Handler {
 				http.Error(w, "no control endpoint configured", http.StatusNotFound)
 			case !h.started.Load() || !dp.Ready():
 				http.Error(w, "not ready", http.StatusServiceUnavailable)
-			case !h.groupsOK.Load():
+			case h.groupsDown.Load() > 0:
 				http.Error(w, "degraded: workload groups not in the store (see the log)", http.StatusServiceUnavailable)
 			default:
 				w.Write([]byte("ok\n"))
@@ -90,6 +89,7 @@ type groupSync struct {
 	log    *zap.Logger
 	health *controlHealth
 	kick   chan struct{} // a failed update asks run for retries
+	down   bool          // the last attempt failed (counted in health.groupsDown); guarded by mu
 
 	mu       sync.Mutex // one sync at a time; guards the fields below
 	want     []*registrar.WorkloadGroup
@@ -124,7 +124,10 @@ func (g *groupSync) syncLocked(ctx context.Context) error {
 				zap.Int("failed_attempts", g.failures), zap.Duration("degraded_for", time.Since(g.since)))
 		}
 		g.failures = 0
-		g.health.set(func(h *controlHealth) { h.groupsOK.Store(true) })
+		if g.down {
+			g.down = false
+			g.health.set(func(h *controlHealth) { h.groupsDown.Add(-1) })
+		}
 		return nil
 	}
 	if g.failures == 0 {
@@ -132,7 +135,10 @@ func (g *groupSync) syncLocked(ctx context.Context) error {
 	}
 	g.failures++
 	g.health.failures.Inc()
-	g.health.set(func(h *controlHealth) { h.groupsOK.Store(false) })
+	if !g.down {
+		g.down = true
+		g.health.set(func(h *controlHealth) { h.groupsDown.Add(1) })
+	}
 	if g.failures == 1 || g.failures%groupLogEvery == 0 {
 		g.log.Error("VM control side degraded: the workload groups could not be written to the store; "+
 			"the mesh listeners serve on, VMs of groups not yet in the store cannot register. "+

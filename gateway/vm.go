@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,15 +15,21 @@ import (
 	"github.com/ewgate/ewgate/registrar"
 )
 
-// vmSide is the VM control endpoint (port 15012) and what it needs: authn, and the registrar
-// with its store.
+// vmSide is the VM control endpoint (port 15012) and what it needs: authn, and a registrar per
+// store.
 type vmSide struct {
 	verifier *authn.Verifier
-	reg      *registrar.Registrar
-	store    registrar.Store
+	regs     []*storeRegistrar // one per store; none without a registrar
 	front    *vmcontrol.Front
-	groups   *groupSync      // nil without a registrar
 	served   <-chan struct{} // closed when the front's Run has returned; nil without a front
+}
+
+// storeRegistrar is the registrar of one store and the sync of that store's workload groups.
+// Leases, grace periods, cleanup, the group watch and the sweeps are each registrar's own.
+type storeRegistrar struct {
+	cluster string // the store's cluster; empty: the one store of every cluster
+	reg     *registrar.Registrar
+	groups  *groupSync
 }
 
 // startVM builds the verifier, the registrar and the front the config asks for into p.vm (so
@@ -38,26 +46,51 @@ func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error 
 	}
 	opts := vmcontrol.Options{Verifier: vm.verifier, Logger: p.log.Named("control"), Registerer: reg}
 	if cfg.Registrar != nil {
-		vm.store = p.store // validation made sure there is one
-		vm.reg, err = registrar.New(*cfg.Registrar, registrar.Options{Store: vm.store, Logger: p.log.Named("registrar"), Registerer: reg})
-		if err != nil {
+		if err := vm.startRegistrars(p, cfg, reg); err != nil {
 			return err
 		}
-		// A store that refuses the groups (a full disk, an API server away) degrades the VM
-		// side only: the data plane serves on and the groups are retried (health.go).
-		vm.groups = newGroupSync(vm.store.WorkloadGroups(), p.where, p.log.Named("registrar"), p.health)
-		_ = vm.groups.update(p.ctx, cfg.WorkloadGroups)
-		opts.Registrar = vm.reg
+		if len(vm.regs) == 1 && vm.regs[0].cluster == "" {
+			opts.Registrar = vm.regs[0].reg
+		} else {
+			opts.Registrars = map[string]vmcontrol.Registrar{}
+			for _, r := range vm.regs {
+				opts.Registrars[r.cluster] = r.reg
+			}
+		}
 	}
 	vm.front, err = vmcontrol.New(*cfg.Control, opts)
 	return err
 }
 
+// startRegistrars builds a registrar per store (validation made sure there is at least one) and
+// writes each store's workload groups. With a store per cluster, each registrar's metrics carry
+// the constant label cluster, so that they share the registry; the one store of every cluster
+// keeps its series unlabelled, as before.
+func (vm *vmSide) startRegistrars(p *components, cfg *config.File, reg prometheus.Registerer) error {
+	for _, st := range p.stores {
+		log, mreg := p.log.Named("registrar"), reg
+		if st.cluster != "" {
+			log = log.With(zap.String("cluster", st.cluster))
+			mreg = prometheus.WrapRegistererWith(prometheus.Labels{"cluster": st.cluster}, reg)
+		}
+		r, err := registrar.New(*cfg.Registrar, registrar.Options{Store: st.st, Logger: log, Registerer: mreg})
+		if err != nil {
+			return err
+		}
+		// A store that refuses the groups (a full disk, an API server away) degrades the VM
+		// side only: the data plane serves on and the groups are retried (health.go).
+		sr := &storeRegistrar{cluster: st.cluster, reg: r, groups: newGroupSync(st.st.WorkloadGroups(), st.where, log, p.health)}
+		_ = sr.groups.update(p.ctx, cfg.GroupsFor(st.cluster))
+		vm.regs = append(vm.regs, sr)
+	}
+	return nil
+}
+
 // run starts the registrar and the front (after the control plane they may forward to).
 func (vm *vmSide) run(p *components) {
-	if vm.reg != nil {
-		p.goRun("registrar", vm.reg.Run)
-		p.goRun("workload group sync", vm.groups.run)
+	for _, r := range vm.regs {
+		p.goRun("registrar", r.reg.Run)
+		p.goRun("workload group sync", r.groups.run)
 	}
 	if vm.front != nil {
 		vm.served = p.goRun("control endpoint", vm.front.Run)
@@ -86,13 +119,23 @@ func (vm *vmSide) drain(ctx context.Context) {
 	}
 }
 
-// syncGroups writes the config's workload groups to the registrar's store; on failure they
-// are retried in the background until written (or replaced by a later reload).
+// syncGroups writes the config's workload groups to the registrars' stores, each store its
+// cluster's groups; on failure they are retried in the background until written (or replaced
+// by a later reload).
 func (vm *vmSide) syncGroups(ctx context.Context, cfg *config.File) error {
-	if vm == nil || vm.groups == nil {
+	if vm == nil {
 		return nil
 	}
-	return vm.groups.update(ctx, cfg.WorkloadGroups)
+	var errs []error
+	for _, r := range vm.regs {
+		if err := r.groups.update(ctx, cfg.GroupsFor(r.cluster)); err != nil {
+			if r.cluster != "" {
+				err = fmt.Errorf("cluster %s: %w", r.cluster, err)
+			}
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (vm *vmSide) close() {
@@ -105,8 +148,15 @@ func (vm *vmSide) close() {
 // registrations, with a registrar) and /debug/authn (each issuer's key status, never a key).
 func (vm *vmSide) pages(log *zap.Logger) pages {
 	p := pages{debug: map[string]http.Handler{}}
-	if vm.reg != nil {
-		p.debug["GET /debug/registrations"] = jsonPage(log, func() any { return vm.reg.Registrations() })
+	if len(vm.regs) > 0 {
+		// Every registrar's registrations, store after store; each names the VM's cluster.
+		p.debug["GET /debug/registrations"] = jsonPage(log, func() any {
+			out := []registrar.Registration{}
+			for _, r := range vm.regs {
+				out = append(out, r.reg.Registrations()...)
+			}
+			return out
+		})
 	}
 	if vm.verifier != nil {
 		p.debug["GET /debug/authn"] = jsonPage(log, func() any { return vm.verifier.Status() })

@@ -149,7 +149,7 @@ func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
 	found := false
 	for _, g := range cfg.WorkloadGroups {
 		if g.Name == name && g.Namespace == ns {
-			b.Group, found = *g, true
+			b.Group, found = g.WorkloadGroup, true
 		}
 	}
 	if !found {

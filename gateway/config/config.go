@@ -62,13 +62,14 @@ type File struct {
 	Control *vmcontrol.Config `yaml:"control"`
 	// Registrar registers VMs that connect with AUTO_REGISTER_GROUP as WorkloadEntries.
 	Registrar *registrar.Config `yaml:"registrar"`
-	// Kubernetes is the API server whose WorkloadEntries and WorkloadGroups the registrar and the
-	// built-in control plane use (in a mesh). Nil: the file store at
-	// control_plane.workload_entries_dir.
+	// Kubernetes is the API server (or, with Clusters, one per cluster) whose WorkloadEntries and
+	// WorkloadGroups the registrar and the built-in control plane use (in a mesh). Nil: the file
+	// store at control_plane.workload_entries_dir.
 	Kubernetes *Kubernetes `yaml:"kubernetes"`
 	// WorkloadGroups are the groups VMs may join in standalone mode (metadata + spec, as in
-	// Kubernetes); they are written to the registrar's store at start and on every reload.
-	WorkloadGroups []*registrar.WorkloadGroup `yaml:"workload_groups"`
+	// Kubernetes, and with a store per cluster the cluster whose store holds it); they are
+	// written to the registrar's store at start and on every reload.
+	WorkloadGroups []*WorkloadGroup `yaml:"workload_groups"`
 
 	// Warnings are the risky settings Load and Parse found in a valid file (see risk.go): not
 	// errors, since a deployment may justify them, but each is worth a log line at start and
@@ -76,10 +77,34 @@ type File struct {
 	Warnings field.Errors `yaml:"-"`
 }
 
-// Kubernetes says how to reach the API server.
+// Kubernetes says how to reach the API server: one store used for every cluster (Kubeconfig), or
+// a store per cluster (Clusters), never both.
 type Kubernetes struct {
 	// Kubeconfig is a kubeconfig file. Empty: the in-cluster service account.
 	Kubeconfig string `yaml:"kubeconfig"`
+	// Clusters are a registration store per cluster: a VM's WorkloadEntry is written to the API
+	// server of the cluster that vouched for it (its verified cluster, the one that picks its
+	// control.upstreams entry), where that cluster's istiod reads it. Empty: one store
+	// (Kubeconfig) for every cluster.
+	Clusters []KubernetesCluster `yaml:"clusters"`
+}
+
+// KubernetesCluster is the API server of one cluster.
+type KubernetesCluster struct {
+	// Cluster is the cluster of a control.upstreams entry (and of authn issuers). Required, unique.
+	Cluster string `yaml:"cluster"`
+	// Kubeconfig is that cluster's kubeconfig file. Empty: the in-cluster service account (the
+	// cluster ewgate runs in).
+	Kubeconfig string `yaml:"kubeconfig"`
+}
+
+// WorkloadGroup is one workload_groups item: a WorkloadGroup as in Kubernetes (metadata and
+// spec) and the cluster whose store it is written to.
+type WorkloadGroup struct {
+	// Cluster names the kubernetes.clusters entry whose store holds the group: required with a
+	// store per cluster; with one store, optional (and if set, a cluster of control.upstreams).
+	Cluster                 string `yaml:"cluster,omitempty"`
+	registrar.WorkloadGroup `yaml:",inline"`
 }
 
 // Log selects the log encoding and level.

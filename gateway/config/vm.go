@@ -76,6 +76,7 @@ func (f *File) validateVM(v *validator) {
 	if f.Kubernetes != nil && f.ControlPlane.WorkloadEntriesDir != "" {
 		v.add("kubernetes", "the store is the API server or control_plane.workload_entries_dir, not both")
 	}
+	f.validateStores(v)
 	if len(f.WorkloadGroups) > 0 && f.Registrar == nil {
 		v.add("workload_groups", "groups are for the registrar: configure registrar as well")
 	}
@@ -89,10 +90,24 @@ func (f *File) validateVM(v *validator) {
 		case g.Namespace == "":
 			v.add(p+".metadata.namespace", "required: a VM joins a group of its own namespace")
 		}
-		if key := g.Namespace + "/" + g.Name; seen[key] {
-			v.add(p+".metadata.name", "%s is listed twice", key)
+		f.validateGroupCluster(v, p, g)
+		// With a store per cluster the same group may be in several of them (a VM joins the one
+		// of its cluster); one store holds each group once.
+		store := ""
+		if f.PerClusterStores() {
+			store = g.Cluster
+		}
+		if key := g.Namespace + "/" + g.Name; seen[store+"\x00"+key] {
+			v.add(p+".metadata.name", "%s is listed twice%s", key, inCluster(store))
 		} else {
-			seen[key] = true
+			seen[store+"\x00"+key] = true
 		}
 	}
+}
+
+func inCluster(c string) string {
+	if c == "" {
+		return ""
+	}
+	return " for cluster " + c
 }

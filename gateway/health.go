@@ -35,6 +35,7 @@ type controlHealth struct {
 	groupsDown atomic.Int32 // stores whose workload groups are not written (0 without a registrar)
 	ready      prometheus.Gauge
 	failures   prometheus.Counter
+	setMu      sync.Mutex // orders set's change-then-publish: group syncs of several stores run at once
 }
 
 func newControlHealth(reg prometheus.Registerer) *controlHealth {
@@ -53,6 +54,8 @@ func newControlHealth(reg prometheus.Registerer) *controlHealth {
 }
 
 func (h *controlHealth) set(f func(h *controlHealth)) {
+	h.setMu.Lock()
+	defer h.setMu.Unlock()
 	f(h)
 	v := 0.0
 	if h.configured.Load() && h.started.Load() && h.groupsDown.Load() == 0 {

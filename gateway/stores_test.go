@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,25 +75,25 @@ func (u *istiodB) seen() []string {
 	return append([]string(nil), u.nodes...)
 }
 
-// TestStorePerCluster: one gateway fronting cluster-a (the built-in control plane) and
-// cluster-b (its own istiod), with a registration store per cluster (kubernetes.clusters; the
-// Kubernetes stores are memory stores here, there is no API server in this module). Each store
-// gets its cluster's workload groups; a VM of cluster-b is registered in b's store only and its
-// stream goes to b's istiod, a VM of cluster-a in a's store only; both registrars' metrics live
-// on the gateway's one registry, told apart by their cluster label; /debug/registrations lists
-// both VMs with their cluster.
-func TestStorePerCluster(t *testing.T) {
+// twoClusters is a gateway fronting cluster-a (the built-in control plane) and cluster-b (its
+// own istiod, b), with a registration store per cluster: stores["a.kubeconfig"] and
+// stores["b.kubeconfig"] stand in for the API servers.
+type twoClusters struct {
+	g                *Gateway
+	b                *istiodB
+	issuerA, issuerB *testkit.Issuer
+	ca               *testkit.Cert
+	logs             *observer.ObservedLogs
+}
+
+func startTwoClusters(t *testing.T, stores map[string]registrar.Store) *twoClusters {
+	t.Helper()
 	dir := t.TempDir()
 	issuerA, issuerB := testkit.NewIssuer(t, "https://a.test"), testkit.NewIssuer(t, "https://b.test")
 	ca := testkit.NewCA(t, "15012 test CA")
 	certFile, keyFile := ca.Server(t, serverName).WriteFiles(t, dir, "tls")
 	caFile := testkit.WriteFile(t, dir, "ca.pem", ca.PEM())
 	b := startIstiodB(t, ca, "istiod.cluster-b.test")
-	stores := map[string]*registrar.MemoryStore{
-		filepath.Join(dir, "a.kubeconfig"): registrar.NewMemoryStore(),
-		filepath.Join(dir, "b.kubeconfig"): registrar.NewMemoryStore(),
-	}
-	storeA, storeB := stores[filepath.Join(dir, "a.kubeconfig")], stores[filepath.Join(dir, "b.kubeconfig")]
 	y := fmt.Sprintf(`
 listeners:
   - {name: mesh, kind: mesh, address: 127.0.0.1:0}
@@ -135,7 +137,7 @@ services:
 	g, err := Start(cfg, Options{Logger: zap.New(core), Version: "test",
 		openKube: func(_ context.Context, kubeconfig, _ string, _ *zap.Logger) (registrar.Store, func(), error) {
 			opened = append(opened, filepath.Base(kubeconfig))
-			return stores[kubeconfig], func() {}, nil
+			return stores[filepath.Base(kubeconfig)], func() {}, nil
 		}})
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +150,20 @@ services:
 	if fmt.Sprint(opened) != "[a.kubeconfig b.kubeconfig]" {
 		t.Fatalf("stores opened: %v; want one per cluster", opened)
 	}
+	return &twoClusters{g: g, b: b, issuerA: issuerA, issuerB: issuerB, ca: ca, logs: logs}
+}
+
+// TestStorePerCluster: one gateway fronting cluster-a (the built-in control plane) and
+// cluster-b (its own istiod), with a registration store per cluster (kubernetes.clusters; the
+// Kubernetes stores are memory stores here, there is no API server in this module). Each store
+// gets its cluster's workload groups; a VM of cluster-b is registered in b's store only and its
+// stream goes to b's istiod, a VM of cluster-a in a's store only; both registrars' metrics live
+// on the gateway's one registry, told apart by their cluster label; /debug/registrations lists
+// both VMs with their cluster.
+func TestStorePerCluster(t *testing.T) {
+	storeA, storeB := registrar.NewMemoryStore(), registrar.NewMemoryStore()
+	tc := startTwoClusters(t, map[string]registrar.Store{"a.kubeconfig": storeA, "b.kubeconfig": storeB})
+	g, b, issuerA, issuerB, ca, logs := tc.g, tc.b, tc.issuerA, tc.issuerB, tc.ca, tc.logs
 	h := g.handler()
 	testkit.Eventually(t, "ready", func() bool { return get(h, "/healthz/ready") == 200 && get(h, "/healthz/control") == 200 })
 	groups := func(s *registrar.MemoryStore) string {
@@ -238,5 +254,51 @@ services:
 	}
 	if len(regs) != 2 || got["cluster-a"] != "10.0.1.1" || got["cluster-b"] != "10.0.2.1" {
 		t.Fatalf("/debug/registrations: %s; want both VMs, each with its cluster", rec.Body)
+	}
+}
+
+// downGroups is a memory store whose WorkloadGroup writes fail while down is set, as an API
+// server out of reach refuses them.
+type downGroups struct {
+	*registrar.MemoryStore
+	down *atomic.Bool
+}
+
+type downGroupRes struct {
+	registrar.Resource[*registrar.WorkloadGroup]
+	down *atomic.Bool
+}
+
+func (s downGroups) WorkloadGroups() registrar.Resource[*registrar.WorkloadGroup] {
+	return downGroupRes{s.MemoryStore.WorkloadGroups(), s.down}
+}
+
+func (r downGroupRes) Create(ctx context.Context, g *registrar.WorkloadGroup) (*registrar.WorkloadGroup, error) {
+	if r.down.Load() {
+		return nil, errors.New("test: the API server is out of reach")
+	}
+	return r.Resource.Create(ctx, g)
+}
+
+// TestStorePerClusterHealth: the VM side is degraded while any cluster's store refuses its
+// workload groups, even when another cluster's store took its own after it (one flag for every
+// store said ready then), and recovers when that store takes them.
+func TestStorePerClusterHealth(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	storeA := downGroups{registrar.NewMemoryStore(), &down}
+	tc := startTwoClusters(t, map[string]registrar.Store{"a.kubeconfig": storeA, "b.kubeconfig": registrar.NewMemoryStore()})
+	h := tc.g.handler()
+	testkit.Eventually(t, "ready", func() bool { return get(h, "/healthz/ready") == 200 })
+	if code := get(h, "/healthz/control"); code != 503 {
+		t.Fatalf("/healthz/control: %d with cluster-a's store refusing its groups; want 503", code)
+	}
+	if n := testkit.Metric(t, tc.g.reg, "ewgate_control_ready", nil); n != 0 {
+		t.Fatalf("ewgate_control_ready = %v with cluster-a's store refusing its groups; want 0", n)
+	}
+	down.Store(false)
+	testkit.Eventually(t, "recovered", func() bool { return get(h, "/healthz/control") == 200 })
+	if list, _, err := storeA.MemoryStore.WorkloadGroups().List(t.Context(), "vms", registrar.ListOptions{}); err != nil || len(list) != 1 {
+		t.Fatalf("cluster-a's groups after recovery: %d, %v; want web", len(list), err)
 	}
 }

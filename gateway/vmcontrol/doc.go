@@ -17,7 +17,9 @@
 // with their source address, sampled per reason (package logsample).
 // Only the first request of an ADS stream is decoded: its node drives the registrar (the
 // stream waits for the WorkloadEntry), and it is re-encoded without AUTO_REGISTER_GROUP so
-// istiod does not register the VM a second time. Health reports on the stream update the
+// istiod does not register the VM a second time. With a registrar per cluster
+// (Options.Registrars), the VM's verified cluster picks its registrar as it picks its upstream,
+// so its WorkloadEntry lands where that cluster's istiod reads it. Health reports on the stream update the
 // entry; the end of the stream closes the registrar session. Limits are counted when hit,
 // including gRPC's own keepalive enforcement, seen as the GOAWAY too_many_pings it writes
 // (keepalive.go).

@@ -28,8 +28,13 @@ func TestNetworksBridgeAndJoin(t *testing.T) {
 	if err := na.AddAddr(net.IPv4(10, 1, 0, 15)); err != nil {
 		t.Fatal(err)
 	}
-	if err := nb.AddAddr(net.IPv4(10, 2, 0, 10)); err != nil {
-		t.Fatal(err)
+	for i := 0; i < 2; i++ { // a second AddAddr of the same address keeps the one
+		if err := nb.AddAddr(net.IPv4(10, 2, 0, 10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if addrs, err := nb.Addrs(); err != nil || len(addrs) != 3 || addrs[1] != "10.2.0.10/32" {
+		t.Fatalf("network b addresses %v %v, want 127.0.0.1/8 10.2.0.10/32 ::1/128", addrs, err)
 	}
 
 	ln, err := nb.Listen("tcp", "10.2.0.10:9000")

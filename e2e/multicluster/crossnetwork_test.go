@@ -101,7 +101,7 @@ func TestCrossNetworkHop(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.API.CreateGateway(ctx, harness.IstioNamespace, "cross-network-gateway", harness.EastWestGateway(15443)); err != nil {
+	if _, err := b.API.CreateGateway(ctx, ns, "cross-network-gateway", harness.EastWestGateway(15443)); err != nil {
 		t.Fatal(err)
 	}
 

@@ -65,6 +65,7 @@ func TestPairTwoClustersOneRoot(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("istiod %s /debug/clusterz: %+v", m.ID, cs)
 		if !hasSynced(cs, other.ID, "istio-remote-secret-"+other.ID) {
 			t.Fatalf("istiod %s /debug/clusterz does not list %s synced from its remote secret: %+v", m.ID, other.ID, cs)
 		}
@@ -155,18 +156,14 @@ func TestPairNetworksApart(t *testing.T) {
 	t.Logf("net-a addresses %v; dial %s from net-a: %v", addrs, addr, dialErr)
 }
 
+// hasSynced: istiod names the secret <namespace>/<name>.
 func hasSynced(cs []harness.RemoteCluster, id, secret string) bool {
 	for _, c := range cs {
-		if c.ID == id && c.SyncStatus == "synced" && (secret == "" || containsSecret(c.SecretName, secret)) {
+		if c.ID == id && c.SyncStatus == "synced" && c.SecretName == harness.IstioNamespace+"/"+secret {
 			return true
 		}
 	}
 	return false
-}
-
-// containsSecret: istiod names the secret <namespace>/<name>.
-func containsSecret(got, name string) bool {
-	return got == name || got == "istio-system/"+name
 }
 
 func verifyChain(chain [][]byte, roots *x509.CertPool) error {

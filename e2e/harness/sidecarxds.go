@@ -124,7 +124,7 @@ func (s *SidecarXDS) Watch(ctx context.Context, typeURL string, names []string, 
 		return nil, fmt.Errorf("harness: ADS request %s: %w", typeURL, err)
 	}
 	last := fmt.Errorf("no %s response yet", typeURL)
-	for {
+	for n := 0; n < maxWatchResponses; n++ {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("harness: ADS %s: %w (last: %v)", typeURL, ctx.Err(), last)
@@ -147,7 +147,11 @@ func (s *SidecarXDS) Watch(ctx context.Context, typeURL string, names []string, 
 			}
 		}
 	}
+	return nil, fmt.Errorf("harness: ADS %s: %d responses and none satisfied the condition (last: %v)", typeURL, maxWatchResponses, last)
 }
+
+// maxWatchResponses bounds one Watch (istiod pushes a few responses per config change).
+const maxWatchResponses = 1000
 
 // Clusters decodes CDS resources.
 func Clusters(rs []*anypb.Any) ([]*clusterv3.Cluster, error) {

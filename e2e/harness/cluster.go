@@ -160,18 +160,10 @@ func Main(m *testing.M, o Options, shared **Cluster) int {
 	RemoveStaleTempRoots()
 	defer RemoveTempRoot()
 
-	l, err := peers.Locate()
+	l, err := locatePeers()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
-	}
-	if err := peers.Check(l); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %v: fetching the peers first\n", err)
-		logf := func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
-		if err := peers.Ensure(context.Background(), l, logf); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

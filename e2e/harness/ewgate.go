@@ -100,6 +100,20 @@ func StartEwgatePod(t testing.TB, p Pod) *Ewgate {
 	return startEwgate(t, spec, p.Config, p.Admin, p.Forward...)
 }
 
+// StartEwgateIn starts `ewgate serve` on config (YAML) inside the existing network namespace
+// net (a Network of a MultiCluster: the gateway stands in that network, next to its backends),
+// with forward's addresses of the test's loopback (istiod) reachable at the same address inside,
+// and waits until its admin listener (adminAddr, inside net) answers.
+func StartEwgateIn(t testing.TB, net *NetNS, name, config, adminAddr string, forward ...string) *Ewgate {
+	t.Helper()
+	dir := newEwgateDir(t)
+	path := filepath.Join(dir, "ewgate.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startEwgate(t, ProcSpec{Name: name, Dir: dir, NetNSPath: net.Path()}, path, adminAddr, forward...)
+}
+
 func newEwgateDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp(TempRoot(), "ewgate-")
@@ -118,8 +132,12 @@ func startEwgate(t testing.TB, spec ProcSpec, config, adminAddr string, forward 
 	}
 	StopOnCleanup(t, p)
 	e := &Ewgate{Proc: p, Admin: "http://" + adminAddr, config: config, client: http.DefaultClient}
-	if spec.PrivateNet {
-		if e.NetNS, err = OpenNetNS(p.PID()); err != nil {
+	if spec.PrivateNet || spec.NetNSPath != "" {
+		path := spec.NetNSPath
+		if path == "" {
+			path = fmt.Sprintf("/proc/%d/ns/net", p.PID())
+		}
+		if e.NetNS, err = openNetNSPath(path); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { e.NetNS.Close() })

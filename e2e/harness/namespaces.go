@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -25,6 +26,7 @@ const (
 	envBinds    = "EWGATE_E2E_BINDS"    // JSON [[source, target], ...]
 	envHostname = "EWGATE_E2E_HOSTNAME" // the UTS namespace's host name
 	envLoUp     = "EWGATE_E2E_LO_UP"    // "1": bring lo up in the new network namespace
+	envNetNS    = "EWGATE_E2E_NETNS"    // path of a network namespace to join before the exec
 )
 
 // Bind is a file or directory bind-mounted over Target (which must exist) in the peer's private
@@ -44,7 +46,7 @@ func needsNamespaces(spec ProcSpec) (flags uintptr, ok bool) {
 	if spec.PrivateNet {
 		flags |= syscall.CLONE_NEWNET
 	}
-	return flags, flags != 0
+	return flags, flags != 0 || spec.NetNSPath != ""
 }
 
 // nsCommand is what StartProc runs for a spec with namespaces: this binary, then the peer.
@@ -65,6 +67,12 @@ func nsCommand(spec ProcSpec) (path string, args, env []string, err error) {
 	env = []string{envRole + "=" + roleNSExec, envBinds + "=" + string(j), envHostname + "=" + spec.Hostname}
 	if spec.PrivateNet {
 		env = append(env, envLoUp+"=1")
+	}
+	if spec.NetNSPath != "" {
+		if spec.PrivateNet {
+			return "", nil, nil, fmt.Errorf("PrivateNet and NetNSPath together")
+		}
+		env = append(env, envNetNS+"="+spec.NetNSPath)
 	}
 	return self, args, append(env, spec.Env...), nil
 }
@@ -99,13 +107,20 @@ func runNSChildIfRequested() {
 			fail(err)
 		}
 	}
+	if p := os.Getenv(envNetNS); p != "" {
+		// setns applies to the calling thread only; execve keeps that thread's namespaces.
+		runtime.LockOSThread()
+		if err := joinNetNS(p); err != nil {
+			fail(err)
+		}
+	}
 	if len(os.Args) < 2 {
 		fail(fmt.Errorf("no command"))
 	}
 	var env []string
 	for _, kv := range os.Environ() {
 		switch strings.SplitN(kv, "=", 2)[0] {
-		case envRole, envBinds, envHostname, envLoUp:
+		case envRole, envBinds, envHostname, envLoUp, envNetNS:
 		default:
 			env = append(env, kv)
 		}
@@ -130,6 +145,19 @@ func loopbackUp() error {
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("lo up: set flags: %w", err)
+	}
+	return nil
+}
+
+// joinNetNS moves the calling (locked) thread into the network namespace at path.
+func joinNetNS(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("join netns %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("join netns %s: %w", path, err)
 	}
 	return nil
 }

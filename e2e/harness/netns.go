@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,17 +20,25 @@ import (
 // namespace for that one call (a socket stays in the namespace it was made in, whichever thread
 // later uses it); every other goroutine stays in the test's own namespace.
 type NetNS struct {
-	f *os.File
+	f    *os.File
+	path string
 }
 
 // OpenNetNS opens the network namespace of a running process.
 func OpenNetNS(pid int) (*NetNS, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
-	if err != nil {
-		return nil, fmt.Errorf("harness: netns of %d: %w", pid, err)
-	}
-	return &NetNS{f: f}, nil
+	return openNetNSPath(fmt.Sprintf("/proc/%d/ns/net", pid))
 }
+
+func openNetNSPath(path string) (*NetNS, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("harness: netns %s: %w", path, err)
+	}
+	return &NetNS{f: f, path: path}, nil
+}
+
+// Path is the namespace's /proc path, for ProcSpec.NetNSPath (valid while its process runs).
+func (n *NetNS) Path() string { return n.path }
 
 // Close releases the namespace handle (the namespace lives on while its process does).
 func (n *NetNS) Close() error { return n.f.Close() }
@@ -86,6 +95,14 @@ func (n *NetNS) Forward(t testing.TB, addr string) {
 	if err != nil {
 		t.Fatalf("harness: forward %s into the namespace: %v", addr, err)
 	}
+	serveForward(t, ln, func(ctx context.Context) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	})
+}
+
+// serveForward accepts on ln until the test ends and splices each connection to a new one from
+// dial; it closes ln and every open connection, and waits for its goroutines, at the end.
+func serveForward(t testing.TB, ln net.Listener, dial func(context.Context) (net.Conn, error)) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	open := map[net.Conn]struct{}{}
@@ -123,15 +140,17 @@ func (n *NetNS) Forward(t testing.TB, addr string) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				forwardConn(in, addr, track)
+				forwardConn(in, dial, track)
 			}()
 		}
 	}()
 }
 
-func forwardConn(in net.Conn, addr string, track func(net.Conn, bool) bool) {
+func forwardConn(in net.Conn, dial func(context.Context) (net.Conn, error), track func(net.Conn, bool) bool) {
 	defer in.Close()
-	out, err := net.Dial("tcp", addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	out, err := dial(ctx)
+	cancel()
 	if err != nil {
 		return
 	}

@@ -38,6 +38,9 @@ type ProcSpec struct {
 	// PrivateNet runs the peer in a network namespace of its own with only lo (up), as a pod
 	// has its own; OpenNetNS reaches into it.
 	PrivateNet bool
+	// NetNSPath, if set, runs the peer in that existing network namespace (e.g.
+	// "/proc/<pid>/ns/net" of a Network), as a pod joins its node's network. Not with PrivateNet.
+	NetNSPath string
 }
 
 // Proc is a running peer: its own process group, its output in a log file in its directory.

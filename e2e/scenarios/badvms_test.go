@@ -91,8 +91,8 @@ func TestBadVMsNeverReachIstiod(t *testing.T) {
 	}
 	for _, b := range bad {
 		reason := b.reason
-		if err := front.gw.Proc.WaitFor(harness.Context(t, 60*time.Second), 100*time.Millisecond, func() error {
-			if n := front.metric(t, "ewgate_control_auth_total", `result="`+reason+`"`); n < 2 {
+		if err := front.Gw.Proc.WaitFor(harness.Context(t, 60*time.Second), 100*time.Millisecond, func() error {
+			if n := front.Metric(t, "ewgate_control_auth_total", `result="`+reason+`"`); n < 2 {
 				return fmt.Errorf("ewgate refused %v calls as %s, want the CSR and ADS attempts", n, reason)
 			}
 			return nil
@@ -120,7 +120,7 @@ func TestBadVMsNeverReachIstiod(t *testing.T) {
 	if d := istiodMetric(t, "citadel_server_authentication_failure_count") - authFail0; d != 0 {
 		t.Errorf("istiod counted %v authentication failures: bad credentials reached it", d)
 	}
-	if n := front.metric(t, "ewgate_control_upstream_dial_failures_total"); n != 0 {
+	if n := front.Metric(t, "ewgate_control_upstream_dial_failures_total"); n != 0 {
 		t.Errorf("ewgate counted %v failed dials to istiod", n)
 	}
 
@@ -152,7 +152,7 @@ func TestBadVMsNeverReachIstiod(t *testing.T) {
 		{intruder, "PermissionDenied", "may not join WorkloadGroup"},
 	} {
 		if err := c.vm.Proc.WaitLog(harness.Context(t, 60*time.Second), c.words); err != nil {
-			t.Fatalf("%v\n---- ewgate ----\n%s", err, front.gw.Proc.Tail(30))
+			t.Fatalf("%v\n---- ewgate ----\n%s", err, front.Gw.Proc.Tail(30))
 		}
 		if !strings.Contains(c.vm.Proc.Log(), c.code) {
 			t.Errorf("%s: the agent's log has no %s:\n%s", c.vm.Opts.Name, c.code, c.vm.Proc.Tail(20))
@@ -189,7 +189,7 @@ func TestBadVMsNeverReachIstiod(t *testing.T) {
 	if d := istiodMetric(t, "citadel_server_csr_count") - csrs0; d != 3 {
 		t.Errorf("istiod's CA received %v requests, want 3 (out1, int1, good1)", d)
 	}
-	if n := front.metric(t, "ewgate_control_streams_total", `method="ads"`, `result="Unauthenticated"`); n < 3 {
+	if n := front.Metric(t, "ewgate_control_streams_total", `method="ads"`, `result="Unauthenticated"`); n < 3 {
 		t.Errorf("ewgate refused %v ADS streams as Unauthenticated, want one per bad VM at least", n)
 	}
 }

@@ -31,7 +31,7 @@ func TestVMThroughEwgateResolvesIstiodNames(t *testing.T) {
 	vm := front.vm(t, harness.VMOptions{Name: "dns2", Namespace: ns, ServiceAccount: "vm", Group: "web", IP: "127.0.9.95", Token: tok,
 		Env: []string{"ISTIO_META_DNS_CAPTURE=true", "DNS_PROXY_ADDR=" + dnsAddr}})
 	if _, err := vm.WaitCert(harness.Context(t, 60*time.Second)); err != nil {
-		t.Fatalf("%v\n---- ewgate ----\n%s", err, front.gw.Proc.Tail(40))
+		t.Fatalf("%v\n---- ewgate ----\n%s", err, front.Gw.Proc.Tail(40))
 	}
 	// The agent asks for the name table once a local xDS client has asked for listeners.
 	client := vm.StartXDSClient(t, ctx, host+":"+strconv.Itoa(backend.Port), "health")
@@ -52,6 +52,6 @@ func TestVMThroughEwgateResolvesIstiodNames(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
-		t.Fatalf("%v\n---- agent ----\n%s\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, vm.Proc.Tail(30), client.Tail(10), front.gw.Proc.Tail(30))
+		t.Fatalf("%v\n---- agent ----\n%s\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, vm.Proc.Tail(30), client.Tail(10), front.Gw.Proc.Tail(30))
 	}
 }

@@ -36,7 +36,7 @@ func TestTwoReplicasHandOverAndCleanUpAfterAKill(t *testing.T) {
 	viaA := a.vm(t, opts)
 	clientA := viaA.StartXDSClient(t, ctx, target, "health")
 	if err := clientA.WaitLog(harness.Context(t, 60*time.Second), "xds-client: rpc ok SERVING"); err != nil {
-		t.Fatalf("%v\n---- ewgate A ----\n%s", err, a.gw.Proc.Tail(40))
+		t.Fatalf("%v\n---- ewgate A ----\n%s", err, a.Gw.Proc.Tail(40))
 	}
 	name := viaA.AutoRegisteredName()
 	first, err := waitConnectedEntry(t, ns, name, "ewgate-a", 30*time.Second)
@@ -49,7 +49,7 @@ func TestTwoReplicasHandOverAndCleanUpAfterAKill(t *testing.T) {
 	viaB := b.vm(t, opts)
 	clientB := viaB.StartXDSClient(t, ctx, target, "health")
 	if err := clientB.WaitLog(harness.Context(t, 60*time.Second), "xds-client: rpc ok SERVING"); err != nil {
-		t.Fatalf("%v\n---- ewgate B ----\n%s", err, b.gw.Proc.Tail(40))
+		t.Fatalf("%v\n---- ewgate B ----\n%s", err, b.Gw.Proc.Tail(40))
 	}
 	moved, err := waitConnectedEntry(t, ns, name, "ewgate-b", 30*time.Second)
 	if err != nil {
@@ -84,11 +84,11 @@ func TestTwoReplicasHandOverAndCleanUpAfterAKill(t *testing.T) {
 	// B dies without a word; the VM keeps trying B. A collects the entry after B's Lease
 	// expires and the grace period passes.
 	killed := time.Now()
-	if err := b.gw.Proc.Signal(syscall.SIGKILL); err != nil {
+	if err := b.Gw.Proc.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	if err := cluster.API.WaitWorkloadEntryGone(harness.Context(t, 60*time.Second), ns, name); err != nil {
-		t.Fatalf("the killed replica's entry leaked: %v\n---- ewgate A ----\n%s", err, a.gw.Proc.Tail(40))
+		t.Fatalf("the killed replica's entry leaked: %v\n---- ewgate A ----\n%s", err, a.Gw.Proc.Tail(40))
 	}
 	t.Logf("entry collected %s after replica B was killed (lease 3 s, grace 2 s)", time.Since(killed).Round(100*time.Millisecond))
 	if l, err := cluster.API.ListWorkloadEntries(ctx, ns); err != nil || len(l) != 0 {

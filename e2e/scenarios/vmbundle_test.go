@@ -125,7 +125,7 @@ func TestVMConfigBundleThroughEwgateToIstiod(t *testing.T) {
 	ewgateIP, _, _ := net.SplitHostPort(control)
 	const vmIP = "127.0.9.80"
 	bundleDir := vmConfig(t, ctx, "--kubeconfig", cluster.API.Kubeconfig, "--group", ns+"/web",
-		"--ewgate-address", ewgateIP, "--serving-ca", writeTemp(t, t.TempDir(), "serving-ca.pem", front.servingCA),
+		"--ewgate-address", ewgateIP, "--serving-ca", writeTemp(t, t.TempDir(), "serving-ca.pem", front.ServingCA),
 		"--internal-ip", vmIP, "--cluster-id", cluster.Istiod.ClusterID)
 
 	vm := harness.StartVM(t, cluster.Peers.PilotAgent(), harness.VMOptions{Name: "bundle1", Bundle: bundleDir})
@@ -137,13 +137,13 @@ func TestVMConfigBundleThroughEwgateToIstiod(t *testing.T) {
 
 	client := vm.StartXDSClient(t, ctx, host+":"+strconv.Itoa(backend.Port), "health")
 	if err := client.WaitLog(harness.Context(t, 60*time.Second), "xds-client: rpc ok SERVING"); err != nil {
-		t.Fatalf("%v\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, client.Tail(30), front.gw.Proc.Tail(40))
+		t.Fatalf("%v\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, client.Tail(30), front.Gw.Proc.Tail(40))
 	}
 	if n := istiodStreams(t, "bundle1."+ns+"-"); n != 1 {
 		t.Errorf("istiod holds %d ADS streams of the VM, want 1 (through ewgate)", n)
 	}
 	name := vm.AutoRegisteredName()
-	we, err := waitConnectedEntry(t, ns, name, front.instance, 30*time.Second)
+	we, err := waitConnectedEntry(t, ns, name, front.Instance, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

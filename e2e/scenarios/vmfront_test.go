@@ -2,12 +2,9 @@ package scenarios
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,18 +17,11 @@ import (
 // Helpers of the scenarios that put ewgate's VM control endpoint (15012) between a real
 // pilot-agent and a control plane (standalone_test.go, badvms_test.go).
 
-// controlSAN is the name ewgate's 15012 serving certificate carries and the agents check
-// (ISTIOD_SAN): the name a VM dials for istiod, as istioctl's hosts file maps it to the gateway.
-const controlSAN = "istiod.istio-system.svc"
+// controlSAN is the name ewgate's 15012 serving certificate carries and the agents check.
+const controlSAN = harness.ControlSAN
 
-// agentUsesDiscoveryAddrForCA unsets CA_ADDR (the harness sets it; the last value of a variable
-// wins): pilot-agent checks ISTIOD_SAN in the CA's certificate only when CA_ADDR is unset and the
-// CA is reached at the discovery address. With CA_ADDR set it checks the host of CA_ADDR, here an
-// IP, which a serving certificate made for istiod.istio-system.svc does not name ("cannot validate
-// certificate for 127.0.0.1 because it doesn't contain any IP SANs"). istioctl's cluster.env
-// names the host (istiod.istio-system.svc:15012, mapped to the gateway by /etc/hosts), so real
-// VMs do not meet this; VMs given an IP address for CA_ADDR do.
-var agentUsesDiscoveryAddrForCA = []string{"CA_ADDR="}
+// agentUsesDiscoveryAddrForCA: see harness.AgentUsesDiscoveryAddrForCA.
+var agentUsesDiscoveryAddrForCA = harness.AgentUsesDiscoveryAddrForCA
 
 // startHealthServer is a gRPC server on ip (a loopback address) with the standard health service
 // (SERVING), the backend the VM's proxyless client must reach.
@@ -70,16 +60,7 @@ func startHealthServer(t *testing.T, ip string) *net.TCPAddr {
 }
 
 // bundle concatenates PEM blocks into one root bundle (XDS_ROOT_CA / CA_ROOT_CA).
-func bundle(pems ...[]byte) []byte {
-	var b []byte
-	for _, p := range pems {
-		b = append(b, p...)
-		if len(p) > 0 && p[len(p)-1] != '\n' {
-			b = append(b, '\n')
-		}
-	}
-	return b
-}
+var bundle = harness.PEMBundle
 
 // writeTemp writes b into a new file in dir and returns its path.
 func writeTemp(t *testing.T, dir, name string, b []byte) string {
@@ -97,7 +78,7 @@ func entryFile(store, ns, name string) string {
 }
 
 // yamlQuote quotes s for a YAML flow scalar.
-func yamlQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+var yamlQuote = harness.YAMLQuote
 
 // assertNoCert fails t if the agent wrote a workload certificate.
 func assertNoCert(t *testing.T, vm *harness.VM) {
@@ -109,15 +90,8 @@ func assertNoCert(t *testing.T, vm *harness.VM) {
 
 // frontOfIstiod is an ewgate whose VM control endpoint forwards the shared istiod's cluster to
 // istiod (identity forward), with the registrar writing to the real apiserver (the Kubernetes
-// store): the mesh set-up of docs/vm-onboarding.md.
-type frontOfIstiod struct {
-	gw        *harness.Ewgate
-	control   string // ewgate's 15012 (host:port)
-	roots     []byte // what the VMs trust: ewgate's serving CA + the mesh root
-	servingCA []byte // the CA of ewgate's 15012 serving certificate
-	meshRoot  []byte
-	instance  string // registrar.instance: the workloadController of ewgate's entries
-}
+// store): harness.VMFront with one cluster, the mesh set-up of docs/vm-onboarding.md.
+type frontOfIstiod struct{ *harness.VMFront }
 
 // startFrontOfIstiod starts that ewgate and waits until it holds the apiserver issuer's keys.
 // registrar adds lines to its registrar section (e.g. lease and sweep timings).
@@ -129,72 +103,27 @@ func startFrontOfIstiod(t *testing.T, rootNS, instance string, registrar ...stri
 // startFrontOfIstiodAt is startFrontOfIstiod with its VM control endpoint on control.
 func startFrontOfIstiodAt(t *testing.T, control, rootNS, instance string, registrar ...string) *frontOfIstiod {
 	t.Helper()
-	ctx := harness.Context(t, 60*time.Second)
-	meshRoot, err := cluster.Istiod.RootCert(ctx, cluster.API, rootNS)
+	meshRoot, err := cluster.Istiod.RootCert(harness.Context(t, 60*time.Second), cluster.API, rootNS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	serving, err := harness.NewControlServingCert(dir, controlSAN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootFile := writeTemp(t, dir, "istiod-root.pem", meshRoot)
-	admin, mesh := freeAddr(t), freeAddr(t)
-	gw := harness.StartEwgate(t, admin, fmt.Sprintf(`
-admin: {address: %[1]s}
-listeners:
-  - {name: mesh, kind: mesh, address: %[2]s}
-kubernetes: {kubeconfig: %[3]s}
-authn:
-  issuers:
-    - issuer: %[4]s
-      cluster: %[5]s
-      discovery_url: %[6]s
-      ca_file: %[7]s
-control:
-  address: %[8]s
-  tls: {cert_file: %[9]s, key_file: %[10]s}
-  upstreams:
-    - cluster: %[5]s
-      address: %[11]s
-      ca_file: %[12]s
-      server_name: %[13]s
-      identity: forward
-registrar:
-  instance: %[14]s
-  grace_period: 2s
-%[15]s`, admin, mesh, yamlQuote(cluster.API.Kubeconfig),
-		yamlQuote(cluster.API.Issuer), cluster.Istiod.ClusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
-		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile),
-		cluster.Istiod.SecureAddr, yamlQuote(rootFile), cluster.Istiod.SAN, instance, registrarLines(registrar)))
-	waitIssuer(t, ctx, gw, false)
-	return &frontOfIstiod{gw: gw, control: control, roots: bundle(serving.CA.CertPEM, meshRoot),
-		servingCA: serving.CA.CertPEM, meshRoot: meshRoot, instance: instance}
+	return &frontOfIstiod{harness.StartVMFront(t, cluster.Peers.PilotAgent(), harness.VMFrontOptions{
+		Clusters: []harness.FrontedCluster{{ID: cluster.Istiod.ClusterID, API: cluster.API, Istiod: cluster.Istiod, IstiodRoot: meshRoot}},
+		Control:  control, Instance: instance, Registrar: registrar,
+	})}
 }
 
-// vm starts a pilot-agent pointed at this ewgate, trusting ewgate's serving CA and the mesh root.
+// vm starts a pilot-agent pointed at this ewgate, of the shared cluster and network vmnet unless
+// o says otherwise.
 func (f *frontOfIstiod) vm(t *testing.T, o harness.VMOptions) *harness.VM {
 	t.Helper()
-	o.RootPEM, o.DiscoveryAddr, o.SAN = f.roots, f.control, controlSAN
 	if o.ClusterID == "" {
 		o.ClusterID = cluster.Istiod.ClusterID
 	}
 	if o.Network == "" {
 		o.Network = "vmnet"
 	}
-	o.Env = append(o.Env, agentUsesDiscoveryAddrForCA...)
-	return harness.StartVM(t, cluster.Peers.PilotAgent(), o)
-}
-
-// metric reads one sum of ewgate's metrics.
-func (f *frontOfIstiod) metric(t *testing.T, name string, labels ...string) float64 {
-	t.Helper()
-	m, err := f.gw.Metrics(harness.Context(t, 10*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return harness.MetricSum(m, name, labels...)
+	return f.StartVM(t, o)
 }
 
 // istiodMetric reads one sum of istiod's metrics.
@@ -207,33 +136,11 @@ func istiodMetric(t *testing.T, name string, labels ...string) float64 {
 	return harness.MetricSum(m, name, labels...)
 }
 
-func registrarLines(lines []string) string {
-	var b strings.Builder
-	for _, l := range lines {
-		b.WriteString("  " + l + "\n")
-	}
-	return b.String()
-}
-
-// waitIssuer waits until ewgate's VM-token issuer has its key set (ewgate_authn_issuer_ready)
-// and, with ready, until ewgate reports ready too.
+// waitIssuer waits until ewgate's VM-token issuer has its key set and, with ready, until ewgate
+// reports ready too.
 func waitIssuer(t *testing.T, ctx context.Context, gw *harness.Ewgate, ready bool) {
 	t.Helper()
-	if err := gw.Proc.WaitFor(ctx, 50*time.Millisecond, func() error {
-		if ready {
-			if _, err := gw.Get(ctx, "/healthz/ready"); err != nil {
-				return err
-			}
-		}
-		m, err := gw.Metrics(ctx)
-		if err != nil {
-			return err
-		}
-		if harness.MetricSum(m, "ewgate_authn_issuer_ready") != 1 {
-			return errors.New("the VM-token issuer has no key set yet")
-		}
-		return nil
-	}); err != nil {
+	if err := gw.WaitIssuers(ctx, 1, ready); err != nil {
 		t.Fatal(err)
 	}
 }

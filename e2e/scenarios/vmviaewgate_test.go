@@ -44,7 +44,7 @@ func TestVMOnboardingThroughEwgateToIstiod(t *testing.T) {
 	vm := front.vm(t, harness.VMOptions{Name: "via1", Namespace: ns, ServiceAccount: "vm", Group: "web", IP: "127.0.9.70", Token: tok})
 	leaf, err := vm.WaitCert(harness.Context(t, 60*time.Second))
 	if err != nil {
-		t.Fatalf("%v\n---- ewgate ----\n%s", err, front.gw.Proc.Tail(40))
+		t.Fatalf("%v\n---- ewgate ----\n%s", err, front.Gw.Proc.Tail(40))
 	}
 	if want := vm.SPIFFEID("cluster.local"); len(leaf.URIs) != 1 || leaf.URIs[0].String() != want {
 		t.Fatalf("certificate URIs %v, want [%s]", leaf.URIs, want)
@@ -55,14 +55,14 @@ func TestVMOnboardingThroughEwgateToIstiod(t *testing.T) {
 
 	client := vm.StartXDSClient(t, ctx, host+":"+strconv.Itoa(backend.Port), "health")
 	if err := client.WaitLog(harness.Context(t, 60*time.Second), "xds-client: rpc ok SERVING"); err != nil {
-		t.Fatalf("%v\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, client.Tail(30), front.gw.Proc.Tail(40))
+		t.Fatalf("%v\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, client.Tail(30), front.Gw.Proc.Tail(40))
 	}
 	if n := istiodStreams(t, "via1."+ns+"-"); n != 1 {
 		t.Errorf("istiod holds %d ADS streams of the VM, want 1 (through ewgate)", n)
 	}
 
 	name := vm.AutoRegisteredName()
-	we, err := waitConnectedEntry(t, ns, name, front.instance, 30*time.Second)
+	we, err := waitConnectedEntry(t, ns, name, front.Instance, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,8 @@ type clusterSide struct {
 // store) for a and for b only. A VM of b is written into b's store only and its ADS stream goes
 // to b's upstream only; a VM of a likewise into a's; a VM of c is refused, with what to fix,
 // before any upstream is dialed. Before registrars per cluster, one registrar (one store) took
-// every cluster's VMs.
+// every cluster's VMs. A VM of b naming a group that only a's store holds is refused with a
+// message naming the cluster looked in (the namespace alone is the same in every cluster).
 func TestRegistrationInTheVMsCluster(t *testing.T) {
 	p := newPKI(t)
 	sides := map[string]*clusterSide{}
@@ -47,11 +48,17 @@ func TestRegistrationInTheVMsCluster(t *testing.T) {
 			continue // no store: its VMs must be refused
 		}
 		s.store = registrar.NewMemoryStore()
-		if _, err := s.store.WorkloadGroups().Create(t.Context(), &registrar.WorkloadGroup{
-			ObjectMeta: registrar.ObjectMeta{Name: "web", Namespace: vmNS},
-			Spec:       registrar.WorkloadGroupSpec{Template: registrar.WorkloadEntrySpec{ServiceAccount: vmSA}},
-		}); err != nil {
-			t.Fatal(err)
+		groups := []string{"web"}
+		if name == "cluster-a" {
+			groups = append(groups, "api") // in a's store only
+		}
+		for _, g := range groups {
+			if _, err := s.store.WorkloadGroups().Create(t.Context(), &registrar.WorkloadGroup{
+				ObjectMeta: registrar.ObjectMeta{Name: g, Namespace: vmNS},
+				Spec:       registrar.WorkloadGroupSpec{Template: registrar.WorkloadEntrySpec{ServiceAccount: vmSA}},
+			}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		var err error
 		if s.reg, err = registrar.New(registrar.Config{Instance: "gw-1"}, registrar.Options{Store: s.store}); err != nil {
@@ -72,19 +79,20 @@ func TestRegistrationInTheVMsCluster(t *testing.T) {
 	g := startFront(t, p, vmcontrol.Config{Upstreams: ups}, vmcontrol.Options{Registrars: regs})
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(g.dial(t, p))
 
-	// connect opens the ADS stream of a VM of cluster (its issuer's token, its CLUSTER_ID) at ip
-	// and returns the status of its first answer.
-	connect := func(cluster, ip string) error {
+	// connectTo opens the ADS stream of a VM of cluster (its issuer's token, its CLUSTER_ID) at
+	// ip, joining group, and returns the status of its first answer.
+	connectTo := func(cluster, group, ip string) error {
 		s, err := ads.StreamAggregatedResources(withToken(t.Context(), testkit.NewIssuer(t, sides[cluster].issuer).Token(t, vmNS, vmSA)))
 		if err != nil {
 			return err
 		}
-		if err := s.Send(&discoveryv3.DiscoveryRequest{Node: vmNode("web", ip, cluster), TypeUrl: resourcev3.ClusterType}); err != nil {
+		if err := s.Send(&discoveryv3.DiscoveryRequest{Node: vmNode(group, ip, cluster), TypeUrl: resourcev3.ClusterType}); err != nil {
 			return err
 		}
 		_, err = s.Recv() // the test upstream echoes the request once the entry is written
 		return err
 	}
+	connect := func(cluster, ip string) error { return connectTo(cluster, "web", ip) }
 	entries := func(s *clusterSide) []string {
 		list, _, err := s.store.WorkloadEntries().List(t.Context(), vmNS, registrar.ListOptions{})
 		if err != nil {
@@ -129,6 +137,18 @@ func TestRegistrationInTheVMsCluster(t *testing.T) {
 	}
 	if a, b := entries(sides["cluster-a"]), entries(sides["cluster-b"]); len(a) != 1 || len(b) != 1 {
 		t.Fatalf("after the VM of cluster-c: entries of a %v, of b %v; want it in neither", a, b)
+	}
+
+	err = connectTo("cluster-b", "api", "10.0.0.4")
+	if want := `no WorkloadGroup "api" in namespace "` + vmNS + `" of cluster "cluster-b"`; status.Code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), want) {
+		t.Fatalf("VM of cluster-b joining a group of cluster-a only: %v; want FailedPrecondition %s", err, want)
+	}
+	if a, b := entries(sides["cluster-a"]), entries(sides["cluster-b"]); len(a) != 1 || len(b) != 1 {
+		t.Fatalf("after the VM of cluster-b joining api: entries of a %v, of b %v; want it in neither", a, b)
+	}
+	if calls := sides["cluster-b"].up.seen(); len(calls) != 1 {
+		t.Fatalf("upstream of cluster-b saw %d calls, want only the first VM's", len(calls))
 	}
 }
 

@@ -229,7 +229,7 @@ func (f *Front) register(ctx context.Context, st *stream, fr *firstRequest) erro
 	if err != nil {
 		f.m.registers.WithLabelValues("refused").Inc()
 		st.reason = "registration_refused"
-		return registrationError(err, node.AutoRegisterGroup, c.id.Namespace)
+		return registrationError(err, node.AutoRegisterGroup, c.id.Namespace, c.cluster)
 	}
 	st.session = sess
 	t := time.NewTimer(f.cfg.RegisterTimeout)
@@ -248,11 +248,15 @@ func (f *Front) register(ctx context.Context, st *stream, fr *firstRequest) erro
 }
 
 // registrationError maps the registrar's refusals onto the codes istiod uses, with what to fix.
-func registrationError(err error, group, ns string) error {
+// A missing group names the cluster whose store was looked in: with a store per cluster the
+// same namespace exists in each, and a group created in another cluster than the VM's (the one
+// that vouched for it) is the likely mistake.
+func registrationError(err error, group, ns, cluster string) error {
 	switch {
 	case errors.Is(err, registrar.ErrGroupNotFound):
 		return status.Errorf(codes.FailedPrecondition,
-			"ewgate: no WorkloadGroup %q in namespace %q: create it, or fix ISTIO_META_AUTO_REGISTER_GROUP (%v)", short(group), ns, capMsg(err.Error()))
+			"ewgate: no WorkloadGroup %q in namespace %q of cluster %q (the VM's cluster): create it there, or fix ISTIO_META_AUTO_REGISTER_GROUP (%v)",
+			short(group), ns, cluster, capMsg(err.Error()))
 	case errors.Is(err, registrar.ErrDenied):
 		return status.Errorf(codes.PermissionDenied,
 			"ewgate: this identity may not join WorkloadGroup %s/%s: use the group's namespace and service account (%v)", ns, short(group), capMsg(err.Error()))

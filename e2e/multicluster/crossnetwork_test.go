@@ -139,7 +139,7 @@ func TestCrossNetworkHop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mtls, eps := sidecarView(t, ctx, aConn, a, ns, host, func(eps []string) error {
+	mtls, eps := sidecarView(t, ctx, aConn, a, ns, host, echoPort, func(eps []string) error {
 		if !slices.Contains(eps, lbAddr) {
 			return fmt.Errorf("no endpoint at the net-b gateway %s yet: %v", lbAddr, eps)
 		}
@@ -212,7 +212,7 @@ func TestCrossNetworkHop(t *testing.T) {
 	}
 	bView := b.IstiodConn(bClientTok, roots)
 	bView.Dial = b.Net.DialContext
-	sidecarView(t, ctx, bView, b, ns, host, func(eps []string) error {
+	sidecarView(t, ctx, bView, b, ns, host, echoPort, func(eps []string) error {
 		if !slices.Contains(eps, net.JoinHostPort(netAEchoIP, fmt.Sprint(echoPort))) {
 			return fmt.Errorf("istiod-B does not list the net-a entry yet: %v", eps)
 		}
@@ -273,9 +273,9 @@ xds:
 }
 
 // sidecarView asks m's istiod, as a sidecar of m's network in ns, for the CDS and EDS of host's
-// echoPort until the endpoints satisfy cond; it returns the cluster's mTLS settings and the
+// port until the endpoints satisfy cond; it returns the cluster's mTLS settings and the
 // endpoints.
-func sidecarView(t *testing.T, ctx context.Context, c harness.IstiodConn, m *harness.Member, ns, host string, cond func([]string) error) (*harness.MTLSSettings, []string) {
+func sidecarView(t *testing.T, ctx context.Context, c harness.IstiodConn, m *harness.Member, ns, host string, port int, cond func([]string) error) (*harness.MTLSSettings, []string) {
 	t.Helper()
 	node, err := harness.SidecarNode(m.Addr.String(), "observer", ns, m.Network, m.ID)
 	if err != nil {
@@ -286,7 +286,7 @@ func sidecarView(t *testing.T, ctx context.Context, c harness.IstiodConn, m *har
 		t.Fatal(err)
 	}
 	defer x.Close()
-	name := fmt.Sprintf("outbound|%d||%s", echoPort, host)
+	name := fmt.Sprintf("outbound|%d||%s", port, host)
 	var mtls *harness.MTLSSettings
 	if _, err := x.Watch(ctx, harness.ClusterType, nil, func(rs []*anypb.Any) error {
 		cs, err := harness.Clusters(rs)

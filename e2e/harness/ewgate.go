@@ -31,12 +31,10 @@ func EwgateBinary(t testing.TB) string {
 			return
 		}
 		ewgateBin = filepath.Join(dir, "ewgate")
-		var gomod []byte
-		if gomod, ewgateErr = exec.Command("go", "env", "GOMOD").Output(); ewgateErr != nil {
+		cmd := exec.Command("go", "build", "-trimpath", "-o", ewgateBin, "./cmd/ewgate")
+		if cmd.Dir, ewgateErr = repoRoot(); ewgateErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-trimpath", "-o", ewgateBin, "./cmd/ewgate")
-		cmd.Dir = filepath.Dir(filepath.Dir(strings.TrimSpace(string(gomod)))) // e2e/go.mod -> the repository
 		if out, err := cmd.CombinedOutput(); err != nil {
 			ewgateErr = fmt.Errorf("building ewgate: %v\n%s", err, out)
 		}

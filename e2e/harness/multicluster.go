@@ -14,10 +14,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/ewgate/ewgate/e2e/peers"
 )
 
@@ -362,30 +358,4 @@ func locatePeers() (peers.Layout, error) {
 		}
 	}
 	return l, nil
-}
-
-// PublishGateway creates (or updates) in m's cluster what tells every istiod reading it where
-// network m.Network's east-west gateway is reached from other networks: a Service in
-// istio-system labelled topology.istio.io/network=<network>, with port 15443 and
-// spec.externalIPs = addr (a LoadBalancer's address; istiod reads externalIPs for any Service
-// type, and needs no selector).
-func (m *Member) PublishGateway(ctx context.Context, name, addr string) error {
-	svcs := m.API.Kube.CoreV1().Services(IstioNamespace)
-	want := corev1.ServiceSpec{
-		Ports:       []corev1.ServicePort{{Name: "tls", Port: 15443, Protocol: corev1.ProtocolTCP}},
-		ExternalIPs: []string{addr},
-	}
-	labels := map[string]string{NetworkLabel: m.Network}
-	_, err := svcs.Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Spec: want}, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		var svc *corev1.Service
-		if svc, err = svcs.Get(ctx, name, metav1.GetOptions{}); err == nil {
-			svc.Labels, svc.Spec.Ports, svc.Spec.ExternalIPs = labels, want.Ports, want.ExternalIPs
-			_, err = svcs.Update(ctx, svc, metav1.UpdateOptions{})
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("harness: gateway service %s in %s: %w", name, m.ID, err)
-	}
-	return nil
 }

@@ -175,6 +175,9 @@ type VMFrontOptions struct {
 	Control   string   // the VM control endpoint (15012) address; empty: a free loopback port
 	Instance  string   // registrar.instance
 	Registrar []string // lines added to the registrar section (e.g. lease and sweep timings)
+	// Config, when set, renders the config file from FrontVars instead of the harness's own
+	// (e.g. a block of the operator's docs, DocBlock).
+	Config func(vars map[string]string) string
 }
 
 // VMFront is an ewgate whose VM control endpoint forwards each cluster's VMs to that cluster's
@@ -219,7 +222,12 @@ func StartVMFront(t testing.TB, agentBin string, o VMFrontOptions) *VMFront {
 		f.Control = freeLoopback(t)
 	}
 	admin := freeLoopback(t)
-	f.Config = vmFrontConfig(o, admin, freeLoopback(t), f.Control, serving, rootFiles)
+	mesh := freeLoopback(t)
+	if o.Config != nil {
+		f.Config = o.Config(frontVars(t, o, admin, mesh, f.Control, serving, rootFiles))
+	} else {
+		f.Config = vmFrontConfig(o, admin, mesh, f.Control, serving, rootFiles)
+	}
 	f.Gw = StartEwgate(t, admin, f.Config)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -257,6 +265,27 @@ func vmFrontConfig(o VMFrontOptions, admin, mesh, control string, serving *Contr
 		b.WriteString("  " + l + "\n")
 	}
 	return b.String()
+}
+
+// frontVars are the values a config template of the front gets: ADMIN, MESH, CONTROL,
+// CONTROL_CERT, CONTROL_KEY, INSTANCE, ROOT_CERT (the mesh root every cluster's istiod serves
+// under: the clusters must share it), and per cluster, named by its ID's last dash-separated
+// word in capitals (cluster-a: A), <P>_ISSUER, <P>_API, <P>_API_CA, <P>_ISTIOD, <P>_KUBECONFIG.
+func frontVars(t testing.TB, o VMFrontOptions, admin, mesh, control string, serving *ControlServingCert, rootFiles []string) map[string]string {
+	t.Helper()
+	v := map[string]string{
+		"ADMIN": admin, "MESH": mesh, "CONTROL": control, "INSTANCE": o.Instance,
+		"CONTROL_CERT": serving.CertFile, "CONTROL_KEY": serving.KeyFile, "ROOT_CERT": rootFiles[0],
+	}
+	for _, c := range o.Clusters {
+		if !SamePEMCerts(c.IstiodRoot, o.Clusters[0].IstiodRoot) {
+			t.Fatal("harness: a front config template needs one mesh root shared by every cluster")
+		}
+		p := strings.ToUpper(c.ID[strings.LastIndex(c.ID, "-")+1:])
+		v[p+"_ISSUER"], v[p+"_API"], v[p+"_API_CA"] = c.API.Issuer, c.API.URL, c.API.CAFile
+		v[p+"_ISTIOD"], v[p+"_KUBECONFIG"] = c.Istiod.SecureAddr, c.API.Kubeconfig
+	}
+	return v
 }
 
 // StartVM starts a pilot-agent pointed at this ewgate's 15012, trusting ewgate's serving CA and

@@ -101,9 +101,7 @@ func TestCrossNetworkHop(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.API.CreateGateway(ctx, ns, "cross-network-gateway", harness.EastWestGateway(15443)); err != nil {
-		t.Fatal(err)
-	}
+	applyDoc(t, ctx, b, "cross-network-gateway", nil)
 
 	// ewgate-B in net-b, on the production xDS path to istiod-B.
 	gw := startEastWestGateway(t, ctx, b)
@@ -124,9 +122,7 @@ func TestCrossNetworkHop(t *testing.T) {
 	}
 	lbAddr := net.JoinHostPort(gatewayLBIP.String(), "15443")
 	harness.Bridge(t, a.Net.NetNS, lbAddr, b.Net.NetNS, net.JoinHostPort(gatewayPodIP.String(), "15443"))
-	if err := b.PublishGateway(ctx, "istio-eastwestgateway", gatewayLBIP.String()); err != nil {
-		t.Fatal(err)
-	}
+	applyDoc(t, ctx, b, "gateway-service", map[string]string{"NETWORK": b.Network, "LB_IP": gatewayLBIP.String()})
 
 	// The client in net-a, with its certificate from istiod-A, asks istiod-A as a sidecar of net-a.
 	clientTok, err := a.API.IstioToken(ctx, ns, "client")
@@ -251,25 +247,25 @@ func startEastWestGateway(t *testing.T, ctx context.Context, m *harness.Member) 
 		t.Fatal(err)
 	}
 	admin := "127.0.0.1:15000"
-	cfg := fmt.Sprintf(`
-admin: {address: %s}
-listeners:
-  - {name: mesh, kind: mesh, address: %s, routes_from: xds}
-xds:
-  server: %s
-  tls: {ca_file: %s, server_name: %s}
-  token_file: %s
-  node:
-    ip: %s
-    name: ewgate-%s
-    namespace: istio-system
-    cluster_id: %s
-    network: %s
-    requested_network_view: [%s]
-    labels: {istio: eastwestgateway}
-`, admin, net.JoinHostPort(gatewayPodIP.String(), "15443"), m.Istiod.SecureAddr, rootFile, m.Istiod.SAN, tokenFile,
-		gatewayPodIP, m.ID, m.ID, m.Network, m.Network)
+	cfg := harness.DocBlock(t, "multicluster.md", "eastwest-gateway", map[string]string{
+		"ADMIN": admin, "MESH": net.JoinHostPort(gatewayPodIP.String(), "15443"),
+		"ISTIOD": m.Istiod.SecureAddr, "ROOT_CERT": rootFile, "TOKEN_FILE": tokenFile,
+		"POD_IP": gatewayPodIP.String(), "POD_NAME": "ewgate-" + m.ID, "CLUSTER_ID": m.ID, "NETWORK": m.Network,
+	})
 	return harness.StartEwgateIn(t, m.Net.NetNS, "ewgate-"+m.ID, cfg, admin)
+}
+
+// applyDoc applies a Kubernetes manifest of docs/multicluster.md to m's cluster with the real
+// kubectl, as the runbook tells the operator to.
+func applyDoc(t *testing.T, ctx context.Context, m *harness.Member, block string, vars map[string]string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), block+".yaml")
+	if err := os.WriteFile(file, []byte(harness.DocBlock(t, "multicluster.md", block, vars)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := m.API.Kubectl(ctx, "apply", "-f", file); err != nil {
+		t.Fatalf("kubectl apply of docs/multicluster.md %s in %s: %v\n%s", block, m.ID, err, out)
+	}
 }
 
 // sidecarView asks m's istiod, as a sidecar of m's network in ns, for the CDS and EDS of host's

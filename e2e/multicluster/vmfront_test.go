@@ -71,7 +71,10 @@ func TestVMFrontTwoClusters(t *testing.T) {
 	for _, m := range mc.Members() {
 		fronted = append(fronted, harness.FrontedCluster{ID: m.ID, API: m.API, Istiod: m.Istiod, IstiodRoot: mc.RootPEM})
 	}
-	front := harness.StartVMFront(t, mc.A.Peers.PilotAgent(), harness.VMFrontOptions{Clusters: fronted, Instance: "ewgate-e2e-vmfront2"})
+	front := harness.StartVMFront(t, mc.A.Peers.PilotAgent(), harness.VMFrontOptions{
+		Clusters: fronted, Instance: "ewgate-e2e-vmfront2",
+		Config: func(v map[string]string) string { return harness.DocBlock(t, "multicluster.md", "vm-front", v) },
+	})
 	t.Logf("ewgate config:\n%s", front.Config)
 
 	for i, m := range []*harness.Member{mc.B, mc.A} {

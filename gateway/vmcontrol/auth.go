@@ -113,7 +113,8 @@ func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, er
 		case err == nil:
 			certID = id
 		case expired != nil:
-			return nil, authn.Reason(expired), authFailure(expired)
+			return nil, authn.Reason(expired), status.Errorf(codes.Unauthenticated,
+				"ewgate: authentication failed (expired; the client certificate next to it: %s)", authn.Reason(err))
 		case tokenID == nil:
 			return nil, authn.Reason(err), authFailure(err)
 		}
@@ -124,7 +125,8 @@ func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, er
 	id := tokenID
 	switch {
 	case expired != nil && certID == nil:
-		return nil, authn.Reason(expired), authFailure(expired)
+		return nil, authn.Reason(expired), status.Error(codes.Unauthenticated,
+			"ewgate: authentication failed (expired; and no client certificate, which would have been used instead: a VM renews with the certificate in PROV_CERT)")
 	case id == nil && certID == nil:
 		return nil, resultNone, status.Error(codes.Unauthenticated, "ewgate: authentication required: send \"authorization: Bearer <istio-token>\" or a mesh client certificate")
 	case id == nil:

@@ -114,7 +114,7 @@ func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, er
 			certID = id
 		case expired != nil:
 			return nil, authn.Reason(expired), status.Errorf(codes.Unauthenticated,
-				"ewgate: authentication failed (expired; the client certificate next to it: %s)", authn.Reason(err))
+				"ewgate: authentication failed (expired): the client certificate next to the expired token failed too (%s)", authn.Reason(err))
 		case tokenID == nil:
 			return nil, authn.Reason(err), authFailure(err)
 		}
@@ -126,7 +126,7 @@ func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, er
 	switch {
 	case expired != nil && certID == nil:
 		return nil, authn.Reason(expired), status.Error(codes.Unauthenticated,
-			"ewgate: authentication failed (expired; and no client certificate, which would have been used instead: a VM renews with the certificate in PROV_CERT)")
+			"ewgate: authentication failed (expired): no client certificate came with the expired token (an agent renews with the certificate it was issued, PROV_CERT, once its token expires)")
 	case id == nil && certID == nil:
 		return nil, resultNone, status.Error(codes.Unauthenticated, "ewgate: authentication required: send \"authorization: Bearer <istio-token>\" or a mesh client certificate")
 	case id == nil:

@@ -73,8 +73,8 @@ func TestExpiredTokenNextToAValidCertificate(t *testing.T) {
 		msg   string
 	}{
 		{name: "expired token, valid certificate", token: expiredToken(t, vmNS, vmSA), cert: true, code: codes.OK},
-		{name: "expired token, no certificate", token: expiredToken(t, vmNS, vmSA), code: codes.Unauthenticated, msg: "(expired; and no client certificate"},
-		{name: "expired token, certificate of another root", token: expiredToken(t, vmNS, vmSA), other: true, code: codes.Unauthenticated, msg: "(expired; the client certificate next to it: untrusted_cert)"},
+		{name: "expired token, no certificate", token: expiredToken(t, vmNS, vmSA), code: codes.Unauthenticated, msg: "(expired): no client certificate came with the expired token"},
+		{name: "expired token, certificate of another root", token: expiredToken(t, vmNS, vmSA), other: true, code: codes.Unauthenticated, msg: "(expired): the client certificate next to the expired token failed too (untrusted_cert)"},
 		{name: "forged token, valid certificate", token: forgedToken(t, time.Now().Add(time.Hour)), cert: true, code: codes.Unauthenticated, msg: "(bad_signature)"},
 		{name: "forged expired token, valid certificate", token: forgedToken(t, time.Now().Add(-time.Minute)), cert: true, code: codes.Unauthenticated, msg: "(bad_signature)"},
 		{name: "wrong audience, valid certificate", token: token(t, vmNS, vmSA, testkit.Claim("aud", []string{"api"})), cert: true, code: codes.Unauthenticated, msg: "(bad_audience)"},

@@ -283,7 +283,7 @@ func waitCertIssuedAfter(t *testing.T, vm *harness.VM, exp time.Time, gw *harnes
 		if err != nil {
 			return err
 		}
-		if issued := c.NotAfter.Add(-expiryCertTTL); !issued.After(exp.Add(2*time.Second)) {
+		if issued := c.NotAfter.Add(-expiryCertTTL); !issued.After(exp.Add(2 * time.Second)) {
 			return fmt.Errorf("the newest certificate (serial %s) was issued at %s, not after the token's expiry %s",
 				c.SerialNumber, issued.Format(time.RFC3339), exp.Format(time.RFC3339))
 		}

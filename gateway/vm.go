@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/ewgate/ewgate/authn"
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/meshca"
 	"github.com/ewgate/ewgate/gateway/vmcontrol"
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -40,8 +42,11 @@ func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error 
 	if cfg.Control == nil {
 		return nil
 	}
-	var err error
-	if vm.verifier, err = authn.New(p.ctx, *cfg.Authn, authn.Options{Logger: p.log.Named("authn"), Registerer: reg}); err != nil {
+	acfg, err := withBuiltinTrustBundles(cfg)
+	if err != nil {
+		return err
+	}
+	if vm.verifier, err = authn.New(p.ctx, acfg, authn.Options{Logger: p.log.Named("authn"), Registerer: reg}); err != nil {
 		return err
 	}
 	opts := vmcontrol.Options{Verifier: vm.verifier, Logger: p.log.Named("control"), Registerer: reg}
@@ -162,4 +167,55 @@ func (vm *vmSide) pages(log *zap.Logger) pages {
 		p.debug["GET /debug/authn"] = jsonPage(log, func() any { return vm.verifier.Status() })
 	}
 	return p
+}
+
+// withBuiltinTrustBundles returns the authn config with, for a control endpoint forwarding a
+// cluster to the built-in control plane, the built-in CA's certificate as a client-certificate
+// trust bundle of that cluster, for each trust domain of the cluster's issuers that has no
+// bundle configured. A VM then authenticates with the certificate that CA issued it once its
+// bootstrap token has expired, without a trust_bundles entry the operator could not write
+// before the CA existed (vm-config and serve both refuse a config whose ca_file is missing).
+// The CA is opened as the control plane opens it (generated in data_dir on first start).
+func withBuiltinTrustBundles(cfg *config.File) (authn.Config, error) {
+	acfg := *cfg.Authn
+	cluster := ""
+	for _, u := range cfg.Control.Upstreams {
+		if u.Builtin {
+			cluster = u.Cluster
+		}
+	}
+	ca := cfg.ControlPlane
+	if cluster == "" || cfg.Control.TLS.ClientCerts == vmcontrol.ClientCertOff || (ca.CA.DataDir == "" && ca.CA.CertFile == "") {
+		return acfg, nil
+	}
+	have := map[string]bool{}
+	for _, tb := range acfg.ClientCerts.TrustBundles {
+		have[tb.TrustDomain] = true
+	}
+	var add []string
+	for _, is := range acfg.Issuers {
+		td := is.TrustDomain
+		if td == "" {
+			td = authn.DefaultTrustDomain
+		}
+		if is.Cluster == cluster && !have[td] {
+			have[td] = true
+			add = append(add, td)
+		}
+	}
+	if len(add) == 0 {
+		return acfg, nil
+	}
+	certFile := ca.CA.CertFile
+	if certFile == "" {
+		if _, err := meshca.Open(meshca.Options{DataDir: ca.CA.DataDir, TrustDomain: ca.CA.TrustDomain}); err != nil {
+			return acfg, err
+		}
+		certFile = filepath.Join(ca.CA.DataDir, meshca.CertFileName)
+	}
+	acfg.ClientCerts.TrustBundles = append([]authn.TrustBundleConfig(nil), acfg.ClientCerts.TrustBundles...)
+	for _, td := range add {
+		acfg.ClientCerts.TrustBundles = append(acfg.ClientCerts.TrustBundles, authn.TrustBundleConfig{TrustDomain: td, CAFile: certFile, Cluster: cluster})
+	}
+	return acfg, nil
 }

@@ -3,11 +3,13 @@ package vmcontrol
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"net/netip"
 	"strings"
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -28,7 +30,11 @@ const (
 
 // Auth results besides authn's reasons.
 const (
-	resultOK               = "ok"
+	resultOK = "ok"
+	// resultCertAfterExpired: the token had expired (its signature and audience verified) and
+	// the client certificate next to it verified; the call is the certificate's. An agent
+	// renews with the certificate it was issued once its bootstrap token has expired.
+	resultCertAfterExpired = "cert_after_expired_token"
 	resultNone             = "none"
 	resultRateLimited      = "rate_limited"
 	resultBusy             = "busy" // max_authenticating_per_source
@@ -77,6 +83,7 @@ func (f *Front) authenticate(ctx context.Context) (*caller, string, error) {
 func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	var tokenID, certID *authn.Identity
+	var expired error // the token's ErrExpired, set aside for a certificate to stand in
 	auths := md.Get(mdAuthorization)
 	if len(auths) > 1 {
 		return nil, resultMultipleTokens, status.Error(codes.Unauthenticated, "ewgate: authentication failed (more than one authorization header)")
@@ -87,28 +94,46 @@ func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, er
 			return nil, "malformed", status.Error(codes.Unauthenticated, "ewgate: authentication failed (authorization is not \"Bearer <token>\")")
 		}
 		id, err := f.opts.Verifier.VerifyToken(ctx, tok)
-		if err != nil {
+		switch {
+		case err == nil:
+			tokenID = id
+		case errors.Is(err, authn.ErrExpired):
+			// authn reports expiry only for a token whose signature verified with a
+			// configured issuer's key (and whose audience it accepts): a token that was once
+			// good. Any other failure (forged, unknown issuer, revoked, wrong audience) is a
+			// sign of attack or misconfiguration and refuses the call, certificate or not.
+			expired = err
+		default:
 			return nil, authn.Reason(err), authFailure(err)
 		}
-		tokenID = id
 	}
 	if chain := peerCerts(ctx); len(chain) > 0 {
 		id, err := f.opts.Verifier.VerifyCert(chain)
 		switch {
 		case err == nil:
 			certID = id
+		case expired != nil:
+			return nil, authn.Reason(expired), status.Errorf(codes.Unauthenticated,
+				"ewgate: authentication failed (expired): the client certificate next to the expired token failed too (%s)", authn.Reason(err))
 		case tokenID == nil:
 			return nil, authn.Reason(err), authFailure(err)
 		}
 		// A certificate that fails next to a good token is ignored: an agent whose certificate
 		// expired renews it with its token.
 	}
+	result := resultOK
 	id := tokenID
 	switch {
+	case expired != nil && certID == nil:
+		return nil, authn.Reason(expired), status.Error(codes.Unauthenticated,
+			"ewgate: authentication failed (expired): no client certificate came with the expired token (an agent renews with the certificate it was issued, PROV_CERT, once its token expires)")
 	case id == nil && certID == nil:
 		return nil, resultNone, status.Error(codes.Unauthenticated, "ewgate: authentication required: send \"authorization: Bearer <istio-token>\" or a mesh client certificate")
 	case id == nil:
 		id = certID
+		if expired != nil {
+			result = resultCertAfterExpired
+		}
 	case certID != nil && (certID.Namespace != id.Namespace || certID.ServiceAccount != id.ServiceAccount):
 		return nil, resultIdentityMismatch, status.Errorf(codes.PermissionDenied,
 			"ewgate: the token (%s) and the client certificate (%s) name different service accounts", id.SPIFFEID, certID.SPIFFEID)
@@ -131,7 +156,40 @@ func (f *Front) verify(ctx context.Context, src netip.Addr) (*caller, string, er
 			cluster = c
 		}
 	}
-	return &caller{id: id, cluster: cluster, source: src}, resultOK, nil
+	if result == resultCertAfterExpired {
+		f.expiredTokens.note(f, id.SPIFFEID, src)
+	}
+	return &caller{id: id, cluster: cluster, source: src}, result, nil
+}
+
+// maxExpiredTokenVMs bounds the VMs whose expired token has been logged; past it the set
+// starts again (each VM is then logged once more).
+const maxExpiredTokenVMs = 4096
+
+// expiredTokenLog writes one line per VM identity the first time a call of it is
+// authenticated by its certificate next to an expired token: expected after the agent's
+// bootstrap token ran out, and worth one line, not one per renewal or stream.
+type expiredTokenLog struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+func (l *expiredTokenLog) note(f *Front, spiffeID string, src netip.Addr) {
+	l.mu.Lock()
+	_, dup := l.seen[spiffeID]
+	if !dup {
+		if l.seen == nil || len(l.seen) >= maxExpiredTokenVMs {
+			l.seen = map[string]struct{}{}
+		}
+		l.seen[spiffeID] = struct{}{}
+	}
+	l.mu.Unlock()
+	if dup {
+		return
+	}
+	// Sampled as well: a flood of distinct certificates must not flood the log.
+	f.logEvent(resultCertAfterExpired, "VM authenticated by its client certificate; its token has expired (expected once the bootstrap token runs out; the agent renews with its certificate)",
+		zap.String("identity", spiffeID), zap.String("source", src.String()))
 }
 
 // authFailure is what the VM is told: the reason (never the token), so its operator knows

@@ -68,6 +68,7 @@ type Front struct {
 	limits         *streamLimits
 	tracker        *connTracker // set by Serve
 	sample         *logsample.Sampler
+	expiredTokens  expiredTokenLog
 
 	wg sync.WaitGroup // goroutines that outlive a handler (VM readers)
 

@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ewgate_control_streams_active",
 			Help: "VM control streams open now."}),
 		auth: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ewgate_control_auth_total",
-			Help: "Authentications of VM RPCs by result: ok, none, rate_limited, busy, cluster_mismatch, identity_mismatch, or an authn reason."},
+			Help: "Authentications of VM RPCs by result: ok, cert_after_expired_token (an expired token next to a verified client certificate: the certificate authenticated the call), none, rate_limited, busy, cluster_mismatch, identity_mismatch, or an authn reason."},
 			[]string{"result"}),
 		dialFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ewgate_control_upstream_dial_failures_total",
 			Help: "Failed connection attempts (TCP or TLS) to a cluster's control plane."},

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/ewgate/ewgate/authn"
 )
 
 // Flow-control windows of upstream connections. Static windows (no BDP growth) bound what one
@@ -146,7 +148,15 @@ func (c *countingCreds) Clone() credentials.TransportCredentials {
 
 // outgoing builds the upstream request metadata from the VM's: hop-by-hop and transport keys
 // are dropped, and the identity is passed the upstream's way.
+//
+// With identity: forward, a call ewgate authenticated by the VM's token passes that token on;
+// a call it authenticated by the VM's client certificate (no token, or one that expired)
+// cannot be vouched for that way: ewgate presents no client certificate of its own, and istiod
+// would refuse the expired token (and count an authentication failure). Such a call goes as in
+// xfcc mode, without the VM's authorization header and with the verified SPIFFE ID in
+// x-forwarded-client-cert, which istiod accepts from a TRUSTED_GATEWAY_CIDR address.
 func outgoing(in metadata.MD, mode string, c *caller, builtinCall string) metadata.MD {
+	xfcc := mode == IdentityXFCC || (mode == IdentityForward && c.id.Source == authn.SourceCert)
 	out := metadata.MD{}
 	for k, v := range in {
 		switch {
@@ -154,7 +164,7 @@ func outgoing(in metadata.MD, mode string, c *caller, builtinCall string) metada
 			k == "content-type", k == "user-agent", k == "te", k == "connection",
 			k == mdXFCC, k == mdBuiltinCall:
 			continue // transport headers, or ones only ewgate may set
-		case k == mdAuthorization && mode != IdentityForward:
+		case k == mdAuthorization && (mode != IdentityForward || xfcc):
 			continue
 		}
 		out[k] = v
@@ -162,7 +172,7 @@ func outgoing(in metadata.MD, mode string, c *caller, builtinCall string) metada
 	switch {
 	case builtinCall != "":
 		out.Set(mdBuiltinCall, builtinCall)
-	case mode == IdentityXFCC:
+	case xfcc:
 		// Istio's XFCC authenticator takes the URI elements as the caller's identities.
 		out.Set(mdXFCC, "URI="+c.id.SPIFFEID)
 	}

@@ -10,6 +10,7 @@ type (
 	Relay            = dataplane.Relay
 	Listener         = dataplane.Listener
 	ProxyProtocol    = dataplane.ProxyProtocol
+	ExportRule       = dataplane.ExportRule
 	Cluster          = dataplane.ClusterConfig
 	OutlierDetection = dataplane.OutlierDetection
 )

@@ -161,6 +161,7 @@ func (f *File) validateListeners(v *validator) map[string]*Listener {
 				v.add(fmt.Sprintf("%s.mesh_domains[%d]", p, j), "%q is not a DNS suffix such as cluster.local", d)
 			}
 		}
+		validateExport(v, p, l)
 		if l.ProxyProtocol != nil {
 			if len(l.ProxyProtocol.TrustedCIDRs) == 0 {
 				v.add(p+".proxy_protocol.trusted_cidrs", "required: the load balancers' addresses (PROXY headers from anyone else are never trusted)")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,7 @@ func BenchmarkRouteMesh10k(b *testing.B) {
 	h := &sni.Hello{ServerName: sni.OutboundName(8777, "", "svc7777.ns.svc.cluster.local"), ALPN: []string{"istio"}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if c, err := t.Route(h); err != nil || c == nil {
+		if c, err := t.Route(h, netip.Addr{}); err != nil || c == nil {
 			b.Fatal(err)
 		}
 	}

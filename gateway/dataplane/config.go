@@ -113,6 +113,10 @@ type Listener struct {
 	// the clusters: list) or xds (the xDS client; then no cluster of this file may name the
 	// listener). One source per listener, so that nobody has to guess which one wins.
 	RoutesFrom string `yaml:"routes_from"`
+	// Export (mesh only) is the allow-list of hosts the listener serves, and to which clients.
+	// Nil (no export key): every host the route source publishes, Istio's AUTO_PASSTHROUGH.
+	// Anything else is refused as not_exported with a TLS access_denied alert.
+	Export []ExportRule `yaml:"export"`
 }
 
 // ProxyProtocol accepts a PROXY protocol v1/v2 header from trusted peers (a cloud load balancer).

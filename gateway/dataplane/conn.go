@@ -44,6 +44,7 @@ type conn struct {
 	up, down   int64     // bytes client -> endpoint, endpoint -> client
 	result     string
 	err        error
+	alert      byte // the TLS alert a refusal after the hello sends before the close; 0: none
 
 	mu       sync.Mutex
 	relaying cutter // the relay that has the sockets; nil before one does (see cut)
@@ -70,11 +71,20 @@ var helloBufs = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b 
 // refused or failed on the way is closed and done here.
 func (c *conn) serve() {
 	c.start = c.g.now()
-	dialled := c.route() && c.dial()
+	routed := c.route()
+	dialled := routed && c.dial()
 	c.freeHello() // the hello was sent upstream or is not needed: the buffer serves the next one
 	if dialled {
 		c.relay()
 		return
+	}
+	if routed {
+		// The hello named a cluster but no endpoint took the connection (no_endpoint,
+		// connect_failed): the client reads internal_error rather than a bare close.
+		c.alert = alertInternalError
+	}
+	if c.alert != 0 {
+		sendAlert(c.client, c.alert)
 	}
 	c.client.Close()
 	c.done()
@@ -82,7 +92,7 @@ func (c *conn) serve() {
 
 // route reads the PROXY header when the peer is a trusted load balancer, peeks the ClientHello
 // and finds its cluster in the connection's table. It reports false when the connection is
-// refused (result and err say why; a hello naming no route is answered with a TLS alert).
+// refused (result and err say why; c.alert is the TLS alert serve sends for a parsed hello).
 func (c *conn) route() bool {
 	lc := &c.table.Listener
 	deadline := time.Now().Add(lc.HelloTimeout)
@@ -101,9 +111,9 @@ func (c *conn) route() bool {
 	if err != nil {
 		return c.fail(refusal(err), err)
 	}
-	cl, err := c.table.Route(hello)
+	cl, err := c.table.Route(hello, c.clientAddr.Addr())
 	if err != nil {
-		sendAlert(c.client, alertUnrecognizedName)
+		c.alert = alertFor(err)
 		return c.fail(refusal(err), err)
 	}
 	c.cluster = cl
@@ -301,6 +311,8 @@ func refusal(err error) string {
 		return "mesh_name_on_ingress"
 	case errors.Is(err, ErrNoRoute):
 		return "unknown_sni"
+	case errors.Is(err, ErrNotExported):
+		return "not_exported"
 	default:
 		return "malformed_hello"
 	}
@@ -325,8 +337,30 @@ const (
 var errOverSourceLimit = errors.New("dataplane: source address at max_connections_per_source")
 
 // TLS alerts (RFC 8446 6.2). ewgate never terminates TLS, but a fatal alert tells a client why
-// it was refused instead of a bare reset.
-const alertUnrecognizedName = 112
+// it was refused instead of a bare reset (Envoy's gateway resets; istio#45010 asks for better).
+// Only a refusal after a parsed hello gets one: before it (caps at accept, a PROXY header
+// error, bytes that are not a ClientHello) there is no TLS client to read it.
+const (
+	// No route for the name: not an Istio outbound_ name, no Istio ALPN, a name the listener
+	// does not publish, a mesh name on an ingress listener. crypto/tls: "remote error: tls:
+	// unrecognized name"; OpenSSL: "tlsv1 unrecognized name".
+	alertUnrecognizedName = 112
+	// The name is routed but not exported to this client (listeners[].export). crypto/tls:
+	// "remote error: tls: access denied"; OpenSSL: "tlsv1 alert access denied".
+	alertAccessDenied = 49
+	// The name is routed but no endpoint took the connection (no_endpoint, connect_failed): a
+	// fault of the gateway's side, not of the client's hello. crypto/tls: "remote error: tls:
+	// internal error"; OpenSSL: "tlsv1 alert internal error".
+	alertInternalError = 80
+)
+
+// alertFor is the alert of a routing refusal.
+func alertFor(err error) byte {
+	if errors.Is(err, ErrNotExported) {
+		return alertAccessDenied
+	}
+	return alertUnrecognizedName
+}
 
 // The alert is followed by a FIN, and what the client still sends is read and dropped for a
 // moment (bounded in time and bytes) before the socket closes: closing with unread bytes makes

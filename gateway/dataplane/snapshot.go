@@ -34,6 +34,7 @@ func (s *Snapshot) Table(listener string) *Table { return s.tables[listener] }
 type Table struct {
 	Listener   Listener
 	requireALP bool
+	export     *exportList         // mesh: the hosts exported; nil: every host
 	proxies    []netip.Prefix      // trusted PROXY protocol senders
 	exact      map[string]*Cluster // SNI -> cluster (mesh: cluster names; ingress: exact hosts)
 	wildcards  []wildcard          // ingress: longest suffix first
@@ -53,16 +54,16 @@ type Cluster struct {
 	alpn      []string // from an xDS filter chain: the client must offer one of these
 }
 
-// Route returns the cluster for a ClientHello on this table's listener, or the reason there
-// is none. It never looks at another listener's routes.
-func (t *Table) Route(h *sni.Hello) (*Cluster, error) {
+// Route returns the cluster for a ClientHello from client on this table's listener, or the
+// reason there is none. It never looks at another listener's routes.
+func (t *Table) Route(h *sni.Hello, client netip.Addr) (*Cluster, error) {
 	if t.Listener.Kind == KindMesh {
-		return t.routeMesh(h)
+		return t.routeMesh(h, client)
 	}
 	return t.routeIngress(h)
 }
 
-func (t *Table) routeMesh(h *sni.Hello) (*Cluster, error) {
+func (t *Table) routeMesh(h *sni.Hello, client netip.Addr) (*Cluster, error) {
 	// Only outbound_ names are ever routed: inbound_ parses but would let a remote client pick
 	// a local workload port directly (Istio's AUTO_PASSTHROUGH routes outbound clusters only).
 	n, err := sni.ParseIstioName(h.ServerName)
@@ -71,6 +72,11 @@ func (t *Table) routeMesh(h *sni.Hello) (*Cluster, error) {
 	}
 	if t.requireALP && !sni.HasIstioALPN(h.ALPN) {
 		return nil, ErrNoIstioALPN
+	}
+	// Before the lookup: a host outside the allow-list is refused the same way whether or not
+	// the route source publishes it.
+	if !t.export.allows(n.Host, client) {
+		return nil, ErrNotExported
 	}
 	c := t.exact[h.ServerName]
 	if c == nil {
@@ -145,7 +151,7 @@ func buildSnapshot(f *Config, dyn map[string]map[string]*dynamicCluster, st *sta
 	}
 	s := &Snapshot{Version: version, Built: now, tables: map[string]*Table{}}
 	for _, l := range f.Listeners {
-		t := &Table{Listener: l, exact: map[string]*Cluster{}, requireALP: BoolOr(l.RequireIstioALPN, true)}
+		t := &Table{Listener: l, exact: map[string]*Cluster{}, requireALP: BoolOr(l.RequireIstioALPN, true), export: newExportList(l.Export)}
 		if l.ProxyProtocol != nil {
 			for _, c := range l.ProxyProtocol.TrustedCIDRs {
 				t.proxies = append(t.proxies, netip.MustParsePrefix(c)) // validated at load

@@ -92,8 +92,9 @@ type routesView struct {
 }
 
 type listenerView struct {
-	Kind   string      `json:"kind"`
-	Routes []routeView `json:"routes"`
+	Kind   string       `json:"kind"`
+	Export []ExportRule `json:"export,omitempty"` // the allow-list; none: every route is served
+	Routes []routeView  `json:"routes"`
 }
 
 type routeView struct {
@@ -120,7 +121,7 @@ func (g *Gateway) routesView() routesView {
 	v := routesView{Version: s.Version, Built: s.Built, Listeners: map[string]listenerView{}}
 	now := g.now().UnixNano()
 	for name, t := range s.tables {
-		lv := listenerView{Kind: t.Listener.Kind, Routes: []routeView{}}
+		lv := listenerView{Kind: t.Listener.Kind, Export: t.Listener.Export, Routes: []routeView{}}
 		for match, c := range t.exact {
 			lv.Routes = append(lv.Routes, clusterView(match, c, now))
 		}

@@ -19,13 +19,13 @@ type ExportRule struct {
 	// Namespaces export every host <svc>.<ns>.svc.<domain> of these namespaces: Istio's name
 	// for a Kubernetes Service (the namespace is read from the name, as Istio names it; a
 	// ServiceEntry's hosts are named with Hosts).
-	Namespaces []string `yaml:"namespaces"`
+	Namespaces []string `yaml:"namespaces" json:"namespaces,omitempty"`
 	// Hosts are exact names or wildcards (*.shop.svc.cluster.local: one or more labels before
 	// the suffix), case-insensitive.
-	Hosts []string `yaml:"hosts"`
+	Hosts []string `yaml:"hosts" json:"hosts,omitempty"`
 	// FromCIDRs limit the rule to clients in these ranges: the PROXY header's source when a
 	// trusted load balancer sent one, else the TCP peer. None: every client.
-	FromCIDRs []string `yaml:"from_cidrs"`
+	FromCIDRs []string `yaml:"from_cidrs" json:"from_cidrs,omitempty"`
 }
 
 // exportList is a listener's compiled allow-list; a nil *exportList exports everything.

@@ -109,6 +109,9 @@ func (c *conn) route() bool {
 	c.g.m.peek.WithLabelValues(c.l.name).Observe(time.Since(c.start).Seconds())
 	c.hello, c.peeked = hello, peeked
 	if err != nil {
+		if errors.Is(err, sni.ErrNoSNI) { // a whole hello, but nothing to route by
+			c.alert = alertMissingExtension
+		}
 		return c.fail(refusal(err), err)
 	}
 	cl, err := c.table.Route(hello, c.clientAddr.Addr())
@@ -352,6 +355,9 @@ const (
 	// fault of the gateway's side, not of the client's hello. crypto/tls: "remote error: tls:
 	// internal error"; OpenSSL: "tlsv1 alert internal error".
 	alertInternalError = 80
+	// A whole hello without a server name (no_sni): there is nothing to route by. crypto/tls:
+	// "remote error: tls: missing extension"; OpenSSL: "tlsv13 alert missing extension".
+	alertMissingExtension = 109
 )
 
 // alertFor is the alert of a routing refusal.

@@ -139,6 +139,7 @@ func TestMeshRefusals(t *testing.T) {
 		{name: "no ALPN", sni: reviews, result: "no_istio_alpn", alert: "unrecognized name"},
 		{name: "not an Istio name", sni: "reviews.default.svc.cluster.local", alpn: []string{"istio"}, result: "not_istio_name", alert: "unrecognized name"},
 		{name: "inbound direction", sni: "inbound_.9080_._.reviews.default.svc.cluster.local", alpn: []string{"istio"}, result: "not_istio_name", alert: "unrecognized name"},
+		{name: "no SNI", sni: "127.0.0.1", alpn: []string{"istio"}, result: "no_sni", alert: "remote error: tls: missing extension"}, // crypto/tls sends no SNI for an IP
 		{name: "plain bytes", raw: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), result: "not_tls"},
 		{name: "slow hello", sni: reviews, alpn: []string{"istio"}, stall: true, result: "hello_timeout"},
 		{name: "oversized hello", sni: reviews, alpn: bigALPN, result: "hello_too_large"},

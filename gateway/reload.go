@@ -94,16 +94,25 @@ const settleDelay = 50 * time.Millisecond
 // sections still parses, as a config that moves or drops listeners.
 func readSettled(path string) ([]byte, error) {
 	b, err := settle(func() ([]byte, error) { return os.ReadFile(path) }, func() { time.Sleep(settleDelay) })
-	if errors.Is(err, errUnsettled) {
+	switch {
+	case errors.Is(err, errUnsettled):
 		return nil, fmt.Errorf("%s %w for %s: reload again once it is written", path, err, 10*settleDelay)
+	case errors.Is(err, errEmpty):
+		return nil, fmt.Errorf("%s %w for %s: a config file is replaced whole, never emptied; reload again once it is written", path, err, 10*settleDelay)
 	}
 	return b, err
 }
 
-var errUnsettled = errors.New("kept changing")
+var (
+	errUnsettled = errors.New("kept changing")
+	errEmpty     = errors.New("stayed empty")
+)
 
 // settle calls read until two calls with a pause between them return the same bytes, at most
-// ten times.
+// ten times. An empty read never settles: it is a file caught between its truncation and its
+// write (an editor or os.WriteFile rewriting it in place), and read at the rhythm of such
+// rewrites two empty reads agree. Applied, it would be a valid config with none of the
+// listeners, and every listener would close.
 func settle(read func() ([]byte, error), pause func()) ([]byte, error) {
 	prev, err := read()
 	for range 10 {
@@ -112,13 +121,16 @@ func settle(read func() ([]byte, error), pause func()) ([]byte, error) {
 		}
 		pause()
 		cur, err2 := read()
-		if err2 == nil && bytes.Equal(prev, cur) {
+		if err2 == nil && len(cur) > 0 && bytes.Equal(prev, cur) {
 			return cur, nil
 		}
 		prev, err = cur, err2
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, err
+	case len(prev) == 0:
+		return nil, errEmpty
 	}
 	return nil, errUnsettled
 }

@@ -92,14 +92,20 @@ type routesView struct {
 }
 
 type listenerView struct {
-	Kind   string      `json:"kind"`
-	Routes []routeView `json:"routes"`
+	Kind                    string      `json:"kind"`
+	Address                 string      `json:"address,omitempty"` // bound (empty while not listening)
+	RoutesFrom              string      `json:"routes_from,omitempty"`
+	MaxConnections          int         `json:"max_connections"`
+	MaxConnectionsPerSource int         `json:"max_connections_per_source"`
+	Active                  int64       `json:"active_connections"`
+	Routes                  []routeView `json:"routes"`
 }
 
 type routeView struct {
 	Match     string         `json:"match"`
 	Cluster   string         `json:"cluster"`
 	Policy    string         `json:"lb_policy"`
+	Active    int64          `json:"active_connections"` // the endpoints' sum
 	Endpoints []endpointView `json:"endpoints"`
 }
 
@@ -119,8 +125,14 @@ func (g *Gateway) routesView() routesView {
 	}
 	v := routesView{Version: s.Version, Built: s.Built, Listeners: map[string]listenerView{}}
 	now := g.now().UnixNano()
+	bound := g.boundListeners()
 	for name, t := range s.tables {
-		lv := listenerView{Kind: t.Listener.Kind, Routes: []routeView{}}
+		lc := t.Listener
+		lv := listenerView{Kind: lc.Kind, RoutesFrom: lc.RoutesFrom, MaxConnections: lc.MaxConnections,
+			MaxConnectionsPerSource: lc.MaxConnectionsPerSource, Routes: []routeView{}}
+		if l := bound[name]; l != nil {
+			lv.Address, lv.Active = l.ln.Addr().String(), l.active.Load()
+		}
 		for match, c := range t.exact {
 			lv.Routes = append(lv.Routes, clusterView(match, c, now))
 		}
@@ -137,6 +149,7 @@ func clusterView(match string, c *Cluster, now int64) routeView {
 	rv := routeView{Match: match, Cluster: c.Name, Policy: c.Config.LBPolicy}
 	for _, e := range c.Endpoints {
 		ev := endpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network, Active: e.state.active.Load()}
+		rv.Active += ev.Active
 		if until := e.state.ejectedUntil.Load(); until > now {
 			t := time.Unix(0, until).UTC()
 			ev.EjectedUntil = &t
@@ -144,4 +157,15 @@ func clusterView(match string, c *Cluster, now int64) routeView {
 		rv.Endpoints = append(rv.Endpoints, ev)
 	}
 	return rv
+}
+
+// boundListeners is a copy of the bound listeners by name.
+func (g *Gateway) boundListeners() map[string]*listener {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]*listener, len(g.listeners))
+	for name, l := range g.listeners {
+		out[name] = l
+	}
+	return out
 }

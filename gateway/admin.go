@@ -14,7 +14,7 @@ import (
 
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/dataplane"
-	"github.com/ewgate/ewgate/gateway/internal/statuspage"
+	"github.com/ewgate/ewgate/gateway/statuspage"
 )
 
 // The admin HTTP servers the config asks for (config.Admin): the debug admin with every page,

@@ -114,7 +114,7 @@ func TestConnectFailureMovesOnAndEjects(t *testing.T) {
 	if v := g.counter("ewgate_endpoint_ejections_total", map[string]string{"cluster": reviews}); v != 1 {
 		t.Fatalf("ejections = %v, want 1", v)
 	}
-	view := g.routesView().Listeners["mesh"].Routes[0]
+	view := g.RoutesView().Listeners["mesh"].Routes[0]
 	for _, e := range view.Endpoints {
 		if (e.Address == dead) != (e.EjectedUntil != nil) {
 			t.Fatalf("/debug/routes endpoint %+v: only the dead one should show as ejected", e)

@@ -52,7 +52,7 @@ type Refusal struct {
 
 // Status returns the data plane's state now.
 func (g *Gateway) Status() Status {
-	v := g.routesView()
+	v := g.RoutesView()
 	st := Status{Ready: g.Ready(), SnapshotVersion: v.Version, SnapshotBuilt: v.Built,
 		Listeners: []ListenerStatus{}, Clusters: []ClusterStatus{}, Refusals: g.refusalCounts()}
 	for name, lv := range v.Listeners {

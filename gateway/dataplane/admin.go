@@ -88,8 +88,8 @@ func NewAdminServer(h http.Handler) *http.Server {
 // RoutesView is GET /debug/routes: every listener's route table as it serves new connections,
 // with each endpoint's load and ejection (`ewgate routes` prints it).
 type RoutesView struct {
-	Version   uint64                  `json:"version"`
-	Built     time.Time               `json:"built"`
+	Version   uint64                    `json:"version"`
+	Built     time.Time                 `json:"built"`
 	Listeners map[string]ListenerRoutes `json:"listeners"`
 }
 

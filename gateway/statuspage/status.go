@@ -30,10 +30,10 @@ type Status struct {
 	dataplane.Status
 	// Control is the VM control endpoint's state, as GET /healthz/control says it: ready, not
 	// ready (starting or draining) or degraded; empty without a control endpoint.
-	Control string                `json:"control,omitempty"`
-	XDS     *xdsclient.Status     `json:"xds,omitempty"`     // nil without routes_from: xds listeners
-	Issuers []authn.IssuerStatus  `json:"issuers,omitempty"` // as GET /debug/authn
-	VMs     *VMSummary            `json:"vms,omitempty"`     // nil without a registrar
+	Control string               `json:"control,omitempty"`
+	XDS     *xdsclient.Status    `json:"xds,omitempty"`     // nil without routes_from: xds listeners
+	Issuers []authn.IssuerStatus `json:"issuers,omitempty"` // as GET /debug/authn
+	VMs     *VMSummary           `json:"vms,omitempty"`     // nil without a registrar
 	vmList  []registrar.Registration
 }
 

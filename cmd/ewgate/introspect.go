@@ -234,6 +234,13 @@ func printStatus(w io.Writer, body []byte) error {
 	for _, c := range st.Clusters {
 		row(w, c.Listener, c.Name, c.Endpoints, c.Endpoints-c.Ejected, c.Ejected, c.Active)
 	}
+	if len(st.Ejected) > 0 {
+		fmt.Fprintln(w)
+		row(w, "LISTENER", "CLUSTER", "EJECTED ENDPOINT", "LOCALITY", "UNTIL")
+		for _, e := range st.Ejected {
+			row(w, e.Listener, e.Cluster, e.Address, e.Locality, when(e.Until))
+		}
+	}
 	if len(st.Refusals) > 0 {
 		fmt.Fprintln(w)
 		row(w, "LISTENER", "REFUSED OR CUT", "CONNECTIONS")

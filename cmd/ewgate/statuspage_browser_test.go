@@ -98,7 +98,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		{"the xDS stream", `<table id="xds">.*<span class="ok">connected</span>`},
 		{"the issuer with its key", `<table id="issuers">.*<td>https://issuer.ewgate.test</td><td>cluster1</td><td class="n ok">1</td>`},
 		{"the VM registered", `<tr class="vm"><td>spiffe://cluster.local/ns/vms/sa/web</td><td>cluster1</td><td>vms/web</td><td>` + g.vmEntry +
-			`</td><td>sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local</td><td>10.1.2.3</td><td class="state">registered</td>`},
+			`</td><td class="w">sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local</td><td>10.1.2.3</td><td class="state">registered</td>`},
 		{"the control endpoint ready", `<b id="control" class="ok">ready</b>`},
 	}
 	for _, c := range checks {

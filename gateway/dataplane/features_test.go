@@ -120,6 +120,12 @@ func TestConnectFailureMovesOnAndEjects(t *testing.T) {
 			t.Fatalf("/debug/routes endpoint %+v: only the dead one should show as ejected", e)
 		}
 	}
+	// The status page's and `ewgate status`'s summary of the same view.
+	st := g.Status()
+	if len(st.Clusters) != 1 || st.Clusters[0].Endpoints != 2 || st.Clusters[0].Ejected != 1 ||
+		len(st.Ejected) != 1 || st.Ejected[0].Address != dead || st.Ejected[0].Cluster != reviews || !st.Ejected[0].Until.After(time.Now()) {
+		t.Fatalf("status clusters %+v ejected %+v; want the dead endpoint ejected, 1 of 2", st.Clusters, st.Ejected)
+	}
 }
 
 // deadAddr is a loopback address nothing listens on.

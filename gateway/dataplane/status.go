@@ -17,6 +17,7 @@ type Status struct {
 	SnapshotBuilt   time.Time        `json:"snapshot_built,omitzero"`
 	Listeners       []ListenerStatus `json:"listeners"`
 	Clusters        []ClusterStatus  `json:"clusters"`
+	Ejected         []EjectedStatus  `json:"ejected"`  // endpoints out of rotation now
 	Refusals        []Refusal        `json:"refusals"` // connections refused or cut, by listener and reason
 }
 
@@ -43,6 +44,15 @@ type ClusterStatus struct {
 	Active    int64  `json:"active_connections"`
 }
 
+// EjectedStatus is one endpoint that passive health checking has taken out of rotation.
+type EjectedStatus struct {
+	Listener string    `json:"listener"`
+	Cluster  string    `json:"cluster"`
+	Address  string    `json:"address"`
+	Locality string    `json:"locality,omitempty"`
+	Until    time.Time `json:"until"`
+}
+
 // Refusal counts the connections of a listener that ended with one result other than ok.
 type Refusal struct {
 	Listener string `json:"listener"`
@@ -54,7 +64,7 @@ type Refusal struct {
 func (g *Gateway) Status() Status {
 	v := g.RoutesView()
 	st := Status{Ready: g.Ready(), SnapshotVersion: v.Version, SnapshotBuilt: v.Built,
-		Listeners: []ListenerStatus{}, Clusters: []ClusterStatus{}, Refusals: g.refusalCounts()}
+		Listeners: []ListenerStatus{}, Clusters: []ClusterStatus{}, Ejected: []EjectedStatus{}, Refusals: g.refusalCounts()}
 	for name, lv := range v.Listeners {
 		ls := ListenerStatus{Name: name, Kind: lv.Kind, Address: lv.Address, RoutesFrom: lv.RoutesFrom,
 			MaxConnections: lv.MaxConnections, MaxConnectionsPerSource: lv.MaxConnectionsPerSource,
@@ -68,6 +78,8 @@ func (g *Gateway) Status() Status {
 				for _, e := range r.Endpoints {
 					if e.EjectedUntil != nil {
 						cs.Ejected++
+						st.Ejected = append(st.Ejected, EjectedStatus{Listener: name, Cluster: r.Cluster, Address: e.Address,
+							Locality: e.Locality, Until: *e.EjectedUntil})
 					}
 				}
 				byCluster[r.Cluster] = cs
@@ -85,6 +97,7 @@ func (g *Gateway) Status() Status {
 		a, b := st.Clusters[i], st.Clusters[j]
 		return a.Listener < b.Listener || a.Listener == b.Listener && a.Name < b.Name
 	})
+	sort.Slice(st.Ejected, func(i, j int) bool { return st.Ejected[i].Until.Before(st.Ejected[j].Until) })
 	return st
 }
 

@@ -38,6 +38,7 @@ type view struct {
 	Uptime    string
 	Listeners rows[dataplane.ListenerStatus]
 	Clusters  rows[dataplane.ClusterStatus]
+	Ejected   rows[dataplane.EjectedStatus]
 	Refusals  rows[dataplane.Refusal]
 	Issuers   rows[authn.IssuerStatus]
 	VMs       rows[registrar.Registration]
@@ -52,7 +53,7 @@ type stateCount struct {
 
 func newView(s Status) view {
 	v := view{S: s, Uptime: time.Duration(s.UptimeSeconds * float64(time.Second)).String(),
-		Listeners: capRows(s.Listeners), Clusters: capRows(s.Clusters), Refusals: capRows(s.Refusals),
+		Listeners: capRows(s.Listeners), Clusters: capRows(s.Clusters), Ejected: capRows(s.Ejected), Refusals: capRows(s.Refusals),
 		Issuers: capRows(s.Issuers), VMs: capRows(s.vmList)}
 	if s.XDS != nil {
 		v.XDSTypes = s.XDS.Types

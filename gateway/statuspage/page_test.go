@@ -30,7 +30,8 @@ func TestPageEscapesAndCaps(t *testing.T) {
 	src := Sources{Version: "v1.2.3", Started: start, Now: func() time.Time { return start.Add(90 * time.Second) },
 		DataPlane: func() dataplane.Status {
 			return dataplane.Status{Ready: true, Listeners: []dataplane.ListenerStatus{{Name: hostile, Kind: "mesh", Active: 3}},
-				Refusals: []dataplane.Refusal{{Listener: hostile, Reason: "unknown_sni", Count: 7}}}
+				Refusals: []dataplane.Refusal{{Listener: hostile, Reason: "unknown_sni", Count: 7}},
+				Ejected:  []dataplane.EjectedStatus{{Listener: "mesh", Cluster: "c", Address: "10.0.0.9:80", Until: start.Add(time.Hour)}}}
 		},
 		VMs: func() []registrar.Registration { return vms },
 	}
@@ -66,7 +67,8 @@ func TestPageEscapesAndCaps(t *testing.T) {
 		t.Errorf("%d VM rows; want MaxRows (%d)", n, MaxRows)
 	}
 	for _, want := range []string{`<div class="more">50 more VMs</div>`, `<span id="version">v1.2.3</span>`, `<b id="uptime">1m30s</b>`,
-		`<td class="reason">unknown_sni</td><td class="n count">7</td>`, `<td class="n active">3</td>`} {
+		`<td class="reason">unknown_sni</td><td class="n count">7</td>`, `<td class="n active">3</td>`,
+		`<tr class="ejected"><td>mesh</td><td>c</td><td class="warn">10.0.0.9:80</td><td></td><td>2023-11-14 23:13:20Z</td></tr>`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %s", want)
 		}

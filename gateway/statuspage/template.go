@@ -13,6 +13,7 @@ th,td{border:1px solid #ddd;padding:2px 8px;text-align:left;white-space:nowrap}
 th{background:#eef}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#070;font-weight:600}.bad{color:#b00;font-weight:600}.warn{color:#a60;font-weight:600}
 .more,.none,.meta{color:#666}.meta span{margin-right:14px}
+td.w{white-space:normal;word-break:break-all;max-width:24em}
 </style></head><body>
 <h1>ewgate <span id="version">{{.S.Version}}</span></h1>
 <div class="meta">
@@ -35,6 +36,10 @@ th{background:#eef}td.n{text-align:right;font-variant-numeric:tabular-nums}
 {{range .Clusters.Rows}}<tr class="cluster"><td>{{.Listener}}</td><td class="name">{{.Name}}</td><td class="n">{{.Routes}}</td><td class="n">{{.Endpoints}}</td><td class="n {{if eq .Endpoints .Ejected}}bad{{else}}ok{{end}}">{{sub .Endpoints .Ejected}}</td><td class="n{{if .Ejected}} warn{{end}}">{{.Ejected}}</td><td class="n active">{{.Active}}</td></tr>
 {{else}}<tr><td colspan="7" class="none">no clusters routed</td></tr>{{end}}</table>
 {{with .Clusters.More}}<div class="more">{{.}} more clusters</div>{{end}}
+{{if .Ejected.Rows}}<table id="ejected"><tr><th>listener</th><th>cluster</th><th>ejected endpoint</th><th>locality</th><th>until</th></tr>
+{{range .Ejected.Rows}}<tr class="ejected"><td>{{.Listener}}</td><td>{{.Cluster}}</td><td class="warn">{{.Address}}</td><td>{{.Locality}}</td><td>{{ts .Until}}</td></tr>
+{{end}}</table>
+{{with .Ejected.More}}<div class="more">{{.}} more ejected endpoints</div>{{end}}{{end}}
 
 <h2>Refused or cut connections, by reason</h2>
 <table id="refusals"><tr><th>listener</th><th>reason</th><th>connections</th></tr>
@@ -60,7 +65,7 @@ th{background:#eef}td.n{text-align:right;font-variant-numeric:tabular-nums}
 <h2>VMs registered</h2>
 {{with .S.VMs}}<div class="meta" id="vm-states"><span>total <b>{{.Total}}</b></span>{{range $.VMStates}}<span>{{.State}} <b>{{.Count}}</b></span>{{end}}</div>
 <table id="vms"><tr><th>identity</th><th>cluster</th><th>group</th><th>entry</th><th>node</th><th>address</th><th>state</th><th>streams</th><th>connected</th><th>last error</th></tr>
-{{range $.VMs.Rows}}<tr class="vm"><td>{{.Identity}}</td><td>{{.Cluster}}</td><td>{{.Namespace}}/{{.Group}}</td><td>{{.Entry}}</td><td>{{.NodeID}}</td><td>{{.Address}}</td><td class="state">{{.State}}</td><td class="n">{{.Streams}}</td><td>{{ts .ConnectedAt}}</td><td class="bad">{{.LastError}}</td></tr>
+{{range $.VMs.Rows}}<tr class="vm"><td>{{.Identity}}</td><td>{{.Cluster}}</td><td>{{.Namespace}}/{{.Group}}</td><td>{{.Entry}}</td><td class="w">{{.NodeID}}</td><td>{{.Address}}</td><td class="state">{{.State}}</td><td class="n">{{.Streams}}</td><td>{{ts .ConnectedAt}}</td><td class="bad w">{{.LastError}}</td></tr>
 {{else}}<tr><td colspan="10" class="none">no VM registered</td></tr>{{end}}</table>
 {{with $.VMs.More}}<div class="more">{{.}} more VMs</div>{{end}}
 {{else}}<p class="none">no registrar</p>{{end}}

@@ -5,7 +5,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test unit vet fuzz tools e2e bench flood image clean
+.PHONY: all build run test unit vet fuzz tools browser e2e bench flood image clean
 
 all: build
 
@@ -17,12 +17,14 @@ build:
 run: build
 	./deploy/local/run.sh $(BIN)
 
-# Installs the real clients and servers the tests drive (openssl s_client/s_server, curl) when a
-# machine lacks them (as root, through apt). Captured ClientHellos of other clients are in sni/testdata.
+# Installs the real clients and servers the tests drive (openssl s_client/s_server, curl, and
+# Chromium for the status page) when a machine lacks them (as root, through apt). Captured
+# ClientHellos of other clients are in sni/testdata.
 tools:
 	@missing=""; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "tools: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -39,9 +41,15 @@ unit:
 # Everything: tools, vet, race-enabled tests, fuzz smoke runs, the real-peer suite.
 test: tools vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) browser
 	cd bench && $(GO) test -count=1 ./...
 	$(MAKE) fuzz
 	$(MAKE) e2e
+
+# The status page rendered by a real headless Chromium (build tag browser: `make unit` leaves it out).
+browser:
+	$(GO) vet -tags browser ./cmd/ewgate
+	$(GO) test -tags browser -count=1 -run '^TestStatusPageInChromium$$' ./cmd/ewgate
 
 # The real-peer suite (its own Go module under e2e/; builds and caches the peers first).
 e2e:

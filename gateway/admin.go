@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/dataplane"
+	"github.com/ewgate/ewgate/gateway/statuspage"
 )
 
 // The admin HTTP servers the config asks for (config.Admin): the debug admin with every page,
@@ -31,6 +33,7 @@ type pages struct {
 type adminServers struct {
 	debug, status *http.ServeMux // a ServeMux may be added to while it serves
 	servers       []adminServer
+	started       time.Time // when the admin servers started: the status page's uptime
 }
 
 type adminServer struct {
@@ -40,7 +43,7 @@ type adminServer struct {
 
 func (g *Gateway) startAdmin(cfg *config.File) (*adminServers, error) {
 	a := cfg.Admin
-	as := &adminServers{debug: http.NewServeMux(), status: http.NewServeMux()}
+	as := &adminServers{debug: http.NewServeMux(), status: http.NewServeMux(), started: time.Now()}
 	as.debug.Handle("/", g.dp.AdminHandler(g.reg, a.Pprof, nil))
 	as.status.Handle("/", g.dp.StatusHandler(nil))
 	as.register(pages{status: g.health.pages(g.dp)})
@@ -106,6 +109,34 @@ func (as *adminServers) shutdown() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// statusPages are the status page (GET / of the debug admin), GET /debug/status (the same
+// state as JSON, read by `ewgate status`) and GET /debug/xds (the xDS client's state), from the
+// components that run. Registered once they all do.
+func (g *Gateway) statusPages() pages {
+	p := g.components
+	src := statuspage.Sources{Version: g.opts.Version, GoVersion: runtime.Version(), Started: g.admin.started, DataPlane: g.dp.Status}
+	if g.health.configured.Load() {
+		src.Control = func() string { _, s := g.health.state(g.dp); return s }
+	}
+	if p.vm.verifier != nil {
+		src.Issuers = p.vm.verifier.Status
+	}
+	if len(p.vm.regs) > 0 {
+		src.VMs = p.vm.registrations
+	}
+	if p.xds != nil {
+		src.XDS = p.xds.Status
+	}
+	debug := map[string]http.Handler{
+		"GET /{$}":          statuspage.Handler(src.Gather),
+		"GET /debug/status": statuspage.JSONHandler(src.Gather),
+	}
+	if p.xds != nil {
+		debug["GET /debug/xds"] = jsonPage(g.log, func() any { return p.xds.Status() })
+	}
+	return pages{debug: debug}
 }
 
 // jsonPage serves what get returns as indented JSON.

@@ -36,7 +36,8 @@ type components struct {
 	cp     *controlplane.Server
 	vm     *vmSide
 
-	stopXDS func() // ends the xDS client and waits for it; nil without one
+	xds     *xdsclient.Client // the gateway's xDS client; nil without one
+	stopXDS func()            // ends the xDS client and waits for it; nil without one
 
 	afterBuiltinStop func() // a test's hook: runs after the built-in upstream's Stop
 	openKube         kubeOpener
@@ -133,6 +134,7 @@ func (p *components) startXDSClient(cfg *config.File, reg prometheus.Registerer,
 		InitialBackoff: cfg.XDS.InitialBackoff, MaxBackoff: cfg.XDS.MaxBackoff,
 		Logger: p.log.Named("xds"), Registerer: reg,
 	})
+	p.xds = c
 	xctx, cancel := context.WithCancel(p.ctx)
 	done := p.goRun("xds client", func(context.Context) error {
 		if err := c.Run(xctx); xctx.Err() == nil {

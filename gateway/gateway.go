@@ -85,6 +85,7 @@ func Start(cfg *config.File, opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	g.admin.register(g.components.vm.pages(g.log))
+	g.admin.register(g.statusPages())
 	g.health.set(func(h *controlHealth) { h.started.Store(true) })
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -70,18 +70,27 @@ func (h *controlHealth) set(f func(h *controlHealth)) {
 func (h *controlHealth) pages(dp *dataplane.Gateway) map[string]http.Handler {
 	return map[string]http.Handler{
 		"GET /healthz/control": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			switch {
-			case !h.configured.Load():
-				http.Error(w, "no control endpoint configured", http.StatusNotFound)
-			case !h.started.Load() || !dp.Ready():
-				http.Error(w, "not ready", http.StatusServiceUnavailable)
-			case h.groupsDown.Load() > 0:
-				http.Error(w, "degraded: workload groups not in the store (see the log)", http.StatusServiceUnavailable)
-			default:
-				w.Write([]byte("ok\n"))
+			code, state := h.state(dp)
+			if code != http.StatusOK {
+				http.Error(w, state, code)
+				return
 			}
+			w.Write([]byte("ok\n"))
 		}),
 	}
+}
+
+// state is the VM side's state as /healthz/control answers it (the status page shows it too).
+func (h *controlHealth) state(dp *dataplane.Gateway) (int, string) {
+	switch {
+	case !h.configured.Load():
+		return http.StatusNotFound, "no control endpoint configured"
+	case !h.started.Load() || !dp.Ready():
+		return http.StatusServiceUnavailable, "not ready"
+	case h.groupsDown.Load() > 0:
+		return http.StatusServiceUnavailable, "degraded: workload groups not in the store (see the log)"
+	}
+	return http.StatusOK, "ready"
 }
 
 // groupSync keeps the store's workload groups equal to the config's and retries while the

@@ -154,19 +154,22 @@ func (vm *vmSide) close() {
 func (vm *vmSide) pages(log *zap.Logger) pages {
 	p := pages{debug: map[string]http.Handler{}}
 	if len(vm.regs) > 0 {
-		// Every registrar's registrations, store after store; each names the VM's cluster.
-		p.debug["GET /debug/registrations"] = jsonPage(log, func() any {
-			out := []registrar.Registration{}
-			for _, r := range vm.regs {
-				out = append(out, r.reg.Registrations()...)
-			}
-			return out
-		})
+		p.debug["GET /debug/registrations"] = jsonPage(log, func() any { return vm.registrations() })
 	}
 	if vm.verifier != nil {
 		p.debug["GET /debug/authn"] = jsonPage(log, func() any { return vm.verifier.Status() })
 	}
 	return p
+}
+
+// registrations are every registrar's registrations, store after store; each names the VM's
+// cluster. GET /debug/registrations, the status page and `ewgate vms` show them.
+func (vm *vmSide) registrations() []registrar.Registration {
+	out := []registrar.Registration{}
+	for _, r := range vm.regs {
+		out = append(out, r.reg.Registrations()...)
+	}
+	return out
 }
 
 // withBuiltinTrustBundles returns the authn config with, for a control endpoint forwarding a

@@ -37,6 +37,10 @@ func TestAdminSplit(t *testing.T) {
 			{metrics + "/metrics", 200}, {metrics + "/debug/routes", 404}, {metrics + "/healthz/ready", 404},
 			{admin + "/debug/routes", 200}, {admin + "/metrics", 200}, {admin + "/healthz/ready", 200},
 			{admin + "/debug/registrations", 404}, // the page exists; no registrar configured
+			// The status page and its JSON: on the debug admin only.
+			{admin + "/", 200}, {admin + "/debug/status", 200}, {admin + "/debug/xds", 404}, // no xDS client here
+			{status + "/", 404}, {status + "/debug/status", 404}, {metrics + "/", 404}, {metrics + "/debug/status", 404},
+			{admin + "/nothing-here", 404},
 			{admin + "/debug/pprof/", map[bool]int{false: 404, true: 200}[pprof]},
 		}
 		for _, w := range want {

@@ -4,6 +4,7 @@
 //	ewgate serve --config FILE     serve until SIGTERM/SIGINT; SIGHUP or a file change reloads
 //	ewgate check --config FILE     validate FILE; exit 0 when valid (printing any warnings), 1 with the errors when not
 //	ewgate vm-config ...           write a VM's onboarding bundle (docs/vm-onboarding.md)
+//	ewgate status|routes|vms       read a running gateway's admin API and print tables (docs/operations.md)
 //	ewgate version                 print the version
 package main
 
@@ -28,6 +29,9 @@ commands:
   serve --config FILE [--log-format json|console]   run the gateway
   check --config FILE                               validate a config file (exit 0 valid, 1 not)
   vm-config --group NS/NAME --out DIR ...           write a VM's onboarding bundle (-h for flags)
+  status [--admin URL | -c FILE] [-o json]          a running gateway: version, listeners, connections, xDS, issuers
+  routes [--admin URL | -c FILE] [-o json]          its routes and endpoints (health, ejection, locality)
+  vms    [--admin URL | -c FILE] [-o json]          the VMs registered through it
   version                                           print the version
 `
 
@@ -47,6 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "vm-config":
 		return cmdVMConfig(args[1:], stdout, stderr)
+	case "status", "routes", "vms":
+		return cmdIntrospect(args[0], args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "ewgate %s %s %s/%s\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

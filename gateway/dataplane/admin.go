@@ -57,7 +57,7 @@ func (g *Gateway) AdminHandler(gatherer prometheus.Gatherer, withPprof bool, ext
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(g.routesView())
+		enc.Encode(g.RoutesView())
 	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -85,26 +85,37 @@ func NewAdminServer(h http.Handler) *http.Server {
 	}
 }
 
-type routesView struct {
-	Version   uint64                  `json:"version"`
-	Built     time.Time               `json:"built"`
-	Listeners map[string]listenerView `json:"listeners"`
+// RoutesView is GET /debug/routes: every listener's route table as it serves new connections,
+// with each endpoint's load and ejection (`ewgate routes` prints it).
+type RoutesView struct {
+	Version   uint64                    `json:"version"`
+	Built     time.Time                 `json:"built"`
+	Listeners map[string]ListenerRoutes `json:"listeners"`
 }
 
-type listenerView struct {
-	Kind   string       `json:"kind"`
-	Export []ExportRule `json:"export,omitempty"` // the allow-list; none: every route is served
-	Routes []routeView  `json:"routes"`
+// ListenerRoutes is one listener of RoutesView: its settings, load and routes.
+type ListenerRoutes struct {
+	Kind                    string       `json:"kind"`
+	Address                 string       `json:"address,omitempty"` // bound (empty while not listening)
+	RoutesFrom              string       `json:"routes_from,omitempty"`
+	MaxConnections          int          `json:"max_connections"`
+	MaxConnectionsPerSource int          `json:"max_connections_per_source"`
+	Active                  int64        `json:"active_connections"`
+	Export                  []ExportRule `json:"export,omitempty"` // the allow-list; none: every route is served
+	Routes                  []RouteView  `json:"routes"`
 }
 
-type routeView struct {
+// RouteView is one match (SNI or host pattern) and its cluster.
+type RouteView struct {
 	Match     string         `json:"match"`
 	Cluster   string         `json:"cluster"`
 	Policy    string         `json:"lb_policy"`
-	Endpoints []endpointView `json:"endpoints"`
+	Active    int64          `json:"active_connections"` // the endpoints' sum
+	Endpoints []EndpointView `json:"endpoints"`
 }
 
-type endpointView struct {
+// EndpointView is one endpoint of a RouteView's cluster.
+type EndpointView struct {
 	Address      string     `json:"address"`
 	Weight       uint32     `json:"weight"`
 	Locality     string     `json:"locality,omitempty"`
@@ -113,15 +124,22 @@ type endpointView struct {
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
 }
 
-func (g *Gateway) routesView() routesView {
+// RoutesView returns the serving route tables (empty before the first config).
+func (g *Gateway) RoutesView() RoutesView {
 	s := g.snap.Load()
 	if s == nil {
-		return routesView{}
+		return RoutesView{}
 	}
-	v := routesView{Version: s.Version, Built: s.Built, Listeners: map[string]listenerView{}}
+	v := RoutesView{Version: s.Version, Built: s.Built, Listeners: map[string]ListenerRoutes{}}
 	now := g.now().UnixNano()
+	bound := g.boundListeners()
 	for name, t := range s.tables {
-		lv := listenerView{Kind: t.Listener.Kind, Export: t.Listener.Export, Routes: []routeView{}}
+		lc := t.Listener
+		lv := ListenerRoutes{Kind: lc.Kind, RoutesFrom: lc.RoutesFrom, MaxConnections: lc.MaxConnections,
+			MaxConnectionsPerSource: lc.MaxConnectionsPerSource, Export: lc.Export, Routes: []RouteView{}}
+		if l := bound[name]; l != nil {
+			lv.Address, lv.Active = l.ln.Addr().String(), l.active.Load()
+		}
 		for match, c := range t.exact {
 			lv.Routes = append(lv.Routes, clusterView(match, c, now))
 		}
@@ -134,10 +152,11 @@ func (g *Gateway) routesView() routesView {
 	return v
 }
 
-func clusterView(match string, c *Cluster, now int64) routeView {
-	rv := routeView{Match: match, Cluster: c.Name, Policy: c.Config.LBPolicy}
+func clusterView(match string, c *Cluster, now int64) RouteView {
+	rv := RouteView{Match: match, Cluster: c.Name, Policy: c.Config.LBPolicy}
 	for _, e := range c.Endpoints {
-		ev := endpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network, Active: e.state.active.Load()}
+		ev := EndpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network, Active: e.state.active.Load()}
+		rv.Active += ev.Active
 		if until := e.state.ejectedUntil.Load(); until > now {
 			t := time.Unix(0, until).UTC()
 			ev.EjectedUntil = &t
@@ -145,4 +164,15 @@ func clusterView(match string, c *Cluster, now int64) routeView {
 		rv.Endpoints = append(rv.Endpoints, ev)
 	}
 	return rv
+}
+
+// boundListeners is a copy of the bound listeners by name.
+func (g *Gateway) boundListeners() map[string]*listener {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]*listener, len(g.listeners))
+	for name, l := range g.listeners {
+		out[name] = l
+	}
+	return out
 }

@@ -114,11 +114,17 @@ func TestConnectFailureMovesOnAndEjects(t *testing.T) {
 	if v := g.counter("ewgate_endpoint_ejections_total", map[string]string{"cluster": reviews}); v != 1 {
 		t.Fatalf("ejections = %v, want 1", v)
 	}
-	view := g.routesView().Listeners["mesh"].Routes[0]
+	view := g.RoutesView().Listeners["mesh"].Routes[0]
 	for _, e := range view.Endpoints {
 		if (e.Address == dead) != (e.EjectedUntil != nil) {
 			t.Fatalf("/debug/routes endpoint %+v: only the dead one should show as ejected", e)
 		}
+	}
+	// The status page's and `ewgate status`'s summary of the same view.
+	st := g.Status()
+	if len(st.Clusters) != 1 || st.Clusters[0].Endpoints != 2 || st.Clusters[0].Ejected != 1 ||
+		len(st.Ejected) != 1 || st.Ejected[0].Address != dead || st.Ejected[0].Cluster != reviews || !st.Ejected[0].Until.After(time.Now()) {
+		t.Fatalf("status clusters %+v ejected %+v; want the dead endpoint ejected, 1 of 2", st.Clusters, st.Ejected)
 	}
 }
 

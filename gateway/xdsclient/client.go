@@ -75,6 +75,7 @@ type Client struct {
 	ready atomic.Bool
 	mu    sync.Mutex
 	last  time.Time // last applied update
+	obs   observed  // what Status reports; guarded by mu
 
 	edsNonce string // nonce of the last EDS response on the current stream
 }
@@ -201,6 +202,8 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 		return false, err
 	}
 	c.m.connected.Set(1)
+	c.observeConnected(true)
+	defer c.observeConnected(false)
 	c.edsNonce = ""
 	first := true
 	send := func(typ string, names []string, nonce string, nack error) error {
@@ -343,6 +346,7 @@ func (c *Client) handle(resp *discovery.DiscoveryResponse) error {
 			zap.String("version", resp.GetVersionInfo()), zap.Error(nack))
 	}
 	c.st.got[typ] = true
+	c.observeResponse(short(typ), resp.GetVersionInfo(), nack)
 	c.apply(typ)
 	return nack
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ewgate/ewgate/gateway/testkit"
+	"github.com/ewgate/ewgate/gateway/xdsclient"
 )
 
 func chain(sni, cluster string) *listenerv3.FilterChain {
@@ -101,5 +102,24 @@ func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
 	})
 	if v := testkit.Metric(t, reg, "ewgate_xds_pushes_total", map[string]string{"type": "cds", "result": "rejected"}); v < 1 {
 		t.Fatalf("cds rejected = %v", v)
+	}
+	// What /debug/xds, the status page and `ewgate status` show: connected, each type's NACK with
+	// its error, and the endpoints ACKed at version 1 (the cds and lds versions stay unACKed).
+	st := c.Status()
+	if st.Server != ln.Addr().String() || !st.Connected || st.ConnectedSince == nil || !st.Ready || st.LastApplied == nil {
+		t.Fatalf("status %+v; want connected and ready", st)
+	}
+	types := map[string]xdsclient.TypeStatus{}
+	for _, ts := range st.Types {
+		types[ts.Type] = ts
+	}
+	if cds := types["cds"]; !strings.Contains(cds.NACKError, "ORIGINAL_DST") || cds.LastNACK.IsZero() || cds.Version != "" || cds.Responses < 1 {
+		t.Errorf("cds status %+v; want the NACK and its error, no ACKed version", cds)
+	}
+	if lds := types["lds"]; !strings.Contains(lds.NACKError, "catch-all") || lds.LastNACK.IsZero() {
+		t.Errorf("lds status %+v; want the NACK and its error", lds)
+	}
+	if eds := types["eds"]; eds.Version != "1" || eds.LastACK.IsZero() || eds.NACKError != "" {
+		t.Errorf("eds status %+v; want ACKed at version 1", eds)
 	}
 }

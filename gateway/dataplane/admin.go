@@ -97,10 +97,13 @@ type listenerView struct {
 }
 
 type routeView struct {
-	Match     string         `json:"match"`
-	Cluster   string         `json:"cluster"`
-	Policy    string         `json:"lb_policy"`
-	Endpoints []endpointView `json:"endpoints"`
+	Match   string `json:"match"`
+	Cluster string `json:"cluster"`
+	Policy  string `json:"lb_policy"`
+	// PriorityLoad is the percent of new connections each priority takes now (Envoy's priority
+	// load); absent when the cluster has one priority and no locality weighting.
+	PriorityLoad map[uint32]uint32 `json:"priority_load,omitempty"`
+	Endpoints    []endpointView    `json:"endpoints"`
 }
 
 type endpointView struct {
@@ -108,6 +111,7 @@ type endpointView struct {
 	Weight       uint32     `json:"weight"`
 	Locality     string     `json:"locality,omitempty"`
 	Network      string     `json:"network,omitempty"`
+	Priority     uint32     `json:"priority"`
 	Active       int64      `json:"active_connections"`
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
 }
@@ -135,8 +139,12 @@ func (g *Gateway) routesView() routesView {
 
 func clusterView(match string, c *Cluster, now int64) routeView {
 	rv := routeView{Match: match, Cluster: c.Name, Policy: c.Config.LBPolicy}
+	if p, ok := c.lb.(*prioritized); ok {
+		rv.PriorityLoad = p.priorityLoads(now)
+	}
 	for _, e := range c.Endpoints {
-		ev := endpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network, Active: e.state.active.Load()}
+		ev := endpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network,
+			Priority: e.Priority, Active: e.state.active.Load()}
 		if until := e.state.ejectedUntil.Load(); until > now {
 			t := time.Unix(0, until).UTC()
 			ev.EjectedUntil = &t

@@ -67,7 +67,9 @@ type loadView struct {
 	cum   []uint32 // cumulative load per level, in percent; the last is 100
 	load  []uint32 // load per level, in percent
 	panic []bool   // per level: no healthy endpoint, ejected ones may be picked
-	loc   [][]uint64
+	// totalPanic: no level has a healthy endpoint; the load goes by endpoint count.
+	totalPanic bool
+	loc        [][]uint64
 }
 
 // newPrioritized groups eps by priority (and locality when localityWeighted) and builds a
@@ -175,6 +177,7 @@ func (p *prioritized) compute(gen uint64, now int64) *loadView {
 			}
 		}
 	}
+	v.totalPanic = sum == 0
 	if sum == 0 {
 		// Total panic: every level by its number of endpoints, all of them usable.
 		distribute(v.load, func(i int) uint64 { return uint64(len(p.levels[i].eps)) }, hosts)
@@ -235,10 +238,11 @@ func (p *prioritized) pick(h uint64, tried []*Endpoint, now int64) *Endpoint {
 	if e := p.pickLevel(chosen, v, x*sqrt2_64, h, tried, now); e != nil {
 		return e
 	}
-	// Every endpoint of the chosen level was tried for this connection: the others with load,
-	// in priority order.
+	// Every usable endpoint of the chosen level was tried for this connection: the other
+	// levels' healthy endpoints, in priority order (a level with no health only in total panic),
+	// so that a connection still finds a working endpoint before ejection has caught up.
 	for i := range p.levels {
-		if i != chosen && v.load[i] > 0 {
+		if i != chosen && (!v.panic[i] || v.totalPanic) {
 			if e := p.pickLevel(i, v, x*sqrt2_64, h, tried, now); e != nil {
 				return e
 			}

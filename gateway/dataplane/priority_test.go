@@ -249,3 +249,20 @@ func TestPriorityFailoverAndFailBack(t *testing.T) {
 		t.Fatalf("after fail-back: priority 0 got %d, priority 1 %d; want 20 and 0", p0, p1)
 	}
 }
+
+// TestRetryLeavesTheLevel: a connection whose only priority-0 endpoint failed (not yet ejected:
+// consecutive_failures is 5) is retried on priority 1 rather than refused.
+func TestRetryLeavesTheLevel(t *testing.T) {
+	p := levelsOf(t, []int{1, 1, 1}, []int{1, 0, 1})
+	first := p.pick(0, nil, 0)
+	if first.Priority != 0 {
+		t.Fatalf("first pick at priority %d; want 0", first.Priority)
+	}
+	second := p.pick(0, []*Endpoint{first}, 0)
+	if second == nil || second.Priority != 2 {
+		t.Fatalf("retry after priority 0 failed: %v; want the healthy priority-2 endpoint (priority 1 is ejected)", second)
+	}
+	if third := p.pick(0, []*Endpoint{first, second}, 0); third != nil {
+		t.Fatalf("every healthy endpoint tried: got %s; want none (ejected ones only in total panic)", third.Address)
+	}
+}

@@ -3,6 +3,7 @@ package xdsclient_test
 import (
 	"context"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/controlplane"
 	"github.com/ewgate/ewgate/gateway/dataplane"
 	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/xdsclient"
@@ -121,5 +123,49 @@ func TestPrioritiesOverprovisioningAndOutlierDetectionFromEDS(t *testing.T) {
 	}
 	if n := testkit.Metric(t, greg, "ewgate_upstream_connect_failures_total", map[string]string{"cluster": reviewsSNI}); n != 1 {
 		t.Fatalf("connect failures = %v; want 1 (consecutive_5xx 1 ejects at the first, for an hour)", n)
+	}
+}
+
+// The built-in control plane gives the gateway's view priorities from xds.node.locality: the
+// gateway's own sub-zone first, then its zone, then its region; the others only when those are
+// all down. Through the real gateway and the real xDS client.
+func TestBuiltinControlPlaneAssignsPriorities(t *testing.T) {
+	p := testkit.NewCA(t, "test CA")
+	local := startBackend(t, p, "local", reviewsSNI)
+	zone := startBackend(t, p, "zone", reviewsSNI)
+	far := startBackend(t, p, "far", reviewsSNI)
+	f, err := config.Parse([]byte(`xds: {node: {locality: r1/z1/s1}}
+services:
+  - name: reviews
+    hosts: [`+reviewsHost+`]
+    ports: [{number: 9080, name: tls, protocol: TLS}]
+    endpoints:
+      - {address: 127.0.0.1, ports: {tls: `+strconv.Itoa(int(far.port()))+`}, locality: r2/z9, service_account: reviews}
+      - {address: 127.0.0.1, ports: {tls: `+strconv.Itoa(int(zone.port()))+`}, locality: r1/z1/s2, service_account: reviews}
+      - {address: 127.0.0.1, ports: {tls: `+strconv.Itoa(int(local.port()))+`}, locality: r1/z1/s1, service_account: reviews}
+`), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t)
+	ln := listen(t, "127.0.0.1:0")
+	runCP(t, ln, controlplane.Options{Services: f.Services, Locality: f.XDS.Node.Locality})
+	c := runClient(t, ln.Addr().String(), g, prometheus.NewRegistry())
+	testkit.Eventually(t, "client ready", c.Ready)
+	gw := g.Addr("mesh").String()
+	if got := reached(gw, p, reviewsSNI, 12); !only(got, "local") {
+		t.Fatalf("all healthy: reached %v; want only the gateway's own sub-zone", got)
+	}
+	// The local endpoint goes away: its connect failures eject it (the connections are
+	// retried), and its zone's priority takes over; the other region is still not used.
+	local.ln.Close()
+	local.wg.Wait()
+	if got := reached(gw, p, reviewsSNI, 12); !only(got, "zone") {
+		t.Fatalf("sub-zone down: reached %v; want only the same zone", got)
+	}
+	zone.ln.Close()
+	zone.wg.Wait()
+	if got := reached(gw, p, reviewsSNI, 12); !only(got, "far") {
+		t.Fatalf("zone down: reached %v; want the other region", got)
 	}
 }

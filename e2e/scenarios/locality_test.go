@@ -61,15 +61,19 @@ func TestLocalityFailoverFromIstiod(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := cluster.API.Create(ctx, harness.DestinationRuleGVR, harness.Istio(harness.DestinationRuleGVR, ns, "loc", nil, map[string]any{
-		"host": host,
-		"trafficPolicy": map[string]any{
-			"loadBalancer":     map[string]any{"localityLbSetting": map[string]any{"enabled": true}},
-			"outlierDetection": map[string]any{"consecutive5xxErrors": int64(1), "interval": "1s", "baseEjectionTime": "2s"},
-		},
-	})); err != nil {
-		t.Fatal(err)
+	destinationRule := func(name string, localityLB map[string]any) {
+		t.Helper()
+		if _, err := cluster.API.Create(ctx, harness.DestinationRuleGVR, harness.Istio(harness.DestinationRuleGVR, ns, name, nil, map[string]any{
+			"host": host,
+			"trafficPolicy": map[string]any{
+				"loadBalancer":     map[string]any{"localityLbSetting": localityLB},
+				"outlierDetection": map[string]any{"consecutive5xxErrors": int64(1), "interval": "1s", "baseEjectionTime": "2s"},
+			},
+		})); err != nil {
+			t.Fatal(err)
+		}
 	}
+	destinationRule("loc", map[string]any{"enabled": true})
 
 	admin, mesh := freeAddr(t), freeAddr(t)
 	gw := harness.StartEwgate(t, admin, fmt.Sprintf(`
@@ -133,6 +137,34 @@ xds:
 	}
 	if got := answers(10); got["r1/z1/s1"] != 10 {
 		t.Fatalf("after fail-back: answers %v; want all 10 from the gateway's own locality", got)
+	}
+
+	// A third region: without a failover list it shares priority 1 with r2 (both "another
+	// region"); with failover from r1 to r3 istiod puts r3 before r2.
+	if _, err := cluster.API.CreateWorkloadEntry(ctx, ns, "loc-third", nil, map[string]any{
+		"address": "127.0.0.13", "locality": "r3/z3/s3",
+		"labels": map[string]any{"app": "loc", "security.istio.io/tlsMode": "istio"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	third := "127.0.0.13:" + strconv.Itoa(port)
+	remoteAddr := "127.0.0.12:" + strconv.Itoa(port)
+	if err := gw.WaitRoutes(ctx, "third region at priority 1", func(body string) bool {
+		rv, ok := routeOf(body, sni)
+		return ok && rv.priorityOf(third) == 1 && rv.priorityOf(remoteAddr) == 1 && rv.priorityOf(localAddr) == 0
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.API.Delete(ctx, harness.DestinationRuleGVR, ns, "loc"); err != nil {
+		t.Fatal(err)
+	}
+	destinationRule("loc-failover", map[string]any{"enabled": true,
+		"failover": []any{map[string]any{"from": "r1", "to": "r3"}}})
+	if err := gw.WaitRoutes(ctx, "failover r1 -> r3 puts r3 first", func(body string) bool {
+		rv, ok := routeOf(body, sni)
+		return ok && rv.priorityOf(localAddr) == 0 && rv.priorityOf(third) == 1 && rv.priorityOf(remoteAddr) == 2
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 

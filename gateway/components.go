@@ -150,7 +150,7 @@ func (p *components) startXDSClient(cfg *config.File, reg prometheus.Registerer,
 func (p *components) startControlPlane(cfg *config.File, reg prometheus.Registerer) (string, error) {
 	cpc := cfg.ControlPlane
 	opts := controlplane.Options{
-		Services: cfg.Services, Network: cfg.XDS.Node.Network, MeshPort: cfg.XDS.MeshPort,
+		Services: cfg.Services, Network: cfg.XDS.Node.Network, Locality: cfg.XDS.Node.Locality, MeshPort: cfg.XDS.MeshPort,
 		Debounce: cpc.Debounce, MaxDelay: cpc.MaxPushDelay, DNSVIPRange: cpc.DNS.VIPRange, Logger: p.log.Named("controlplane"), Registerer: reg,
 	}
 	if st := p.entriesStore(cfg); st != nil {

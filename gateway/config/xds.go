@@ -64,6 +64,11 @@ type XDSNode struct {
 	Network   string `yaml:"network"`    // NETWORK; the built-in control plane keeps the gateway's endpoints to it
 	// RequestedNetworkView restricts the endpoints istiod sends to these networks; zero: [Network].
 	RequestedNetworkView []string `yaml:"requested_network_view"`
+	// Locality is the gateway's own region/zone/subzone, sent as the node's locality: istiod
+	// (with a DestinationRule's localityLbSetting and outlierDetection) and the built-in control
+	// plane give priority 0 to endpoints of this locality and lower priorities to farther ones.
+	// Empty: no locality, every endpoint at priority 0.
+	Locality string `yaml:"locality"`
 	// Labels must match the Gateway resource's selector; zero: {istio: eastwestgateway}.
 	Labels map[string]string `yaml:"labels"`
 	// Metadata adds (or overrides) node metadata fields, e.g. ISTIO_VERSION or MESH_ID.
@@ -213,6 +218,9 @@ func (f *File) validateXDS(v *validator) {
 	}
 	if net.ParseIP(x.Node.IP) == nil {
 		v.add("xds.node.ip", "%q is not an IP address", x.Node.IP)
+	}
+	if l := x.Node.Locality; strings.Count(l, "/") > 2 || strings.HasPrefix(l, "/") {
+		v.add("xds.node.locality", "%q: want region/zone/subzone (zone and subzone optional)", l)
 	}
 	for k, val := range x.Node.Metadata {
 		if k == "" || val == "" {

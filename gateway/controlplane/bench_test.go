@@ -35,7 +35,7 @@ func BenchmarkBuild10kEndpoints(b *testing.B) {
 	svcs, entries := benchInput(100, 100)
 	b.ReportAllocs()
 	for b.Loop() {
-		built := buildResources(buildModel(svcs, entries), "", 15443)
+		built := buildResources(buildModel(svcs, entries), "", "", 15443)
 		if built.endpoints != 10000 {
 			b.Fatalf("endpoints = %d", built.endpoints)
 		}

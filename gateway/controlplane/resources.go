@@ -40,8 +40,10 @@ type built struct {
 
 // buildResources turns the model into the two views. network is the gateway's own network:
 // the gateway is sent only endpoints of it (or of no network), as istiod does with
-// REQUESTED_NETWORK_VIEW, so that traffic never bounces to a third network.
-func buildResources(ports []*servicePort, network string, meshPort uint32) *built {
+// REQUESTED_NETWORK_VIEW, so that traffic never bounces to a third network. locality is the
+// gateway's: its view's endpoints get priorities relative to it (the proxyless view is for
+// clients elsewhere and keeps every endpoint at priority 0).
+func buildResources(ports []*servicePort, network, locality string, meshPort uint32) *built {
 	b := &built{gateway: resources{}, grpc: resources{}}
 	var chains []*listenerv3.FilterChain
 	for _, p := range ports {
@@ -49,7 +51,7 @@ func buildResources(ports []*servicePort, network string, meshPort uint32) *buil
 		// Proxyless gRPC: every service, every endpoint.
 		gname := p.grpcCluster()
 		b.grpc[resource.ClusterType] = append(b.grpc[resource.ClusterType], edsCluster(gname))
-		b.grpc[resource.EndpointType] = append(b.grpc[resource.EndpointType], loadAssignment(gname, p.endpoints))
+		b.grpc[resource.EndpointType] = append(b.grpc[resource.EndpointType], loadAssignment(gname, p.endpoints, ""))
 		lname := p.listenerName()
 		b.grpc[resource.ListenerType] = append(b.grpc[resource.ListenerType], apiListener(lname))
 		b.grpc[resource.RouteType] = append(b.grpc[resource.RouteType], routeConfig(lname, p.host, gname))
@@ -65,7 +67,7 @@ func buildResources(ports []*servicePort, network string, meshPort uint32) *buil
 		}
 		name := p.gatewayCluster()
 		b.gateway[resource.ClusterType] = append(b.gateway[resource.ClusterType], edsCluster(name))
-		b.gateway[resource.EndpointType] = append(b.gateway[resource.EndpointType], loadAssignment(name, eps))
+		b.gateway[resource.EndpointType] = append(b.gateway[resource.EndpointType], loadAssignment(name, eps, locality))
 		chains = append(chains, passthroughChain(name))
 	}
 	b.gateway[resource.ListenerType] = []types.Resource{meshListener(meshPort, chains)}
@@ -116,8 +118,9 @@ func edsCluster(name string) *clusterv3.Cluster {
 }
 
 // loadAssignment groups endpoints by locality. Each locality gets a weight of at least 1: a
-// grpc-go client drops a locality without one ("no targets to pick from").
-func loadAssignment(cluster string, eps []endpoint) *endpointv3.ClusterLoadAssignment {
+// grpc-go client drops a locality without one ("no targets to pick from"). With the client's
+// own locality (from), each locality gets its priority by closeness to it.
+func loadAssignment(cluster string, eps []endpoint, from string) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
 	byLoc := map[string]*endpointv3.LocalityLbEndpoints{}
 	var order []string
@@ -147,7 +150,45 @@ func loadAssignment(cluster string, eps []endpoint) *endpointv3.ClusterLoadAssig
 	for _, k := range order {
 		cla.Endpoints = append(cla.Endpoints, byLoc[k])
 	}
+	if from != "" {
+		assignPriorities(cla.Endpoints, locality(from))
+	}
 	return cla
+}
+
+// localityPriority is istiod's default locality failover (a DestinationRule with
+// localityLbSetting enabled and no failover list): 0 for the same region, zone and sub-zone,
+// 1 for the same region and zone, 2 for the same region, 3 for any other.
+func localityPriority(l, from *corev3.Locality) uint32 {
+	switch {
+	case l.GetRegion() != from.GetRegion():
+		return 3
+	case l.GetZone() != from.GetZone():
+		return 2
+	case l.GetSubZone() != from.GetSubZone():
+		return 1
+	}
+	return 0
+}
+
+// assignPriorities gives each locality its priority, then makes the priorities consecutive
+// from 0 (Envoy requires it; istiod compacts them the same way).
+func assignPriorities(ls []*endpointv3.LocalityLbEndpoints, from *corev3.Locality) {
+	var used [4]bool
+	for _, l := range ls {
+		used[localityPriority(l.GetLocality(), from)] = true
+	}
+	var compact [4]uint32
+	n := uint32(0)
+	for p, u := range used {
+		compact[p] = n
+		if u {
+			n++
+		}
+	}
+	for _, l := range ls {
+		l.Priority = compact[localityPriority(l.GetLocality(), from)]
+	}
 }
 
 func locality(s string) *corev3.Locality {

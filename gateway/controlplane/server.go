@@ -50,7 +50,11 @@ type Options struct {
 	// Entries is where registered WorkloadEntries live. Nil: static endpoints only.
 	Entries registrar.Resource[*registrar.WorkloadEntry]
 	// Network is the gateway's own network; its view holds only endpoints of it (or of none).
-	Network  string
+	Network string
+	// Locality is the gateway's own region/zone/subzone (xds.node.locality): its view's
+	// endpoints get priorities by closeness to it, as istiod's locality failover gives them
+	// (resources.go, localityPriority). Empty: every endpoint at priority 0.
+	Locality string
 	MeshPort uint32        // zero: 15443
 	Debounce time.Duration // zero: 100ms of quiet before a push
 	MaxDelay time.Duration // zero: 1s; a change is never held longer
@@ -246,7 +250,7 @@ func (s *Server) push(ctx context.Context) {
 	prev := s.last
 	s.mu.Unlock()
 	s.dns.push(svcs, entries)
-	b := buildResources(buildModel(svcs, entries), s.opts.Network, s.opts.MeshPort)
+	b := buildResources(buildModel(svcs, entries), s.opts.Network, s.opts.Locality, s.opts.MeshPort)
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	if prev != nil && prev.digest == b.digest {
 		s.m.builds.WithLabelValues("unchanged").Inc()

@@ -107,11 +107,14 @@ type ListenerRoutes struct {
 
 // RouteView is one match (SNI or host pattern) and its cluster.
 type RouteView struct {
-	Match     string         `json:"match"`
-	Cluster   string         `json:"cluster"`
-	Policy    string         `json:"lb_policy"`
-	Active    int64          `json:"active_connections"` // the endpoints' sum
-	Endpoints []EndpointView `json:"endpoints"`
+	Match   string `json:"match"`
+	Cluster string `json:"cluster"`
+	Policy  string `json:"lb_policy"`
+	Active  int64  `json:"active_connections"` // the endpoints' sum
+	// PriorityLoad is the percent of new connections each priority takes now (Envoy's priority
+	// load); absent when the cluster has one priority and no locality weighting.
+	PriorityLoad map[uint32]uint32 `json:"priority_load,omitempty"`
+	Endpoints    []EndpointView    `json:"endpoints"`
 }
 
 // EndpointView is one endpoint of a RouteView's cluster.
@@ -120,6 +123,7 @@ type EndpointView struct {
 	Weight       uint32     `json:"weight"`
 	Locality     string     `json:"locality,omitempty"`
 	Network      string     `json:"network,omitempty"`
+	Priority     uint32     `json:"priority"`
 	Active       int64      `json:"active_connections"`
 	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
 }
@@ -154,8 +158,12 @@ func (g *Gateway) RoutesView() RoutesView {
 
 func clusterView(match string, c *Cluster, now int64) RouteView {
 	rv := RouteView{Match: match, Cluster: c.Name, Policy: c.Config.LBPolicy}
+	if p, ok := c.lb.(*prioritized); ok {
+		rv.PriorityLoad = p.priorityLoads(now)
+	}
 	for _, e := range c.Endpoints {
-		ev := EndpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network, Active: e.state.active.Load()}
+		ev := EndpointView{Address: e.Address, Weight: e.Weight, Locality: e.Locality, Network: e.Network,
+			Priority: e.Priority, Active: e.state.active.Load()}
 		rv.Active += ev.Active
 		if until := e.state.ejectedUntil.Load(); until > now {
 			t := time.Unix(0, until).UTC()

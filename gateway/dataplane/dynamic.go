@@ -6,6 +6,7 @@ import (
 	"net"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,8 +32,16 @@ type ClusterSpec struct {
 	ConnectTimeout time.Duration
 	// ALPN is the filter chain's application_protocols: when not empty the client must offer
 	// one of them (as Envoy's filter chain match requires). Empty: only the listener's rule.
-	ALPN      []string
-	Endpoints []EndpointSpec
+	ALPN []string
+	// OverprovisioningFactor is Envoy's, in percent: a priority level keeps its whole share of
+	// the load while overprovisioning × healthy / total >= 100. Zero: 140.
+	OverprovisioningFactor uint32
+	// LocalityWeighted: within a priority, choose a locality by its LocalityWeight × health
+	// first (Envoy's locality_weighted_lb_config). False: the priority's endpoints as one set.
+	LocalityWeighted bool
+	// OutlierDetection from the route source; nil: the file default for mesh clusters.
+	OutlierDetection *OutlierDetection
+	Endpoints        []EndpointSpec
 }
 
 // EndpointSpec is one upstream address of a ClusterSpec.
@@ -41,6 +50,11 @@ type EndpointSpec struct {
 	Weight   uint32 // zero: 1
 	Locality string // region/zone/subzone; shown in /debug/routes
 	Network  string // shown in /debug/routes
+	// Priority: 0 takes the load while healthy, then 1, and so on (Envoy's priority levels).
+	Priority uint32
+	// LocalityWeight is the load-balancing weight of the endpoint's locality (the same for
+	// every endpoint of a locality and priority); used when the cluster is LocalityWeighted.
+	LocalityWeight uint32
 }
 
 // dynamicMetrics count what route sources hand in that the gateway could not use as given.
@@ -199,14 +213,25 @@ func buildDynamicCluster(listener string, s ClusterSpec, kept map[stateKey]*endp
 	if s.ConnectTimeout > 0 {
 		cc.ConnectTimeout = s.ConnectTimeout
 	}
+	if s.OutlierDetection != nil {
+		od := *s.OutlierDetection
+		cc.OutlierDetection = &od
+		cc.SetDefaults()
+	}
 	c := &Cluster{Name: s.Name, Config: cc, alpn: s.ALPN}
+	localityWeights := map[string]uint32{}
 	for _, e := range s.Endpoints {
 		cc.Endpoints = append(cc.Endpoints, EndpointConfig{Address: e.Address, Weight: e.Weight})
-		c.Endpoints = append(c.Endpoints, &Endpoint{Address: e.Address, Weight: e.Weight,
+		c.Endpoints = append(c.Endpoints, &Endpoint{Address: e.Address, Weight: e.Weight, Priority: e.Priority,
 			Locality: e.Locality, Network: e.Network, state: kept[stateKey{listener + "/" + s.Name, e.Address}]})
+		localityWeights[e.Locality] = max(localityWeights[e.Locality], e.LocalityWeight)
 	}
 	c.Config = cc
-	c.lb = newBalancer(cc.LBPolicy, c.Endpoints)
+	var gen *atomic.Uint64
+	if len(c.Endpoints) > 0 {
+		gen = c.Endpoints[0].state.gen
+	}
+	c.lb = newPrioritized(cc.LBPolicy, c.Endpoints, localityWeights, s.LocalityWeighted, s.OverprovisioningFactor, gen)
 	return c
 }
 

@@ -14,6 +14,7 @@ type Endpoint struct {
 	Weight   uint32
 	Locality string // xDS endpoints: region/zone/subzone
 	Network  string // xDS endpoints
+	Priority uint32 // xDS endpoints: 0 is preferred (priority.go)
 	state    *endpointState
 }
 
@@ -23,6 +24,10 @@ type endpointState struct {
 	consecutive  atomic.Int32 // connect failures since the last success
 	ejections    atomic.Int32 // ejections so far; the next lasts base << ejections
 	ejectedUntil atomic.Int64 // unix nanoseconds; zero when never ejected
+	// gen is shared by the states of one gateway and bumped at every ejection, so that
+	// priority loads cached by the balancers are computed again (priority.go). Nil in tests of
+	// a lone state.
+	gen *atomic.Uint64
 }
 
 // ejected reports whether the endpoint is out of rotation at now (unix nanoseconds).
@@ -42,6 +47,9 @@ func (s *endpointState) failure(now time.Time, od *OutlierDetection) bool {
 	}
 	d = min(d, od.MaxEjectionTime)
 	s.ejectedUntil.Store(now.Add(d).UnixNano())
+	if s.gen != nil {
+		s.gen.Add(1)
+	}
 	return true
 }
 
@@ -60,8 +68,9 @@ type stateKey struct{ cluster, address string }
 // states keeps endpointStates across snapshots; states no longer listed are dropped at the next
 // snapshot (open connections keep their pointer until they end).
 type states struct {
-	mu sync.Mutex
-	m  map[stateKey]*endpointState
+	mu  sync.Mutex
+	m   map[stateKey]*endpointState
+	gen atomic.Uint64 // ejections so far, of any of these states
 }
 
 // retain returns the states for keys, reusing existing ones, and forgets every other state.
@@ -72,7 +81,7 @@ func (s *states) retain(keys []stateKey) map[stateKey]*endpointState {
 	for _, k := range keys {
 		st := s.m[k]
 		if st == nil {
-			st = &endpointState{}
+			st = &endpointState{gen: &s.gen}
 		}
 		next[k] = st
 	}

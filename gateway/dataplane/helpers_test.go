@@ -55,6 +55,19 @@ type seenHello struct {
 
 func startBackend(t testing.TB, p *testPKI, names ...string) *backend {
 	t.Helper()
+	return startBackendOn(t, p, "127.0.0.1:0", names...)
+}
+
+// stop closes the backend's listener and waits for its connections to end: a connect to its
+// address is then refused, until a backend is started on the address again.
+func (b *backend) stop() {
+	b.ln.Close()
+	b.conns.Wait()
+}
+
+// startBackendOn is startBackend on a given loopback address (a stopped backend's, to restart it).
+func startBackendOn(t testing.TB, p *testPKI, addr string, names ...string) *backend {
+	t.Helper()
 	b := &backend{keys: make(chan []byte, 1024)}
 	cfg := &tls.Config{
 		Certificates: []tls.Certificate{p.leaf(t, names...)},
@@ -66,7 +79,7 @@ func startBackend(t testing.TB, p *testPKI, names ...string) *backend {
 			return nil, nil
 		},
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	ln, err := tls.Listen("tcp", addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,17 +48,17 @@ func (c *Client) specs() ([]dataplane.ClusterSpec, bool) {
 		if cl == nil {
 			continue // not (yet) in CDS; Envoy would keep the chain warming
 		}
-		spec := dataplane.ClusterSpec{Name: r.serverName, LBPolicy: lbPolicy(cl.msg), ConnectTimeout: connectTimeout(cl.msg), ALPN: r.alpn}
+		spec := dataplane.ClusterSpec{Name: r.serverName, LBPolicy: lbPolicy(cl.msg), ConnectTimeout: connectTimeout(cl.msg), ALPN: r.alpn,
+			LocalityWeighted: localityWeighted(cl.msg), OutlierDetection: outlierDetection(cl.msg)}
+		cla := cl.msg.GetLoadAssignment()
 		if n := edsName(cl.msg); n != "" {
-			cla := c.st.endpoints[n]
-			if cla == nil {
+			if cla = c.st.endpoints[n]; cla == nil {
 				complete = false
 				continue
 			}
-			spec.Endpoints = endpointSpecs(cla)
-		} else {
-			spec.Endpoints = endpointSpecs(cl.msg.GetLoadAssignment())
 		}
+		spec.Endpoints = endpointSpecs(cla)
+		spec.OverprovisioningFactor = overprovisioning(cla)
 		out = append(out, spec)
 	}
 	return out, complete

@@ -49,9 +49,26 @@ func NewNode(n config.XDSNode, version string) *corev3.Node {
 		Id:                   fmt.Sprintf("router~%s~%s.%s~%s.svc.cluster.local", n.IP, n.Name, n.Namespace, n.Namespace),
 		Cluster:              n.Name,
 		Metadata:             st,
+		Locality:             Locality(n.Locality),
 		UserAgentName:        "ewgate",
 		UserAgentVersionType: &corev3.Node_UserAgentVersion{UserAgentVersion: version},
 	}
+}
+
+// Locality turns region/zone/subzone into an xDS locality; nil for "".
+func Locality(s string) *corev3.Locality {
+	if s == "" {
+		return nil
+	}
+	parts := strings.SplitN(s, "/", 3)
+	l := &corev3.Locality{Region: parts[0]}
+	if len(parts) > 1 {
+		l.Zone = parts[1]
+	}
+	if len(parts) > 2 {
+		l.SubZone = parts[2]
+	}
+	return l
 }
 
 // tokenFile sends "authorization: Bearer <token>" read from a file, re-read whenever its

@@ -165,12 +165,67 @@ func endpointSpecs(cla *endpointv3.ClusterLoadAssignment) []dataplane.EndpointSp
 			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
 			network := e.GetMetadata().GetFilterMetadata()["istio"].GetFields()["network"].GetStringValue()
 			out = append(out, dataplane.EndpointSpec{
-				Address:  net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))),
-				Weight:   e.GetLoadBalancingWeight().GetValue(),
-				Locality: locality,
-				Network:  network,
+				Address:        net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue()))),
+				Weight:         e.GetLoadBalancingWeight().GetValue(),
+				Locality:       locality,
+				Network:        network,
+				Priority:       l.GetPriority(),
+				LocalityWeight: l.GetLoadBalancingWeight().GetValue(),
 			})
 		}
+	}
+	return out
+}
+
+// overprovisioning is the load assignment's overprovisioning factor in percent (zero: the data
+// plane's default, Envoy's 140).
+func overprovisioning(cla *endpointv3.ClusterLoadAssignment) uint32 {
+	return cla.GetPolicy().GetOverprovisioningFactor().GetValue()
+}
+
+// localityWeighted reports whether the cluster asks for locality-weighted balancing; without it
+// Envoy ignores the localities' weights, and so does the gateway.
+func localityWeighted(c *clusterv3.Cluster) bool {
+	return c.GetCommonLbConfig().GetLocalityWeightedLbConfig() != nil
+}
+
+// outlierDetection is the cluster's outlier detection as the gateway applies it: a TCP connect
+// failure is a local-origin error, which Envoy (without split_external_local_origin_errors)
+// counts as a 5xx and a gateway failure, so the smaller of the enforced consecutive_5xx
+// (Envoy's default 5, enforced unless enforcing_consecutive_5xx is 0) and consecutive_gateway_
+// failure (enforced only when enforcing_consecutive_gateway_failure says so) ejects. Nil when
+// the cluster has none (a DestinationRule without outlierDetection): the gateway's defaults.
+// interval and max_ejection_percent are not used: an ejection ends exactly when its time is up.
+func outlierDetection(c *clusterv3.Cluster) *dataplane.OutlierDetection {
+	od := c.GetOutlierDetection()
+	if od == nil {
+		return nil
+	}
+	var n uint32
+	if e := od.GetEnforcingConsecutive_5Xx(); e == nil || e.GetValue() > 0 {
+		n = 5
+		if v := od.GetConsecutive_5Xx(); v != nil {
+			n = v.GetValue()
+		}
+	}
+	if od.GetEnforcingConsecutiveGatewayFailure().GetValue() > 0 {
+		g := uint32(5)
+		if v := od.GetConsecutiveGatewayFailure(); v != nil {
+			g = v.GetValue()
+		}
+		if g > 0 && (n == 0 || g < n) {
+			n = g
+		}
+	}
+	out := &dataplane.OutlierDetection{ConsecutiveFailures: int(n)}
+	if n == 0 {
+		out.ConsecutiveFailures = -1 // never eject
+	}
+	if d := od.GetBaseEjectionTime(); d != nil {
+		out.BaseEjectionTime = d.AsDuration()
+	}
+	if d := od.GetMaxEjectionTime(); d != nil {
+		out.MaxEjectionTime = d.AsDuration()
 	}
 	return out
 }

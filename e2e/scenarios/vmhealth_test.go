@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/e2e/harness"
+	"google.golang.org/protobuf/types/known/anypb"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 )
@@ -82,6 +83,7 @@ func TestVMProbeHealthThroughEwgateToIstiod(t *testing.T) {
 		t.Fatal(err)
 	}
 	sni := fmt.Sprintf("outbound_.%d_._.%s", port, host)
+	edsName := fmt.Sprintf("outbound|%d||%s", port, host) // the sidecar's name of the same endpoints
 
 	// istiod's east-west gateway: an ewgate on istiod's xDS, in the VMs' network.
 	admin, mesh := freeAddr(t), freeAddr(t)
@@ -93,7 +95,7 @@ xds:
   server: %s
   node: {ip: 127.0.0.1, name: ewgate-health, namespace: istio-system, cluster_id: %s, network: vmnet, labels: {istio: eastwestgateway}}
 `, admin, mesh, cluster.Istiod.XDSAddr, cluster.Istiod.ClusterID))
-	if err := gw.WaitRoutes(ctx, "the static entry", routed(sni, other.addr())); err != nil {
+	if err := gw.WaitRoutes(harness.Context(t, 30*time.Second), "the static entry", routed(sni, other.addr())); err != nil {
 		t.Fatal(err)
 	}
 
@@ -116,21 +118,28 @@ xds:
 			if u.GetAnnotations()["proxy.istio.io/health-checks-enabled"] != "true" {
 				return fmt.Errorf("annotations %v lack proxy.istio.io/health-checks-enabled: \"true\"", u.GetAnnotations())
 			}
-			return wantHealthy(u.Object, want)
+			c, err := wantHealthy(u.Object, want)
+			if err == nil {
+				t.Logf("entry %s: Healthy condition %v", name, c)
+			}
+			return err
 		}); err != nil {
 			t.Fatalf("%v%s", err, onFail())
 		}
 	}
 
 	health("True")
-	if err := gw.WaitRoutes(ctx, "the VM healthy", routed(sni, svc.addr(), other.addr())); err != nil {
+	istiodEDS(t, ns, tok, edsName, svc.addr(), true, other.addr())
+	if err := gw.WaitRoutes(harness.Context(t, 30*time.Second), "the VM healthy", routed(sni, svc.addr(), other.addr())); err != nil {
 		t.Fatalf("%v%s", err, onFail())
 	}
 	reachBoth(t, mesh, sni, svc, other)
 
 	probed.stop(t)
 	health("False")
-	if err := gw.WaitRoutes(ctx, "the VM out of rotation", func(r string) bool {
+	// istiod leaves the unhealthy entry out of EDS altogether (it is not sent as UNHEALTHY).
+	istiodEDS(t, ns, tok, edsName, svc.addr(), false, other.addr())
+	if err := gw.WaitRoutes(harness.Context(t, 30*time.Second), "the VM out of rotation", func(r string) bool {
 		return routed(sni, other.addr())(r) && !strings.Contains(r, svc.addr())
 	}); err != nil {
 		t.Fatalf("%v%s", err, onFail())
@@ -139,7 +148,8 @@ xds:
 
 	probed.start(t)
 	health("True")
-	if err := gw.WaitRoutes(ctx, "the VM back in rotation", routed(sni, svc.addr(), other.addr())); err != nil {
+	istiodEDS(t, ns, tok, edsName, svc.addr(), true, other.addr())
+	if err := gw.WaitRoutes(harness.Context(t, 30*time.Second), "the VM back in rotation", routed(sni, svc.addr(), other.addr())); err != nil {
 		t.Fatalf("%v%s", err, onFail())
 	}
 	reachBoth(t, mesh, sni, svc, other)
@@ -189,7 +199,10 @@ func TestVMProbeHealthStandalone(t *testing.T) {
 			if ann, _ := dig(obj, "metadata", "annotations").(map[string]any); ann["proxy.istio.io/health-checks-enabled"] != "true" {
 				return false, fmt.Errorf("annotations %v lack proxy.istio.io/health-checks-enabled: \"true\"", ann)
 			}
-			err = wantHealthy(obj, want)
+			c, err := wantHealthy(obj, want)
+			if err == nil {
+				t.Logf("entry in the file store: Healthy condition %v", c)
+			}
 			return err == nil, err
 		}); err != nil {
 			t.Fatalf("%v%s", err, onFail())
@@ -197,14 +210,14 @@ func TestVMProbeHealthStandalone(t *testing.T) {
 	}
 
 	health("True")
-	if err := s.gw.WaitRoutes(ctx, "the VM healthy", routed(sni, svc.addr())); err != nil {
+	if err := s.gw.WaitRoutes(harness.Context(t, 30*time.Second), "the VM healthy", routed(sni, svc.addr())); err != nil {
 		t.Fatalf("%v%s", err, onFail())
 	}
 	reachVM(t, s.mesh, sni, svc)
 
 	probed.stop(t)
 	health("False")
-	if err := s.gw.WaitRoutes(ctx, "the VM out of rotation", func(r string) bool { return !strings.Contains(r, svc.addr()) }); err != nil {
+	if err := s.gw.WaitRoutes(harness.Context(t, 30*time.Second), "the VM out of rotation", func(r string) bool { return !strings.Contains(r, svc.addr()) }); err != nil {
 		t.Fatalf("%v%s", err, onFail())
 	}
 	before := svc.accepted.Load()
@@ -218,24 +231,24 @@ func TestVMProbeHealthStandalone(t *testing.T) {
 
 	probed.start(t)
 	health("True")
-	if err := s.gw.WaitRoutes(ctx, "the VM back in rotation", routed(sni, svc.addr())); err != nil {
+	if err := s.gw.WaitRoutes(harness.Context(t, 30*time.Second), "the VM back in rotation", routed(sni, svc.addr())); err != nil {
 		t.Fatalf("%v%s", err, onFail())
 	}
 	reachVM(t, s.mesh, sni, svc)
 }
 
-// wantHealthy checks the object's Healthy condition status.
-func wantHealthy(obj map[string]any, want string) error {
+// wantHealthy checks the object's Healthy condition status; it returns the condition.
+func wantHealthy(obj map[string]any, want string) (map[string]any, error) {
 	conds, _ := dig(obj, "status", "conditions").([]any)
 	for _, c := range conds {
 		if m, _ := c.(map[string]any); m["type"] == "Healthy" {
 			if m["status"] != want {
-				return fmt.Errorf("Healthy %v (%v), want %s", m["status"], m["message"], want)
+				return nil, fmt.Errorf("Healthy %v (%v), want %s", m["status"], m["message"], want)
 			}
-			return nil
+			return m, nil
 		}
 	}
-	return fmt.Errorf("no Healthy condition yet (want %s): %v", want, conds)
+	return nil, fmt.Errorf("no Healthy condition yet (want %s): %v", want, conds)
 }
 
 func dig(m map[string]any, keys ...string) any {
@@ -424,4 +437,62 @@ func echoTLSConfig(t *testing.T) *tls.Config {
 		t.Fatal(err)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, NextProtos: []string{"istio"}}
+}
+
+// istiodEDS waits until istiod's EDS for clusterName has other and, as present says, vm; it
+// logs the health statuses istiod sends.
+func istiodEDS(t *testing.T, ns, token, clusterName, vm string, present bool, other string) {
+	t.Helper()
+	got := istiodEndpointHealth(t, ns, token, clusterName, func(m map[string]string) error {
+		if _, ok := m[other]; !ok {
+			return fmt.Errorf("istiod's EDS lacks the entry without health checks %s: %v", other, m)
+		}
+		if _, ok := m[vm]; ok != present {
+			return fmt.Errorf("istiod's EDS has the VM %s: %v, want %v (%v)", vm, ok, present, m)
+		}
+		return nil
+	})
+	t.Logf("istiod's EDS for %s: %v", clusterName, got)
+}
+
+// istiodEndpointHealth waits until istiod's EDS for clusterName, as a sidecar of ns on network
+// vmnet receives it, satisfies cond, given each endpoint's health status by address (an
+// endpoint istiod leaves out is absent from the map).
+func istiodEndpointHealth(t *testing.T, ns, token, clusterName string, cond func(map[string]string) error) map[string]string {
+	t.Helper()
+	ctx := harness.Context(t, 30*time.Second)
+	root, err := cluster.Istiod.RootCert(ctx, cluster.API, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := harness.SidecarNode("127.0.9.99", "eds-watch", ns, "vmnet", cluster.Istiod.ClusterID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := harness.DialSidecarXDS(ctx, harness.IstiodConn{Addr: cluster.Istiod.SecureAddr, ServerName: cluster.Istiod.SAN,
+		Roots: poolOf(t, root), Token: token, ClusterID: cluster.Istiod.ClusterID}, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	var got map[string]string
+	if _, err := x.Watch(ctx, harness.EndpointType, []string{clusterName}, func(rs []*anypb.Any) error {
+		clas, err := harness.LoadAssignments(rs)
+		if err != nil {
+			return err
+		}
+		got = map[string]string{}
+		for _, cla := range clas {
+			for _, l := range cla.GetEndpoints() {
+				for _, e := range l.GetLbEndpoints() {
+					sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+					got[net.JoinHostPort(sa.GetAddress(), fmt.Sprint(sa.GetPortValue()))] = e.GetHealthStatus().String()
+				}
+			}
+		}
+		return cond(got)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
 }

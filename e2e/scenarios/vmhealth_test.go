@@ -19,6 +19,9 @@ import (
 	"time"
 
 	"github.com/ewgate/ewgate/e2e/harness"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/anypb"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
@@ -495,4 +498,88 @@ func istiodEndpointHealth(t *testing.T, ns, token, clusterName string, cond func
 		t.Fatal(err)
 	}
 	return got
+}
+
+// TestVMGRPCProbeFromBundle: the probe as operators deliver it. The WorkloadGroup in the
+// apiserver has a grpc probe of a named service; `ewgate vm-config --kubeconfig` reads the group
+// and writes the bundle; the agent started from the bundle alone runs the probe against a gRPC
+// health server on the VM's address, and ewgate's entry follows: False while the server does not
+// know the named service (so the name reached the agent: the server's "" is SERVING), True once
+// it serves it, False when the server stops, True when it is back.
+//
+// Never NOT_SERVING: the agent's gRPC prober returns "unhealthy" with a nil error for it, and the
+// agent's health checker then panics on err.Error() (health_check.go:176, Istio master of
+// 2026-08-27), ending the agent.
+func TestVMGRPCProbeFromBundle(t *testing.T) {
+	cluster.LogOnFailure(t)
+	ctx := harness.Context(t, 3*time.Minute)
+	const vmIP, service = "127.0.9.83", "web.v1.Web"
+	probed := startGRPCHealth(t, vmIP, 0)
+	port := probed.port
+
+	ns := cluster.Namespace(t, "vmgrpcprobe")
+	if _, err := cluster.API.CreateServiceAccount(ctx, ns, "vm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.API.CreateWorkloadGroup(ctx, ns, "web", harness.WorkloadGroupSpec{
+		ServiceAccount: "vm", Network: "vmnet", Labels: map[string]string{"app": "web"},
+		Probe: map[string]any{"periodSeconds": int64(1), "failureThreshold": int64(1),
+			"grpc": map[string]any{"port": int64(port), "service": service}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	backend, host := echoService(t, ctx, ns, "")
+	control := loopbackWithPort(t, 15012)
+	front := startFrontOfIstiodAt(t, control, ns, "ewgate-e2e-grpcprobe")
+	ewgateIP, _, _ := net.SplitHostPort(control)
+	bundleDir := vmConfig(t, ctx, "--kubeconfig", cluster.API.Kubeconfig, "--group", ns+"/web",
+		"--ewgate-address", ewgateIP, "--serving-ca", writeTemp(t, t.TempDir(), "serving-ca.pem", front.ServingCA),
+		"--internal-ip", vmIP, "--cluster-id", cluster.Istiod.ClusterID)
+	vm := harness.StartVM(t, cluster.Peers.PilotAgent(), harness.VMOptions{Name: "grpcprobe1", Bundle: bundleDir})
+	client := vm.StartXDSClient(t, ctx, host+":"+fmt.Sprint(backend.Port), "")
+	name := vm.AutoRegisteredName()
+	health := func(want string) {
+		t.Helper()
+		if _, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
+			if u.GetAnnotations()["proxy.istio.io/health-checks-enabled"] != "true" {
+				return fmt.Errorf("annotations %v lack proxy.istio.io/health-checks-enabled: \"true\"", u.GetAnnotations())
+			}
+			c, err := wantHealthy(u.Object, want)
+			if err == nil {
+				t.Logf("entry %s: Healthy condition %v", name, c)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%v\n---- agent ----\n%s\n---- front ----\n%s\n---- xds client ----\n%s", err,
+				vm.Proc.Tail(30), front.Gw.Proc.Tail(20), client.Tail(10))
+		}
+	}
+	health("False") // NotFound: the server has no status for the named service yet
+	probed.hs.SetServingStatus(service, healthpb.HealthCheckResponse_SERVING)
+	health("True")
+	probed.srv.Stop()
+	health("False")
+	back := startGRPCHealth(t, vmIP, port)
+	back.hs.SetServingStatus(service, healthpb.HealthCheckResponse_SERVING)
+	health("True")
+}
+
+// grpcHealth is a gRPC server with the standard health service on ip:port (0: any port).
+type grpcHealth struct {
+	srv  *grpc.Server
+	hs   *health.Server
+	port int
+}
+
+func startGRPCHealth(t *testing.T, ip string, port int) *grpcHealth {
+	t.Helper()
+	lis, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &grpcHealth{srv: grpc.NewServer(), hs: health.NewServer(), port: lis.Addr().(*net.TCPAddr).Port}
+	healthpb.RegisterHealthServer(g.srv, g.hs)
+	go g.srv.Serve(lis)
+	t.Cleanup(g.srv.Stop)
+	return g
 }

@@ -310,3 +310,17 @@ func TestVMBundleCarriesTheGroupProbe(t *testing.T) {
 		})
 	}
 }
+
+// A probe without a method (or with two) is refused: the agent would crash on its first check.
+func TestVMBundleRefusesAProbeWithoutOneMethod(t *testing.T) {
+	for name, probe := range map[string]*registrar.ReadinessProbe{
+		"none": {PeriodSeconds: 1},
+		"two":  {TCPSocket: &registrar.TCPAction{Port: 1}, GRPC: &registrar.GRPCAction{Port: 1}},
+	} {
+		b := testBundle(t)
+		b.Group.Spec.Probe = probe
+		if _, err := b.files(); err == nil || !strings.Contains(err.Error(), "spec.probe has") {
+			t.Errorf("%s: files() = %v; want the probe refused", name, err)
+		}
+	}
+}

@@ -150,6 +150,7 @@ type ReadinessProbe struct {
 	HTTPGet             *HTTPGetAction `json:"httpGet,omitempty" yaml:"httpGet,omitempty"`
 	TCPSocket           *TCPAction     `json:"tcpSocket,omitempty" yaml:"tcpSocket,omitempty"`
 	Exec                *ExecAction    `json:"exec,omitempty" yaml:"exec,omitempty"`
+	GRPC                *GRPCAction    `json:"grpc,omitempty" yaml:"grpc,omitempty"`
 }
 
 // HTTPGetAction is an HTTP readiness check.
@@ -158,6 +159,20 @@ type HTTPGetAction struct {
 	Port   uint32 `json:"port" yaml:"port"`
 	Host   string `json:"host,omitempty" yaml:"host,omitempty"`
 	Scheme string `json:"scheme,omitempty" yaml:"scheme,omitempty"`
+	// HTTPHeaders are sent with the request (e.g. Host).
+	HTTPHeaders []HTTPHeader `json:"httpHeaders,omitempty" yaml:"httpHeaders,omitempty"`
+}
+
+// HTTPHeader is one header of an HTTP readiness check.
+type HTTPHeader struct {
+	Name  string `json:"name" yaml:"name"`
+	Value string `json:"value" yaml:"value"`
+}
+
+// GRPCAction is a gRPC health check (grpc.health.v1) readiness check.
+type GRPCAction struct {
+	Port    uint32 `json:"port" yaml:"port"`
+	Service string `json:"service,omitempty" yaml:"service,omitempty"`
 }
 
 // TCPAction is a TCP connect readiness check.
@@ -182,6 +197,19 @@ func (g *WorkloadGroup) DeepCopy() *WorkloadGroup {
 		p := *g.Spec.Probe
 		if p.Exec != nil {
 			p.Exec = &ExecAction{Command: slices.Clone(p.Exec.Command)}
+		}
+		if p.HTTPGet != nil {
+			h := *p.HTTPGet
+			h.HTTPHeaders = slices.Clone(h.HTTPHeaders)
+			p.HTTPGet = &h
+		}
+		if p.TCPSocket != nil {
+			a := *p.TCPSocket
+			p.TCPSocket = &a
+		}
+		if p.GRPC != nil {
+			a := *p.GRPC
+			p.GRPC = &a
 		}
 		c.Spec.Probe = &p
 	}

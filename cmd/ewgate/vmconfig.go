@@ -138,6 +138,14 @@ type bundle struct {
 
 // files renders the bundle as istioctl x workload entry configure does.
 func (b *bundle) files() (map[string][]byte, error) {
+	if p := b.Group.Spec.Probe; p != nil {
+		if n := probeMethods(p); n != 1 {
+			// pilot-agent takes the probe as it is and, without a method, crashes on its first
+			// check (a nil prober); Istio's API allows exactly one.
+			return nil, fmt.Errorf("vm-config: WorkloadGroup %s/%s: spec.probe has %d health check methods; want exactly one of httpGet, tcpSocket, exec, grpc",
+				b.Group.Namespace, b.Group.Name, n)
+		}
+	}
 	env := b.clusterEnv()
 	keys := make([]string, 0, len(env))
 	for k := range env {
@@ -378,4 +386,15 @@ func finishBundle(f *vmFlags, b *bundle) error {
 		return err
 	}
 	return writeBundle(f.out, files, f.overwrite)
+}
+
+// probeMethods counts the health check methods a probe sets.
+func probeMethods(p *registrar.ReadinessProbe) int {
+	n := 0
+	for _, set := range []bool{p.HTTPGet != nil, p.TCPSocket != nil, p.Exec != nil, p.GRPC != nil} {
+		if set {
+			n++
+		}
+	}
+	return n
 }

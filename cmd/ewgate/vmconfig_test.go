@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	networkingv1alpha3 "istio.io/api/networking/v1alpha3"
 
 	"github.com/ewgate/ewgate/authn"
 	"github.com/ewgate/ewgate/gateway/meshca"
@@ -260,5 +264,63 @@ workload_groups:
 	}
 	if d := time.Until(id.ExpiresAt); d < 55*time.Minute || d > time.Hour+time.Minute {
 		t.Errorf("token expires in %v, want about 1h", d)
+	}
+}
+
+// The bundle hands the VM's agent the group's probe as Istio reads it: the group comes from the
+// Kubernetes store (JSON, Istio's field names) and the agent decodes mesh.yaml's
+// defaultConfig.readinessProbe as istio.networking.v1alpha3.ReadinessProbe. Every method the API
+// has must survive, or the agent gets a probe without one (its prober is then nil).
+func TestVMBundleCarriesTheGroupProbe(t *testing.T) {
+	for name, probe := range map[string]string{
+		"httpGet with headers": `{"periodSeconds": 1, "failureThreshold": 2, "httpGet": {"path": "/ready", "port": 8080, "scheme": "HTTPS", "httpHeaders": [{"name": "Host", "value": "web.local"}]}}`,
+		"tcpSocket":            `{"timeoutSeconds": 2, "tcpSocket": {"port": 7070}}`,
+		"exec":                 `{"initialDelaySeconds": 3, "exec": {"command": ["/bin/check", "-q"]}}`,
+		"grpc":                 `{"successThreshold": 2, "grpc": {"port": 7070, "service": "web.v1.Web"}}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			want := &networkingv1alpha3.ReadinessProbe{}
+			if err := protojson.Unmarshal([]byte(probe), want); err != nil {
+				t.Fatal(err)
+			}
+			b := testBundle(t)
+			if err := json.Unmarshal([]byte(`{"probe": `+probe+`}`), &b.Group.Spec); err != nil {
+				t.Fatal(err)
+			}
+			files, err := b.files()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mesh map[string]any
+			if err := yaml.Unmarshal(files["mesh.yaml"], &mesh); err != nil {
+				t.Fatal(err)
+			}
+			dc, _ := mesh["defaultConfig"].(map[string]any)
+			raw, err := json.Marshal(dc["readinessProbe"])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := &networkingv1alpha3.ReadinessProbe{}
+			if err := protojson.Unmarshal(raw, got); err != nil {
+				t.Fatalf("mesh.yaml readinessProbe %s: %v", raw, err)
+			}
+			if !proto.Equal(got, want) {
+				t.Errorf("the agent gets readinessProbe %s; the group says %s", raw, probe)
+			}
+		})
+	}
+}
+
+// A probe without a method (or with two) is refused: the agent would crash on its first check.
+func TestVMBundleRefusesAProbeWithoutOneMethod(t *testing.T) {
+	for name, probe := range map[string]*registrar.ReadinessProbe{
+		"none": {PeriodSeconds: 1},
+		"two":  {TCPSocket: &registrar.TCPAction{Port: 1}, GRPC: &registrar.GRPCAction{Port: 1}},
+	} {
+		b := testBundle(t)
+		b.Group.Spec.Probe = probe
+		if _, err := b.files(); err == nil || !strings.Contains(err.Error(), "spec.probe has") {
+			t.Errorf("%s: files() = %v; want the probe refused", name, err)
+		}
 	}
 }

@@ -221,6 +221,8 @@ type WorkloadGroupSpec struct {
 	Network        string
 	Labels         map[string]string // template labels
 	Ports          map[string]int64
+	// Probe is spec.probe (istio.networking.v1.ReadinessProbe as YAML fields); nil: none.
+	Probe map[string]any
 }
 
 // CreateWorkloadGroup creates a WorkloadGroup whose template carries the service account, network
@@ -244,6 +246,9 @@ func (a *APIServer) CreateWorkloadGroup(ctx context.Context, ns, name string, s 
 		tmpl["ports"] = ports
 	}
 	spec := map[string]any{"template": tmpl}
+	if s.Probe != nil {
+		spec["probe"] = s.Probe
+	}
 	if len(s.Labels) > 0 {
 		spec["metadata"] = map[string]any{"labels": toAnyMap(s.Labels)}
 	}

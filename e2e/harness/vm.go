@@ -34,6 +34,12 @@ type VMOptions struct {
 
 	Env []string // added to the agent's environment
 
+	// ReadinessProbe is the proxy config's readinessProbe (fields of
+	// istio.networking.v1.ReadinessProbe), as istioctl copies a WorkloadGroup's spec.probe into
+	// the VM's mesh config: the agent runs it and reports HealthInformation on its ADS stream.
+	// nil: no probe.
+	ReadinessProbe map[string]any
+
 	// Bundle, if set, is a directory `ewgate vm-config` wrote: the VM is then set up from it
 	// alone, as Istio's VM packaging sets a VM up (vmbundle.go), and every field above but Name
 	// and Env is ignored (StartVM fills them from the bundle).
@@ -159,7 +165,11 @@ func (vm *VM) layOut() (env []string, proxyConfig map[string]any, err error) {
 	if o.Group != "" {
 		env = append(env, "ISTIO_META_AUTO_REGISTER_GROUP="+o.Group, "ISTIO_META_WORKLOAD_NAME="+o.Group)
 	}
-	return env, map[string]any{"discoveryAddress": o.DiscoveryAddr}, nil
+	pc := map[string]any{"discoveryAddress": o.DiscoveryAddr}
+	if o.ReadinessProbe != nil {
+		pc["readinessProbe"] = o.ReadinessProbe
+	}
+	return env, pc, nil
 }
 
 // WaitCert waits for the agent's workload certificate in OUTPUT_CERTS and returns its leaf.

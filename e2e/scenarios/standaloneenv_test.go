@@ -19,6 +19,7 @@ type standalone struct {
 	ns      string
 	webHost string
 	control string // the 15012 address
+	mesh    string // the mesh listener's address
 	store   string // the registrar's file store
 	// roots is what the agent trusts for xDS and the CA: the CA of ewgate's 15012 serving
 	// certificate plus the built-in mesh root. The mesh root exists only once ewgate has started
@@ -40,6 +41,7 @@ type standaloneOptions struct {
 	// Extra YAML lines, indented as they go: under registrar:, under control_plane:, inside the
 	// web service, and further services; {ns} stands for the namespace.
 	registrar, controlPlane, webService, services string
+	groupSpec                                     string        // extra lines inside the web group's spec (6 spaces)
 	reloadEvery                                   time.Duration // reload.watch_interval; zero: the default
 }
 
@@ -63,6 +65,7 @@ func startStandaloneEwgate(t *testing.T, o standaloneOptions) *standalone {
 	s.store = filepath.Join(dir, "store")
 	caDir := filepath.Join(dir, "ca")
 	admin, mesh, cp := freeAddr(t), freeAddr(t), freeAddr(t)
+	s.mesh = mesh
 	s.control = freeAddr(t)
 	reload := ""
 	if o.reloadEvery > 0 {
@@ -97,7 +100,7 @@ registrar:
     spec:
       metadata: {labels: {app: web}}
       template: {serviceAccount: vm, ports: {grpc: %[18]d}}
-services:
+%[22]sservices:
   - name: web
     namespace: %[17]s
     hosts: [%[19]s]
@@ -106,7 +109,7 @@ services:
 %[20]s%[21]s`, admin, reload, mesh, cp, yamlQuote(s.store), yamlQuote(caDir), o.controlPlane,
 			yamlQuote(cluster.API.Issuer), o.clusterID, yamlQuote(cluster.API.URL), yamlQuote(cluster.API.CAFile),
 			s.control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile), o.instance, o.registrar,
-			s.ns, o.webPort, s.webHost, o.webService, strings.ReplaceAll(services, "{ns}", s.ns))
+			s.ns, o.webPort, s.webHost, o.webService, strings.ReplaceAll(services, "{ns}", s.ns), o.groupSpec)
 	}
 	s.gw = harness.StartEwgate(t, admin, s.config(o.services))
 	// Ready once the mesh listener has its first table from the built-in control plane and the

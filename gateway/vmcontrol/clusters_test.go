@@ -77,11 +77,12 @@ func TestRegistrationInTheVMsCluster(t *testing.T) {
 	t.Cleanup(v.Close)
 	p.verifier = v
 	g := startFront(t, p, vmcontrol.Config{Upstreams: ups}, vmcontrol.Options{Registrars: regs})
-	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(g.dial(t, p))
-
 	// connectTo opens the ADS stream of a VM of cluster (its issuer's token, its CLUSTER_ID) at
-	// ip, joining group, and returns the status of its first answer.
+	// ip, joining group, and returns the status of its first answer. Each VM has a connection of
+	// its own, as VMs do: one connection shared by every VM of the test once collected gRPC's
+	// ping strikes (the client's BDP pings) and was closed with too_many_pings under -race.
 	connectTo := func(cluster, group, ip string) error {
+		ads := discoveryv3.NewAggregatedDiscoveryServiceClient(g.dial(t, p))
 		s, err := ads.StreamAggregatedResources(withToken(t.Context(), testkit.NewIssuer(t, sides[cluster].issuer).Token(t, vmNS, vmSA)))
 		if err != nil {
 			return err

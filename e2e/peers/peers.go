@@ -38,6 +38,10 @@ const (
 	// IstioVersion is Istio master of 2026-08-27: the module proxy serves no Istio release tags.
 	IstioVersion    = "v0.0.0-20260827124520-eed52ebb66ad"
 	IstioAPIVersion = "v1.31.4"
+	// HelmVersion is the helm CLI that renders, lints and installs deploy/helm/ewgate. It is a
+	// `go install module@version` of its own (like istiod), so its Kubernetes libraries (v0.37)
+	// never enter this module's graph, which pins Kubernetes v1.32.
+	HelmVersion = "v4.3.2"
 )
 
 // e2eModule is the module path that marks the e2e module root when searching upwards.
@@ -52,7 +56,7 @@ const EnvBuildKubectl = "EWGATE_BUILD_KUBECTL"
 
 // Layout is the cache directory and the e2e module it builds from.
 //
-//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent[,kubectl]}
+//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent,helm[,kubectl]}
 //	<Dir>/istio-crds.yaml
 //	<Dir>/stamps/<step>.stamp
 //	<Dir>/.lock
@@ -124,6 +128,9 @@ func (l Layout) APIServer() string      { return l.Bin("kube-apiserver") }
 func (l Layout) Etcd() string           { return l.Bin("etcd") }
 func (l Layout) PilotDiscovery() string { return l.Bin("pilot-discovery") }
 func (l Layout) PilotAgent() string     { return l.Bin("pilot-agent") }
+
+// Helm is the cached helm CLI (HelmVersion).
+func (l Layout) Helm() string { return l.Bin("helm") }
 
 // IstioCRDs is the copy of istio.io/api's kubernetes/customresourcedefinitions.gen.yaml.
 func (l Layout) IstioCRDs() string { return filepath.Join(l.Dir, "istio-crds.yaml") }
@@ -298,8 +305,43 @@ func steps(l Layout) []step {
 			outputs: []string{l.IstioCRDs()},
 			do:      func(ctx context.Context) error { return l.copyCRDs(ctx) },
 		},
+		{
+			name:    "helm",
+			what:    "helm helm.sh/helm/v4@" + HelmVersion,
+			stamp:   fmt.Sprintf("helm helm.sh/helm/v4@%s %s CGO_ENABLED=0 ldflags=%q\n", HelmVersion, goVer, helmLDFlags()),
+			outputs: []string{l.Helm()},
+			do:      func(ctx context.Context) error { return l.installHelm(ctx) },
+		},
 		kubectl,
 	}
+}
+
+// helmLDFlags stamps the version `helm version` reports, as helm's Makefile does; without it
+// helm says v4.3 (its source default), and charts' semver checks of .Capabilities.HelmVersion
+// see no patch release.
+func helmLDFlags() string {
+	const v = "helm.sh/helm/v4/internal/version"
+	return "-X " + v + ".version=" + HelmVersion + " -X " + v + ".gitTreeState=clean"
+}
+
+// installHelm runs `go install helm.sh/helm/v4/cmd/helm@HelmVersion` outside any module (its own
+// module graph, like istiod) into a temporary GOBIN and renames the binary into bin/, so an
+// interrupted build never leaves a half-written helm behind.
+func (l Layout) installHelm(ctx context.Context) error {
+	tmp, err := os.MkdirTemp(filepath.Join(l.Dir, "bin"), ".helm-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.CommandContext(ctx, "go", "install", "-trimpath", "-ldflags", helmLDFlags(),
+		"helm.sh/helm/v4/cmd/helm@"+HelmVersion)
+	cmd.Dir = os.TempDir() // outside any module: `go install pkg@version`
+	// CGO_ENABLED=0 as helm's own release build (its Makefile's default).
+	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "GOWORK=off", "CGO_ENABLED=0")
+	if err := run(cmd); err != nil {
+		return err
+	}
+	return os.Rename(filepath.Join(tmp, "helm"), l.Helm())
 }
 
 // goBuild builds a main package of the e2e module into out (atomically: a failed build leaves

@@ -15,9 +15,11 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -288,22 +290,43 @@ func testFiles(t *testing.T) map[string][]byte {
 	}
 }
 
-// installable are the examples whose kinds this cluster knows: the others need the cert-manager
-// and Prometheus Operator CRDs, which the suite does not install.
-var installable = []string{"istiod", "standalone", "raw-config"}
+var (
+	crdsOnce sync.Once
+	crdsErr  error
+)
 
-// TestHelmInstallUninstall installs each installable example into a fresh namespace of the real
-// apiserver, lists every object of the release's manifest through the API (there are no kubelets:
-// the objects, not pods), checks that the Istio Gateway came back as rendered (the CRD's schema
-// kept every field), then uninstalls and sees every object gone.
+// chartCRDs applies, once per test binary, the CRDs of the optional kinds the chart renders
+// (cert-manager's Certificate, the Prometheus Operator's PodMonitor and ServiceMonitor; pinned in
+// the peers' cache), so that every example installs and each of those objects meets its schema.
+func chartCRDs(t *testing.T) {
+	t.Helper()
+	crdsOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, crdsErr = cluster.API.ApplyCRDs(ctx, cluster.Peers.ChartCRDs())
+	})
+	if crdsErr != nil {
+		t.Fatal(crdsErr)
+	}
+}
+
+// customKinds are the kinds defined by CRDs (the apiserver prunes unknown fields of these instead
+// of refusing them, so each is read back and compared with what was rendered).
+var customKinds = []string{"Gateway", "Certificate", "PodMonitor", "ServiceMonitor"}
+
+// TestHelmInstallUninstall installs every example into a fresh namespace of the real apiserver,
+// lists every object of the release's manifest through the API (there are no kubelets: the
+// objects, not pods), reads back every custom resource (the Istio Gateway, the Certificate, the
+// monitors) and finds it as rendered (its CRD's schema kept every field), then uninstalls and
+// sees every object gone.
 func TestHelmInstallUninstall(t *testing.T) {
-	ex := examples(t)
-	for _, name := range installable {
+	chartCRDs(t)
+	for name, file := range examples(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := harness.Context(t, 3*time.Minute)
 			ns := cluster.Namespace(t, "helm-"+name)
 			release := "ewgate-" + name
-			if out, err := helm(t, ctx, "install", release, chartDir(t), "-n", ns, "-f", ex[name]); err != nil {
+			if out, err := helm(t, ctx, "install", release, chartDir(t), "-n", ns, "-f", file); err != nil {
 				t.Fatalf("%v\n%s", err, out)
 			}
 			manifest, err := helm(t, ctx, "get", "manifest", release, "-n", ns)
@@ -320,8 +343,10 @@ func TestHelmInstallUninstall(t *testing.T) {
 				t.Fatalf("objects listed through the API with app.kubernetes.io/instance=%s:\n%v\nwant (the release's manifest):\n%v", release, got, want)
 			}
 			t.Logf("%s: %d objects created: %v", name, len(got), got)
-			if gws := find(objs, "Gateway"); len(gws) == 1 {
-				checkGatewayStored(t, ctx, ns, gws[0])
+			for _, o := range objs {
+				if slices.Contains(customKinds, o["kind"].(string)) {
+					checkStoredAsRendered(t, ctx, o)
+				}
 			}
 
 			if out, err := helm(t, ctx, "uninstall", release, "-n", ns, "--wait"); err != nil {
@@ -383,24 +408,38 @@ func listRelease(ctx context.Context, objs []map[string]any, release string) ([]
 	return out, nil
 }
 
-// checkGatewayStored reads the Gateway back: its spec must be what was rendered, so the
-// networking.istio.io/v1 CRD's schema accepted (and pruned nothing of) every field.
-func checkGatewayStored(t *testing.T, ctx context.Context, ns string, rendered map[string]any) {
+// checkStoredAsRendered reads a custom resource back: its spec must be what was rendered, so its
+// CRD's schema accepted (and pruned nothing of) every field.
+func checkStoredAsRendered(t *testing.T, ctx context.Context, rendered map[string]any) {
 	t.Helper()
-	gvr := schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}
-	name := rendered["metadata"].(map[string]any)["name"].(string)
-	var stored *unstructured.Unstructured
-	stored, err := cluster.API.Dynamic.Resource(gvr).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	u := unstructured.Unstructured{Object: rendered}
+	mapping, err := mapper(t).RESTMapping(u.GroupVersionKind().GroupKind(), u.GroupVersionKind().Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := cluster.API.Dynamic.Resource(mapping.Resource).Namespace(u.GetNamespace()).Get(ctx, u.GetName(), metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if asJSON(t, stored.Object["spec"]) != asJSON(t, rendered["spec"]) {
-		t.Errorf("Gateway spec stored:\n%v\nrendered:\n%v", stored.Object["spec"], rendered["spec"])
+		t.Errorf("%s %s: spec stored:\n%s\nrendered:\n%s", u.GetKind(), u.GetName(), asJSON(t, stored.Object["spec"]), asJSON(t, rendered["spec"]))
+	}
+	if u.GetKind() != "Gateway" {
+		return
 	}
 	servers, _ := stored.Object["spec"].(map[string]any)["servers"].([]any)
 	if len(servers) == 0 || servers[0].(map[string]any)["tls"].(map[string]any)["mode"] != "AUTO_PASSTHROUGH" {
 		t.Errorf("Gateway servers %v: want AUTO_PASSTHROUGH first", servers)
 	}
+}
+
+func mapper(t *testing.T) meta.RESTMapper {
+	t.Helper()
+	groups, err := restmapper.GetAPIGroupResources(cluster.API.Kube.Discovery())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return restmapper.NewDiscoveryRESTMapper(groups)
 }
 
 // asJSON compares decoded objects whatever their number types (YAML's float64, the dynamic

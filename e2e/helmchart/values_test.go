@@ -10,13 +10,16 @@ import (
 	"github.com/ewgate/ewgate/e2e/harness"
 )
 
-// TestHelmRefusesValues: values that cannot work fail the render with a message naming the value.
+// TestHelmRefusesValues: values that cannot work fail the render with a message naming the value
+// (values.schema.json for names and types, the templates for what depends on several values).
 func TestHelmRefusesValues(t *testing.T) {
 	for _, tc := range []struct {
 		name, values, want string
 	}{
-		{"mode", "mode: envoy\n", `mode "envoy": want istiod or standalone`},
-		{"network", "network: \"\"\n", "network is empty"},
+		{"mode", "mode: envoy\n", "at '/mode': value must be one of 'istiod', 'standalone'"},
+		{"misspelt value", "netwrok: network2\n", "additional properties 'netwrok' not allowed"},
+		{"misspelt nested value", "control:\n  cert: {secret: x}\n", "at '/control/cert': additional properties 'secret' not allowed"},
+		{"network", "network: \"\"\n", "at '/network'"},
 		{"grace", "drainTimeout: 60s\n", "terminationGracePeriodSeconds 45 is not longer than preStopSeconds 5 + drainTimeout 60s"},
 		{"metrics published", "service:\n  ports: [{name: metrics, port: 15020}]\n", "publishes port 15020"},
 		{"config and extraConfig", "config: \"log: {}\"\nextraConfig: {log: {level: debug}}\n", "config and extraConfig are both set"},

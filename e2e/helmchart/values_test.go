@@ -20,6 +20,8 @@ func TestHelmRefusesValues(t *testing.T) {
 		{"misspelt value", "netwrok: network2\n", "additional properties 'netwrok' not allowed"},
 		{"misspelt nested value", "control:\n  cert: {secret: x}\n", "at '/control/cert': additional properties 'secret' not allowed"},
 		{"network", "network: \"\"\n", "at '/network'"},
+		{"grace in minutes", "drainTimeout: 2m\nterminationGracePeriodSeconds: 120\n", "terminationGracePeriodSeconds 120 is not longer than preStopSeconds 5 + drainTimeout 2m"},
+		{"drain unit", "drainTimeout: 1h\n", `drainTimeout "1h": want whole seconds or minutes`},
 		{"grace", "drainTimeout: 60s\n", "terminationGracePeriodSeconds 45 is not longer than preStopSeconds 5 + drainTimeout 60s"},
 		{"metrics published", "service:\n  ports: [{name: metrics, port: 15020}]\n", "publishes port 15020"},
 		{"config and extraConfig", "config: \"log: {}\"\nextraConfig: {log: {level: debug}}\n", "config and extraConfig are both set"},

@@ -50,10 +50,13 @@ annotations:
 {{- fail "network is empty: set the network this gateway fronts (xds.node.network and the Service label topology.istio.io/network)" -}}
 {{- end -}}
 {{- $drain := .Values.drainTimeout | toString -}}
-{{- if not (regexMatch "^[0-9]+s$" $drain) -}}
-{{- fail (printf "drainTimeout %q: want whole seconds, e.g. 30s" $drain) -}}
+{{- if not (regexMatch "^[0-9]+(s|m)$" $drain) -}}
+{{- fail (printf "drainTimeout %q: want whole seconds or minutes, e.g. 30s or 2m" $drain) -}}
 {{- end -}}
 {{- $drainS := trimSuffix "s" $drain | int -}}
+{{- if hasSuffix "m" $drain -}}
+{{- $drainS = mul (trimSuffix "m" $drain | int) 60 -}}
+{{- end -}}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add $drainS (int .Values.preStopSeconds)) -}}
 {{- fail (printf "terminationGracePeriodSeconds %v is not longer than preStopSeconds %v + drainTimeout %s: the kubelet would kill a draining pod; raise it" .Values.terminationGracePeriodSeconds .Values.preStopSeconds $drain) -}}
 {{- end -}}

@@ -349,6 +349,8 @@ func TestHelmInstallUninstall(t *testing.T) {
 				}
 			}
 
+			checkUpgradeReloads(t, ctx, ns, release, objs)
+
 			if out, err := helm(t, ctx, "uninstall", release, "-n", ns, "--wait"); err != nil {
 				t.Fatalf("%v\n%s", err, out)
 			}
@@ -361,6 +363,39 @@ func TestHelmInstallUninstall(t *testing.T) {
 				t.Fatalf("after helm uninstall, still there: %v (%v)", left, err)
 			}
 		})
+	}
+}
+
+// checkUpgradeReloads: `helm upgrade` with another config value changes the ConfigMap and leaves
+// the Deployment's pod template alone (its generation does not move), so the pods reload the file
+// instead of being replaced, as docs/operations.md promises.
+func checkUpgradeReloads(t *testing.T, ctx context.Context, ns, release string, objs []map[string]any) {
+	t.Helper()
+	dep := unstructured.Unstructured{Object: one(t, objs, "Deployment")}
+	cm := unstructured.Unstructured{Object: one(t, objs, "ConfigMap")}
+	deps := cluster.API.Kube.AppsV1().Deployments(ns)
+	before, err := deps.Get(ctx, dep.GetName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := helm(t, ctx, "upgrade", release, chartDir(t), "-n", ns, "--reuse-values", "--set", "mesh.maxConnections=12345"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	after, err := deps.Get(ctx, dep.GetName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := cluster.API.Kube.CoreV1().ConfigMaps(ns).Get(ctx, cm.GetName(), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Generation != before.Generation {
+		t.Errorf("helm upgrade of a config value moved the Deployment from generation %d to %d: the pods would roll", before.Generation, after.Generation)
+	}
+	// A verbatim config (the value config) is not rendered from mesh.maxConnections.
+	rendered := strings.Contains(cm.Object["data"].(map[string]any)["ewgate.yaml"].(string), "Rendered by the ewgate chart")
+	if changed := strings.Contains(got.Data["ewgate.yaml"], "max_connections: 12345"); changed != rendered {
+		t.Errorf("after helm upgrade --set mesh.maxConnections=12345 (config rendered from values: %v) the ConfigMap holds:\n%s", rendered, got.Data["ewgate.yaml"])
 	}
 }
 

@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +37,15 @@ const (
 	// IstioVersion is Istio master of 2026-08-27: the module proxy serves no Istio release tags.
 	IstioVersion    = "v0.0.0-20260827124520-eed52ebb66ad"
 	IstioAPIVersion = "v1.31.4"
+	// HelmVersion is the helm CLI that renders, lints and installs deploy/helm/ewgate. It is a
+	// `go install module@version` of its own (like istiod), so its Kubernetes libraries (v0.37)
+	// never enter this module's graph, which pins Kubernetes v1.32.
+	HelmVersion = "v4.3.2"
+	// CertManagerVersion and PrometheusOperatorVersion give the CRDs of the kinds the Helm chart
+	// renders optionally (cert-manager's Certificate, the Prometheus Operator's PodMonitor and
+	// ServiceMonitor), so the apiserver checks those objects against their real schemas.
+	CertManagerVersion        = "v1.21.2"
+	PrometheusOperatorVersion = "v0.85.0"
 )
 
 // e2eModule is the module path that marks the e2e module root when searching upwards.
@@ -52,8 +60,9 @@ const EnvBuildKubectl = "EWGATE_BUILD_KUBECTL"
 
 // Layout is the cache directory and the e2e module it builds from.
 //
-//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent[,kubectl]}
+//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent,helm[,kubectl]}
 //	<Dir>/istio-crds.yaml
+//	<Dir>/chart-crds.yaml
 //	<Dir>/stamps/<step>.stamp
 //	<Dir>/.lock
 type Layout struct {
@@ -125,8 +134,27 @@ func (l Layout) Etcd() string           { return l.Bin("etcd") }
 func (l Layout) PilotDiscovery() string { return l.Bin("pilot-discovery") }
 func (l Layout) PilotAgent() string     { return l.Bin("pilot-agent") }
 
+// Helm is the cached helm CLI (HelmVersion).
+func (l Layout) Helm() string { return l.Bin("helm") }
+
 // IstioCRDs is the copy of istio.io/api's kubernetes/customresourcedefinitions.gen.yaml.
 func (l Layout) IstioCRDs() string { return filepath.Join(l.Dir, "istio-crds.yaml") }
+
+// ChartCRDs holds cert-manager's Certificate CRD and the Prometheus Operator's PodMonitor and
+// ServiceMonitor CRDs (chartCRDSources), for the Helm chart's test.
+func (l Layout) ChartCRDs() string { return filepath.Join(l.Dir, "chart-crds.yaml") }
+
+// chartCRDSources are module@version -> the CRD files copied out of it into ChartCRDs.
+var chartCRDSources = []struct {
+	module string
+	files  []string
+}{
+	{"github.com/cert-manager/cert-manager@" + CertManagerVersion, []string{"deploy/crds/cert-manager.io_certificates.yaml"}},
+	{"github.com/prometheus-operator/prometheus-operator@" + PrometheusOperatorVersion, []string{
+		"example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
+		"example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+	}},
+}
 
 // Kubectl is the kubectl to run: the cached build if there is one, else the one on the PATH.
 func (l Layout) Kubectl() (string, error) {
@@ -298,8 +326,66 @@ func steps(l Layout) []step {
 			outputs: []string{l.IstioCRDs()},
 			do:      func(ctx context.Context) error { return l.copyCRDs(ctx) },
 		},
+		{
+			name:    "chart-crds",
+			what:    "Certificate, PodMonitor, ServiceMonitor CRDs of cert-manager@" + CertManagerVersion + " and prometheus-operator@" + PrometheusOperatorVersion,
+			stamp:   fmt.Sprintf("chart-crds %v\n", chartCRDSources),
+			outputs: []string{l.ChartCRDs()},
+			do: func(ctx context.Context) error {
+				var docs [][]byte
+				for _, src := range chartCRDSources {
+					dir, err := moduleDir(ctx, src.module)
+					if err != nil {
+						return err
+					}
+					for _, f := range src.files {
+						b, err := os.ReadFile(filepath.Join(dir, f))
+						if err != nil {
+							return err
+						}
+						docs = append(docs, b)
+					}
+				}
+				return writeAtomic(l.ChartCRDs(), bytes.Join(docs, []byte("\n---\n")))
+			},
+		},
+		{
+			name:    "helm",
+			what:    "helm helm.sh/helm/v4@" + HelmVersion,
+			stamp:   fmt.Sprintf("helm helm.sh/helm/v4@%s %s CGO_ENABLED=0 ldflags=%q\n", HelmVersion, goVer, helmLDFlags()),
+			outputs: []string{l.Helm()},
+			do:      func(ctx context.Context) error { return l.installHelm(ctx) },
+		},
 		kubectl,
 	}
+}
+
+// helmLDFlags stamps the version `helm version` reports, as helm's Makefile does; without it
+// helm says v4.3 (its source default), and charts' semver checks of .Capabilities.HelmVersion
+// see no patch release.
+func helmLDFlags() string {
+	const v = "helm.sh/helm/v4/internal/version"
+	return "-X " + v + ".version=" + HelmVersion + " -X " + v + ".gitTreeState=clean"
+}
+
+// installHelm runs `go install helm.sh/helm/v4/cmd/helm@HelmVersion` outside any module (its own
+// module graph, like istiod) into a temporary GOBIN and renames the binary into bin/, so an
+// interrupted build never leaves a half-written helm behind.
+func (l Layout) installHelm(ctx context.Context) error {
+	tmp, err := os.MkdirTemp(filepath.Join(l.Dir, "bin"), ".helm-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	cmd := exec.CommandContext(ctx, "go", "install", "-trimpath", "-ldflags", helmLDFlags(),
+		"helm.sh/helm/v4/cmd/helm@"+HelmVersion)
+	cmd.Dir = os.TempDir() // outside any module: `go install pkg@version`
+	// CGO_ENABLED=0 as helm's own release build (its Makefile's default).
+	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "GOWORK=off", "CGO_ENABLED=0")
+	if err := run(cmd); err != nil {
+		return err
+	}
+	return os.Rename(filepath.Join(tmp, "helm"), l.Helm())
 }
 
 // goBuild builds a main package of the e2e module into out (atomically: a failed build leaves
@@ -324,40 +410,46 @@ func (l Layout) goBuild(ctx context.Context, out, pkg, ldflags string, tags ...s
 }
 
 func (l Layout) copyCRDs(ctx context.Context) error {
-	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", "istio.io/api@"+IstioAPIVersion)
+	dir, err := moduleDir(ctx, "istio.io/api@"+IstioAPIVersion)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "kubernetes", "customresourcedefinitions.gen.yaml"))
+	if err != nil {
+		return err
+	}
+	return writeAtomic(l.IstioCRDs(), b)
+}
+
+// moduleDir downloads module@version into the module cache (`go mod download -json`, outside any
+// module) and returns its directory there.
+func moduleDir(ctx context.Context, moduleAtVersion string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", moduleAtVersion)
 	cmd.Dir = os.TempDir()
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
+		return "", fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
 	}
 	var mod struct{ Dir, Error string }
 	if err := json.Unmarshal(stdout.Bytes(), &mod); err != nil {
-		return fmt.Errorf("go mod download output: %w", err)
+		return "", fmt.Errorf("go mod download output: %w", err)
 	}
 	if mod.Error != "" || mod.Dir == "" {
-		return fmt.Errorf("go mod download: %q", mod.Error)
+		return "", fmt.Errorf("go mod download %s: %q", moduleAtVersion, mod.Error)
 	}
-	src, err := os.Open(filepath.Join(mod.Dir, "kubernetes", "customresourcedefinitions.gen.yaml"))
-	if err != nil {
+	return mod.Dir, nil
+}
+
+// writeAtomic writes b to path through a temporary file and a rename.
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return err
 	}
-	defer src.Close()
-	tmp := l.IstioCRDs() + ".tmp"
-	dst, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		dst.Close()
-		return err
-	}
-	if err := dst.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, l.IstioCRDs())
+	return os.Rename(tmp, path)
 }
 
 func run(cmd *exec.Cmd) error {

@@ -178,25 +178,35 @@ func Main(m *testing.M, o Options, shared **Cluster) int {
 	fmt.Fprintf(os.Stderr, "e2e: cluster up in %s (apiserver %s, istiod %v)\n",
 		time.Since(t0).Round(10*time.Millisecond), c.API.URL, c.Istiod != nil)
 	*shared = c
+	return runTests(m, c)
+}
 
+// peerSet is what runTests stops: the peers a package's tests share.
+type peerSet interface {
+	Stop()
+	PrintLogTails(w io.Writer, n int)
+}
+
+// runTests runs the package's tests with ps started, prints the peers' log tails if anything
+// failed, and stops ps and every other peer, also on SIGINT/SIGTERM.
+func runTests(m *testing.M, ps peerSet) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		if s, ok := <-sigs; ok {
 			fmt.Fprintf(os.Stderr, "e2e: %v: stopping the peers\n", s)
-			c.Stop()
+			ps.Stop()
 			StopAll()
 			RemoveTempRoot()
 			os.Exit(130)
 		}
 	}()
-
 	code := m.Run()
 	signal.Stop(sigs)
 	if code != 0 {
-		c.PrintLogTails(os.Stderr, 40)
+		ps.PrintLogTails(os.Stderr, 40)
 	}
-	c.Stop()
+	ps.Stop()
 	StopAll()
 	return code
 }

@@ -7,10 +7,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -322,26 +320,7 @@ func MainMulti(m *testing.M, o MultiOptions, shared **MultiCluster) int {
 	fmt.Fprintf(os.Stderr, "e2e: two clusters up in %s (%s %s, %s %s)\n", time.Since(t0).Round(10*time.Millisecond),
 		mc.A.ID, mc.A.API.URL, mc.B.ID, mc.B.API.URL)
 	*shared = mc
-
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		if s, ok := <-sigs; ok {
-			fmt.Fprintf(os.Stderr, "e2e: %v: stopping the peers\n", s)
-			mc.Stop()
-			StopAll()
-			RemoveTempRoot()
-			os.Exit(130)
-		}
-	}()
-	code := m.Run()
-	signal.Stop(sigs)
-	if code != 0 {
-		mc.PrintLogTails(os.Stderr, 40)
-	}
-	mc.Stop()
-	StopAll()
-	return code
+	return runTests(m, mc)
 }
 
 // locatePeers finds the peers' cache and fills it if something is missing.

@@ -47,6 +47,7 @@ type Gateway struct {
 	stopReloads context.CancelFunc
 	bg          sync.WaitGroup // the reload owner and the file watcher
 	cfg         *config.File   // the serving config: the reload owner's, then Shutdown's
+	started     *config.File   // the config Start served: what restart-only settings still are
 
 	shutdown    sync.Once
 	shutdownErr error
@@ -62,7 +63,7 @@ func Start(cfg *config.File, opts Options) (*Gateway, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	g := &Gateway{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), reloads: make(chan string, 1)}
+	g := &Gateway{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), reloads: make(chan string, 1), started: cfg}
 	g.logWarnings(cfg, "start")
 	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.dp = dataplane.New(dataplane.Options{Logger: g.log, Registerer: g.reg})

@@ -3,11 +3,13 @@
 //
 //	ewgate serve --config FILE     serve until SIGTERM/SIGINT; SIGHUP or a file change reloads
 //	ewgate check --config FILE     validate FILE; exit 0 when valid (printing any warnings), 1 with the errors when not
+//	                               (--offline: all but the files it names, for CI away from the host)
 //	ewgate vm-config ...           write a VM's onboarding bundle (docs/vm-onboarding.md)
 //	ewgate version                 print the version
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -26,7 +28,8 @@ const usage = `usage: ewgate <command> [flags]
 
 commands:
   serve --config FILE [--log-format json|console]   run the gateway
-  check --config FILE                               validate a config file (exit 0 valid, 1 not)
+  check --config FILE [--offline]                   validate a config file (exit 0 valid, 1 not);
+                                                    --offline: all but that the files it names exist
   vm-config --group NS/NAME --out DIR ...           write a VM's onboarding bundle (-h for flags)
   version                                           print the version
 `
@@ -42,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "serve":
-		return cmdServe(args[1:], stderr)
+		return cmdServe(args[1:], stdout, stderr)
 	case "check":
 		return cmdCheck(args[1:], stdout, stderr)
 	case "vm-config":
@@ -69,15 +72,29 @@ func versionString() string {
 	return "dev"
 }
 
-// configFlag parses the flags shared by serve and check.
-func configFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (string, error) {
-	fs := flag.NewFlagSet("ewgate "+name, flag.ContinueOnError)
+// parseFlags parses args into fs. -h or --help prints the usage on stdout and returns
+// flag.ErrHelp (the command exits 0); a flag error prints the usage on stderr.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	var out bytes.Buffer
+	fs.SetOutput(&out)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		stdout.Write(out.Bytes())
+	} else {
+		stderr.Write(out.Bytes())
+	}
 	fs.SetOutput(stderr)
+	return err
+}
+
+// configFlag parses the flags shared by serve and check.
+func configFlags(name string, args []string, stdout, stderr io.Writer, extra func(*flag.FlagSet)) (string, error) {
+	fs := flag.NewFlagSet("ewgate "+name, flag.ContinueOnError)
 	path := fs.String("config", "", "path of the YAML config file (required)")
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return "", err
 	}
 	if *path == "" {
@@ -90,12 +107,22 @@ func configFlags(name string, args []string, stderr io.Writer, extra func(*flag.
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, err := configFlags("check", args, stderr, nil)
+	var offline bool
+	path, err := configFlags("check", args, stdout, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&offline, "offline", false, "check everything except that the files the config names exist and can be read (linting a config away from its host, in CI)")
+	})
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ewgate check: %v\n", err)
 		return 2
 	}
-	f, err := config.Load(path)
+	load := config.Load
+	if offline {
+		load = config.LoadOffline
+	}
+	f, err := load(path)
 	if err != nil {
 		fmt.Fprintf(stderr, "%v\n", err)
 		return 1

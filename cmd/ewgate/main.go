@@ -21,8 +21,13 @@ import (
 	"github.com/ewgate/ewgate/gateway/config"
 )
 
-// version is set at build time (-ldflags "-X main.version=...").
-var version = ""
+// version and revision are set at build time (the Makefile: -ldflags "-X main.version=$(git
+// describe ...) -X main.revision=$(git rev-parse HEAD)"); a plain `go build` falls back to the
+// module version and the VCS stamp Go records (none with -buildvcs=false).
+var (
+	version  = ""
+	revision = ""
+)
 
 const usage = `usage: ewgate <command> [flags]
 
@@ -51,7 +56,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "vm-config":
 		return cmdVMConfig(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "ewgate %s %s %s/%s\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		fmt.Fprintf(stdout, "ewgate %s (revision %s) %s %s/%s\n", versionString(), revisionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
@@ -85,6 +90,20 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error
 	}
 	fs.SetOutput(stderr)
 	return err
+}
+
+func revisionString() string {
+	if revision != "" {
+		return revision
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
 }
 
 // configFlag parses the flags shared by serve and check.

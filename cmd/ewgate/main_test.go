@@ -366,3 +366,57 @@ func TestCheckOfflineShippedConfigs(t *testing.T) {
 		t.Errorf("check --offline of a broken overlay: %v\n%s; want exit 1 naming drain_timeout only", err, out)
 	}
 }
+
+// Stopping `make run` by its PID stops ewgate: deploy/local/run.sh (what make run runs) forwards
+// SIGTERM to ewgate, waits for its drain and stops the demo backend, so the ports are free when it
+// exits (before, the script died and left ewgate holding them: the next make run failed with
+// "address already in use").
+func TestRunScriptStopsByPID(t *testing.T) {
+	raw, err := os.ReadFile(example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoAddr, meshAddr := freeAddr(t), freeAddr(t)
+	_, demoPort, _ := net.SplitHostPort(demoAddr)
+	cfg := strings.NewReplacer("ports: {tls: 18443}", "ports: {tls: "+demoPort+"}",
+		"127.0.0.1:15000", "127.0.0.1:0", "127.0.0.1:15020", "127.0.0.1:0", "127.0.0.1:15021", "127.0.0.1:0", "127.0.0.1:15443", meshAddr, "127.0.0.1:15444", "127.0.0.1:0", "127.0.0.1:15010", "127.0.0.1:0",
+		"127.0.0.1:18443", demoAddr, "drain_timeout: 30s", "drain_timeout: 5s",
+	).Replace(string(raw))
+	path := filepath.Join(t.TempDir(), "ewgate.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "../../deploy/local/run.sh", binDir)
+	cmd.Env = append(os.Environ(), "EWGATE_CONFIG="+path, "DEMO_LISTEN="+demoAddr)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	testkit.Eventually(t, "ewgate serving the mesh port", func() bool {
+		c, err := net.Dial("tcp", meshAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	cmd.Process.Signal(syscall.SIGTERM) // the script's PID, as `kill PID` does
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run.sh after SIGTERM: %v\n%s", err, out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("run.sh did not exit after SIGTERM\n%s", out.String())
+	}
+	for _, addr := range []string{meshAddr, demoAddr} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("%s still held after run.sh exited: %v\n%s", addr, err, out.String())
+		}
+		ln.Close()
+	}
+}

@@ -51,7 +51,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync()
-	if err := serve(cfg, gateway.Options{Path: path, Loaded: raw, Logger: log, Level: &level, Version: versionString()}); err != nil {
+	if err := serve(cfg, gateway.Options{Path: path, Loaded: raw, Logger: log, Level: &level, Version: versionString(), Revision: revisionString()}); err != nil {
 		log.Error("ewgate stopped", zap.Error(err))
 		return 1
 	}

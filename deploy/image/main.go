@@ -143,7 +143,7 @@ func build(binary []byte, arch string, m meta) ([]string, map[string][]byte, str
 			Annotations: map[string]string{"org.opencontainers.image.ref.name": tag, "io.containerd.image.name": "ewgate:" + tag,
 				"org.opencontainers.image.revision": m.revision, "org.opencontainers.image.source": source,
 				"org.opencontainers.image.created": epoch.Format(time.RFC3339)},
-			Platform:    &platform{Architecture: arch, OS: "linux"},
+			Platform: &platform{Architecture: arch, OS: "linux"},
 		}},
 	})
 	files := map[string][]byte{"oci-layout": []byte(`{"imageLayoutVersion":"1.0.0"}`), "index.json": index}

@@ -66,7 +66,8 @@ type Gateway struct {
 	epoll     atomic.Pointer[splice.Engine] // the epoll relay engine; nil when relaying with goroutines
 	wg        sync.WaitGroup                // accept loops and connection handlers
 
-	clusterConns clusterConns // open relayed connections per listener and cluster
+	clusterConns clusterConns             // open relayed connections per listener and cluster
+	routed       map[listenerCluster]bool // the pairs whose series routedSeries keeps; g.mu
 }
 
 // New returns a Gateway with no listeners; Apply starts serving.
@@ -168,6 +169,7 @@ func (g *Gateway) swapLocked() {
 	g.pending.Store(xdsPending(g.cfg, g.dynamic))
 	g.m.snapshotVer.Set(float64(s.Version))
 	g.m.snapshotAt.Set(float64(s.Built.Unix()))
+	g.routed = g.m.routedSeries(g.routed, s, g.clusterConns.copy())
 }
 
 // bindNew binds every listener of f that is not already bound at the same address. On error it

@@ -122,6 +122,7 @@ func (m *metrics) initListener(name string) {
 	m.active.WithLabelValues(name)
 	m.opened.WithLabelValues(name)
 	m.acceptFails.WithLabelValues(name)
+	m.peek.WithLabelValues(name)
 	for _, r := range refusalResults {
 		m.conns.WithLabelValues(name, "", r)
 	}
@@ -135,4 +136,38 @@ func (m *metrics) configApplied(ok bool, at time.Time) {
 	}
 	m.lastReloadOK.Set(1)
 	m.lastReloadAt.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// routedSeries keeps a series of ewgate_bytes_total (each direction) and of
+// ewgate_connections_total{result="ok"} for every cluster the serving routes give each listener,
+// created at zero when the cluster appears and deleted, with all its results, when it is gone
+// from the routes and has no connection left (open: the pairs that still have one; they are
+// deleted at a later swap). The series of a cluster are thus there from the start, and bounded
+// by the routes however many clusters come and go.
+func (m *metrics) routedSeries(prev map[listenerCluster]bool, s *Snapshot, open map[listenerCluster]int64) map[listenerCluster]bool {
+	next := map[listenerCluster]bool{}
+	for _, name := range s.listenerNames() {
+		for _, c := range s.tables[name].clusters() {
+			k := listenerCluster{name, c.Name}
+			next[k] = true
+			if !prev[k] {
+				m.bytes.WithLabelValues(name, c.Name, "upstream")
+				m.bytes.WithLabelValues(name, c.Name, "downstream")
+				m.conns.WithLabelValues(name, c.Name, resultOK)
+			}
+		}
+	}
+	for k := range prev {
+		if next[k] {
+			continue
+		}
+		if open[k] > 0 {
+			next[k] = true // still relaying: forgotten at a later swap
+			continue
+		}
+		labels := prometheus.Labels{"listener": k.listener, "cluster": k.cluster}
+		m.bytes.DeletePartialMatch(labels)
+		m.conns.DeletePartialMatch(labels)
+	}
+	return next
 }

@@ -123,6 +123,18 @@ func TestClusterMetricsFollowSnapshots(t *testing.T) {
 		return !ok
 	})
 	g.wantSeries("ewgate_connections_total", map[string]string{"listener": "mesh", "cluster": reviews, "result": "ok"}, 4)
+	// The routed cluster's byte and ok series exist from its first snapshot; those of the
+	// removed cluster go at the next swap, now that its last connection has ended.
+	g.wantSeries("ewgate_bytes_total", map[string]string{"listener": "mesh", "cluster": other, "direction": "upstream"}, 0)
+	g.wantSeries("ewgate_connections_total", map[string]string{"listener": "mesh", "cluster": other, "result": "ok"}, 0)
+	if err := g.Apply(mustParse(t, meshYAML("", cluster(other, "mesh", "round_robin", be.addr())))); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"ewgate_bytes_total", "ewgate_connections_total"} {
+		if v := g.counter(name, map[string]string{"cluster": reviews}); v != 0 {
+			t.Errorf("%s of the removed cluster still exported (%v)", name, v)
+		}
+	}
 }
 
 // A refused config sets ewgate_config_last_reload_successful to 0 and leaves the timestamp of

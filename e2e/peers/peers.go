@@ -38,6 +38,9 @@ const (
 	// IstioVersion is Istio master of 2026-08-27: the module proxy serves no Istio release tags.
 	IstioVersion    = "v0.0.0-20260827124520-eed52ebb66ad"
 	IstioAPIVersion = "v1.31.4"
+	// PromtoolVersion is github.com/prometheus/prometheus (Prometheus 3.x's module version) whose
+	// promtool checks and unit-tests deploy/monitoring's alert rules.
+	PromtoolVersion = "v0.316.0"
 )
 
 // e2eModule is the module path that marks the e2e module root when searching upwards.
@@ -52,7 +55,7 @@ const EnvBuildKubectl = "EWGATE_BUILD_KUBECTL"
 
 // Layout is the cache directory and the e2e module it builds from.
 //
-//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent[,kubectl]}
+//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent,promtool[,kubectl]}
 //	<Dir>/istio-crds.yaml
 //	<Dir>/stamps/<step>.stamp
 //	<Dir>/.lock
@@ -124,6 +127,7 @@ func (l Layout) APIServer() string      { return l.Bin("kube-apiserver") }
 func (l Layout) Etcd() string           { return l.Bin("etcd") }
 func (l Layout) PilotDiscovery() string { return l.Bin("pilot-discovery") }
 func (l Layout) PilotAgent() string     { return l.Bin("pilot-agent") }
+func (l Layout) Promtool() string       { return l.Bin("promtool") }
 
 // IstioCRDs is the copy of istio.io/api's kubernetes/customresourcedefinitions.gen.yaml.
 func (l Layout) IstioCRDs() string { return filepath.Join(l.Dir, "istio-crds.yaml") }
@@ -299,6 +303,20 @@ func steps(l Layout) []step {
 			do:      func(ctx context.Context) error { return l.copyCRDs(ctx) },
 		},
 		kubectl,
+		{
+			name:    "promtool",
+			what:    "promtool github.com/prometheus/prometheus@" + PromtoolVersion,
+			stamp:   fmt.Sprintf("promtool github.com/prometheus/prometheus@%s %s\n", PromtoolVersion, goVer),
+			outputs: []string{l.Promtool()},
+			do: func(ctx context.Context) error {
+				// Its own module graph (outside this module), as istiod's: Prometheus's
+				// dependencies never meet Kubernetes's here.
+				cmd := exec.CommandContext(ctx, "go", "install", "github.com/prometheus/prometheus/cmd/promtool@"+PromtoolVersion)
+				cmd.Dir = os.TempDir()
+				cmd.Env = append(os.Environ(), "GOBIN="+filepath.Join(l.Dir, "bin"), "GOWORK=off")
+				return run(cmd)
+			},
+		},
 	}
 }
 

@@ -5,6 +5,7 @@
 //	ewgate check --config FILE     validate FILE; exit 0 when valid (printing any warnings), 1 with the errors when not
 //	                               (--offline: all but the files it names, for CI away from the host)
 //	ewgate vm-config ...           write a VM's onboarding bundle (docs/vm-onboarding.md)
+//	ewgate certs control ...       write the 15012 serving certificate (istiod.istio-system.svc) and its CA
 //	ewgate version                 print the version
 package main
 
@@ -36,6 +37,7 @@ commands:
   check --config FILE [--offline]                   validate a config file (exit 0 valid, 1 not);
                                                     --offline: all but that the files it names exist
   vm-config --group NS/NAME --out DIR ...           write a VM's onboarding bundle (-h for flags)
+  certs control --out DIR [--ca-dir DIR]            write the VM control endpoint's (15012) serving certificate
   version                                           print the version
 `
 
@@ -55,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args[1:], stdout, stderr)
 	case "vm-config":
 		return cmdVMConfig(args[1:], stdout, stderr)
+	case "certs":
+		return cmdCerts(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "ewgate %s (revision %s) %s %s/%s\n", versionString(), revisionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

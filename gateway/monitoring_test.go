@@ -179,13 +179,13 @@ func metricNames(q string) []string {
 
 func TestMetricNames(t *testing.T) {
 	for q, want := range map[string][]string{
-		`sum by (job, instance) (rate(ewgate_control_auth_total{result=~"expired|bad_audience"}[10m])) > 0.05`: {"ewgate_control_auth_total"},
-		`ewgate_connections_active / ignoring(scope) ewgate_listener_max_connections{scope="listener"} > 0.8`:  {"ewgate_connections_active", "ewgate_listener_max_connections"},
+		`sum by (job, instance) (rate(ewgate_control_auth_total{result=~"expired|bad_audience"}[10m])) > 0.05`:                                {"ewgate_control_auth_total"},
+		`ewgate_connections_active / ignoring(scope) ewgate_listener_max_connections{scope="listener"} > 0.8`:                                 {"ewgate_connections_active", "ewgate_listener_max_connections"},
 		`histogram_quantile(0.99, sum by (le, listener) (rate(ewgate_client_hello_seconds_bucket{instance=~"$instance"}[$__rate_interval])))`: {"ewgate_client_hello_seconds_bucket"},
-		`ewgate_cluster_healthy_endpoints == 0 and ewgate_cluster_endpoints > 0`: {"ewgate_cluster_healthy_endpoints", "ewgate_cluster_endpoints"},
-		`time() - ewgate_config_last_reload_success_timestamp_seconds{instance=~"$instance"}`: {"ewgate_config_last_reload_success_timestamp_seconds"},
+		`ewgate_cluster_healthy_endpoints == 0 and ewgate_cluster_endpoints > 0`:                                                              {"ewgate_cluster_healthy_endpoints", "ewgate_cluster_endpoints"},
+		`time() - ewgate_config_last_reload_success_timestamp_seconds{instance=~"$instance"}`:                                                 {"ewgate_config_last_reload_success_timestamp_seconds"},
 		`up{job=~".*ewgate.*"} == 0`: {"up"},
-		`1e3 * x`:                   {"x"},
+		`1e3 * x`:                    {"x"},
 	} {
 		if got := metricNames(q); !slices.Equal(got, want) {
 			t.Errorf("metricNames(%q) = %v, want %v", q, got, want)

@@ -2,8 +2,16 @@
 SHELL := /bin/bash
 GO ?= go
 BIN := bin
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -s -w -X main.version=$(VERSION)
+# The version as `git describe --tags --dirty` gives it (v1.2.0, v1.2.0-3-gabc123def456-dirty);
+# before the first tag v0.0.0-<commits>-g<hash>[-dirty]; outside a git checkout "dev". The
+# revision is the full commit; SOURCE_DATE_EPOCH its time (the image's date). All three are
+# stamped into the binary and shown by `ewgate version` and ewgate_build_info.
+VERSION ?= $(shell git describe --tags --match 'v[0-9]*' --dirty --abbrev=12 2>/dev/null || \
+	{ n=$$(git rev-list --count HEAD 2>/dev/null) && h=$$(git rev-parse --short=12 HEAD) && \
+	  d=$$(git diff --quiet HEAD -- 2>/dev/null || echo -dirty) && echo "v0.0.0-$$n-g$$h$$d"; } || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1)
+LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 
 .PHONY: all build run test unit vet fuzz tools browser e2e bench flood image clean
 
@@ -82,7 +90,8 @@ flood:
 IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
 image:
 	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS) -buildid=' -o $(BIN)/ewgate-linux-$(IMAGE_ARCH) ./cmd/ewgate
-	$(GO) run ./deploy/image -binary $(BIN)/ewgate-linux-$(IMAGE_ARCH) -arch $(IMAGE_ARCH) -tag $(VERSION) -out $(BIN)/ewgate-image.tar
+	$(GO) run ./deploy/image -binary $(BIN)/ewgate-linux-$(IMAGE_ARCH) -arch $(IMAGE_ARCH) -tag $(VERSION) \
+		-revision $(REVISION) -created $(SOURCE_DATE_EPOCH) -out $(BIN)/ewgate-image.tar
 
 clean:
 	rm -rf $(BIN)

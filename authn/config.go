@@ -247,7 +247,7 @@ func (is *IssuerConfig) validate(p string, add func(path, format string, args ..
 		}
 	case is.JWKSFile != "":
 		if data, err := os.ReadFile(is.JWKSFile); err != nil {
-			add(p+".jwks_file", "cannot read: %v", err)
+			add(p+".jwks_file", field.CannotRead+"%v", err)
 		} else if _, _, err := parseJWKS(data); err != nil {
 			add(p+".jwks_file", "%v", err)
 		}

@@ -12,6 +12,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/config/field"
 )
 
 // maxBody caps what we read from a JWKS, discovery or TokenReview response.
@@ -21,7 +23,7 @@ const maxBody = 1 << 20
 func loadPool(file string) (*x509.CertPool, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read: %v", err)
+		return nil, fmt.Errorf(field.CannotRead+"%v", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(data) {

@@ -6,6 +6,7 @@ package deploy_test
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,8 +81,12 @@ func TestSystemdUnitKeys(t *testing.T) {
 	if got := u.get("Service", "CapabilityBoundingSet"); got != "" {
 		t.Errorf("CapabilityBoundingSet=%q, want empty (no capability at all)", got)
 	}
-	if got := u.get("Service", "ExecReload"); !strings.Contains(got, "-HUP $MAINPID") {
-		t.Errorf("ExecReload=%q, want a SIGHUP to $MAINPID (ewgate reloads on SIGHUP)", got)
+	// systemd runs ExecReload lines in order and stops at the first that fails: the check
+	// first, so `systemctl reload` fails on an invalid file instead of reporting success.
+	reload := u["Service"]["ExecReload"]
+	if len(reload) != 2 || reload[0] != u.get("Service", "ExecStartPre") || !strings.Contains(reload[0], "ewgate check --config /etc/ewgate/ewgate.yaml") ||
+		!strings.Contains(reload[1], "-HUP $MAINPID") {
+		t.Errorf("ExecReload=%q, want `ewgate check --config /etc/ewgate/ewgate.yaml` (as ExecStartPre) then a SIGHUP to $MAINPID", reload)
 	}
 	if got := u.get("Service", "ExecStart"); !strings.HasSuffix(got, "ewgate serve --config /etc/ewgate/ewgate.yaml") {
 		t.Errorf("ExecStart=%q", got)
@@ -180,5 +185,59 @@ func copyTree(t *testing.T, from, to string) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSystemdReloadChecksFirst runs the unit's ExecReload lines as systemd does (in order, the
+// first failure ends the reload and fails it), with the real ewgate binary and a stand-in main
+// process: on an invalid file the reload fails and no SIGHUP is sent; on a valid one the main
+// process gets its SIGHUP. (Before, the lone kill -HUP made systemctl report success for an
+// invalid file.)
+func TestSystemdReloadChecksFirst(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ewgate")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/ewgate").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(dir, "ewgate.yaml")
+	reload := func(t *testing.T, mainPID int) error {
+		for _, line := range parseUnit(t, unitPath)["Service"]["ExecReload"] {
+			line = strings.NewReplacer("/usr/local/bin/ewgate", bin, "/etc/ewgate/ewgate.yaml", cfg,
+				"$MAINPID", strconv.Itoa(mainPID)).Replace(line)
+			f := strings.Fields(line)
+			if out, err := exec.Command(f[0], f[1:]...).CombinedOutput(); err != nil {
+				return fmt.Errorf("%s: %v\n%s", line, err, out)
+			}
+		}
+		return nil
+	}
+	for _, tc := range []struct {
+		name, config string
+		wantHUP      bool
+	}{
+		{"invalid", "listeners:\n  - {name: mesh, kind: mesh, address: nowhere}\n", false},
+		{"valid", "listeners:\n  - {name: mesh, kind: mesh, address: 127.0.0.1:0}\n", true},
+	} {
+		write(t, cfg, tc.config, 0o644)
+		main := exec.Command("sleep", "300") // the stand-in main process: SIGHUP ends it
+		if err := main.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- main.Wait() }()
+		err := reload(t, main.Process.Pid)
+		if (err == nil) != tc.wantHUP {
+			t.Errorf("%s file: reload error %v; want failure %v", tc.name, err, !tc.wantHUP)
+		}
+		if !tc.wantHUP {
+			main.Process.Kill()
+			if werr := <-done; !strings.Contains(fmt.Sprint(werr), "killed") {
+				t.Errorf("%s file: the main process got a signal before the kill: %v", tc.name, werr)
+			}
+			continue
+		}
+		if werr := <-done; !strings.Contains(fmt.Sprint(werr), "hangup") {
+			t.Errorf("%s file: main process ended with %v; want the SIGHUP", tc.name, werr)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // imageTools are the real OCI tools the image test drives; each Debian package is named as its
@@ -45,13 +46,27 @@ func TestImageInRealOCITools(t *testing.T) {
 		t.Errorf("skopeo inspect: %+v, want digest %s, os linux, one layer", inspect, digest)
 	}
 	var config struct {
-		Config struct {
+		Created time.Time `json:"created"`
+		Config  struct {
 			User       string
 			Entrypoint []string
 			Cmd        []string
+			Labels     map[string]string
 		} `json:"config"`
 	}
 	mustJSON(t, run(t, "", "skopeo", "inspect", "--config", archive), &config)
+	// Dated by the commit, labelled with where it comes from (before: 1970, no source or revision).
+	commitTime := strings.TrimSpace(run(t, "..", "git", "log", "-1", "--format=%cI"))
+	revision := strings.TrimSpace(run(t, "..", "git", "rev-parse", "HEAD"))
+	if want, err := time.Parse(time.RFC3339, commitTime); err != nil || !config.Created.Equal(want) {
+		t.Errorf("image created %v, want the commit time %s (%v)", config.Created, commitTime, err)
+	}
+	for k, want := range map[string]string{"org.opencontainers.image.revision": revision, "org.opencontainers.image.version": tag,
+		"org.opencontainers.image.source": "https://github.com/ewgate/ewgate"} {
+		if got := config.Config.Labels[k]; got != want {
+			t.Errorf("label %s = %q, want %q", k, got, want)
+		}
+	}
 	if c := config.Config; c.User != "65532:65532" || strings.Join(c.Entrypoint, " ") != "/ewgate" ||
 		strings.Join(c.Cmd, " ") != "serve --config /etc/ewgate/config/ewgate.yaml" {
 		t.Errorf("image config %+v: want user 65532:65532, entrypoint /ewgate, cmd serve --config /etc/ewgate/config/ewgate.yaml", c)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"net/http"
+	"runtime"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,8 +27,11 @@ type Options struct {
 	Logger *zap.Logger
 	// Level, if set, follows log.level at each reload.
 	Level *zap.AtomicLevel
-	// Version is reported to the xDS server in the node and logged at start.
+	// Version is reported to the xDS server in the node, logged at start and exported in
+	// ewgate_build_info. Empty: "dev".
 	Version string
+	// Revision is the source commit, exported in ewgate_build_info. Empty: "unknown".
+	Revision string
 
 	openKube kubeOpener // nil: the Kubernetes store (tests, which have no API server, set it)
 }
@@ -47,6 +51,7 @@ type Gateway struct {
 	stopReloads context.CancelFunc
 	bg          sync.WaitGroup // the reload owner and the file watcher
 	cfg         *config.File   // the serving config: the reload owner's, then Shutdown's
+	started     *config.File   // the config Start served: what restart-only settings still are
 
 	shutdown    sync.Once
 	shutdownErr error
@@ -62,9 +67,10 @@ func Start(cfg *config.File, opts Options) (*Gateway, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	g := &Gateway{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), reloads: make(chan string, 1)}
+	g := &Gateway{opts: opts, log: opts.Logger, reg: prometheus.NewRegistry(), reloads: make(chan string, 1), started: cfg}
 	g.logWarnings(cfg, "start")
-	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfo(opts.Version, opts.Revision))
 	g.dp = dataplane.New(dataplane.Options{Logger: g.log, Registerer: g.reg})
 	g.health = newControlHealth(g.reg)
 	g.health.set(func(h *controlHealth) { h.configured.Store(cfg.Control != nil) })
@@ -97,7 +103,7 @@ func Start(cfg *config.File, opts Options) (*Gateway, error) {
 	}
 	g.bg.Go(func() { g.watch(ctx, cfg.Reload.WatchInterval, loaded) })
 	g.bg.Go(func() { g.ownReloads(ctx) })
-	g.log.Info("ewgate serving", zap.String("version", opts.Version), zap.String("config", opts.Path))
+	g.log.Info("ewgate serving", zap.String("version", opts.Version), zap.String("revision", opts.Revision), zap.String("config", opts.Path))
 	return g, nil
 }
 
@@ -152,3 +158,21 @@ func (g *Gateway) stop(ctx context.Context) error {
 
 // handler is the debug admin server's handler (every page).
 func (g *Gateway) handler() http.Handler { return g.admin.debug }
+
+// buildInfo is ewgate_build_info{version,revision,goversion} 1, as Prometheus and Istio export
+// theirs: join it in queries to see which build serves (group_left).
+func buildInfo(version, revision string) prometheus.Collector {
+	if version == "" {
+		version = "dev"
+	}
+	if revision == "" {
+		revision = "unknown"
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "ewgate_build_info",
+		Help:        "Always 1; the labels say which build runs: version, revision (source commit) and goversion.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()},
+	})
+	g.Set(1)
+	return g
+}

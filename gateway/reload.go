@@ -61,6 +61,14 @@ func (g *Gateway) reload(why string) {
 			g.logWarnings(cfg, "reload")
 			err = g.apply(cfg)
 			if err == nil {
+				if keys := restartKeys(g.started, cfg); len(keys) > 0 {
+					// Applied, except these: the components they configure keep what they
+					// started with. Said and counted, never silently kept.
+					g.dp.RecordRestartRequired()
+					g.log.Warn("config reloaded; restart to apply", zap.String("trigger", why),
+						zap.Uint64("snapshot", g.dp.Snapshot().Version), zap.Strings("keys", keys))
+					return
+				}
 				g.log.Info("config reloaded", zap.String("trigger", why), zap.Uint64("snapshot", g.dp.Snapshot().Version))
 				return
 			}

@@ -45,6 +45,9 @@ func newMetrics(reg prometheus.Registerer, owned func() float64) (*metrics, erro
 	if reg == nil {
 		return m, nil
 	}
+	for _, r := range errorReasons { // present at zero from the start
+		m.errors.WithLabelValues(r)
+	}
 	for _, c := range []prometheus.Collector{m.registrations, m.reconciles, m.disconnects, m.deletes, m.takeovers, m.errors, m.owned} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
@@ -52,6 +55,10 @@ func newMetrics(reg prometheus.Registerer, owned func() float64) (*metrics, erro
 	}
 	return m, nil
 }
+
+// errorReasons are the ewgate_registrar_errors_total reasons reasonOf and the lease loop give.
+var errorReasons = []string{"group_not_found", "denied", "address_refused", "reserved_label", "invalid_node", "conflict",
+	"foreign_entry", "name_taken", "watch_gone", "store", "lease"}
 
 // reasonOf names an error for the errors_total metric.
 func reasonOf(err error) string {

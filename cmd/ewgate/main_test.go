@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -310,4 +311,112 @@ func sClient(t *testing.T, args ...string) string {
 		}
 	}
 	return b.String()
+}
+
+// -h and --help print the usage on stdout and exit 0, for the command and each subcommand
+// (before, the subcommands' went to stderr with status 2); a wrong flag still exits 2.
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"help"}, {"serve", "-h"}, {"check", "--help"}, {"vm-config", "-h"}} {
+		var stdout, stderr bytes.Buffer
+		cmd := ewgate(args...)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Errorf("%v: %v (stderr %q)", args, err, stderr.String())
+		}
+		if !strings.Contains(stdout.String(), "usage") && !strings.Contains(stdout.String(), "Usage") {
+			t.Errorf("%v: no usage on stdout: %q", args, stdout.String())
+		}
+	}
+	err := ewgate("check", "--no-such-flag").Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Errorf("a wrong flag: %v; want exit 2", err)
+	}
+}
+
+// ewgate check --offline passes every config shipped under deploy/ (they name certificate files
+// of the host or pod they are for), and still refuses what is wrong in them; without --offline
+// the overlays fail on their missing files.
+func TestCheckOfflineShippedConfigs(t *testing.T) {
+	files, _ := filepath.Glob("../../deploy/*/ewgate.yaml")
+	overlays, _ := filepath.Glob("../../deploy/kubernetes/overlays/*/ewgate.yaml")
+	files = append(files, overlays...)
+	if len(overlays) < 2 || len(files) < 3 {
+		t.Fatalf("shipped configs: %v", files)
+	}
+	for _, f := range files {
+		out, err := ewgate("check", "--offline", "--config", f).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), ": valid (") {
+			t.Errorf("check --offline %s: %v\n%s", f, err, out)
+		}
+	}
+	for _, f := range overlays {
+		out, err := ewgate("check", "--config", f).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "cannot read: ") {
+			t.Errorf("check %s on a host without its files: %v\n%s; want the missing files named", f, err, out)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	raw, err := os.ReadFile(overlays[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(bad, append(raw, []byte("drain_timeout: soon\n")...), 0o600)
+	out, err := ewgate("check", "--offline", "--config", bad).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || strings.Contains(string(out), "cannot read") || !strings.Contains(string(out), "drain_timeout") {
+		t.Errorf("check --offline of a broken overlay: %v\n%s; want exit 1 naming drain_timeout only", err, out)
+	}
+}
+
+// Stopping `make run` by its PID stops ewgate: deploy/local/run.sh (what make run runs) forwards
+// SIGTERM to ewgate, waits for its drain and stops the demo backend, so the ports are free when it
+// exits (before, the script died and left ewgate holding them: the next make run failed with
+// "address already in use").
+func TestRunScriptStopsByPID(t *testing.T) {
+	raw, err := os.ReadFile(example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	demoAddr, meshAddr := freeAddr(t), freeAddr(t)
+	_, demoPort, _ := net.SplitHostPort(demoAddr)
+	cfg := strings.NewReplacer("ports: {tls: 18443}", "ports: {tls: "+demoPort+"}",
+		"127.0.0.1:15000", "127.0.0.1:0", "127.0.0.1:15020", "127.0.0.1:0", "127.0.0.1:15021", "127.0.0.1:0", "127.0.0.1:15443", meshAddr, "127.0.0.1:15444", "127.0.0.1:0", "127.0.0.1:15010", "127.0.0.1:0",
+		"127.0.0.1:18443", demoAddr, "drain_timeout: 30s", "drain_timeout: 5s",
+	).Replace(string(raw))
+	path := filepath.Join(t.TempDir(), "ewgate.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "../../deploy/local/run.sh", binDir)
+	cmd.Env = append(os.Environ(), "EWGATE_CONFIG="+path, "DEMO_LISTEN="+demoAddr)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	testkit.Eventually(t, "ewgate serving the mesh port", func() bool {
+		c, err := net.Dial("tcp", meshAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	cmd.Process.Signal(syscall.SIGTERM) // the script's PID, as `kill PID` does
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run.sh after SIGTERM: %v\n%s", err, out.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("run.sh did not exit after SIGTERM\n%s", out.String())
+	}
+	for _, addr := range []string{meshAddr, demoAddr} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("%s still held after run.sh exited: %v\n%s", addr, err, out.String())
+		}
+		ln.Close()
+	}
 }

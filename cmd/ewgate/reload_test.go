@@ -50,3 +50,49 @@ func TestReloadStormUnderRace(t *testing.T) {
 		t.Fatalf("a reload was refused: %v", refused[0])
 	}
 }
+
+// A reload that changes a restart-only key applies what it can, keeps the running value of that
+// key, and says so: the warning names each key and ewgate_config_reloads_total{result=
+// "restart_required"} counts it (before, it logged "config reloaded" and kept the old address
+// silently).
+func TestReloadNamesRestartOnlyKeys(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ewgate.yaml")
+	admin, moved := freeAddr(t), freeAddr(t)
+	body := func(adminAddr, listener string) []byte {
+		return []byte("admin: {address: " + adminAddr + "}\nreload: {watch_interval: -1s}\ndrain_timeout: 1s\n" +
+			"listeners:\n  - {name: " + listener + ", kind: mesh, address: 127.0.0.1:0}\n")
+	}
+	if err := os.WriteFile(path, body(admin, "mesh"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, path)
+	p.addr(t, "mesh")
+	if err := os.WriteFile(path, body(moved, "mesh2"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	testkit.Eventually(t, "the reload's warning", func() bool { return len(p.find("config reloaded; restart to apply")) == 1 })
+	l := p.find("config reloaded; restart to apply")[0]
+	if keys, _ := l["keys"].([]any); len(keys) != 1 || keys[0] != "admin.address" {
+		t.Fatalf("warning names keys %v; want [admin.address]", l["keys"])
+	}
+	if l["level"] != "warn" {
+		t.Fatalf("warning logged at %v", l["level"])
+	}
+	p.addr(t, "mesh2") // the rest of the file was applied
+	code, metrics := httpGet(t, "http://"+admin+"/metrics")
+	if code != 200 || !strings.Contains(metrics, `ewgate_config_reloads_total{result="restart_required"} 1`) {
+		t.Fatalf("metrics on the running admin address: %d\n%s", code, metrics)
+	}
+	// Back to the running value: nothing to restart for.
+	if err := os.WriteFile(path, body(admin, "mesh"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	testkit.Eventually(t, "a plain reload", func() bool { return len(p.find("config reloaded")) == 1 })
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-p.done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,11 +19,14 @@ import (
 	"github.com/ewgate/ewgate/gateway/config"
 )
 
-func cmdServe(args []string, stderr io.Writer) int {
+func cmdServe(args []string, stdout, stderr io.Writer) int {
 	var logFormat string
-	path, err := configFlags("serve", args, stderr, func(fs *flag.FlagSet) {
+	path, err := configFlags("serve", args, stdout, stderr, func(fs *flag.FlagSet) {
 		fs.StringVar(&logFormat, "log-format", "", "json or console (overrides log.format)")
 	})
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ewgate serve: %v\n", err)
 		return 2
@@ -47,7 +51,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer log.Sync()
-	if err := serve(cfg, gateway.Options{Path: path, Loaded: raw, Logger: log, Level: &level, Version: versionString()}); err != nil {
+	if err := serve(cfg, gateway.Options{Path: path, Loaded: raw, Logger: log, Level: &level, Version: versionString(), Revision: revisionString()}); err != nil {
 		log.Error("ewgate stopped", zap.Error(err))
 		return 1
 	}

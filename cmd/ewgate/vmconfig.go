@@ -53,10 +53,9 @@ type vmFlags struct {
 	issuer     string // standalone: iss of the tokens ewgate signs
 }
 
-func parseVMFlags(args []string, stderr io.Writer) (*vmFlags, error) {
+func parseVMFlags(args []string, stdout, stderr io.Writer) (*vmFlags, error) {
 	f := &vmFlags{}
 	fs := flag.NewFlagSet("ewgate vm-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.StringVar(&f.group, "group", "", "the WorkloadGroup the VM joins, namespace/name (required)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "cluster mode: kubeconfig of the cluster holding the group (TokenRequest, group read)")
 	fs.StringVar(&f.config, "config", "", "standalone mode: ewgate's config file (workload_groups, CA, cluster); the token is signed by ewgate's key")
@@ -73,9 +72,9 @@ func parseVMFlags(args []string, stderr io.Writer) (*vmFlags, error) {
 	fs.StringVar(&f.meshRoot, "mesh-root", "", "PEM mesh root; default: the istio-ca-root-cert ConfigMap (cluster) or the built-in CA (standalone)")
 	fs.StringVar(&f.san, "istiod-san", defaultSAN, "the name ewgate's serving certificate carries and the agent checks")
 	fs.DurationVar(&f.duration, "token-duration", time.Hour, "validity of istio-token")
-	fs.StringVar(&f.keyDir, "token-key-dir", "/var/lib/ewgate/vm-tokens", "standalone: directory of the VM-token signing key (created on first use) and its JWKS")
+	fs.StringVar(&f.keyDir, "token-key-dir", "", "standalone: directory of the VM-token signing key (created on first use); default and only allowed value: the directory of the jwks_file the config's authn issuer for --issuer names")
 	fs.StringVar(&f.issuer, "issuer", defaultVMIssuer, "standalone: the iss of the tokens ewgate signs (an authn.issuers entry must name it)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -342,7 +341,10 @@ func rootBundle(servingCA, meshRoot []byte) ([]byte, error) {
 }
 
 func cmdVMConfig(args []string, stdout, stderr io.Writer) int {
-	f, err := parseVMFlags(args, stderr)
+	f, err := parseVMFlags(args, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "ewgate vm-config: %v\n", err)
 		return 2

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -211,8 +212,26 @@ workload_groups:
 	}
 	out := filepath.Join(dir, "bundle")
 	args := []string{"vm-config", "--config", cfgPath, "--group", "vms/web", "--out", out, "--ewgate-address", "127.0.0.1",
-		"--internal-ip", "10.0.0.5", "--serving-ca", servingCA, "--token-key-dir", keyDir}
+		"--internal-ip", "10.0.0.5", "--serving-ca", servingCA}
 	var stdout, stderr bytes.Buffer
+	// A --cluster-id the gateway refuses for these tokens, and a key directory other than the
+	// one the config reads the JWKS from, are refused before anything is written (before, the
+	// key went to the flag's default directory and the bundle named any cluster).
+	for _, tc := range []struct{ extra, want string }{
+		{"--cluster-id=cluster2", "--cluster-id cluster2: ewgate refuses it for tokens of https://ewgate.local/vm-tokens (" + cfgPath + " accepts cluster cluster1)"},
+		{"--token-key-dir=" + filepath.Join(dir, "elsewhere"), "reads its keys from " + filepath.Join(keyDir, "vm-token-jwks.json")},
+	} {
+		stderr.Reset()
+		if code := run(append(args, tc.extra), &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), tc.want) {
+			t.Fatalf("%s: exit %d, %s; want 1 and %q", tc.extra, code, stderr.String(), tc.want)
+		}
+		if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s: a bundle was written (%v)", tc.extra, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "elsewhere")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a key was written outside the config's key directory")
+	}
 	if code := run(args, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
@@ -222,6 +241,9 @@ workload_groups:
 	}
 	if strings.Contains(stdout.String()+stderr.String(), string(token)) {
 		t.Fatal("the token was printed")
+	}
+	if st, err := os.Stat(filepath.Join(keyDir, vmTokenKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("the signing key is not in the config's key directory %s: %v", keyDir, err)
 	}
 	env, _ := os.ReadFile(filepath.Join(out, "cluster.env"))
 	if e := envFile(t, env); e["ISTIO_META_CLUSTER_ID"] != "cluster1" || e["ISTIO_META_NETWORK"] != "vmnet" || e["SERVICE_ACCOUNT"] != "web" {

@@ -25,11 +25,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/ewgate/ewgate/authn"
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/meshca"
 )
@@ -40,8 +43,9 @@ const (
 	vmTokenJWKSFile = "vm-token-jwks.json"
 )
 
-// vmTokenKey loads the signing key from dir, creating it (and the JWKS beside it) on first use.
-func vmTokenKey(dir string) (*ecdsa.PrivateKey, string, error) {
+// vmTokenKey loads the signing key from dir, creating it on first use, and writes its public
+// key to jwksPath.
+func vmTokenKey(dir, jwksPath string) (*ecdsa.PrivateKey, string, error) {
 	path := filepath.Join(dir, vmTokenKeyFile)
 	b, err := os.ReadFile(path)
 	switch {
@@ -85,7 +89,7 @@ func vmTokenKey(dir string) (*ecdsa.PrivateKey, string, error) {
 		return nil, "", err
 	}
 	// Rewritten every time, so a deleted or stale JWKS heals itself.
-	if err := os.WriteFile(filepath.Join(dir, vmTokenJWKSFile), append(jwks, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(jwksPath, append(jwks, '\n'), 0o644); err != nil {
 		return nil, "", err
 	}
 	return key, kid, nil
@@ -136,7 +140,22 @@ func signVMToken(key *ecdsa.PrivateKey, kid, issuer, ns, sa string, now time.Tim
 // without the issuer the control endpoint has nothing to authenticate with and the config is
 // refused too. Otherwise a standalone ewgate whose VMs use these tokens has no first step.
 func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
-	key, kid, err := vmTokenKey(f.keyDir)
+	// The files the config names may not exist yet (the JWKS is written here): everything
+	// else is checked now, and the whole config once the key exists.
+	pre, err := config.LoadOffline(f.config)
+	if err != nil {
+		return nil, err
+	}
+	is, err := tokenIssuer(f, pre)
+	if err != nil {
+		return nil, err
+	}
+	keyDir := filepath.Dir(is.JWKSFile)
+	if f.keyDir != "" && filepath.Clean(f.keyDir) != keyDir {
+		return nil, fmt.Errorf("--token-key-dir %s: %s's authn issuer %s reads its keys from %s: leave --token-key-dir out, or point jwks_file into it",
+			f.keyDir, f.config, f.issuer, is.JWKSFile)
+	}
+	key, kid, err := vmTokenKey(keyDir, is.JWKSFile)
 	if err != nil {
 		return nil, fmt.Errorf("VM token key: %w", err)
 	}
@@ -155,12 +174,20 @@ func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
 	if !found {
 		return nil, fmt.Errorf("%s: no workload_groups entry %s/%s", f.config, ns, name)
 	}
+	accepted := acceptedClusters(cfg, is)
+	if f.clusterID != "" && !slices.Contains(accepted, f.clusterID) {
+		return nil, fmt.Errorf("--cluster-id %s: ewgate refuses it for tokens of %s (%s accepts cluster %s): leave --cluster-id out or pass one of those",
+			f.clusterID, f.issuer, f.config, strings.Join(accepted, ", "))
+	}
 	if cfg.Control != nil {
 		for _, u := range cfg.Control.Upstreams {
 			if u.Builtin {
 				b.ClusterID = u.Cluster
 			}
 		}
+	}
+	if is.Cluster != "" {
+		b.ClusterID = is.Cluster // what the verified identity carries
 	}
 	if b.ClusterID == "" && f.clusterID == "" {
 		return nil, fmt.Errorf("%s: no control.upstreams entry with builtin: true; pass --cluster-id", f.config)
@@ -196,4 +223,36 @@ func standaloneMeshRoot(f *vmFlags, cfg *config.File) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(a.RootPEM()), nil
+}
+
+// tokenIssuer is the config's authn issuer entry for the tokens vm-config signs (--issuer):
+// without one naming a jwks_file, ewgate would refuse every such token.
+func tokenIssuer(f *vmFlags, cfg *config.File) (*authn.IssuerConfig, error) {
+	if cfg.Authn != nil {
+		for i := range cfg.Authn.Issuers {
+			if is := &cfg.Authn.Issuers[i]; is.Issuer == f.issuer {
+				if is.JWKSFile == "" {
+					return nil, fmt.Errorf("%s: authn.issuers[%d] (%s) has no jwks_file: name the file vm-config writes its public key to (for example /var/lib/ewgate/vm-tokens/%s)", f.config, i, f.issuer, vmTokenJWKSFile)
+				}
+				return is, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%s: no authn.issuers entry with issuer %s, so ewgate would refuse the token: add one with jwks_file: /var/lib/ewgate/vm-tokens/%s (docs/vm-identity.md)", f.config, f.issuer, vmTokenJWKSFile)
+}
+
+// acceptedClusters are the cluster IDs ewgate accepts from a VM holding a token of is: the
+// issuer's cluster (the verified identity's; another is refused as cluster_mismatch), else the
+// clusters of control.upstreams.
+func acceptedClusters(cfg *config.File, is *authn.IssuerConfig) []string {
+	if is.Cluster != "" {
+		return []string{is.Cluster}
+	}
+	var out []string
+	if cfg.Control != nil {
+		for _, u := range cfg.Control.Upstreams {
+			out = append(out, u.Cluster)
+		}
+	}
+	return out
 }

@@ -20,11 +20,32 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"time"
 )
 
-// epoch is every timestamp in the image: reproducible, and not the zero time some tools refuse.
-var epoch = time.Unix(1, 0).UTC()
+// source is the repository the image is built from (org.opencontainers.image.source).
+const source = "https://github.com/ewgate/ewgate"
+
+// meta is what the image says about its build: every timestamp in it is created (the commit's
+// time, SOURCE_DATE_EPOCH-style), so the same commit gives the same bytes and the image's date
+// is its source's, not 1970.
+type meta struct {
+	tag      string    // the version: image tag and org.opencontainers.image.version
+	revision string    // the source commit
+	created  time.Time // the commit time
+}
+
+func (m meta) labels() map[string]string {
+	return map[string]string{
+		"org.opencontainers.image.title":    "ewgate",
+		"org.opencontainers.image.version":  m.tag,
+		"org.opencontainers.image.revision": m.revision,
+		"org.opencontainers.image.source":   source,
+		"org.opencontainers.image.created":  m.created.UTC().Format(time.RFC3339),
+		"org.opencontainers.image.licenses": "Apache-2.0",
+	}
+}
 
 type descriptor struct {
 	MediaType   string            `json:"mediaType"`
@@ -51,7 +72,7 @@ func newBlob(b []byte) blob {
 
 // layer is a gzipped tar holding the binary as /ewgate; it returns the layer and the digest of
 // its uncompressed tar (the config's diff_id).
-func layer(binary []byte) (blob, string, error) {
+func layer(binary []byte, epoch time.Time) (blob, string, error) {
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
 	hdr := &tar.Header{Name: "ewgate", Mode: 0o755, Size: int64(len(binary)), ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}
@@ -88,8 +109,9 @@ func mustJSON(v any) []byte {
 }
 
 // build returns the files of the OCI layout, in the order they are written.
-func build(binary []byte, arch, tag string) ([]string, map[string][]byte, string, error) {
-	l, diffID, err := layer(binary)
+func build(binary []byte, arch string, m meta) ([]string, map[string][]byte, string, error) {
+	epoch, tag := m.created.UTC(), m.tag
+	l, diffID, err := layer(binary, epoch)
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -102,7 +124,7 @@ func build(binary []byte, arch, tag string) ([]string, map[string][]byte, string
 			"Entrypoint":   []string{"/ewgate"},
 			"Cmd":          []string{"serve", "--config", "/etc/ewgate/config/ewgate.yaml"},
 			"ExposedPorts": map[string]any{"15012/tcp": map[string]any{}, "15020/tcp": map[string]any{}, "15021/tcp": map[string]any{}, "15443/tcp": map[string]any{}},
-			"Labels":       map[string]string{"org.opencontainers.image.title": "ewgate", "org.opencontainers.image.version": tag},
+			"Labels":       m.labels(),
 		},
 		"rootfs":  map[string]any{"type": "layers", "diff_ids": []string{diffID}},
 		"history": []map[string]any{{"created": epoch.Format(time.RFC3339), "created_by": "deploy/image: the static ewgate binary"}},
@@ -118,8 +140,10 @@ func build(binary []byte, arch, tag string) ([]string, map[string][]byte, string
 		"mediaType":     "application/vnd.oci.image.index.v1+json",
 		"manifests": []descriptor{{
 			MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: manifest.digest, Size: int64(len(manifest.data)),
-			Annotations: map[string]string{"org.opencontainers.image.ref.name": tag, "io.containerd.image.name": "ewgate:" + tag},
-			Platform:    &platform{Architecture: arch, OS: "linux"},
+			Annotations: map[string]string{"org.opencontainers.image.ref.name": tag, "io.containerd.image.name": "ewgate:" + tag,
+				"org.opencontainers.image.revision": m.revision, "org.opencontainers.image.source": source,
+				"org.opencontainers.image.created": epoch.Format(time.RFC3339)},
+			Platform: &platform{Architecture: arch, OS: "linux"},
 		}},
 	})
 	files := map[string][]byte{"oci-layout": []byte(`{"imageLayoutVersion":"1.0.0"}`), "index.json": index}
@@ -132,7 +156,7 @@ func build(binary []byte, arch, tag string) ([]string, map[string][]byte, string
 	return order, files, manifest.digest, nil
 }
 
-func writeTar(path string, order []string, files map[string][]byte) error {
+func writeTar(path string, order []string, files map[string][]byte, epoch time.Time) error {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, dir := range []string{"blobs/", "blobs/sha256/"} {
@@ -158,15 +182,27 @@ func main() {
 	binary := flag.String("binary", "", "the static linux ewgate binary (required)")
 	out := flag.String("out", "ewgate-image.tar", "the OCI image-layout tarball to write")
 	arch := flag.String("arch", runtime.GOARCH, "the binary's GOARCH")
-	tag := flag.String("tag", "dev", "the image tag (ref.name annotation)")
+	tag := flag.String("tag", "dev", "the image tag (ref.name annotation) and version label")
+	revision := flag.String("revision", "unknown", "the source commit (org.opencontainers.image.revision)")
+	created := flag.Int64("created", sourceDateEpoch(), "unix seconds of the commit (org.opencontainers.image.created and every timestamp in the image); default $SOURCE_DATE_EPOCH")
 	flag.Parse()
-	if err := run(*binary, *out, *arch, *tag); err != nil {
+	if *created <= 0 {
+		fmt.Fprintf(os.Stderr, "image: -created (or SOURCE_DATE_EPOCH) is required: the commit time, e.g. from git log -1 --format=%%ct\n")
+		os.Exit(2)
+	}
+	if err := run(*binary, *out, *arch, meta{tag: *tag, revision: *revision, created: time.Unix(*created, 0)}); err != nil {
 		fmt.Fprintf(os.Stderr, "image: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(binary, out, arch, tag string) error {
+// sourceDateEpoch is $SOURCE_DATE_EPOCH (reproducible-builds.org), or 0.
+func sourceDateEpoch() int64 {
+	n, _ := strconv.ParseInt(os.Getenv("SOURCE_DATE_EPOCH"), 10, 64)
+	return n
+}
+
+func run(binary, out, arch string, m meta) error {
 	if binary == "" {
 		return fmt.Errorf("-binary is required")
 	}
@@ -174,13 +210,13 @@ func run(binary, out, arch, tag string) error {
 	if err != nil {
 		return err
 	}
-	order, files, digest, err := build(b, arch, tag)
+	order, files, digest, err := build(b, arch, m)
 	if err != nil {
 		return err
 	}
-	if err := writeTar(out, order, files); err != nil {
+	if err := writeTar(out, order, files, m.created.UTC()); err != nil {
 		return err
 	}
-	fmt.Printf("%s: ewgate:%s %s (manifest digest)\n", out, tag, digest)
+	fmt.Printf("%s: ewgate:%s %s (manifest digest)\n", out, m.tag, digest)
 	return nil
 }

@@ -10,10 +10,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestImageReproducibleAndMinimal builds the image twice from the same binary: the tarballs are
 // byte-identical; the image runs as a non-root user and its only layer holds only /ewgate.
+var testMeta = meta{tag: "v1", revision: "0123456789abcdef0123456789abcdef01234567", created: time.Date(2026, 12, 4, 20, 0, 0, 0, time.UTC)}
+
 func TestImageReproducibleAndMinimal(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "ewgate")
@@ -23,7 +26,7 @@ func TestImageReproducibleAndMinimal(t *testing.T) {
 	var tars [][]byte
 	for i := range 2 {
 		out := filepath.Join(dir, "image"+string(rune('a'+i))+".tar")
-		if err := run(bin, out, "amd64", "v1"); err != nil {
+		if err := run(bin, out, "amd64", testMeta); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(out)
@@ -46,12 +49,28 @@ func TestImageReproducibleAndMinimal(t *testing.T) {
 	}
 	mustUnmarshal(t, blobOf(t, files, index.Manifests[0].Digest), &manifest)
 	var config struct {
-		Config struct {
-			User       string   `json:"User"`
-			Entrypoint []string `json:"Entrypoint"`
+		Created string `json:"created"`
+		Config  struct {
+			User       string            `json:"User"`
+			Entrypoint []string          `json:"Entrypoint"`
+			Labels     map[string]string `json:"Labels"`
 		} `json:"config"`
 	}
 	mustUnmarshal(t, blobOf(t, files, manifest.Config.Digest), &config)
+	// The build's provenance, dated by its commit (before: no source or revision, and 1970).
+	if config.Created != "2026-12-04T20:00:00Z" {
+		t.Errorf("created %q, want the commit time 2026-12-04T20:00:00Z", config.Created)
+	}
+	for k, want := range map[string]string{
+		"org.opencontainers.image.source":   "https://github.com/ewgate/ewgate",
+		"org.opencontainers.image.revision": testMeta.revision,
+		"org.opencontainers.image.version":  "v1",
+		"org.opencontainers.image.created":  "2026-12-04T20:00:00Z",
+	} {
+		if got := config.Config.Labels[k]; got != want {
+			t.Errorf("label %s = %q, want %q", k, got, want)
+		}
+	}
 	if config.Config.User != "65532:65532" || strings.Join(config.Config.Entrypoint, " ") != "/ewgate" {
 		t.Errorf("config %+v: want user 65532:65532, entrypoint /ewgate", config.Config)
 	}

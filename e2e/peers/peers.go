@@ -46,6 +46,9 @@ const (
 	// ServiceMonitor), so the apiserver checks those objects against their real schemas.
 	CertManagerVersion        = "v1.21.2"
 	PrometheusOperatorVersion = "v0.85.0"
+	// PromtoolVersion is github.com/prometheus/prometheus (Prometheus 3.x's module version) whose
+	// promtool checks and unit-tests deploy/monitoring's alert rules.
+	PromtoolVersion = "v0.316.0"
 )
 
 // e2eModule is the module path that marks the e2e module root when searching upwards.
@@ -60,7 +63,7 @@ const EnvBuildKubectl = "EWGATE_BUILD_KUBECTL"
 
 // Layout is the cache directory and the e2e module it builds from.
 //
-//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent,helm[,kubectl]}
+//	<Dir>/bin/{kube-apiserver,etcd,pilot-discovery,pilot-agent,helm,promtool[,kubectl]}
 //	<Dir>/istio-crds.yaml
 //	<Dir>/chart-crds.yaml
 //	<Dir>/stamps/<step>.stamp
@@ -133,6 +136,7 @@ func (l Layout) APIServer() string      { return l.Bin("kube-apiserver") }
 func (l Layout) Etcd() string           { return l.Bin("etcd") }
 func (l Layout) PilotDiscovery() string { return l.Bin("pilot-discovery") }
 func (l Layout) PilotAgent() string     { return l.Bin("pilot-agent") }
+func (l Layout) Promtool() string       { return l.Bin("promtool") }
 
 // Helm is the cached helm CLI (HelmVersion).
 func (l Layout) Helm() string { return l.Bin("helm") }
@@ -357,6 +361,20 @@ func steps(l Layout) []step {
 			do:      func(ctx context.Context) error { return l.installHelm(ctx) },
 		},
 		kubectl,
+		{
+			name:    "promtool",
+			what:    "promtool github.com/prometheus/prometheus@" + PromtoolVersion,
+			stamp:   fmt.Sprintf("promtool github.com/prometheus/prometheus@%s %s\n", PromtoolVersion, goVer),
+			outputs: []string{l.Promtool()},
+			do: func(ctx context.Context) error {
+				// Its own module graph (outside this module), as istiod's: Prometheus's
+				// dependencies never meet Kubernetes's here.
+				cmd := exec.CommandContext(ctx, "go", "install", "github.com/prometheus/prometheus/cmd/promtool@"+PromtoolVersion)
+				cmd.Dir = os.TempDir()
+				cmd.Env = append(os.Environ(), "GOBIN="+filepath.Join(l.Dir, "bin"), "GOWORK=off")
+				return run(cmd)
+			},
+		},
 	}
 }
 

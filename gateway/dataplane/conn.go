@@ -202,6 +202,7 @@ func (c *conn) cut() {
 func (c *conn) done() {
 	if c.endpoint != nil {
 		c.endpoint.state.active.Add(-1)
+		c.g.clusterConns.add(c.l.name, c.cluster.Name, -1)
 	}
 	if c.source.IsValid() {
 		c.l.sources.Release(c.source)

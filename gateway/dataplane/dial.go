@@ -36,6 +36,7 @@ func (c *conn) dial() bool {
 			c.upstream, c.endpoint = up, e
 			c.up = int64(len(c.peeked))
 			e.state.active.Add(1)
+			c.g.clusterConns.add(c.l.name, cl.Name, 1)
 			return true
 		}
 		lastErr = err

@@ -65,6 +65,9 @@ type Gateway struct {
 	relayCfg  *Relay                        // the relay settings of the first config; nil before it
 	epoll     atomic.Pointer[splice.Engine] // the epoll relay engine; nil when relaying with goroutines
 	wg        sync.WaitGroup                // accept loops and connection handlers
+
+	clusterConns clusterConns             // open relayed connections per listener and cluster
+	routed       map[listenerCluster]bool // the pairs whose series routedSeries keeps; g.mu
 }
 
 // New returns a Gateway with no listeners; Apply starts serving.
@@ -82,6 +85,9 @@ func New(opts Options) *Gateway {
 		g.log = zap.NewNop()
 	}
 	g.registerEngineMetrics(opts.Registerer)
+	if opts.Registerer != nil {
+		opts.Registerer.MustRegister(&clusterCollector{g: g})
+	}
 	if g.now == nil {
 		g.now = time.Now
 	}
@@ -101,17 +107,17 @@ func (g *Gateway) Apply(f *Config) error {
 		return ErrShutdown
 	}
 	if err := g.startEngineLocked(f.Relay); err != nil {
-		g.m.reloads.WithLabelValues("failed").Inc()
+		g.recordFailedLocked()
 		return err
 	}
 	f, err := g.planFilesLocked(f)
 	if err != nil {
-		g.m.reloads.WithLabelValues("failed").Inc()
+		g.recordFailedLocked()
 		return err
 	}
 	bound, err := g.bindNew(f)
 	if err != nil {
-		g.m.reloads.WithLabelValues("failed").Inc()
+		g.recordFailedLocked()
 		return err
 	}
 	for _, lc := range f.Listeners {
@@ -145,7 +151,11 @@ func (g *Gateway) Apply(f *Config) error {
 		g.wg.Add(1)
 		go g.acceptLoop(l)
 	}
-	g.m.reloads.WithLabelValues("ok").Inc()
+	for _, lc := range f.Listeners {
+		g.m.initListener(lc.Name)
+	}
+	g.m.reloads.WithLabelValues(ReloadOK).Inc()
+	g.m.configApplied(true, g.now())
 	g.ready.Store(true)
 	return nil
 }
@@ -159,6 +169,7 @@ func (g *Gateway) swapLocked() {
 	g.pending.Store(xdsPending(g.cfg, g.dynamic))
 	g.m.snapshotVer.Set(float64(s.Version))
 	g.m.snapshotAt.Set(float64(s.Built.Unix()))
+	g.routed = g.m.routedSeries(g.routed, s, g.clusterConns.copy())
 }
 
 // bindNew binds every listener of f that is not already bound at the same address. On error it
@@ -192,7 +203,17 @@ func (g *Gateway) bindNew(f *Config) (map[string]*listener, error) {
 
 // RecordConfigError counts a configuration that was refused before it reached Apply (it did not
 // parse or validate); the serving config is unchanged.
-func (g *Gateway) RecordConfigError() { g.m.reloads.WithLabelValues("failed").Inc() }
+func (g *Gateway) RecordConfigError() { g.recordFailedLocked() }
+
+// RecordRestartRequired counts a reload that was applied but changed keys only a restart
+// applies (ewgate_config_reloads_total{result="restart_required"}, besides its "ok").
+func (g *Gateway) RecordRestartRequired() { g.m.reloads.WithLabelValues(ReloadRestartRequired).Inc() }
+
+// recordFailedLocked counts a refused configuration (the metrics need no lock; Apply holds g.mu).
+func (g *Gateway) recordFailedLocked() {
+	g.m.reloads.WithLabelValues(ReloadFailed).Inc()
+	g.m.configApplied(false, g.now())
+}
 
 // Snapshot returns the route snapshot serving new connections (nil before the first Apply).
 func (g *Gateway) Snapshot() *Snapshot { return g.snap.Load() }

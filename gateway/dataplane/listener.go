@@ -74,6 +74,7 @@ func (g *Gateway) acceptLoop(l *listener) {
 		}
 		l.active.Add(1)
 		g.m.active.WithLabelValues(l.name).Inc()
+		g.m.opened.WithLabelValues(l.name).Inc()
 		g.track(c)
 		g.wg.Add(1)
 		go c.serve()

@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -19,6 +21,9 @@ type metrics struct {
 	relayFallbacks prometheus.Counter
 	acceptFails    *prometheus.CounterVec // listener
 	maxConns       *prometheus.GaugeVec   // listener, scope
+	opened         *prometheus.CounterVec // listener
+	lastReloadOK   prometheus.Gauge
+	lastReloadAt   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -67,10 +72,102 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ewgate_listener_max_connections",
 			Help: "The connection caps in force, by listener and scope (listener: max_connections, as set or as shared out of the open-file limit; source: max_connections_per_source).",
 		}, []string{"listener", "scope"}),
+		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_connections_opened_total",
+			Help: "Connections accepted and admitted (under max_connections and max_connections_per_source), by listener, counted when they open: rate() shows long-lived connections, which ewgate_connections_total counts only when they end.",
+		}, []string{"listener"}),
+		lastReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ewgate_config_last_reload_successful",
+			Help: "1 when the last configuration load (the start, a SIGHUP or a file change) was applied, 0 when it was refused and the previous config kept serving.",
+		}),
+		lastReloadAt: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ewgate_config_last_reload_success_timestamp_seconds",
+			Help: "When a configuration was last applied (unix seconds).",
+		}),
+	}
+	for _, r := range reloadResults {
+		m.reloads.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.active, m.conns, m.bytes, m.peek, m.connectFail, m.ejections, m.reloads,
-			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks, m.acceptFails, m.maxConns)
+			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks, m.acceptFails, m.maxConns,
+			m.opened, m.lastReloadOK, m.lastReloadAt)
 	}
 	return m
+}
+
+// Results of ewgate_config_reloads_total, present from the start. restart_required: a reload
+// that was applied but changed keys only a restart applies (the gateway package counts it).
+var reloadResults = []string{ReloadOK, ReloadFailed, ReloadRestartRequired}
+
+// ewgate_config_reloads_total results.
+const (
+	ReloadOK              = "ok"
+	ReloadFailed          = "failed"
+	ReloadRestartRequired = "restart_required"
+)
+
+// refusalResults are the results a connection can end with before a cluster is chosen: each
+// listener's series for them exist from its first config on, at 0, so rate() and increase() see
+// the first refusal.
+var refusalResults = []string{
+	resultOverLimit, resultOverSource, resultProxyProtocol,
+	"hello_timeout", "hello_too_large", "hello_truncated", "not_tls", "no_sni", "malformed_hello",
+	"not_istio_name", "no_istio_alpn", "unknown_sni", "mesh_name_on_ingress", "not_exported",
+}
+
+// initListener creates a listener's series at zero (they stay after the listener is removed:
+// counters of a name reused later continue).
+func (m *metrics) initListener(name string) {
+	m.active.WithLabelValues(name)
+	m.opened.WithLabelValues(name)
+	m.acceptFails.WithLabelValues(name)
+	m.peek.WithLabelValues(name)
+	for _, r := range refusalResults {
+		m.conns.WithLabelValues(name, "", r)
+	}
+}
+
+// configApplied records the outcome of a configuration load in the last-reload gauges.
+func (m *metrics) configApplied(ok bool, at time.Time) {
+	if !ok {
+		m.lastReloadOK.Set(0)
+		return
+	}
+	m.lastReloadOK.Set(1)
+	m.lastReloadAt.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// routedSeries keeps a series of ewgate_bytes_total (each direction) and of
+// ewgate_connections_total{result="ok"} for every cluster the serving routes give each listener,
+// created at zero when the cluster appears and deleted, with all its results, when it is gone
+// from the routes and has no connection left (open: the pairs that still have one; they are
+// deleted at a later swap). The series of a cluster are thus there from the start, and bounded
+// by the routes however many clusters come and go.
+func (m *metrics) routedSeries(prev map[listenerCluster]bool, s *Snapshot, open map[listenerCluster]int64) map[listenerCluster]bool {
+	next := map[listenerCluster]bool{}
+	for _, name := range s.listenerNames() {
+		for _, c := range s.tables[name].clusters() {
+			k := listenerCluster{name, c.Name}
+			next[k] = true
+			if !prev[k] {
+				m.bytes.WithLabelValues(name, c.Name, "upstream")
+				m.bytes.WithLabelValues(name, c.Name, "downstream")
+				m.conns.WithLabelValues(name, c.Name, resultOK)
+			}
+		}
+	}
+	for k := range prev {
+		if next[k] {
+			continue
+		}
+		if open[k] > 0 {
+			next[k] = true // still relaying: forgotten at a later swap
+			continue
+		}
+		labels := prometheus.Labels{"listener": k.listener, "cluster": k.cluster}
+		m.bytes.DeletePartialMatch(labels)
+		m.conns.DeletePartialMatch(labels)
+	}
+	return next
 }

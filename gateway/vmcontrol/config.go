@@ -348,6 +348,6 @@ func checkFile(add func(path, format string, args ...any), path, name string, re
 		return
 	}
 	if _, err := os.Stat(name); err != nil {
-		add(path, "cannot read: %v", err)
+		add(path, field.CannotRead+"%v", err)
 	}
 }

@@ -120,6 +120,7 @@ func New(cfg Config, opts Options) (*Front, error) {
 			return nil, err
 		}
 		f.upstreams[u.Cluster] = up
+		f.m.dialFailures.WithLabelValues(u.Cluster) // present at zero from the start
 	}
 	return f, nil
 }

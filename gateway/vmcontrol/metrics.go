@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ewgate/ewgate/authn"
 )
 
 type metrics struct {
@@ -57,6 +59,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ewgate_control_connections_active",
 			Help: "VM connections open now (handshakes included), bounded by limits.max_connections."}),
 	}
+	m.initSeries()
 	if reg == nil {
 		return m, nil
 	}
@@ -66,4 +69,28 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// initSeries creates, at zero, the series of every known label value, so that the first
+// handshake timeout, limit or refused token shows in rate() and increase() (a series born at
+// its first increment has no earlier sample to rise from) and dashboards and alerts find the
+// names from the start.
+func (m *metrics) initSeries() {
+	for _, r := range []string{hsTimeout, hsClosed, hsNotTLS, hsTLS} {
+		m.handshakes.WithLabelValues(r)
+	}
+	for _, r := range []string{"fd_limit", "memory", "other"} {
+		m.accepts.WithLabelValues(r)
+	}
+	for _, l := range []string{"max_connections", "max_connections_per_source", "max_authenticating_per_source", "max_streams",
+		"max_streams_per_vm", "header_size", "message_size", "idle_timeout", "first_message_timeout", "auth_failures", "keepalive"} {
+		m.limits.WithLabelValues(l)
+	}
+	auth := []string{resultOK, resultCertAfterExpired, resultNone, resultRateLimited, resultBusy, resultClusterMismatch, resultIdentityMismatch}
+	for _, r := range append(auth, authn.Reasons()...) {
+		m.auth.WithLabelValues(r)
+	}
+	for _, r := range []string{"registered", "refused", "timeout"} {
+		m.registers.WithLabelValues(r)
+	}
 }

@@ -127,13 +127,14 @@ func New(opts Options) *Client {
 // Ready reports whether a first complete set of routes has been applied.
 func (c *Client) Ready() bool { return c.ready.Load() }
 
-func (c *Client) sinceUpdate() float64 {
+// sinceUpdate returns the seconds since routes were last applied; false before the first.
+func (c *Client) sinceUpdate() (float64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.last.IsZero() {
-		return -1
+		return 0, false
 	}
-	return time.Since(c.last).Seconds()
+	return time.Since(c.last).Seconds(), true
 }
 
 // Run keeps a stream to the control plane until ctx ends, reconnecting with backoff. Routes

@@ -11,7 +11,7 @@ type clientMetrics struct {
 	clusters   prometheus.Gauge
 }
 
-func newClientMetrics(reg prometheus.Registerer, since func() float64) *clientMetrics {
+func newClientMetrics(reg prometheus.Registerer, since func() (float64, bool)) *clientMetrics {
 	m := &clientMetrics{
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ewgate_xds_connected", Help: "1 while an ADS stream to the control plane is open.",
@@ -33,11 +33,27 @@ func newClientMetrics(reg prometheus.Registerer, since func() float64) *clientMe
 			Name: "ewgate_xds_clusters", Help: "Mesh clusters in the last applied xDS routes.",
 		}),
 	}
-	sinceG := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "ewgate_xds_seconds_since_update", Help: "Seconds since routes from xDS were last applied; -1 before the first.",
-	}, since)
+	// Before the first update there is no series (not a -1): an alert on staleness then reads
+	// ewgate_xds_ready.
+	sinceG := &sinceCollector{since: since, desc: prometheus.NewDesc("ewgate_xds_seconds_since_update",
+		"Seconds since routes from xDS were last applied; absent before the first.", nil, nil)}
 	if reg != nil {
 		reg.MustRegister(m.connected, m.ready, m.reconnects, m.responses, m.lastUpdate, m.clusters, sinceG)
 	}
 	return m
+}
+
+// sinceCollector exports seconds since the last update, or nothing when since reports none
+// (ok false).
+type sinceCollector struct {
+	since func() (float64, bool)
+	desc  *prometheus.Desc
+}
+
+func (c *sinceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *sinceCollector) Collect(ch chan<- prometheus.Metric) {
+	if v, ok := c.since(); ok {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v)
+	}
 }

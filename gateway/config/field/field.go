@@ -23,6 +23,14 @@ import (
 )
 
 // Error is one problem in a configuration: where it is and what is wrong.
+// CannotRead starts the message of every error about a file the config names that cannot be
+// read (missing, no permission): `ewgate check --offline`, which lints a config away from the
+// host it is for, leaves exactly these out.
+const CannotRead = "cannot read: "
+
+// IsCannotRead reports whether e is about a file that cannot be read.
+func (e *Error) IsCannotRead() bool { return strings.HasPrefix(e.Msg, CannotRead) }
+
 type Error struct {
 	// File is the file's name as given to the loader; empty outside a file.
 	File string

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -156,7 +157,12 @@ func (c *conn) freeHello() {
 }
 
 // relayEnded records how the relay of either engine ended: the bytes each way and the result.
-func (c *conn) relayEnded(reason splice.Reason, up, down int64, err error) {
+//
+// A reset that comes after the client had sent all it would (its EOF) is the upstream closing
+// once the exchange was over, with bytes of the client's still unread (a TLS server that does
+// not read the client's close_notify resets the connection): the result is ok, and the error
+// stays in the access log. A reset before the client's EOF cut the exchange: reset.
+func (c *conn) relayEnded(reason splice.Reason, up, down int64, err error, clientEOF bool) {
 	c.up += up
 	c.down = down
 	switch reason {
@@ -166,7 +172,11 @@ func (c *conn) relayEnded(reason splice.Reason, up, down int64, err error) {
 		c.result = resultDrained
 	default:
 		c.result = resultOK
-		if err != nil && !errors.Is(err, net.ErrClosed) { // closed: the other direction failed first
+		switch {
+		case err == nil, errors.Is(err, net.ErrClosed): // closed: the other direction failed first
+		case clientEOF && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)):
+			c.err = err
+		default:
 			c.result, c.err = resultReset, err
 		}
 	}
@@ -200,6 +210,7 @@ func (c *conn) cut() {
 // done ends the bookkeeping of a connection whose sockets are closed: the endpoint's and the
 // source's counts, the metrics, the access-log line and the gateway's wait group.
 func (c *conn) done() {
+	c.count() // before the open counts drop: whoever sees the connection gone sees it counted
 	if c.endpoint != nil {
 		c.endpoint.state.active.Add(-1)
 		c.g.clusterConns.add(c.l.name, c.cluster.Name, -1)
@@ -207,7 +218,6 @@ func (c *conn) done() {
 	if c.source.IsValid() {
 		c.l.sources.Release(c.source)
 	}
-	c.count()
 	c.log()
 	c.g.untrack(c)
 	c.l.active.Add(-1)

@@ -90,7 +90,7 @@ func (e epollEngine) relay(c *conn) error {
 		return errNotOnEngine
 	}
 	p, err := e.e.Splice(client, up, c.table.Listener.IdleTimeout, func(r splice.Result) {
-		c.relayEnded(r.Reason, r.Up, r.Down, r.Err)
+		c.relayEnded(r.Reason, r.Up, r.Down, r.Err, r.ClientEOF)
 		c.done()
 	})
 	if err != nil {

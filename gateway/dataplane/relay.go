@@ -56,7 +56,7 @@ func (copyEngine) relay(c *conn) error {
 	r := &copyRelay{client: c.client, upstream: c.upstream, idle: c.table.Listener.IdleTimeout}
 	c.setRelay(r)
 	up, down, err := r.run()
-	c.relayEnded(splice.Reason(r.cutBy.Load()), up, down, err)
+	c.relayEnded(splice.Reason(r.cutBy.Load()), up, down, err, r.clientEOF.Load())
 	c.done()
 	return nil
 }
@@ -75,6 +75,7 @@ type copyRelay struct {
 
 	cutBy     atomic.Int32 // a splice.Reason: why ewgate cut the pair short (Ended: it did not)
 	done      atomic.Bool
+	clientEOF atomic.Bool // the client's direction reached EOF
 	closeOnce sync.Once
 	errOnce   sync.Once
 	err       error // the first error of either direction; the other one then sees a closed conn
@@ -116,6 +117,9 @@ func (r *copyRelay) copyHalf(dst, src net.Conn) int64 {
 		r.errOnce.Do(func() { r.err = err })
 		r.close()
 		return n
+	}
+	if src == r.client {
+		r.clientEOF.Store(true)
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()

@@ -328,6 +328,44 @@ func TestRelayResetMidTransfer(t *testing.T) {
 	}
 }
 
+// An upstream that answers and then closes with bytes of the client's unread (a TLS server
+// that never reads the client's close_notify) resets the connection after the exchange is over:
+// the client had sent its EOF and read the answer. That is an ok connection, not a reset (the
+// reset before the client's EOF stays one: TestRelayResetMidTransfer).
+func TestRelayResetAfterTheClientsEOFIsOK(t *testing.T) {
+	hello := helloBytes(t, reviews, []string{"istio"})
+	be := startRawBackend(t, len(hello), func(c *net.TCPConn) {
+		c.Write([]byte("answer"))
+		// Wait for the client's EOF, leaving its last bytes unread, then close: the unread
+		// bytes make the kernel answer with a reset.
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			var b [1]byte
+			if _, err := c.Read(b[:]); err != nil {
+				break
+			}
+		}
+		c.SetLinger(0)
+		c.Close()
+	})
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.ln.Addr().String())))
+	c := rawDial(t, g.addr("mesh"), hello)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len("answer"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "answer" {
+		t.Fatalf("client read %q, %v", got, err)
+	}
+	c.Write([]byte("bye"))
+	c.CloseWrite()
+	io.Copy(io.Discard, c) // the upstream's reset ends the pair
+	testkit.Eventually(t, "the pair gone", func() bool { return g.ActiveConnections() == 0 })
+	if ok, reset := g.counter("ewgate_connections_total", map[string]string{"result": "ok"}),
+		g.counter("ewgate_connections_total", map[string]string{"result": "reset"}); ok != 1 || reset != 0 {
+		t.Fatalf("results ok %v, reset %v; want one ok", ok, reset)
+	}
+}
+
 func TestRelayUpstreamHalfClosesFirst(t *testing.T) {
 	hello := helloBytes(t, reviews, []string{"istio"})
 	got := make(chan []byte, 1)

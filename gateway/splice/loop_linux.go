@@ -352,5 +352,5 @@ func (l *loop) end(p *Pair, reason Reason, err error) {
 	if reason != Ended {
 		err = nil
 	}
-	done(Result{Up: p.h[0].n, Down: p.h[1].n, Err: err, Reason: reason})
+	done(Result{Up: p.h[0].n, Down: p.h[1].n, Err: err, Reason: reason, ClientEOF: p.h[0].eof})
 }

@@ -59,6 +59,9 @@ type Result struct {
 	// *os.SyscallError; nil when Reason is not Ended.
 	Err    error
 	Reason Reason
+	// ClientEOF: the client's direction had reached EOF (the client had sent all it would)
+	// when the pair ended.
+	ClientEOF bool
 }
 
 // Options tune an Engine. The zero value is the default.

@@ -116,6 +116,11 @@ func TestClusterMetricsFollowSnapshots(t *testing.T) {
 	g.wantSeries("ewgate_cluster_endpoints", map[string]string{"listener": "mesh", "cluster": other}, 1)
 	g.wantSeries("ewgate_cluster_open_connections", lc, 4) // still relaying
 	for _, c := range conns {
+		// A clean end: the client's close_notify and FIN, then the backend's, read to the end.
+		// A plain Close could leave the backend's close_notify unread at the client, whose
+		// kernel then resets the connection, a reset result rather than ok.
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
 		c.Close()
 	}
 	testkit.Eventually(t, "the removed cluster's open-connections series to go with its last connection", func() bool {

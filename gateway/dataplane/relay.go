@@ -118,7 +118,7 @@ func (r *copyRelay) copyHalf(dst, src net.Conn) int64 {
 		r.close()
 		return n
 	}
-	if src == r.client {
+	if src == r.client && finWithoutReset(src) {
 		r.clientEOF.Store(true)
 	}
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok {

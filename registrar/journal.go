@@ -16,7 +16,7 @@ import (
 // The file store's journal: group commit for the per-object YAML files.
 //
 // A write is durable once its record is in the journal and the journal is synced; the YAML file
-// is written (renamed into place, not synced) just after. Writes that arrive while a sync is under
+// is written (in place, not synced) just after, by another goroutine. Writes that arrive while a sync is under
 // way wait for the next one, and one fdatasync then covers all of them: the committer takes every
 // queued record (at most journalBatch) as soon as it is free, so a lone write waits for no timer
 // and a crowd shares one sync. The journal is preallocated, so a sync writes data and flushes the
@@ -62,6 +62,12 @@ type journal struct {
 	closed  bool
 	wake    chan struct{} // capacity 1
 	stopped chan struct{} // closed when the committer has returned
+
+	// The files are written by the writer goroutine, in journal order, while the committer syncs
+	// the next batch: a caller waits for the journal's sync, not for the file.
+	files   chan []*journalEntry
+	drained chan struct{} // the writer's answer to a nil batch: all before it is written
+	fileErr error         // the first error writing a file; the next checkpoint fails with it
 }
 
 // openJournal replays dir's journal onto the YAML files, checkpoints, and starts the committer.
@@ -71,13 +77,40 @@ func openJournal(dir string) (*journal, error) {
 	if err != nil {
 		return nil, err
 	}
-	j := &journal{dir: dir, f: f, dirty: map[string]bool{}, wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+	j := &journal{
+		dir: dir, f: f, dirty: map[string]bool{}, wake: make(chan struct{}, 1), stopped: make(chan struct{}),
+		files: make(chan []*journalEntry, 16), drained: make(chan struct{}),
+	}
+	go j.writeFiles()
 	if err := j.recover(); err != nil {
+		close(j.files)
 		_ = f.Close()
 		return nil, fmt.Errorf("journal %s: %w", path, err)
 	}
 	go j.run()
 	return j, nil
+}
+
+// writeFiles writes the YAML files of committed batches; a nil batch asks for drained.
+func (j *journal) writeFiles() {
+	for batch := range j.files {
+		if batch == nil {
+			j.drained <- struct{}{}
+			continue
+		}
+		for _, e := range batch {
+			if err := j.apply(e); err != nil && j.fileErr == nil {
+				j.fileErr = fmt.Errorf("write %s %s/%s: %w", e.kind, e.namespace, e.name, err)
+			}
+		}
+	}
+}
+
+// drain waits until the writer has written every file handed to it. The writer's state (dirty,
+// fileErr) is the committer's again until the next batch is handed over.
+func (j *journal) drain() {
+	j.files <- nil
+	<-j.drained
 }
 
 // recover applies the records of the current epoch, syncs them, and starts a new epoch on a
@@ -176,6 +209,8 @@ func (j *journal) close() error {
 
 func (j *journal) run() {
 	defer close(j.stopped)
+	defer close(j.files)
+	defer j.drain()
 	var buf []byte
 	for {
 		j.mu.Lock()
@@ -207,11 +242,10 @@ func (j *journal) commit(buf []byte, batch []*journalEntry) []byte {
 			n = 1 // the first write fails; the others try again
 		}
 		for _, e := range batch[:n] {
-			if err == nil {
-				e.done(j.apply(e))
-			} else {
-				e.done(err)
-			}
+			e.done(err)
+		}
+		if err == nil {
+			j.files <- batch[:n:n]
 		}
 		batch = batch[n:]
 	}
@@ -254,8 +288,9 @@ func (j *journal) write(buf []byte) error {
 	return nil
 }
 
-// apply writes e's YAML file (or removes it) without syncing: the journal holds it until the
-// next checkpoint.
+// apply writes e's YAML file in place (or removes it) without syncing: the journal holds the
+// write until the next checkpoint, and a file torn by a crash is rewritten by the replay at
+// open. In place, because creating a file costs far more than rewriting one (a new inode).
 func (j *journal) apply(e *journalEntry) error {
 	nsDir := filepath.Join(j.dir, plurals[e.kind], e.namespace)
 	path := filepath.Join(nsDir, e.name+".yaml")
@@ -271,16 +306,17 @@ func (j *journal) apply(e *journalEntry) error {
 	}
 	j.dirty[filepath.Dir(nsDir)] = true
 	j.dirty[path] = true
-	tmp := filepath.Join(nsDir, "."+e.name+".yaml.tmp")
-	if err := os.WriteFile(tmp, e.data, 0o640); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return os.WriteFile(path, e.data, 0o640)
 }
 
 // checkpoint syncs the YAML files written since the last one, then starts a new epoch: the
 // records before it are no longer needed.
 func (j *journal) checkpoint() error {
+	j.drain()
+	if j.fileErr != nil {
+		// The journal keeps the records the files lack; it cannot start over.
+		return j.fileErr
+	}
 	if err := syncTree(j.dir, j.dirty); err != nil {
 		return err
 	}

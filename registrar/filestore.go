@@ -45,9 +45,9 @@ func (s *MemoryStore) Leases() Leases { return s.leases }
 //
 // A write is durable once it is in the store's journal (<dir>/.journal) and the journal is synced;
 // writes that arrive together share one sync (group commit), and each caller returns only once
-// its own write is durable. The YAML file is then written to a temporary file and renamed over
-// the old one: a crash leaves the old or the new object, never half of one, and the journal,
-// replayed at open, brings back any write whose file had not reached the disk. Objects are
+// its own write is durable and its YAML file written. The file is rewritten in place, unsynced:
+// the journal keeps the write until a checkpoint has synced the files, and open replays it, so a
+// crash at any point leaves the old or the new object, never half of one. Objects are
 // indexed in memory; reads never touch the disk. One process only: OpenFileStore takes an
 // exclusive lock on the directory. Watches work within the process; resource versions go on from
 // the highest one found at start, and a watch cannot resume across a restart (ErrGone).

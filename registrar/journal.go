@@ -16,7 +16,8 @@ import (
 // The file store's journal: group commit for the per-object YAML files.
 //
 // A write is durable once its record is in the journal and the journal is synced; the YAML file
-// is written (in place, not synced) just after, by another goroutine. Writes that arrive while a sync is under
+// is then written (in place, not synced) by another goroutine before the caller is released,
+// while the committer syncs the next batch. Writes that arrive while a sync is under
 // way wait for the next one, and one fdatasync then covers all of them: the committer takes every
 // queued record (at most journalBatch) as soon as it is free, so a lone write waits for no timer
 // and a crowd shares one sync. The journal is preallocated, so a sync writes data and flushes the
@@ -56,6 +57,9 @@ type journal struct {
 	epoch uint64
 	pos   int64
 	dirty map[string]bool // YAML files and directories written since the last checkpoint
+	// fresh: the current epoch's header is not on disk yet (the disk was full at open); the
+	// first write starts an epoch, so that a store on a full disk opens and its writes fail.
+	fresh bool
 
 	mu      sync.Mutex
 	queue   []*journalEntry
@@ -99,9 +103,12 @@ func (j *journal) writeFiles() {
 			continue
 		}
 		for _, e := range batch {
+			// A file that cannot be written (a full disk) does not fail the write: it is
+			// durable in the journal, and the next checkpoint (or open) writes the file again.
 			if err := j.apply(e); err != nil && j.fileErr == nil {
 				j.fileErr = fmt.Errorf("write %s %s/%s: %w", e.kind, e.namespace, e.name, err)
 			}
+			e.done(nil)
 		}
 	}
 }
@@ -120,21 +127,46 @@ func (j *journal) recover() error {
 	if err != nil {
 		return err
 	}
+	replayed := 0
 	if len(data) >= journalHeader && string(data[:8]) == journalMagic {
 		j.epoch = binary.LittleEndian.Uint64(data[8:16])
 		for _, e := range decodeRecords(data[journalHeader:], j.epoch) {
 			if err := j.apply(e); err != nil {
 				return fmt.Errorf("replay %s %s/%s: %w", e.kind, e.namespace, e.name, err)
 			}
+			replayed++
 		}
 	}
-	if int64(len(data)) < journalSize {
-		// Zeros written once (not fallocate): later overwrites change no metadata.
-		if _, err := j.f.WriteAt(make([]byte, journalSize-int64(len(data))), int64(len(data))); err != nil {
-			return err
+	err = j.checkpoint()
+	if err != nil && replayed == 0 {
+		j.fresh, err = true, nil
+	}
+	return err
+}
+
+// reapply writes the files of the current epoch's records again, as open does.
+func (j *journal) reapply() error {
+	data := make([]byte, j.pos-journalHeader)
+	if _, err := j.f.ReadAt(data, journalHeader); err != nil {
+		return err
+	}
+	for _, e := range decodeRecords(data, j.epoch) {
+		if err := j.apply(e); err != nil {
+			return fmt.Errorf("write %s %s/%s: %w", e.kind, e.namespace, e.name, err)
 		}
 	}
-	return j.checkpoint()
+	return nil
+}
+
+// prealloc writes zeros up to journalSize once (not fallocate, whose unwritten extents would
+// change metadata on first write): later overwrites and syncs then touch no filesystem metadata.
+// Only an optimisation: on a full disk the journal grows as it is written.
+func (j *journal) prealloc() {
+	fi, err := j.f.Stat()
+	if err != nil || fi.Size() >= journalSize {
+		return
+	}
+	_, _ = j.f.WriteAt(make([]byte, journalSize-fi.Size()), fi.Size())
 }
 
 func decodeRecords(b []byte, epoch uint64) []*journalEntry {
@@ -180,7 +212,8 @@ func (j *journal) encode(buf []byte, e *journalEntry) []byte {
 	return buf
 }
 
-// submit queues e; e.done is called from the committer, in submission order.
+// submit queues e. e.done is called once, by the file writer (in submission order) when e is
+// durable and its file written, or by the committer when the journal could not be written.
 func (j *journal) submit(e *journalEntry) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -241,11 +274,12 @@ func (j *journal) commit(buf []byte, batch []*journalEntry) []byte {
 		} else {
 			n = 1 // the first write fails; the others try again
 		}
-		for _, e := range batch[:n] {
-			e.done(err)
-		}
 		if err == nil {
-			j.files <- batch[:n:n]
+			j.files <- batch[:n:n] // the writer calls done once the file is written
+		} else {
+			for _, e := range batch[:n] {
+				e.done(err)
+			}
 		}
 		batch = batch[n:]
 	}
@@ -254,6 +288,12 @@ func (j *journal) commit(buf []byte, batch []*journalEntry) []byte {
 
 // fill encodes as many of batch as fit in the journal, checkpointing first if the first does not.
 func (j *journal) fill(buf []byte, batch []*journalEntry) ([]byte, int, error) {
+	if j.fresh {
+		if err := j.checkpoint(); err != nil {
+			return buf, 0, err
+		}
+		j.fresh = false
+	}
 	n := 0
 	for _, e := range batch {
 		next := j.encode(buf, e)
@@ -314,13 +354,18 @@ func (j *journal) apply(e *journalEntry) error {
 func (j *journal) checkpoint() error {
 	j.drain()
 	if j.fileErr != nil {
-		// The journal keeps the records the files lack; it cannot start over.
-		return j.fileErr
+		// Some file of this epoch was not written: write them all again from the journal
+		// before it starts over. Failing, the journal keeps its records.
+		if err := j.reapply(); err != nil {
+			return err
+		}
+		j.fileErr = nil
 	}
 	if err := syncTree(j.dir, j.dirty); err != nil {
 		return err
 	}
 	clear(j.dirty)
+	j.prealloc()
 	var h [journalHeader]byte
 	copy(h[:], journalMagic)
 	binary.LittleEndian.PutUint64(h[8:], j.epoch+1)

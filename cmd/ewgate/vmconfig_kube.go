@@ -42,7 +42,9 @@ func createToken(ctx context.Context, dyn dynamic.Interface, ns, sa string, secs
 	if err != nil {
 		return "", err
 	}
-	u, err := dyn.Resource(serviceAccountsGVR).Namespace(ns).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}, "token")
+	u := &unstructured.Unstructured{Object: obj}
+	u.SetName(sa) // the dynamic client puts the object's name in the path: serviceaccounts/<sa>/token
+	u, err = dyn.Resource(serviceAccountsGVR).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}, "token")
 	if err != nil {
 		return "", err
 	}

@@ -190,3 +190,59 @@ func crashChild(dir string) {
 	wg.Wait()
 	os.Exit(0)
 }
+
+// TestListByVMLabel: a List selecting on LabelVM (served from an index) follows creates, label
+// changes, deletes and a restart, and still applies the other selectors and the namespace.
+func TestListByVMLabel(t *testing.T) {
+	dir := t.TempDir()
+	s := openFileStore(t, dir)
+	es := s.WorkloadEntries()
+	count := func(es registrar.Resource[*registrar.WorkloadEntry], ns, vm string, more map[string]string) int {
+		sel := map[string]string{registrar.LabelVM: vm}
+		for k, v := range more {
+			sel[k] = v
+		}
+		list, _, err := es.List(t.Context(), ns, registrar.ListOptions{LabelSelector: sel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(list)
+	}
+	for i, ns := range []string{"ns", "ns", "other"} {
+		e := storetest.Entry(ns, fmt.Sprintf("e%d", i))
+		e.Labels[registrar.LabelVM] = "a"
+		if _, err := es.Create(t.Context(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := count(es, "ns", "a", nil); n != 2 {
+		t.Fatalf("vm a in ns: %d entries, want 2", n)
+	}
+	if n := count(es, "", "a", nil); n != 3 {
+		t.Fatalf("vm a everywhere: %d entries, want 3", n)
+	}
+	if n := count(es, "", "a", map[string]string{"app": "db"}); n != 0 {
+		t.Fatalf("vm a with app=db: %d entries, want 0", n)
+	}
+	e, err := es.Get(t.Context(), "ns", "e0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Labels[registrar.LabelVM] = "b"
+	if _, err := es.Update(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	if err := es.Delete(t.Context(), "ns", "e1", registrar.Preconditions{}); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := count(es, "ns", "a", nil), count(es, "ns", "b", nil); a != 0 || b != 1 {
+		t.Fatalf("after relabel and delete: vm a %d, vm b %d; want 0 and 1", a, b)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openFileStore(t, dir)
+	if a, b := count(s2.WorkloadEntries(), "", "a", nil), count(s2.WorkloadEntries(), "", "b", nil); a != 1 || b != 1 {
+		t.Fatalf("after restart: vm a %d, vm b %d; want 1 and 1", a, b)
+	}
+}

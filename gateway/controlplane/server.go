@@ -249,9 +249,7 @@ func (s *Server) push(ctx context.Context) {
 	}
 	prev := s.last
 	s.mu.Unlock()
-	// The name table after the endpoints: with 10,000 VMs it takes as long to build and
-	// marshal as the rest, and a new endpoint should not wait for it.
-	defer s.dns.push(svcs, entries)
+	s.dns.push(svcs, entries)
 	b := buildResources(buildModel(svcs, entries), s.opts.Network, s.opts.Locality, s.opts.MeshPort)
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	if prev != nil && prev.digest == b.digest {

@@ -190,32 +190,47 @@ func (s *countingSink) SetMeshClusters(_ string, cs []dataplane.ClusterSpec) err
 }
 
 // Time from a WorkloadEntry being created to the gateway's xDS client applying a table with it
-// (debounce 100ms, the default, and 5ms).
+// (debounce 100ms, the default, and 5ms), with no other VM registered and with 10,000.
 func BenchmarkRegistrationToPush(b *testing.B) {
-	for _, debounce := range []time.Duration{5 * time.Millisecond, 100 * time.Millisecond} {
-		b.Run(debounce.String(), func(b *testing.B) {
-			store := registrar.NewMemoryStore()
-			entries := store.WorkloadEntries()
-			ln := listen(b, "127.0.0.1:0")
-			runCP(b, ln, controlplane.Options{Services: reviewsService(), Entries: entries, Debounce: debounce, MaxDelay: 10 * debounce})
-			sink := &countingSink{wake: make(chan struct{}, 1)}
-			f, _ := config.Parse([]byte("{}"), "b.yaml")
-			c := xdsclient.New(xdsclient.Options{Target: ln.Addr().String(), Node: xdsclient.NewNode(f.XDS.Node, "bench"), Listeners: []string{"mesh"}, Sink: sink})
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() { defer close(done); c.Run(ctx) }()
-			defer func() { cancel(); <-done }()
-			testkit.Eventually(b, "ready", c.Ready)
-			i := 0
-			for b.Loop() {
-				i++
-				if _, err := entries.Create(ctx, entry(fmt.Sprintf("r-%d", i), "127.0.0.1", uint32(1000+i), map[string]string{"app": "reviews"})); err != nil {
-					b.Fatal(err)
-				}
-				for sink.last.Load() != int64(i) {
-					<-sink.wake
-				}
+	for _, registered := range []int{0, 10000} {
+		for _, debounce := range []time.Duration{5 * time.Millisecond, 100 * time.Millisecond} {
+			name := debounce.String()
+			if registered > 0 {
+				name = fmt.Sprintf("registered%d/%s", registered, debounce)
 			}
-		})
+			b.Run(name, func(b *testing.B) { benchRegistrationToPush(b, registered, debounce) })
+		}
+	}
+}
+
+func benchRegistrationToPush(b *testing.B, registered int, debounce time.Duration) {
+	store := registrar.NewMemoryStore()
+	entries := store.WorkloadEntries()
+	for i := range registered {
+		addr := fmt.Sprintf("10.%d.%d.%d", 1+i>>16&0xff, i>>8&0xff, i&0xff)
+		if _, err := entries.Create(context.Background(), entry(fmt.Sprintf("pre-%d", i), addr, 9080, map[string]string{"app": "reviews"})); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ln := listen(b, "127.0.0.1:0")
+	runCP(b, ln, controlplane.Options{Services: reviewsService(), Entries: entries, Debounce: debounce, MaxDelay: 10 * debounce})
+	sink := &countingSink{wake: make(chan struct{}, 1)}
+	f, _ := config.Parse([]byte("{}"), "b.yaml")
+	c := xdsclient.New(xdsclient.Options{Target: ln.Addr().String(), Node: xdsclient.NewNode(f.XDS.Node, "bench"), Listeners: []string{"mesh"}, Sink: sink})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testkit.Eventually(b, "ready", c.Ready)
+	testkit.Eventually(b, "the registered VMs pushed", func() bool { return sink.last.Load() == int64(registered) })
+	i := 0
+	for b.Loop() {
+		i++
+		if _, err := entries.Create(ctx, entry(fmt.Sprintf("r-%d", i), "127.0.0.1", uint32(1000+i), map[string]string{"app": "reviews"})); err != nil {
+			b.Fatal(err)
+		}
+		for sink.last.Load() != int64(registered+i) {
+			<-sink.wake
+		}
 	}
 }

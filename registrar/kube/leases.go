@@ -6,8 +6,11 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
-	coordclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/ewgate/ewgate/registrar"
 )
@@ -15,9 +18,42 @@ import (
 // leases reads and writes coordination.k8s.io/v1 Leases directly: a replica renews its own and
 // reads a dead owner's now and then, too few requests to be worth a watch (and RBAC on leases
 // then needs only get, create and update).
+//
+// Through the dynamic client, not client-go's typed one: a typed client links
+// k8s.io/client-go/kubernetes/scheme, which registers every built-in API group at start-up and
+// keeps about 14 MiB of the binary resident in every gateway, kube store or not.
 type leases struct {
-	client    coordclient.CoordinationV1Interface
+	client    dynamic.NamespaceableResourceInterface
 	namespace string // if set, the only namespace allowed
+}
+
+var leasesGVR = schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
+
+func (l *leases) send(ctx context.Context, op string, in *coordinationv1.Lease) (*registrar.Lease, error) {
+	in.APIVersion, in.Kind = "coordination.k8s.io/v1", "Lease"
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(in)
+	if err != nil {
+		return nil, fmt.Errorf("registrar/kube: %s lease %s/%s: %w", op, in.Namespace, in.Name, err)
+	}
+	u := &unstructured.Unstructured{Object: obj}
+	c := l.client.Namespace(in.Namespace)
+	if op == "create" {
+		u, err = c.Create(ctx, u, metav1.CreateOptions{})
+	} else {
+		u, err = c.Update(ctx, u, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return nil, apiError(op, "leases", in.Namespace, in.Name, err)
+	}
+	return leaseFromUnstructured(op, u)
+}
+
+func leaseFromUnstructured(op string, u *unstructured.Unstructured) (*registrar.Lease, error) {
+	var k coordinationv1.Lease
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &k); err != nil {
+		return nil, fmt.Errorf("registrar/kube: %s lease %s/%s: %w", op, u.GetNamespace(), u.GetName(), err)
+	}
+	return leaseFromKube(&k), nil
 }
 
 var _ registrar.Leases = (*leases)(nil)
@@ -33,11 +69,11 @@ func (l *leases) Get(ctx context.Context, namespace, name string) (*registrar.Le
 	if err := l.check("get", namespace, name); err != nil {
 		return nil, err
 	}
-	k, err := l.client.Leases(namespace).Get(ctx, name, metav1.GetOptions{})
+	u, err := l.client.Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return nil, apiError("get", "leases", namespace, name, err)
 	}
-	return leaseFromKube(k), nil
+	return leaseFromUnstructured("get", u)
 }
 
 func (l *leases) Create(ctx context.Context, in *registrar.Lease) (*registrar.Lease, error) {
@@ -46,22 +82,14 @@ func (l *leases) Create(ctx context.Context, in *registrar.Lease) (*registrar.Le
 	}
 	k := leaseToKube(in)
 	k.ResourceVersion, k.UID, k.CreationTimestamp = "", "", metav1.Time{}
-	out, err := l.client.Leases(in.Namespace).Create(ctx, k, metav1.CreateOptions{})
-	if err != nil {
-		return nil, apiError("create", "leases", in.Namespace, in.Name, err)
-	}
-	return leaseFromKube(out), nil
+	return l.send(ctx, "create", k)
 }
 
 func (l *leases) Update(ctx context.Context, in *registrar.Lease) (*registrar.Lease, error) {
 	if err := l.check("update", in.Namespace, in.Name); err != nil {
 		return nil, err
 	}
-	out, err := l.client.Leases(in.Namespace).Update(ctx, leaseToKube(in), metav1.UpdateOptions{})
-	if err != nil {
-		return nil, apiError("update", "leases", in.Namespace, in.Name, err)
-	}
-	return leaseFromKube(out), nil
+	return l.send(ctx, "update", leaseToKube(in))
 }
 
 // leaseToKube converts a registrar Lease. Kubernetes keeps acquire and renew times in

@@ -14,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	coordclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -116,13 +115,9 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registrar/kube: %w", err)
 	}
-	coord, err := coordclient.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("registrar/kube: %w", err)
-	}
 	sctx, cancel := context.WithCancel(ctx)
 	s := &Store{opts: opts, ctx: sctx, cancel: cancel}
-	s.leases = &leases{client: coord, namespace: opts.LeaseNamespace}
+	s.leases = &leases{client: dyn.Resource(leasesGVR), namespace: opts.LeaseNamespace}
 	s.entries = &resource[*registrar.WorkloadEntry]{
 		s: s, name: "workloadentries", apiVersion: registrar.IstioAPIVersion, kind: registrar.KindWorkloadEntry,
 		client: dyn.Resource(workloadEntriesGVR), hasStatus: true,

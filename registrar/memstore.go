@@ -35,18 +35,13 @@ type memResource[T Object[T]] struct {
 	persist persistFunc[T] // nil: memory only
 	now     func() time.Time
 
-	mu      sync.Mutex
-	written *sync.Cond      // on mu: a pending write finished
-	pending map[nsName]bool // keys with a write on its way to disk
-	objs    map[nsName]T
-	// byLabel indexes objs by the value of one label (indexLabel), so that a List selecting on
-	// it (the registrar looks up a VM's entries by LabelVM on every first write) does not scan
-	// every object.
-	indexLabel string
-	byLabel    map[string]map[nsName]struct{}
-	hist       []Event[T]
-	trimmed    uint64 // highest resource version dropped from hist
-	watchers   map[*watcher[T]]struct{}
+	mu       sync.Mutex
+	written  *sync.Cond      // on mu: a pending write finished
+	pending  map[nsName]bool // keys with a write on its way to disk
+	objs     map[nsName]T
+	hist     []Event[T]
+	trimmed  uint64 // highest resource version dropped from hist
+	watchers map[*watcher[T]]struct{}
 }
 
 type watcher[T any] struct {
@@ -61,55 +56,7 @@ func newMemResource[T Object[T]](kind string, rv *atomic.Uint64, p persistFunc[T
 		pending: map[nsName]bool{}, objs: map[nsName]T{}, watchers: map[*watcher[T]]struct{}{},
 	}
 	r.written = sync.NewCond(&r.mu)
-	if kind == KindWorkloadEntry {
-		r.indexLabel, r.byLabel = LabelVM, map[string]map[nsName]struct{}{}
-	}
 	return r
-}
-
-// put and remove keep objs and byLabel together. Called with r.mu held.
-func (r *memResource[T]) put(k nsName, o T) {
-	if old, ok := r.objs[k]; ok {
-		r.unindex(k, old)
-	}
-	r.objs[k] = o
-	if v, ok := o.Meta().Labels[r.indexLabel]; ok && r.byLabel != nil {
-		set := r.byLabel[v]
-		if set == nil {
-			set = map[nsName]struct{}{}
-			r.byLabel[v] = set
-		}
-		set[k] = struct{}{}
-	}
-}
-
-func (r *memResource[T]) remove(k nsName) {
-	if old, ok := r.objs[k]; ok {
-		r.unindex(k, old)
-		delete(r.objs, k)
-	}
-}
-
-func (r *memResource[T]) unindex(k nsName, o T) {
-	if v, ok := o.Meta().Labels[r.indexLabel]; ok && r.byLabel != nil {
-		delete(r.byLabel[v], k)
-		if len(r.byLabel[v]) == 0 {
-			delete(r.byLabel, v)
-		}
-	}
-}
-
-// candidates returns the keys a List with opts may return: those of the index when opts
-// selects on the indexed label, else nil and false (scan everything).
-func (r *memResource[T]) candidates(opts ListOptions) (map[nsName]struct{}, bool) {
-	if r.byLabel == nil {
-		return nil, false
-	}
-	v, ok := opts.LabelSelector[r.indexLabel]
-	if !ok {
-		return nil, false
-	}
-	return r.byLabel[v], true
 }
 
 // lockKey takes r.mu once no write to k is on its way to disk: a write checks the state its
@@ -141,18 +88,9 @@ func (r *memResource[T]) List(_ context.Context, namespace string, opts ListOpti
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []T
-	keep := func(k nsName, o T) {
+	for k, o := range r.objs {
 		if (namespace == "" || k.namespace == namespace) && opts.matches(o.Meta()) {
 			out = append(out, o.DeepCopy())
-		}
-	}
-	if keys, ok := r.candidates(opts); ok {
-		for k := range keys {
-			keep(k, r.objs[k])
-		}
-	} else {
-		for k, o := range r.objs {
-			keep(k, o)
 		}
 	}
 	slices.SortFunc(out, func(a, b T) int {
@@ -295,9 +233,9 @@ func (r *memResource[T]) commit(k nsName, o T, typ EventType) (T, error) {
 // apply makes o visible and tells the watchers. Called with r.mu held.
 func (r *memResource[T]) apply(k nsName, o T, typ EventType) {
 	if typ == Deleted {
-		r.remove(k)
+		delete(r.objs, k)
 	} else {
-		r.put(k, o)
+		r.objs[k] = o
 	}
 	ev := Event[T]{Type: typ, Object: o}
 	r.hist = append(r.hist, ev)
@@ -371,7 +309,7 @@ func (r *memResource[T]) load(o T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m := o.Meta()
-	r.put(nsName{m.Namespace, m.Name}, o)
+	r.objs[nsName{m.Namespace, m.Name}] = o
 	if v := rvOf(o); v > r.trimmed {
 		r.trimmed = v // nothing before a restart can be replayed
 	}

@@ -43,18 +43,14 @@ func (s *MemoryStore) Leases() Leases { return s.leases }
 // YAML file per object (what `kubectl get -o yaml` shows), at
 // <dir>/<plural>/<namespace>/<name>.yaml, e.g. workloadentries/vm-ns/web-10.0.0.5.yaml.
 //
-// A write is durable once it is in the store's journal (<dir>/.journal) and the journal is synced;
-// writes that arrive together share one sync (group commit), and each caller returns only once
-// its own write is durable and its YAML file written. The file is rewritten in place, unsynced:
-// the journal keeps the write until a checkpoint has synced the files, and open replays it, so a
-// crash at any point leaves the old or the new object, never half of one. Objects are
+// Every write goes to a temporary file that is synced and renamed over the old one, then the
+// directory is synced: a crash leaves the old or the new object, never half of one. Objects are
 // indexed in memory; reads never touch the disk. One process only: OpenFileStore takes an
 // exclusive lock on the directory. Watches work within the process; resource versions go on from
 // the highest one found at start, and a watch cannot resume across a restart (ErrGone).
 type FileStore struct {
 	MemoryStore
 	dir    string
-	j      *journal
 	unlock func() error
 }
 
@@ -73,45 +69,48 @@ func OpenFileStore(dir string) (*FileStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registrar: file store %s: %w", dir, err)
 	}
-	j, err := openJournal(dir)
-	if err != nil {
-		_ = unlock()
-		return nil, fmt.Errorf("registrar: file store: %w", err)
-	}
-	s := &FileStore{dir: dir, j: j, unlock: unlock}
+	s := &FileStore{dir: dir, unlock: unlock}
 	rv := new(atomic.Uint64)
-	s.entries = newMemResource(KindWorkloadEntry, rv, filePersist[*WorkloadEntry](j, KindWorkloadEntry, IstioAPIVersion))
-	s.groups = newMemResource(KindWorkloadGroup, rv, filePersist[*WorkloadGroup](j, KindWorkloadGroup, IstioAPIVersion))
-	s.leases = newMemResource(KindLease, rv, filePersist[*Lease](j, KindLease, LeaseAPIVersion))
+	s.entries = newMemResource(KindWorkloadEntry, rv, filePersist[*WorkloadEntry](dir, KindWorkloadEntry, IstioAPIVersion))
+	s.groups = newMemResource(KindWorkloadGroup, rv, filePersist[*WorkloadGroup](dir, KindWorkloadGroup, IstioAPIVersion))
+	s.leases = newMemResource(KindLease, rv, filePersist[*Lease](dir, KindLease, LeaseAPIVersion))
 	err = errors.Join(
 		loadKind(dir, KindWorkloadEntry, s.entries, rv),
 		loadKind(dir, KindWorkloadGroup, s.groups, rv),
 		loadKind(dir, KindLease, s.leases, rv),
 	)
 	if err != nil {
-		_ = s.Close()
+		_ = unlock()
 		return nil, err
 	}
 	return s, nil
 }
 
-// Close finishes the writes under way and releases the directory lock. Writes afterwards fail.
-func (s *FileStore) Close() error { return errors.Join(s.j.close(), s.unlock()) }
+// Close releases the directory lock. The store must not be used afterwards.
+func (s *FileStore) Close() error { return s.unlock() }
 
 // Dir returns the store's directory.
 func (s *FileStore) Dir() string { return s.dir }
 
-func filePersist[T Object[T]](j *journal, kind, apiVersion string) persistFunc[T] {
-	return func(o T, del bool, done func(error)) error {
+func filePersist[T Object[T]](dir, kind, apiVersion string) persistFunc[T] {
+	return func(o T, del bool) error {
 		m := o.Meta()
-		e := &journalEntry{kind: kind, namespace: m.Namespace, name: m.Name, del: del, done: done}
-		if !del {
-			var err error
-			if e.data, err = encodeObject(o, apiVersion, kind); err != nil {
+		nsDir := filepath.Join(dir, plurals[kind], m.Namespace)
+		path := filepath.Join(nsDir, m.Name+".yaml")
+		if del {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
+			return syncDir(nsDir)
 		}
-		return j.submit(e)
+		data, err := encodeObject(o, apiVersion, kind)
+		if err != nil {
+			return err
+		}
+		if err := mkdirSynced(nsDir); err != nil {
+			return err
+		}
+		return writeFileAtomic(nsDir, m.Name+".yaml", data)
 	}
 }
 

@@ -22,10 +22,8 @@ type nsName struct{ namespace, name string }
 
 func (k nsName) String() string { return k.namespace + "/" + k.name }
 
-// persistFunc queues obj (deleted when del) for durable storage and returns at once; done is
-// called (from another goroutine, in the order of the persist calls) once it is durable or has
-// failed. The change is made visible only then.
-type persistFunc[T any] func(obj T, del bool, done func(error)) error
+// persistFunc writes obj (deleted when del) to durable storage before the change is made visible.
+type persistFunc[T any] func(obj T, del bool) error
 
 // memResource is an in-memory Resource with a watch history: the whole of the memory store and
 // the index of the file store, which adds persistence through persist.
@@ -36,8 +34,6 @@ type memResource[T Object[T]] struct {
 	now     func() time.Time
 
 	mu       sync.Mutex
-	written  *sync.Cond      // on mu: a pending write finished
-	pending  map[nsName]bool // keys with a write on its way to disk
 	objs     map[nsName]T
 	hist     []Event[T]
 	trimmed  uint64 // highest resource version dropped from hist
@@ -51,20 +47,9 @@ type watcher[T any] struct {
 }
 
 func newMemResource[T Object[T]](kind string, rv *atomic.Uint64, p persistFunc[T]) *memResource[T] {
-	r := &memResource[T]{
+	return &memResource[T]{
 		kind: kind, rv: rv, persist: p, now: time.Now,
-		pending: map[nsName]bool{}, objs: map[nsName]T{}, watchers: map[*watcher[T]]struct{}{},
-	}
-	r.written = sync.NewCond(&r.mu)
-	return r
-}
-
-// lockKey takes r.mu once no write to k is on its way to disk: a write checks the state its
-// predecessor left. Writes to other keys go on meanwhile, and share the store's syncs.
-func (r *memResource[T]) lockKey(k nsName) {
-	r.mu.Lock()
-	for r.pending[k] {
-		r.written.Wait()
+		objs: map[nsName]T{}, watchers: map[*watcher[T]]struct{}{},
 	}
 }
 
@@ -116,14 +101,14 @@ func compareKeys(a, b *ObjectMeta) int {
 }
 
 func (r *memResource[T]) Create(_ context.Context, obj T) (T, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	var zero T
 	m := obj.Meta()
 	k := nsName{m.Namespace, m.Name}
 	if m.Name == "" {
 		return zero, fmt.Errorf("registrar: create %s: empty name", r.kind)
 	}
-	r.lockKey(k)
-	defer r.mu.Unlock()
 	if _, ok := r.objs[k]; ok {
 		return zero, r.errorf(ErrAlreadyExists, k)
 	}
@@ -156,11 +141,11 @@ func (r *memResource[T]) UpdateStatus(_ context.Context, obj T) (T, error) {
 // update checks obj's resource version and UID against the stored object and commits
 // merge(stored, copy of obj) with the stored identity fields.
 func (r *memResource[T]) update(obj T, merge func(cur, next T) T) (T, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	var zero T
 	m := obj.Meta()
 	k := nsName{m.Namespace, m.Name}
-	r.lockKey(k)
-	defer r.mu.Unlock()
 	cur, ok := r.objs[k]
 	if !ok {
 		return zero, r.errorf(ErrNotFound, k)
@@ -177,9 +162,9 @@ func (r *memResource[T]) update(obj T, merge func(cur, next T) T) (T, error) {
 }
 
 func (r *memResource[T]) Delete(_ context.Context, namespace, name string, pre Preconditions) error {
-	k := nsName{namespace, name}
-	r.lockKey(k)
+	r.mu.Lock()
 	defer r.mu.Unlock()
+	k := nsName{namespace, name}
 	cur, ok := r.objs[k]
 	if !ok {
 		return r.errorf(ErrNotFound, k)
@@ -196,42 +181,16 @@ func (r *memResource[T]) Delete(_ context.Context, namespace, name string, pre P
 	return nil
 }
 
-// commit persists o, makes it visible and tells the watchers. Called with r.mu held; with a
-// persist function it lets go of r.mu while o goes to disk (k stays pending meanwhile).
+// commit persists o, makes it visible and tells the watchers. Called with r.mu held.
 func (r *memResource[T]) commit(k nsName, o T, typ EventType) (T, error) {
 	var zero T
 	rv := r.rv.Add(1)
 	o.Meta().ResourceVersion = strconv.FormatUint(rv, 10)
-	if r.persist == nil {
-		r.apply(k, o, typ)
-		return o.DeepCopy(), nil
-	}
-	result := make(chan error, 1)
-	err := r.persist(o, typ == Deleted, func(err error) {
-		// Called in persist order, so watchers and the history see resource versions in order.
-		r.mu.Lock()
-		delete(r.pending, k)
-		if err == nil {
-			r.apply(k, o, typ)
+	if r.persist != nil {
+		if err := r.persist(o, typ == Deleted); err != nil {
+			return zero, fmt.Errorf("registrar: write %s %s: %w", r.kind, k, err)
 		}
-		r.written.Broadcast()
-		r.mu.Unlock()
-		result <- err
-	})
-	if err == nil {
-		r.pending[k] = true
-		r.mu.Unlock()
-		err = <-result
-		r.mu.Lock()
 	}
-	if err != nil {
-		return zero, fmt.Errorf("registrar: write %s %s: %w", r.kind, k, err)
-	}
-	return o.DeepCopy(), nil
-}
-
-// apply makes o visible and tells the watchers. Called with r.mu held.
-func (r *memResource[T]) apply(k nsName, o T, typ EventType) {
 	if typ == Deleted {
 		delete(r.objs, k)
 	} else {
@@ -249,6 +208,7 @@ func (r *memResource[T]) apply(k nsName, o T, typ EventType) {
 			r.send(w, ev)
 		}
 	}
+	return o.DeepCopy(), nil
 }
 
 // send delivers ev without blocking; a watcher whose buffer is full is dropped.

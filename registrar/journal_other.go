@@ -1,9 +1,0 @@
-//go:build !linux
-
-package registrar
-
-import "os"
-
-func fdatasync(f *os.File) error { return f.Sync() }
-
-func syncTree(dir string, dirty map[string]bool) error { return syncEach(dir, dirty) }

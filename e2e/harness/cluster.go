@@ -155,6 +155,20 @@ func (c *Cluster) Namespace(t testing.TB, prefix string) string {
 // shared cluster into *shared, runs the tests, prints the peers' log tails if anything failed,
 // and stops everything (also on SIGINT/SIGTERM).
 func Main(m *testing.M, o Options, shared **Cluster) int {
+	return runMain(m, "cluster", func(ctx context.Context, l peers.Layout) (peerSet, string, error) {
+		c, err := StartCluster(ctx, l, o)
+		if err != nil {
+			return nil, "", err
+		}
+		*shared = c
+		return c, fmt.Sprintf("apiserver %s, istiod %v", c.API.URL, c.Istiod != nil), nil
+	})
+}
+
+// runMain is Main's and MainMulti's common part: it serves re-executed children, removes the
+// temp roots of dead runs, finds (and fetches if needed) the peers, starts the package's shared
+// peers with start (what names them in messages), and runs the tests with them (runTests).
+func runMain(m *testing.M, what string, start func(context.Context, peers.Layout) (peerSet, string, error)) int {
 	RunXDSClientIfRequested()
 	runNSChildIfRequested()
 	RemoveStaleTempRoots()
@@ -165,20 +179,17 @@ func Main(m *testing.M, o Options, shared **Cluster) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t0 := time.Now()
-	c, err := StartCluster(ctx, l, o)
+	ps, desc, err := start(ctx, l)
 	cancel()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: cluster:", err)
+		fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", what, err)
 		StopAll()
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "e2e: cluster up in %s (apiserver %s, istiod %v)\n",
-		time.Since(t0).Round(10*time.Millisecond), c.API.URL, c.Istiod != nil)
-	*shared = c
-	return runTests(m, c)
+	fmt.Fprintf(os.Stderr, "e2e: %s up in %s (%s)\n", what, time.Since(t0).Round(10*time.Millisecond), desc)
+	return runTests(m, ps)
 }
 
 // peerSet is what runTests stops: the peers a package's tests share.

@@ -299,28 +299,14 @@ func (mc *MultiCluster) Stop() {
 // *shared, runs the tests, prints the peers' log tails if anything failed, and stops everything
 // (also on SIGINT/SIGTERM).
 func MainMulti(m *testing.M, o MultiOptions, shared **MultiCluster) int {
-	RunXDSClientIfRequested()
-	runNSChildIfRequested()
-	RemoveStaleTempRoots()
-	defer RemoveTempRoot()
-	l, err := locatePeers()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	t0 := time.Now()
-	mc, err := StartMultiCluster(ctx, l, o)
-	cancel()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: multicluster:", err)
-		StopAll()
-		return 1
-	}
-	fmt.Fprintf(os.Stderr, "e2e: two clusters up in %s (%s %s, %s %s)\n", time.Since(t0).Round(10*time.Millisecond),
-		mc.A.ID, mc.A.API.URL, mc.B.ID, mc.B.API.URL)
-	*shared = mc
-	return runTests(m, mc)
+	return runMain(m, "two clusters", func(ctx context.Context, l peers.Layout) (peerSet, string, error) {
+		mc, err := StartMultiCluster(ctx, l, o)
+		if err != nil {
+			return nil, "", err
+		}
+		*shared = mc
+		return mc, fmt.Sprintf("%s %s, %s %s", mc.A.ID, mc.A.API.URL, mc.B.ID, mc.B.API.URL), nil
+	})
 }
 
 // locatePeers finds the peers' cache and fills it if something is missing.

@@ -3,9 +3,7 @@ package helmchart
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -225,11 +223,8 @@ func checkRendered(t *testing.T, objs []map[string]any, network string) string {
 	return cfg
 }
 
-var pathRE = regexp.MustCompile(`/(?:etc|var)/[A-Za-z0-9._/-]+`)
-
-// checkConfig runs the real `ewgate check` on a rendered config, with every file it names created
-// under a temporary root (a real CA and a serving certificate for istiod.istio-system.svc where it
-// names certificates and keys), after checking that the Deployment mounts something at each path.
+// checkConfig runs the real `ewgate check` on a rendered config with the files it names where
+// the Deployment mounts them (harness.CheckDeployedConfig).
 func checkConfig(t *testing.T, cfg string, dep map[string]any) {
 	t.Helper()
 	spec := dep["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
@@ -238,56 +233,7 @@ func checkConfig(t *testing.T, cfg string, dep map[string]any) {
 	for _, m := range ctr["volumeMounts"].([]any) {
 		mounts = append(mounts, m.(map[string]any)["mountPath"].(string))
 	}
-	files := testFiles(t)
-	root := t.TempDir()
-	for _, p := range pathRE.FindAllString(cfg, -1) {
-		if !slices.ContainsFunc(mounts, func(m string) bool { return strings.HasPrefix(p, m+"/") }) {
-			t.Errorf("the config names %s, which no volume of the Deployment provides (mounts: %v)", p, mounts)
-		}
-		content, ok := files[filepath.Base(p)]
-		if !ok {
-			content = []byte("placeholder\n")
-		}
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, p), content, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	local := pathRE.ReplaceAllStringFunc(cfg, func(p string) string { return filepath.Join(root, p) })
-	path := filepath.Join(root, "ewgate.yaml")
-	if err := os.WriteFile(path, []byte(local), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(harness.EwgateBinary(t), "check", "--config", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ewgate check on the rendered config: %v\n%s\nconfig:\n%s", err, out, cfg)
-	}
-	t.Logf("ewgate check: %s", strings.TrimSpace(strings.ReplaceAll(string(out), root, "")))
-}
-
-func testFiles(t *testing.T) map[string][]byte {
-	t.Helper()
-	ca, err := harness.NewCA("helm chart test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, key, err := ca.Issue(harness.LeafOptions{CommonName: "istiod.istio-system.svc", DNSNames: []string{"istiod.istio-system.svc"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return map[string][]byte{
-		"tls.crt":       leaf,
-		"tls.key":       key,
-		"ca.crt":        ca.CertPEM,
-		"ca.key":        pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
-		"root-cert.pem": ca.CertPEM,
-	}
+	harness.CheckDeployedConfig(t, cfg, mounts)
 }
 
 var (

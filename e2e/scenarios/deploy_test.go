@@ -7,13 +7,9 @@ package scenarios
 // operations page promises (drain, hardening, topology label) hold in what is rendered.
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -140,74 +136,14 @@ func checkOverlay(t *testing.T, dir, overlay string) {
 	}
 }
 
-var pathRE = regexp.MustCompile(`/(?:etc|var)/[A-Za-z0-9._/-]+`)
-
-// checkConfig runs `ewgate check` on the ConfigMap's config, with every file it names created
-// under a temporary root (real certificates and keys where it names them) after making sure
-// the Deployment mounts something at each of those paths.
+// checkConfig runs `ewgate check` on the ConfigMap's config with the files it names where the
+// Deployment mounts them (harness.CheckDeployedConfig).
 func checkConfig(t *testing.T, cfg string, dep map[string]any) {
 	mounts := []string{"/var/run/secrets/kubernetes.io/serviceaccount"} // the automounted token
 	for _, m := range list(container(t, dep), "volumeMounts") {
 		mounts = append(mounts, str(m, "mountPath"))
 	}
-	root := t.TempDir()
-	files, err := testFiles()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range pathRE.FindAllString(cfg, -1) {
-		mounted := false
-		for _, m := range mounts {
-			mounted = mounted || strings.HasPrefix(p, m+"/")
-		}
-		if !mounted {
-			t.Errorf("config names %s, which no volume of the Deployment provides (mounts: %v)", p, mounts)
-		}
-		content, ok := files[filepath.Base(p)]
-		if !ok {
-			content = []byte("placeholder\n")
-		}
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, p), content, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	local := pathRE.ReplaceAllStringFunc(cfg, func(p string) string { return filepath.Join(root, p) })
-	path := filepath.Join(root, "ewgate.yaml")
-	if err := os.WriteFile(path, []byte(local), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(harness.EwgateBinary(t), "check", "--config", path).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ewgate check on the ConfigMap's config: %v\n%s", err, out)
-	}
-	t.Logf("ewgate check: %s", strings.TrimSpace(strings.ReplaceAll(string(out), root, "")))
-}
-
-// testFiles are the contents of the files a config names, by base name: a CA and a serving
-// certificate it issued.
-func testFiles() (map[string][]byte, error) {
-	ca, err := harness.NewCA("deploy test CA")
-	if err != nil {
-		return nil, err
-	}
-	leaf, key, err := ca.Issue(harness.LeafOptions{CommonName: "istiod.istio-system.svc", DNSNames: []string{"istiod.istio-system.svc"}})
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(ca.Key)
-	if err != nil {
-		return nil, err
-	}
-	return map[string][]byte{
-		"tls.crt":       leaf,
-		"tls.key":       key,
-		"ca.crt":        ca.CertPEM,
-		"ca.key":        pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}),
-		"root-cert.pem": ca.CertPEM,
-	}, nil
+	harness.CheckDeployedConfig(t, cfg, mounts)
 }
 
 func checkDeployment(t *testing.T, dep map[string]any, cfg string) {

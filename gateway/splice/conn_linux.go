@@ -114,6 +114,8 @@ type Conn struct {
 	rdl   atomic.Int64 // read deadline, unix nanoseconds; 0: none
 	wdl   atomic.Int64
 	timer *time.Timer // for deadlines; made at the first wait that has one
+	// waiting counts the calls waiting for an event (tests wait on it, not on a sleep).
+	waiting atomic.Int32
 }
 
 const (
@@ -153,6 +155,8 @@ func (c *Conn) call(f func(fd int) syscall.Errno) syscall.Errno {
 // wait parks until the loop reports an event of the socket or Close was called (the caller
 // retries its call, which then finds the Conn closed), the deadline passes, or the engine stops.
 func (c *Conn) wait(deadline *atomic.Int64) error {
+	c.waiting.Add(1)
+	defer c.waiting.Add(-1)
 	d := deadline.Load()
 	if d == 0 {
 		select {

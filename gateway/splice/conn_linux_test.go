@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
 // A Conn before Splice: reads wait for the loop and honour deadlines, writes go through, Close
@@ -21,13 +23,16 @@ func TestConnBeforeSplice(t *testing.T) {
 	if got, want := s.conn.LocalAddr().String(), s.client.RemoteAddr().String(); got != want {
 		t.Fatalf("LocalAddr %v; want %v", got, want)
 	}
-	go func() {
-		time.Sleep(50 * time.Millisecond) // the read below waits for the loop first
-		s.client.Write([]byte("hello"))
-	}()
+	// The read waits for the loop first: the bytes come once it is waiting.
 	buf := make([]byte, 16)
 	s.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	n, err := s.conn.Read(buf)
+	var n int
+	var err error
+	readDone := make(chan struct{})
+	go func() { n, err = s.conn.Read(buf); close(readDone) }()
+	testkit.Eventually(t, "the read to wait", func() bool { return s.conn.waiting.Load() == 1 })
+	s.client.Write([]byte("hello"))
+	<-readDone
 	if err != nil || string(buf[:n]) != "hello" {
 		t.Fatalf("read %q, %v", buf[:n], err)
 	}
@@ -38,7 +43,8 @@ func TestConnBeforeSplice(t *testing.T) {
 	}
 	s.conn.SetReadDeadline(time.Time{})
 	big := bytes.Repeat([]byte("x"), 8<<20) // more than the socket buffers: Write waits for the loop
-	go func() { io.Copy(io.Discard, io.LimitReader(s.client, int64(len(big)))) }()
+	drained := make(chan struct{})
+	go func() { io.Copy(io.Discard, io.LimitReader(s.client, int64(len(big)))); close(drained) }()
 	if n, err := s.conn.Write(big); n != len(big) || err != nil {
 		t.Fatalf("wrote %d, %v", n, err)
 	}
@@ -47,7 +53,7 @@ func TestConnBeforeSplice(t *testing.T) {
 	}
 	read := make(chan error, 1)
 	go func() { _, err := s.conn.Read(buf); read <- err }()
-	time.Sleep(50 * time.Millisecond) // let the read wait
+	testkit.Eventually(t, "the read to wait", func() bool { return s.conn.waiting.Load() == 1 })
 	s.conn.Close()
 	if err := <-read; !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("read waiting at Close: %v; want net.ErrClosed", err)
@@ -55,6 +61,7 @@ func TestConnBeforeSplice(t *testing.T) {
 	if _, err := s.conn.Read(buf); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("read after Close: %v; want net.ErrClosed", err)
 	}
+	<-drained // the client's reader of the big write is done before the client reads on
 	s.client.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := s.client.Read(buf); !errors.Is(err, io.EOF) {
 		t.Fatalf("client after Close: %v; want EOF", err)

@@ -170,60 +170,11 @@ func TestVMConfigBundleStandalone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const ns, vmIP = "vms", "127.0.9.90"
-	backend := startHealthServer(t, vmIP)
-	dir := t.TempDir()
-	serving, err := harness.NewControlServingCert(dir, controlSAN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	control := loopbackWithPort(t, 15012)
-	ewgateIP, _, _ := net.SplitHostPort(control)
-	admin, mesh, cp := freeAddr(t), freeAddr(t), freeAddr(t)
-	store, caDir, keyDir := filepath.Join(dir, "store"), filepath.Join(dir, "ca"), filepath.Join(dir, "vm-tokens")
-	webHost := "web." + ns + ".svc.cluster.local"
-	config := fmt.Sprintf(`
-admin: {address: %[1]s}
-listeners:
-  - {name: mesh, kind: mesh, address: %[2]s, routes_from: xds}
-xds:
-  node: {network: vmnet}
-control_plane:
-  address: %[3]s
-  debounce: 20ms
-  workload_entries_dir: %[4]s
-  ca: {data_dir: %[5]s}
-authn:
-  issuers:
-    - issuer: https://ewgate.local/vm-tokens
-      cluster: standalone1
-      jwks_file: %[6]s
-control:
-  address: %[7]s
-  tls: {cert_file: %[8]s, key_file: %[9]s}
-  upstreams: [{cluster: standalone1, builtin: true}]
-registrar:
-  instance: ewgate-e2e-bundle-standalone
-  grace_period: 2s
-workload_groups:
-  - metadata: {name: web, namespace: %[10]s}
-    spec:
-      metadata: {labels: {app: web}}
-      template: {serviceAccount: vm, ports: {grpc: %[11]d}}
-services:
-  - name: web
-    namespace: %[10]s
-    hosts: [%[12]s]
-    ports: [{number: %[11]d, name: grpc, protocol: GRPC}]
-    workload_selector: {labels: {app: web}}
-`, admin, mesh, cp, yamlQuote(store), yamlQuote(caDir), yamlQuote(filepath.Join(keyDir, "vm-token-jwks.json")),
-		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile), ns, backend.Port, webHost)
-	configFile := writeTemp(t, dir, "ewgate.yaml", []byte(config))
-	bundleDir := vmConfig(t, ctx, "--config", configFile, "--group", ns+"/web", "--ewgate-address", ewgateIP,
-		"--serving-ca", writeTemp(t, dir, "serving-ca.pem", serving.CA.CertPEM), "--internal-ip", vmIP,
-		"--token-key-dir", keyDir)
+	const ns, vmIP = bundleNS, "127.0.9.90"
+	bs := prepareBundleStandalone(t, ctx, vmIP, bundleStandaloneOptions{instance: "ewgate-e2e-bundle-standalone", gracePeriod: "2s"})
+	store, caDir, bundleDir, webHost, backend := bs.store, bs.caDir, bs.bundleDir, bs.webHost, bs.backend
 
-	gw := harness.StartEwgate(t, admin, config)
+	gw := harness.StartEwgate(t, bs.admin, bs.config)
 	waitIssuer(t, ctx, gw, true)
 	meshRoot, err := os.ReadFile(filepath.Join(caDir, "root-cert.pem"))
 	if err != nil {
@@ -269,4 +220,83 @@ services:
 	if strings.Contains(gw.Proc.Log(), "authentication failed") {
 		t.Errorf("ewgate refused a call of the VM:\n%s", gw.Proc.Tail(40))
 	}
+}
+
+// bundleTokenIssuer is the issuer of the tokens `ewgate vm-config` signs for a standalone ewgate.
+const bundleTokenIssuer = "https://ewgate.local/vm-tokens"
+
+// bundleStandalone is a standalone ewgate (built-in control plane and CA, file store, VM tokens it
+// signs itself) with a VM bundle written by `ewgate vm-config` before its first start, for the
+// service web.vms backed by a gRPC health server on the VM's address.
+type bundleStandalone struct {
+	config, admin   string
+	store, caDir    string
+	keyDir, webHost string
+	bundleDir       string
+	backend         *net.TCPAddr
+}
+
+// bundleStandaloneOptions: the registrar's instance and grace period, and extra lines in the
+// top level, under authn: and under control: (indented as they go).
+type bundleStandaloneOptions struct {
+	instance, gracePeriod   string
+	top, authn, controlKeys string
+}
+
+const bundleNS = "vms"
+
+func prepareBundleStandalone(t *testing.T, ctx context.Context, vmIP string, o bundleStandaloneOptions) *bundleStandalone {
+	t.Helper()
+	backend := startHealthServer(t, vmIP)
+	dir := t.TempDir()
+	serving, err := harness.NewControlServingCert(dir, controlSAN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	control := loopbackWithPort(t, 15012)
+	ewgateIP, _, _ := net.SplitHostPort(control)
+	s := &bundleStandalone{admin: freeAddr(t), store: filepath.Join(dir, "store"), caDir: filepath.Join(dir, "ca"),
+		keyDir: filepath.Join(dir, "vm-tokens"), webHost: "web." + bundleNS + ".svc.cluster.local", backend: backend}
+	s.config = fmt.Sprintf(`
+admin: {address: %[1]s}
+%[14]slisteners:
+  - {name: mesh, kind: mesh, address: %[2]s, routes_from: xds}
+xds:
+  node: {network: vmnet}
+control_plane:
+  address: %[3]s
+  debounce: 20ms
+  workload_entries_dir: %[4]s
+  ca: {data_dir: %[5]s}
+authn:
+  issuers:
+    - issuer: %[13]s
+      cluster: standalone1
+      jwks_file: %[6]s
+%[15]scontrol:
+  address: %[7]s
+  tls: {cert_file: %[8]s, key_file: %[9]s}
+%[16]s  upstreams: [{cluster: standalone1, builtin: true}]
+registrar:
+  instance: %[17]s
+  grace_period: %[18]s
+workload_groups:
+  - metadata: {name: web, namespace: %[10]s}
+    spec:
+      metadata: {labels: {app: web}}
+      template: {serviceAccount: vm, ports: {grpc: %[11]d}}
+services:
+  - name: web
+    namespace: %[10]s
+    hosts: [%[12]s]
+    ports: [{number: %[11]d, name: grpc, protocol: GRPC}]
+    workload_selector: {labels: {app: web}}
+`, s.admin, freeAddr(t), freeAddr(t), yamlQuote(s.store), yamlQuote(s.caDir), yamlQuote(filepath.Join(s.keyDir, "vm-token-jwks.json")),
+		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile), bundleNS, backend.Port, s.webHost, bundleTokenIssuer,
+		o.top, o.authn, o.controlKeys, o.instance, o.gracePeriod)
+	configFile := writeTemp(t, dir, "ewgate.yaml", []byte(s.config))
+	s.bundleDir = vmConfig(t, ctx, "--config", configFile, "--group", bundleNS+"/web", "--ewgate-address", ewgateIP,
+		"--serving-ca", writeTemp(t, dir, "serving-ca.pem", serving.CA.CertPEM), "--internal-ip", vmIP,
+		"--token-key-dir", s.keyDir)
+	return s
 }

@@ -306,67 +306,15 @@ func replaceBundleToken(t *testing.T, bundleDir, tok string) {
 
 func vmOutlivesTokenStandalone(t *testing.T, name, vmIP string) {
 	ctx := harness.Context(t, 3*time.Minute)
-	const ns = "vms"
-	backend := startHealthServer(t, vmIP)
-	dir := t.TempDir()
-	serving, err := harness.NewControlServingCert(dir, controlSAN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	control := loopbackWithPort(t, 15012)
-	ewgateIP, _, _ := net.SplitHostPort(control)
-	admin, mesh, cp := freeAddr(t), freeAddr(t), freeAddr(t)
-	store, caDir, keyDir := filepath.Join(dir, "store"), filepath.Join(dir, "ca"), filepath.Join(dir, "vm-tokens")
-	const tokenIssuer = "https://ewgate.local/vm-tokens"
-	webHost := "web." + ns + ".svc.cluster.local"
-	config := fmt.Sprintf(`
-admin: {address: %[1]s}
-drain_timeout: 1s
-listeners:
-  - {name: mesh, kind: mesh, address: %[2]s, routes_from: xds}
-xds:
-  node: {network: vmnet}
-control_plane:
-  address: %[3]s
-  debounce: 20ms
-  workload_entries_dir: %[4]s
-  ca: {data_dir: %[5]s}
-authn:
-  issuers:
-    - issuer: %[13]s
-      cluster: standalone1
-      jwks_file: %[6]s
-  leeway: 1s
-control:
-  address: %[7]s
-  tls: {cert_file: %[8]s, key_file: %[9]s}
-  limits: {idle_timeout: 5s}
-  upstreams: [{cluster: standalone1, builtin: true}]
-registrar:
-  instance: ewgate-e2e-exp-standalone
-  grace_period: 2m
-workload_groups:
-  - metadata: {name: web, namespace: %[10]s}
-    spec:
-      metadata: {labels: {app: web}}
-      template: {serviceAccount: vm, ports: {grpc: %[11]d}}
-services:
-  - name: web
-    namespace: %[10]s
-    hosts: [%[12]s]
-    ports: [{number: %[11]d, name: grpc, protocol: GRPC}]
-    workload_selector: {labels: {app: web}}
-`, admin, mesh, cp, yamlQuote(store), yamlQuote(caDir), yamlQuote(filepath.Join(keyDir, "vm-token-jwks.json")),
-		control, yamlQuote(serving.CertFile), yamlQuote(serving.KeyFile), ns, backend.Port, webHost, tokenIssuer)
-	configFile := writeTemp(t, dir, "ewgate.yaml", []byte(config))
-	bundleDir := vmConfig(t, ctx, "--config", configFile, "--group", ns+"/web", "--ewgate-address", ewgateIP,
-		"--serving-ca", writeTemp(t, dir, "serving-ca.pem", serving.CA.CertPEM), "--internal-ip", vmIP,
-		"--token-key-dir", keyDir)
+	const ns = bundleNS
+	bs := prepareBundleStandalone(t, ctx, vmIP, bundleStandaloneOptions{instance: "ewgate-e2e-exp-standalone", gracePeriod: "2m",
+		top: "drain_timeout: 1s\n", authn: "  leeway: 1s\n", controlKeys: "  limits: {idle_timeout: 5s}\n"})
+	admin, config, store, keyDir, bundleDir, webHost, backend := bs.admin, bs.config, bs.store, bs.keyDir, bs.bundleDir, bs.webHost, bs.backend
 	// vm-config signs for at least 10 minutes: the same claims, signed with the same key, for
 	// expiryTokenLife. No authn.client_certs: ewgate trusts its own CA's certificates.
 	iat := time.Now()
 	exp := iat.Add(expiryTokenLife)
-	replaceBundleToken(t, bundleDir, signStandaloneToken(t, keyDir, tokenIssuer, ns, "vm", iat, exp))
+	replaceBundleToken(t, bundleDir, signStandaloneToken(t, keyDir, bundleTokenIssuer, ns, "vm", iat, exp))
 
 	gw := harness.StartEwgate(t, admin, config)
 	waitIssuer(t, ctx, gw, true)

@@ -134,8 +134,8 @@ func freeAddr(t *testing.T) string {
 	return fmt.Sprintf("127.0.0.1:%d", p)
 }
 
-// startEchoTLS is a TLS server (self-signed, made here) that echoes each line back.
-func startEchoTLS(t *testing.T) net.Listener {
+// echoTLSConfig is a server config with a self-signed certificate made here.
+func echoTLSConfig(t *testing.T) *tls.Config {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -147,10 +147,13 @@ func startEchoTLS(t *testing.T) net.Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
-		NextProtos:   []string{"istio"},
-	})
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, NextProtos: []string{"istio"}}
+}
+
+// startEchoTLS is a TLS server (self-signed, made here) that echoes each line back.
+func startEchoTLS(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", echoTLSConfig(t))
 	if err != nil {
 		t.Fatal(err)
 	}

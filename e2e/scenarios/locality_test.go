@@ -1,13 +1,15 @@
 package scenarios
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,8 +38,8 @@ func TestLocalityFailoverFromIstiod(t *testing.T) {
 	port := freePortOn(t, "127.0.0.11", "127.0.0.12")
 	sni := fmt.Sprintf("outbound_.%d_._.%s", port, host)
 	localAddr := net.JoinHostPort("127.0.0.11", strconv.Itoa(port))
-	local := startNamedTLS(t, ca, localAddr, sni, "r1/z1/s1")
-	startNamedTLS(t, ca, net.JoinHostPort("127.0.0.12", strconv.Itoa(port)), sni, "r2/z2/s2")
+	local := startNamedTLS(t, ca, localAddr, "r1/z1/s1", sni)
+	startNamedTLS(t, ca, net.JoinHostPort("127.0.0.12", strconv.Itoa(port)), "r2/z2/s2", sni)
 	if _, err := cluster.API.CreateGateway(ctx, ns, "eastwest", harness.EastWestGateway(15443)); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +130,7 @@ xds:
 	}
 
 	// It comes back: once its ejection (baseEjectionTime 2s) is over, traffic fails back.
-	startNamedTLS(t, ca, localAddr, sni, "r1/z1/s1")
+	startNamedTLS(t, ca, localAddr, "r1/z1/s1", sni)
 	if err := harness.Poll(ctx, 200*time.Millisecond, func() (bool, error) {
 		name, err := whoAnswers(ctx, mesh, sni, ca)
 		return name == "r1/z1/s1", err
@@ -231,17 +233,17 @@ func routeOf(body, match string) (routeView, bool) {
 	return routeView{}, false
 }
 
-// namedTLS is a TLS backend (certificate for the Istio SNI from the test's CA) that writes its
-// name and closes.
+// namedTLS is a TLS backend on addr whose certificate (from the test's CA) names the given SNIs:
+// after each handshake it writes its name and a newline, then echoes until the client closes.
 type namedTLS struct {
 	addr string
 	ln   net.Listener
 	wg   sync.WaitGroup
 }
 
-func startNamedTLS(t *testing.T, ca *harness.CA, addr, sni, name string) *namedTLS {
+func startNamedTLS(t *testing.T, ca *harness.CA, addr, name string, snis ...string) *namedTLS {
 	t.Helper()
-	certPEM, keyPEM, err := ca.Issue(harness.LeafOptions{CommonName: name, DNSNames: []string{sni}})
+	certPEM, keyPEM, err := ca.Issue(harness.LeafOptions{CommonName: name, DNSNames: snis})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,8 +268,11 @@ func startNamedTLS(t *testing.T, ca *harness.CA, addr, sni, name string) *namedT
 			go func() {
 				defer b.wg.Done()
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				c.Write([]byte(name + "\n"))
+				c.SetDeadline(time.Now().Add(2 * time.Minute))
+				if _, err := io.WriteString(c, name+"\n"); err != nil {
+					return
+				}
+				io.Copy(c, c)
 			}()
 		}
 	}()
@@ -283,18 +288,14 @@ func (b *namedTLS) stop() {
 // whoAnswers connects through the gateway with an Istio SNI and ALPN, verifies the backend's
 // certificate against the test's CA, and returns the name the backend wrote.
 func whoAnswers(ctx context.Context, gw, sni string, ca *harness.CA) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	d := tls.Dialer{Config: &tls.Config{ServerName: sni, NextProtos: []string{"istio"}, RootCAs: ca.Pool()}}
-	c, err := d.DialContext(ctx, "tcp", gw)
+	c, err := dialVerified(ctx, gw, ca, sni)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	buf := make([]byte, 64)
-	n, err := c.Read(buf)
-	if n == 0 {
-		return "", errors.Join(errors.New("no answer from the backend"), err)
+	line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("no answer from the backend: %w", err)
 	}
-	return string(buf[:n-1]), nil
+	return strings.TrimSuffix(line, "\n"), nil
 }

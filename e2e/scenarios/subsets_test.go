@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -64,7 +63,7 @@ func TestSubsetsThroughEwgate(t *testing.T) {
 		if v == "other" {
 			app = "other"
 		}
-		addr := startVersionBackend(t, ca, v, plain, v1, v2, name("", other))
+		addr := netip.MustParseAddrPort(startNamedTLS(t, ca, "127.0.0.1:0", v, plain, v1, v2, name("", other)).addr)
 		byVersion[v] = append(byVersion[v], addr.String())
 		if _, err := cluster.API.CreateWorkloadEntry(ctx, ns, fmt.Sprintf("%s-%d", app, i), nil, map[string]any{
 			"address": addr.Addr().String(),
@@ -184,47 +183,11 @@ xds:
 	}
 }
 
-// startVersionBackend is a TLS server on loopback whose certificate (from ca) names the given
-// SNIs; after each handshake it writes its version and a newline, then echoes.
-func startVersionBackend(t *testing.T, ca *harness.CA, version string, names ...string) netip.AddrPort {
-	t.Helper()
-	certPEM, keyPEM, err := ca.Issue(harness.LeafOptions{CommonName: "echo-" + version, DNSNames: names})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"istio"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(2 * time.Minute))
-				if _, err := io.WriteString(c, version+"\n"); err != nil {
-					return
-				}
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
 // dialVersion makes an Istio-style TLS connection through ewgate that verifies the backend's
 // certificate for sni, and returns it with the version the backend said.
 func dialVersion(t *testing.T, mesh string, ca *harness.CA, sni string) (*tls.Conn, string) {
 	t.Helper()
-	c, err := dialVerified(mesh, ca, sni)
+	c, err := dialVerified(context.Background(), mesh, ca, sni)
 	if err != nil {
 		t.Fatalf("TLS through ewgate with SNI %s: %v", sni, err)
 	}
@@ -236,8 +199,10 @@ func dialVersion(t *testing.T, mesh string, ca *harness.CA, sni string) (*tls.Co
 	return c, strings.TrimSuffix(line, "\n")
 }
 
-func dialVerified(mesh string, ca *harness.CA, sni string) (*tls.Conn, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// dialVerified makes an Istio-style TLS connection (SNI, ALPN istio) through the gateway at mesh,
+// verifying the backend's certificate for sni against the test's CA.
+func dialVerified(ctx context.Context, mesh string, ca *harness.CA, sni string) (*tls.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	d := tls.Dialer{Config: &tls.Config{ServerName: sni, NextProtos: []string{"istio"}, RootCAs: ca.Pool()}}
 	c, err := d.DialContext(ctx, "tcp", mesh)
@@ -252,7 +217,7 @@ func dialVerified(mesh string, ca *harness.CA, sni string) (*tls.Conn, error) {
 // refusedWith checks that a handshake with sni through ewgate fails with the TLS alert named
 // (as Go's crypto/tls prints it: "remote error: tls: <alert>").
 func refusedWith(mesh string, ca *harness.CA, sni, alert string) error {
-	c, err := dialVerified(mesh, ca, sni)
+	c, err := dialVerified(context.Background(), mesh, ca, sni)
 	if err == nil {
 		c.Close()
 		return fmt.Errorf("%s was routed; want the TLS alert %q", sni, alert)

@@ -32,6 +32,9 @@ type PeekOptions struct {
 	// MaxSize), so a caller can reuse buffers; the bytes Peek returns may alias it. A hello
 	// that does not fit moves to a larger buffer of Peek's own. Nil: Peek allocates 2 KiB.
 	Buf []byte
+	// Have is how many bytes at the start of Buf the caller already read from conn (its own
+	// first read, made without waiting): Peek parses them before reading more.
+	Have int
 }
 
 // Peek reads from conn until a complete ClientHello is parsed (or error), setting and then clearing a
@@ -61,7 +64,15 @@ func Peek(conn net.Conn, opts PeekOptions) (*Hello, []byte, error) {
 	if cap(buf) == 0 {
 		buf = make([]byte, 0, min(initialBuf, maxSize))
 	}
+	buf = buf[:min(max(opts.Have, 0), cap(buf))]
 	want := 0 // lower bound of the hello's size, from the parser
+	if len(buf) > 0 {
+		h, need, done, err := check(buf, maxSize)
+		if done {
+			return h, buf, err
+		}
+		want = need
+	}
 	for {
 		if len(buf) == cap(buf) {
 			if len(buf) >= maxSize {
@@ -74,14 +85,9 @@ func Peek(conn net.Conn, opts PeekOptions) (*Hello, []byte, error) {
 		n, rerr := conn.Read(buf[len(buf):cap(buf)])
 		if n > 0 {
 			buf = buf[:len(buf)+n]
-			h, need, err := parse(buf)
-			switch {
-			case err == nil:
-				return h, buf, nil
-			case err != ErrTruncated: // parse returns ErrTruncated unwrapped
+			h, need, done, err := check(buf, maxSize)
+			if done {
 				return h, buf, err
-			case need > maxSize:
-				return nil, buf, fmt.Errorf("%w: hello needs at least %d bytes, cap is %d", ErrTooLarge, need, maxSize)
 			}
 			want = need
 		}
@@ -89,6 +95,21 @@ func Peek(conn net.Conn, opts PeekOptions) (*Hello, []byte, error) {
 			return nil, buf, readError(rerr, len(buf))
 		}
 	}
+}
+
+// check parses what Peek has read: done when the hello is whole or cannot be (err says why);
+// otherwise need is a lower bound of the bytes the hello takes.
+func check(buf []byte, maxSize int) (h *Hello, need int, done bool, err error) {
+	h, need, err = parse(buf)
+	switch {
+	case err == nil:
+		return h, 0, true, nil
+	case err != ErrTruncated: // parse returns ErrTruncated unwrapped
+		return h, 0, true, err
+	case need > maxSize:
+		return nil, 0, true, fmt.Errorf("%w: hello needs at least %d bytes, cap is %d", ErrTooLarge, need, maxSize)
+	}
+	return nil, need, false, nil
 }
 
 func readError(err error, n int) error {

@@ -151,6 +151,23 @@ func TestPeekReadsIntoTheGivenBuffer(t *testing.T) {
 	}
 }
 
+// Bytes the caller read itself (Have) are parsed first: a whole hello in them needs no read at
+// all, and part of one is completed by what Peek reads.
+func TestPeekStartsFromBytesAlreadyRead(t *testing.T) {
+	wire := goHello(t, "have.example.com", []string{"istio"})
+	for _, have := range []int{len(wire), 7, 1} {
+		client, server := net.Pipe()
+		feed(t, client, true, wire[have:])
+		buf := make([]byte, 4<<10)
+		copy(buf, wire[:have])
+		h, peeked, err := Peek(server, PeekOptions{Buf: buf, Have: have})
+		if err != nil || h.ServerName != "have.example.com" || !bytes.Equal(peeked, wire) {
+			t.Fatalf("have %d: hello %+v, %d bytes peeked, %v", have, h, len(peeked), err)
+		}
+		server.Close()
+	}
+}
+
 func TestPeekTimeoutWrapsCause(t *testing.T) {
 	client, server := net.Pipe()
 	defer server.Close()

@@ -33,11 +33,15 @@ try:    openssl s_client -connect 127.0.0.1:15443 -servername outbound_.8443_._.
         curl -sk --resolve demo.example.com:15444:127.0.0.1 https://demo.example.com:15444/
 stop:   Ctrl-C or kill <pid of make or of this script> (drains open connections; a second one closes them at once)
 MSG
+# The traps are set before ewgate starts: a signal that comes before ewgate's PID is known is
+# remembered and forwarded as soon as it is (before, such a signal killed the script).
+pending=
+for sig in TERM INT HUP; do
+	trap "pending=$sig; [ -z \"\$gw\" ] || kill -$sig \"\$gw\" 2>/dev/null || true" "$sig"
+done
 "$bin/ewgate" serve --config "$config" --log-format console &
 gw=$!
-for sig in TERM INT HUP; do
-	trap "kill -$sig $gw 2>/dev/null || true" "$sig"
-done
+[ -z "$pending" ] || kill "-$pending" "$gw" 2>/dev/null || true
 # A trapped signal ends `wait` early: wait again while ewgate drains, then exit with its status.
 status=0
 while :; do

@@ -67,13 +67,16 @@ type cutter interface{ Cut() }
 // client sent after them in one read.
 var helloBufs = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
 
-// serve is the connection's goroutine. A connection that is routed and dialled goes to a relay
-// engine, which calls done when the relay ends (on this goroutine or later on its own); one
-// refused or failed on the way is closed and done here.
+// serve is the connection's goroutine, from the start: route, dial, relay (see finish).
 func (c *conn) serve() {
-	c.start = c.g.now()
 	routed := c.route()
-	dialled := routed && c.dial()
+	c.finish(routed, routed && c.dial(nil, nil))
+}
+
+// finish ends the steps before the relay. A connection that is routed and dialled goes to a
+// relay engine, which calls done when the relay ends (on this goroutine or later on its own);
+// one refused or failed on the way is closed and done here.
+func (c *conn) finish(routed, dialled bool) {
 	c.freeHello() // the hello was sent upstream or is not needed: the buffer serves the next one
 	if dialled {
 		c.relay()
@@ -105,8 +108,12 @@ func (c *conn) route() bool {
 	if remaining <= 0 {
 		return c.fail(refusal(sni.ErrTimeout), sni.ErrTimeout)
 	}
-	c.helloBuf = helloBufs.Get().(*[]byte)
-	hello, peeked, err := sni.Peek(c.client, sni.PeekOptions{Timeout: remaining, MaxSize: lc.MaxHelloBytes, Buf: *c.helloBuf})
+	if c.helloBuf == nil {
+		c.helloBuf = helloBufs.Get().(*[]byte)
+	}
+	// The relay engine's loop may have read the first bytes already (fast).
+	hello, peeked, err := sni.Peek(c.client, sni.PeekOptions{Timeout: remaining, MaxSize: lc.MaxHelloBytes,
+		Buf: *c.helloBuf, Have: len(c.peeked)})
 	c.g.m.peek.WithLabelValues(c.l.name).Observe(time.Since(c.start).Seconds())
 	c.hello, c.peeked = hello, peeked
 	if err != nil {

@@ -16,14 +16,16 @@ import (
 var errNoEndpoint = errors.New("dataplane: no endpoint left to try")
 
 // dial connects to an endpoint of the connection's cluster and sends it the peeked bytes first,
-// trying up to max_connect_attempts endpoints; each failure, of the connect or of sending first,
-// counts toward the endpoint's ejection. The endpoint counts the connection from then on.
-func (c *conn) dial() bool {
+// trying up to max_connect_attempts endpoints, those in tried (already tried, lastErr the last
+// failure) included; each failure, of the connect or of sending first, counts toward the
+// endpoint's ejection. The endpoint counts the connection from then on.
+func (c *conn) dial(tried []*Endpoint, lastErr error) bool {
 	cl := c.cluster
-	h := xxhash.Sum64String(c.clientAddr.Addr().String())
-	var tried []*Endpoint
-	lastErr := errNoEndpoint
-	for range cl.Config.MaxConnectAttempts {
+	h := c.hash()
+	if lastErr == nil {
+		lastErr = errNoEndpoint
+	}
+	for len(tried) < cl.Config.MaxConnectAttempts {
 		now := c.g.now()
 		e := cl.lb.pick(h, tried, now.UnixNano())
 		if e == nil {
@@ -31,26 +33,40 @@ func (c *conn) dial() bool {
 		}
 		tried = append(tried, e)
 		up, err := c.dialEndpoint(e.Address, cl.Config.ConnectTimeout)
-		if err == nil {
-			e.state.success(now, cl.Config.OutlierDetection)
-			c.upstream, c.endpoint = up, e
-			c.up = int64(len(c.peeked))
-			e.state.active.Add(1)
-			c.g.clusterConns.add(c.l.name, cl.Name, 1)
+		if c.dialed(e, up, err, now) {
 			return true
 		}
 		lastErr = err
-		c.g.m.connectFail.WithLabelValues(cl.Name).Inc()
-		if e.state.failure(now, cl.Config.OutlierDetection) {
-			c.g.m.ejections.WithLabelValues(cl.Name).Inc()
-			c.g.log.Warn("endpoint ejected after consecutive connect failures", zap.String("cluster", cl.Name),
-				zap.String("endpoint", e.Address), zap.Int32("ejections", e.state.ejections.Load()), zap.Error(err))
-		}
 	}
 	if errors.Is(lastErr, errNoEndpoint) {
 		return c.fail(resultNoEndpoint, lastErr)
 	}
 	return c.fail(resultConnectFailed, lastErr)
+}
+
+// hash is the client's key for endpoint choices that stick to a client (consistent hashing).
+func (c *conn) hash() uint64 { return xxhash.Sum64String(c.clientAddr.Addr().String()) }
+
+// dialed records how a dial of endpoint e that started at now went: up is the connection to it
+// (the peeked bytes sent), or err the failure. It reports whether the connection has its
+// endpoint.
+func (c *conn) dialed(e *Endpoint, up net.Conn, err error, now time.Time) bool {
+	cl := c.cluster
+	if err == nil {
+		e.state.success(now, cl.Config.OutlierDetection)
+		c.upstream, c.endpoint = up, e
+		c.up = int64(len(c.peeked))
+		e.state.active.Add(1)
+		c.g.clusterConns.add(c.l.name, cl.Name, 1)
+		return true
+	}
+	c.g.m.connectFail.WithLabelValues(cl.Name).Inc()
+	if e.state.failure(now, cl.Config.OutlierDetection) {
+		c.g.m.ejections.WithLabelValues(cl.Name).Inc()
+		c.g.log.Warn("endpoint ejected after consecutive connect failures", zap.String("cluster", cl.Name),
+			zap.String("endpoint", e.Address), zap.Int32("ejections", e.state.ejections.Load()), zap.Error(err))
+	}
+	return false
 }
 
 // dialEndpoint connects to address (host:port) and sends the peeked bytes, within timeout: on

@@ -83,13 +83,21 @@ func (g *Gateway) engine() relayEngine {
 // epollEngine relays on package splice's event loops the pairs accepted and dialled on them.
 type epollEngine struct{ e *splice.Engine }
 
-func (e epollEngine) relay(c *conn) error {
+func (e epollEngine) relay(c *conn) error { return e.start(c, false) }
+
+// start hands the pair to its loop: from the connection's goroutine, or, onLoop, from the
+// loop's own (the fast path), where relaying starts before start returns.
+func (e epollEngine) start(c *conn, onLoop bool) error {
 	client, ok1 := c.client.(*splice.Conn)
 	up, ok2 := c.upstream.(*splice.Conn)
 	if !ok1 || !ok2 {
 		return errNotOnEngine
 	}
-	p, err := e.e.Splice(client, up, c.table.Listener.IdleTimeout, func(r splice.Result) {
+	hand := e.e.Splice
+	if onLoop {
+		hand = e.e.SpliceOnLoop
+	}
+	p, err := hand(client, up, c.table.Listener.IdleTimeout, func(r splice.Result) {
 		c.relayEnded(r.Reason, r.Up, r.Down, r.Err, r.ClientEOF)
 		c.done()
 	})

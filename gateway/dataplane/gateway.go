@@ -55,16 +55,20 @@ type Gateway struct {
 	draining atomic.Bool // Shutdown began: no accepting, not ready
 	cutting  atomic.Bool // the drain deadline passed: every connection is being closed
 
-	mu        sync.Mutex // guards listeners, conns, version, cfg, dynamic and serialises Apply
+	mu        sync.Mutex // guards listeners, version, cfg, dynamic and serialises Apply
 	cfg       *Config
 	dynamic   map[string]map[string]*dynamicCluster // routes_from: xds listener -> cluster name -> cluster
 	pending   atomic.Bool                           // a routes_from: xds listener has had no table yet
 	listeners map[string]*listener
-	conns     map[*conn]struct{}
 	version   uint64
 	relayCfg  *Relay                        // the relay settings of the first config; nil before it
 	epoll     atomic.Pointer[splice.Engine] // the epoll relay engine; nil when relaying with goroutines
 	wg        sync.WaitGroup                // accept loops and connection handlers
+
+	// The open connections. A lock of their own: the relay engine's loops take it for each
+	// connection, and must never wait for Apply or StopAccepting (which waits for the loops).
+	connsMu sync.Mutex
+	conns   map[*conn]struct{}
 
 	clusterConns clusterConns             // open relayed connections per listener and cluster
 	routed       map[listenerCluster]bool // the pairs whose series routedSeries keeps; g.mu
@@ -148,8 +152,7 @@ func (g *Gateway) Apply(f *Config) error {
 	}
 	for name, l := range bound {
 		g.listeners[name] = l
-		g.wg.Add(1)
-		go g.acceptLoop(l)
+		g.serve(l)
 	}
 	for _, lc := range f.Listeners {
 		g.m.initListener(lc.Name)
@@ -187,16 +190,7 @@ func (g *Gateway) bindNew(f *Config) (map[string]*listener, error) {
 			}
 			return nil, fmt.Errorf("dataplane: listener %q: %w", lc.Name, err)
 		}
-		l := &listener{name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
-		if e := g.epoll.Load(); e != nil {
-			if l.acc, err = e.NewAcceptor(l.ln); err != nil {
-				// Out of files: this listener's connections are relayed on goroutines.
-				g.m.relayFallbacks.Inc()
-				g.log.Warn("relay engine cannot accept for a listener; its connections are relayed with goroutines",
-					zap.String("listener", lc.Name), zap.Error(err))
-			}
-		}
-		bound[lc.Name] = l
+		bound[lc.Name] = &listener{g: g, name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
 	}
 	return bound, nil
 }
@@ -234,8 +228,8 @@ func (g *Gateway) Ready() bool { return g.ready.Load() && !g.pending.Load() && !
 
 // ActiveConnections is the number of connections open now, across listeners.
 func (g *Gateway) ActiveConnections() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.connsMu.Lock()
+	defer g.connsMu.Unlock()
 	return len(g.conns)
 }
 
@@ -246,12 +240,12 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.StopAccepting()
 	err := g.waitIdle(ctx)
 	if err != nil {
-		g.mu.Lock()
+		g.connsMu.Lock()
 		g.cutting.Store(true)
 		for c := range g.conns {
 			c.cut()
 		}
-		g.mu.Unlock()
+		g.connsMu.Unlock()
 	}
 	g.wg.Wait()
 	if e := g.epoll.Load(); e != nil {
@@ -294,13 +288,13 @@ func (g *Gateway) waitIdle(ctx context.Context) error {
 }
 
 func (g *Gateway) track(c *conn) {
-	g.mu.Lock()
+	g.connsMu.Lock()
 	g.conns[c] = struct{}{}
-	g.mu.Unlock()
+	g.connsMu.Unlock()
 }
 
 func (g *Gateway) untrack(c *conn) {
-	g.mu.Lock()
+	g.connsMu.Lock()
 	delete(g.conns, c)
-	g.mu.Unlock()
+	g.connsMu.Unlock()
 }

@@ -15,20 +15,23 @@ import (
 
 // listener is one bound socket; its settings come from the snapshot's table of the same name.
 type listener struct {
+	g       *Gateway
 	name    string
 	address string // as configured
 	ln      *net.TCPListener
-	acc     *splice.Acceptor // accepts onto the relay engine's loops; nil without the engine
+	acc     *splice.Acceptor // accepts on the relay engine's loops; nil: acceptLoop accepts
 	active  atomic.Int64
 	sources conncap.Sources
 	closed  atomic.Bool
+	backoff atomic.Int64 // the last pause after a failed accept; 0 after one succeeds
 }
 
 // Without the relay engine, the gateway listens and dials with package net, with no TCP
 // keepalive on data-plane sockets (four setsockopt calls per socket in Go's default):
 // idle_timeout ends connections whose peers went away. The engine's sockets have none either.
+// Listening sockets defer accepting until the client has sent something (deferAccept).
 var (
-	listenConfig = net.ListenConfig{KeepAlive: -1}
+	listenConfig = net.ListenConfig{KeepAlive: -1, Control: deferAccept}
 	dialer       = net.Dialer{KeepAlive: -1}
 )
 
@@ -40,45 +43,79 @@ func (l *listener) close() {
 	}
 }
 
-// accept waits for the next connection, on the relay engine's loops when the listener has them.
-func (l *listener) accept() (clientSocket, error) {
-	if l.acc != nil {
-		return l.acc.Accept()
+// serve starts accepting l's connections: on the relay engine's loops when it runs (l is then
+// their AcceptHandler), else on a goroutine of its own (acceptLoop).
+func (g *Gateway) serve(l *listener) {
+	if e := g.epoll.Load(); e != nil {
+		var err error
+		if l.acc, err = e.NewAcceptor(l.ln, l); err == nil {
+			return
+		}
+		// Out of files or epoll watches: this listener's connections are relayed with goroutines.
+		g.m.relayFallbacks.Inc()
+		g.log.Warn("relay engine cannot accept for a listener; its connections are relayed with goroutines",
+			zap.String("listener", l.name), zap.Error(err))
 	}
-	return l.ln.AcceptTCP()
+	g.wg.Add(1)
+	go g.acceptLoop(l)
 }
 
-// acceptLoop accepts l's connections until l is closed and starts each admitted one's goroutine.
+// acceptLoop accepts l's connections with package net until l is closed and starts each
+// admitted one's goroutine.
 func (g *Gateway) acceptLoop(l *listener) {
 	defer g.wg.Done()
-	var delay time.Duration
 	for {
-		s, err := l.accept()
+		s, err := l.ln.AcceptTCP()
 		if err != nil {
 			if l.closed.Load() {
 				return
 			}
-			g.m.acceptFails.WithLabelValues(l.name).Inc()
-			// Out of files or a transient kernel error: back off (5 ms doubling to 1 s) rather than
-			// spin, as net/http does.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			g.log.Warn("accept failed; backing off", zap.String("listener", l.name), zap.Duration("delay", delay), zap.Error(err))
-			t := time.NewTimer(delay)
+			t := time.NewTimer(l.AcceptFailed(err))
 			<-t.C
 			continue
 		}
-		delay = 0
-		c := g.admit(l, s)
-		if c == nil {
-			continue
+		l.backoff.Store(0)
+		if c := g.open(l, s); c != nil {
+			go c.serve()
 		}
-		l.active.Add(1)
-		g.m.active.WithLabelValues(l.name).Inc()
-		g.m.opened.WithLabelValues(l.name).Inc()
-		g.track(c)
-		g.wg.Add(1)
-		go c.serve()
 	}
+}
+
+// Accepted takes a connection the relay engine accepted, on the loop that accepted it: served
+// there to the end of its dial when it can be (fast), else on its goroutine.
+func (l *listener) Accepted(s *splice.Conn) {
+	if l.backoff.Load() != 0 {
+		l.backoff.Store(0)
+	}
+	if c := l.g.open(l, s); c != nil {
+		c.fast(s)
+	}
+}
+
+// AcceptFailed counts a failed accept (out of files, or a transient kernel error) and returns
+// how long to pause accepting: 5 ms doubling to 1 s, as net/http does, rather than spin.
+func (l *listener) AcceptFailed(err error) time.Duration {
+	delay := time.Duration(l.backoff.Load())
+	delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+	l.backoff.Store(int64(delay))
+	l.g.m.acceptFails.WithLabelValues(l.name).Inc()
+	l.g.log.Warn("accept failed; backing off", zap.String("listener", l.name), zap.Duration("delay", delay), zap.Error(err))
+	return delay
+}
+
+// open admits s and starts the bookkeeping done ends: nil when s was refused at accept.
+func (g *Gateway) open(l *listener, s clientSocket) *conn {
+	c := g.admit(l, s)
+	if c == nil {
+		return nil
+	}
+	c.start = g.now()
+	l.active.Add(1)
+	g.m.active.WithLabelValues(l.name).Inc()
+	g.m.opened.WithLabelValues(l.name).Inc()
+	g.track(c)
+	g.wg.Add(1)
+	return c
 }
 
 // admit checks the caps that apply before a byte is read and returns the connection, or resets

@@ -22,6 +22,7 @@ type metrics struct {
 	acceptFails    *prometheus.CounterVec // listener
 	maxConns       *prometheus.GaugeVec   // listener, scope
 	opened         *prometheus.CounterVec // listener
+	handoffs       *prometheus.CounterVec // listener, step
 	lastReloadOK   prometheus.Gauge
 	lastReloadAt   prometheus.Gauge
 }
@@ -76,6 +77,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ewgate_connections_opened_total",
 			Help: "Connections accepted and admitted (under max_connections and max_connections_per_source), by listener, counted when they open: rate() shows long-lived connections, which ewgate_connections_total counts only when they end.",
 		}, []string{"listener"}),
+		handoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ewgate_connection_handoffs_total",
+			Help: "Connections the relay engine's loop handed to a goroutine of their own because a step before relaying had to wait, by listener and step (proxy_header, hello: none or part of one yet, refused, dial: a host name, a connect in progress or failed, relay). The others were served on the loop from accept to relaying.",
+		}, []string{"listener", "step"}),
 		lastReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ewgate_config_last_reload_successful",
 			Help: "1 when the last configuration load (the start, a SIGHUP or a file change) was applied, 0 when it was refused and the previous config kept serving.",
@@ -91,7 +96,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.active, m.conns, m.bytes, m.peek, m.connectFail, m.ejections, m.reloads,
 			m.snapshotVer, m.snapshotAt, m.openFilesLimit, m.relayFallbacks, m.acceptFails, m.maxConns,
-			m.opened, m.lastReloadOK, m.lastReloadAt)
+			m.opened, m.handoffs, m.lastReloadOK, m.lastReloadAt)
 	}
 	return m
 }

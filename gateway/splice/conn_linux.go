@@ -15,86 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Acceptor accepts a listener's connections straight onto the engine's loops: the accepted
-// socket is registered with one loop's epoll once and stays there until it is closed, so no
-// other poller ever sees it.
-type Acceptor struct {
-	e   *Engine
-	f   *os.File // its own descriptor of the listening socket, waited on in Go's netpoller
-	rc  syscall.RawConn
-	try func(fd uintptr) bool // reused: no closure allocated per accept
-	// results of the last accept4; one Accept runs at a time
-	fd     int
-	remote netip.AddrPort
-	errno  syscall.Errno
-}
-
-// NewAcceptor returns an Acceptor for ln. It holds its own descriptor of the listening socket
-// (a net.TCPListener cannot be waited on from outside package net), so the socket listens until
-// both ln and the Acceptor are closed.
-func (e *Engine) NewAcceptor(ln *net.TCPListener) (*Acceptor, error) {
-	raw, err := ln.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	fd := -1
-	var derr error
-	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, os.NewSyscallError("fcntl", derr)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("fcntl", err)
-	}
-	f := os.NewFile(uintptr(fd), "splice-listener") // non-blocking: pollable
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	a := &Acceptor{e: e, f: f, rc: rc}
-	a.try = func(fd uintptr) bool {
-		a.fd, a.remote, a.errno = sysAccept(int(fd))
-		return a.errno != unix.EAGAIN
-	}
-	return a, nil
-}
-
-// Close closes the Acceptor's descriptor of the listening socket; a waiting Accept returns
-// net.ErrClosed.
-func (a *Acceptor) Close() error { return a.f.Close() }
-
-// Accept waits for the next connection. Errors of accept4 itself (out of files) come wrapped
-// in a *net.OpError; the caller may back off and call again.
-func (a *Acceptor) Accept() (*Conn, error) {
-	for {
-		if err := a.rc.Read(a.try); err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				err = net.ErrClosed
-			}
-			return nil, err
-		}
-		switch a.errno {
-		case 0:
-		case unix.ECONNABORTED, unix.EINTR: // the client gave up before we took it
-			continue
-		default:
-			return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", a.errno)}
-		}
-		setNoDelay(a.fd)
-		l := a.e.loops[int(a.e.next.Add(1))%len(a.e.loops)]
-		c, err := l.newPair(a.fd, a.remote)
-		if err != nil {
-			sysClose(a.fd)
-			return nil, err
-		}
-		return c, nil
-	}
-}
-
 // Conn is one socket of a pair while a goroutine uses it: the client from Accept, the upstream
 // from Dial. It is a net.Conn whose calls never block a thread: a read or write that would
 // block waits for the loop to report the socket ready. Deadlines apply to the waits that start
@@ -106,8 +26,9 @@ type Conn struct {
 	fd     int
 	remote netip.AddrPort
 
-	mu    sync.Mutex // held over each call on fd, so that Close never closes an fd in use
-	state uint8      // connOpen, connClosed or connHanded
+	mu      sync.Mutex // held over each call on fd, so that Close never closes an fd in use
+	state   uint8      // connOpen, connClosed or connHanded
+	watched bool       // the socket is in its loop's epoll set (Watch; an upstream from the start)
 	// ready holds a token when something happened since the last wait: an event of the socket
 	// (readable, writable, hang-up, error) or Close. The waiter then retries its call.
 	ready chan struct{}
@@ -201,7 +122,13 @@ func (c *Conn) opError(op string, err error) error {
 }
 
 // Read reads what the socket has, waiting for the loop when it has nothing.
-func (c *Conn) Read(b []byte) (int, error) {
+func (c *Conn) Read(b []byte) (int, error) { return c.read(b, true) }
+
+// TryRead reads what the socket has without waiting: ErrNotReady when it has nothing yet.
+// An Acceptor's handler uses it on the loop.
+func (c *Conn) TryRead(b []byte) (int, error) { return c.read(b, false) }
+
+func (c *Conn) read(b []byte, wait bool) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -227,6 +154,9 @@ func (c *Conn) Read(b []byte) (int, error) {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			if !wait {
+				return 0, ErrNotReady
+			}
 			if err := c.wait(&c.rdl); err != nil {
 				return 0, c.opError("read", err)
 			}
@@ -259,6 +189,29 @@ func (c *Conn) Write(b []byte) (int, error) {
 		}
 	}
 	return written, nil
+}
+
+// Watch registers the socket with its loop's epoll set, so that the loop wakes calls waiting on
+// it. An accepted Conn needs it before any call that waits (see AcceptHandler); it is done at
+// most once.
+func (c *Conn) Watch() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.watchLocked()
+}
+
+func (c *Conn) watchLocked() error {
+	if c.state != connOpen {
+		return c.opError("epoll_ctl", net.ErrClosed)
+	}
+	if c.watched {
+		return nil
+	}
+	if err := c.p.watch(c.side, c.fd); err != nil {
+		return c.opError("epoll_ctl", err)
+	}
+	c.watched = true
+	return nil
 }
 
 // CloseWrite shuts the socket for writing: the peer reads EOF.
@@ -353,73 +306,106 @@ func unixNano(t time.Time) int64 {
 // first is sent is the dial's: the caller may try another address. A pair has one upstream: a
 // failed Dial leaves none, and c can dial again.
 func (c *Conn) Dial(addr netip.AddrPort, deadline time.Time, first []byte) (*Conn, error) {
+	u, sent, err := c.DialNoWait(addr, first)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.FinishDial(first[sent:], deadline); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// DialNoWait is Dial without waiting: it connects and sends what the new socket takes at once
+// (on loopback the connect is over by then, and all of first goes). The caller finishes a dial
+// that sent less with FinishDial. An Acceptor's handler uses it on the loop.
+func (c *Conn) DialNoWait(addr netip.AddrPort, first []byte) (u *Conn, sent int, err error) {
 	p := c.p
 	if p.conns[1].Load() != nil {
-		return nil, errBusy
+		return nil, 0, errBusy
 	}
 	if len(first) == 0 {
-		return nil, errNoFirst
-	}
-	fail := func(op string, err error) error {
-		if e, ok := err.(syscall.Errno); ok {
-			err = os.NewSyscallError(op, e)
-		}
-		return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
+		return nil, 0, errNoFirst
 	}
 	fd, op, e := sysConnect(addr)
 	if e != 0 {
-		return nil, fail(op, e)
+		return nil, 0, dialError(addr, op, e)
 	}
-	u := newConn(p, 1, fd, addr)
-	u.wdl.Store(unixNano(deadline))
+	u = newConn(p, 1, fd, addr)
 	l := p.l
 	l.mu.Lock()
 	if l.stopped {
 		l.mu.Unlock()
 		sysClose(fd)
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	p.fd[1] = int32(fd)
 	p.conns[1].Store(u)
 	p.open++
+	u.watched = true
 	if err := p.watch(1, fd); err != nil {
 		l.mu.Unlock()
 		u.Close()
-		return nil, err
+		return nil, 0, err
 	}
 	l.mu.Unlock()
-	if err := u.sendFirst(first); err != nil {
+	sent, err = u.sendNoWait(first)
+	if err != nil && err != ErrNotReady {
 		u.Close()
-		return nil, fail("connect", err)
+		return nil, 0, dialError(addr, "connect", err)
 	}
-	u.wdl.Store(0)
-	return u, nil
+	return u, sent, nil
 }
 
-// sendFirst sends first on a socket that may still be connecting, waiting until the write
-// deadline. A send on a socket still connecting says EAGAIN, and the connect's error once it
-// failed (EPIPE if it ended without one). On loopback the handshake is usually over by now, so
-// the first send goes out without a wait and without asking the socket's state.
-func (c *Conn) sendFirst(first []byte) error {
-	for len(first) > 0 {
-		n, e := sysSend(c.fd, first)
-		switch e {
-		case 0:
-			first = first[n:]
-			continue
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-		case unix.EPIPE:
-			return unix.ECONNREFUSED
-		default:
-			return e
+// FinishDial sends rest, what DialNoWait did not send, waiting for the connect until deadline
+// (zero: none). On failure it closes u and the dial failed.
+func (u *Conn) FinishDial(rest []byte, deadline time.Time) error {
+	if len(rest) == 0 {
+		return nil
+	}
+	u.wdl.Store(unixNano(deadline))
+	for len(rest) > 0 {
+		n, err := u.sendNoWait(rest)
+		rest = rest[n:]
+		if err == ErrNotReady {
+			err = u.wait(&u.wdl)
 		}
-		if err := c.wait(&c.wdl); err != nil {
-			return err
+		if err != nil {
+			u.Close()
+			return dialError(u.remote, "connect", err)
 		}
 	}
+	u.wdl.Store(0)
 	return nil
+}
+
+// sendNoWait sends what the socket, which may still be connecting, takes of b: ErrNotReady
+// when it takes no more now. A send on a socket still connecting says EAGAIN, and the
+// connect's error once it failed (EPIPE if it ended without one).
+func (c *Conn) sendNoWait(b []byte) (int, error) {
+	sent := 0
+	for sent < len(b) {
+		n, e := sysSend(c.fd, b[sent:])
+		switch e {
+		case 0:
+			sent += n
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return sent, ErrNotReady
+		case unix.EPIPE:
+			return sent, unix.ECONNREFUSED
+		default:
+			return sent, e
+		}
+	}
+	return sent, nil
+}
+
+func dialError(addr netip.AddrPort, op string, err error) error {
+	if e, ok := err.(syscall.Errno); ok {
+		err = os.NewSyscallError(op, e)
+	}
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: err}
 }
 
 var (
@@ -432,22 +418,47 @@ var (
 // once, on the loop's goroutine, after both sockets are closed; it must not block. The Conns
 // are the engine's from here (their Close does nothing). On error the Conns are untouched.
 func (e *Engine) Splice(client, upstream *Conn, idle time.Duration, done func(Result)) (*Pair, error) {
+	return e.splice(client, upstream, idle, done, false)
+}
+
+// SpliceOnLoop is Splice from an Acceptor's handler, on the pair's loop: the loop starts
+// relaying before the handler returns, with no hand-over.
+func (e *Engine) SpliceOnLoop(client, upstream *Conn, idle time.Duration, done func(Result)) (*Pair, error) {
+	return e.splice(client, upstream, idle, done, true)
+}
+
+func (e *Engine) splice(client, upstream *Conn, idle time.Duration, done func(Result), onLoop bool) (*Pair, error) {
 	p := client.p
 	if client.side != 0 || upstream.p != p || upstream.side != 1 {
 		return nil, errNotPair
 	}
+	if err := e.handOver(p, client, upstream, idle, done, onLoop); err != nil {
+		return nil, err
+	}
+	if onLoop {
+		p.l.start(p)
+	}
+	return p, nil
+}
+
+// handOver gives the pair's sockets to the loop: the Conns are closed to their goroutines, and
+// unless onLoop the loop is asked to start relaying.
+func (e *Engine) handOver(p *Pair, client, upstream *Conn, idle time.Duration, done func(Result), onLoop bool) error {
 	for _, c := range [2]*Conn{client, upstream} {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.state != connOpen {
-			return nil, net.ErrClosed
+			return net.ErrClosed
 		}
+	}
+	if err := client.watchLocked(); err != nil {
+		return err
 	}
 	l := p.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped {
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	for _, c := range [2]*Conn{client, upstream} {
 		c.state = connHanded
@@ -456,8 +467,10 @@ func (e *Engine) Splice(client, upstream *Conn, idle time.Duration, done func(Re
 	}
 	p.idle, p.done = int64(idle), done
 	e.pairs.Add(1)
-	l.postLocked(op{kind: opStart, p: p})
-	return p, nil
+	if !onLoop {
+		l.postLocked(op{kind: opStart, p: p})
+	}
+	return nil
 }
 
 var errNotPair = &net.OpError{Op: "splice", Net: "tcp", Err: os.NewSyscallError("splice", unix.EINVAL)}

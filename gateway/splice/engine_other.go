@@ -23,11 +23,33 @@ type Conn struct{ net.TCPConn }
 // New returns ErrUnsupported: the engine needs Linux's epoll and splice.
 func New(Options) (*Engine, error) { return nil, ErrUnsupported }
 
-// NewAcceptor returns ErrUnsupported.
-func (*Engine) NewAcceptor(*net.TCPListener) (*Acceptor, error) { return nil, ErrUnsupported }
+// AcceptHandler is what an Acceptor does with the connections it accepts.
+type AcceptHandler interface {
+	Accepted(c *Conn)
+	AcceptFailed(err error) (retry time.Duration)
+}
 
-// Accept returns ErrUnsupported.
-func (*Acceptor) Accept() (*Conn, error) { return nil, ErrUnsupported }
+// NewAcceptor returns ErrUnsupported.
+func (*Engine) NewAcceptor(*net.TCPListener, AcceptHandler) (*Acceptor, error) {
+	return nil, ErrUnsupported
+}
+
+// TryRead returns ErrUnsupported.
+func (*Conn) TryRead([]byte) (int, error) { return 0, ErrUnsupported }
+
+// Watch returns ErrUnsupported.
+func (*Conn) Watch() error { return ErrUnsupported }
+
+// DialNoWait returns ErrUnsupported.
+func (*Conn) DialNoWait(netip.AddrPort, []byte) (*Conn, int, error) { return nil, 0, ErrUnsupported }
+
+// FinishDial returns ErrUnsupported.
+func (*Conn) FinishDial([]byte, time.Time) error { return ErrUnsupported }
+
+// SpliceOnLoop returns ErrUnsupported.
+func (*Engine) SpliceOnLoop(_, _ *Conn, _ time.Duration, _ func(Result)) (*Pair, error) {
+	return nil, ErrUnsupported
+}
 
 // Close does nothing.
 func (*Acceptor) Close() error { return nil }

@@ -25,7 +25,8 @@ type served struct {
 func accept(t testing.TB, e *Engine) served {
 	t.Helper()
 	ln := listen(t)
-	a, err := e.NewAcceptor(ln)
+	h := newQueue()
+	a, err := e.NewAcceptor(ln, h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,11 +36,43 @@ func accept(t testing.TB, e *Engine) served {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { client.Close() })
-	c, err := a.Accept()
-	if err != nil {
-		t.Fatal(err)
+	return served{client: client.(*net.TCPConn), conn: h.next(t)}
+}
+
+// queue is an AcceptHandler that passes each accepted Conn, watched, to the test's goroutine.
+type queue struct {
+	conns  chan *Conn
+	failed chan error
+}
+
+func newQueue() *queue { return &queue{conns: make(chan *Conn, 16), failed: make(chan error, 16)} }
+
+func (q *queue) Accepted(c *Conn) {
+	if err := c.Watch(); err != nil {
+		c.Close()
+		q.failed <- err
+		return
 	}
-	return served{client: client.(*net.TCPConn), conn: c}
+	q.conns <- c
+}
+
+func (q *queue) AcceptFailed(err error) time.Duration {
+	q.failed <- err
+	return 10 * time.Millisecond
+}
+
+// next returns the next accepted Conn (failing the test after 10 s).
+func (q *queue) next(t testing.TB) *Conn {
+	t.Helper()
+	select {
+	case c := <-q.conns:
+		return c
+	case err := <-q.failed:
+		t.Fatalf("accept: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing accepted in 10 s")
+	}
+	return nil
 }
 
 func listen(t testing.TB) *net.TCPListener {

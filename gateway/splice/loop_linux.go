@@ -15,6 +15,7 @@ import (
 const (
 	events   = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 	wakeSlot = -1 // the slot of the loop's own eventfd: ops are queued
+	// Slots below wakeSlot are listening sockets: -2-i for the loop's Acceptor i (loop.lns).
 )
 
 type opKind uint8
@@ -23,11 +24,15 @@ const (
 	opStart opKind = iota // Splice handed the pair over: relay it
 	opCut
 	opStop
+	opForget // Acceptor.Close: drop a, then close ack
+	opResume // an Acceptor's pause after a failed accept is over
 )
 
 type op struct {
 	kind opKind
 	p    *Pair
+	a    *Acceptor
+	ack  chan struct{}
 }
 
 // loop is one event loop: an epoll set, the slot table of its pairs (slots_linux.go), the ops
@@ -48,8 +53,9 @@ type loop struct {
 
 	mu      sync.Mutex
 	ops     []op
-	stopped bool    // no pair is taken any more
-	free    []int32 // slots to reuse
+	stopped bool        // no pair is taken any more
+	free    []int32     // slots to reuse
+	lns     []*Acceptor // the listening sockets in the epoll set, by event slot -2-i; nil: free
 	nextGn  uint32
 	// slots maps the slot in an epoll event to its pair. A pair's slot is filled before its
 	// sockets are registered, so their first events find it.
@@ -167,6 +173,12 @@ func (l *loop) run() {
 				}
 				continue
 			}
+			if ev.Fd < wakeSlot {
+				if a := l.acceptor(ev.Fd); a != nil {
+					l.accept(a)
+				}
+				continue
+			}
 			p := slots[ev.Fd].Load()
 			if p == nil || p.closed || p.gen != uint32(ev.Pad)>>1 {
 				// An event of a pair that ended earlier in this batch (slots may be a table
@@ -245,6 +257,11 @@ func (l *loop) takeOps() (stop bool) {
 			}
 		case opStop:
 			stop = true
+		case opForget:
+			l.forgetAcceptor(o.a)
+			close(o.ack)
+		case opResume:
+			l.resumeAcceptor(o.a)
 		}
 		l.taken[i] = op{}
 	}

@@ -8,8 +8,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// newPair takes a slot for a pair whose client socket is fd, registers the socket and returns
-// the client's Conn. On error nothing is kept (fd stays open: the caller closes it).
+// newPair takes a slot for a pair whose client socket is fd and returns the client's Conn; the
+// socket is registered by Conn.Watch or when the pair is spliced. On error nothing is kept (fd
+// stays open: the caller closes it).
 func (l *loop) newPair(fd int, remote netip.AddrPort) (*Conn, error) {
 	p := &Pair{l: l, slot: -1, hidx: -1, fd: [2]int32{int32(fd), -1}, open: 1}
 	p.h[0].pipe = [2]int32{-1, -1}
@@ -25,10 +26,6 @@ func (l *loop) newPair(fd int, remote netip.AddrPort) (*Conn, error) {
 	p.gen = l.nextGn & (1<<31 - 1)
 	p.slot = l.slotLocked()
 	(*l.slots.Load())[p.slot].Store(p)
-	if err := p.watch(0, fd); err != nil {
-		l.releaseLocked(p)
-		return nil, err
-	}
 	return c, nil
 }
 

@@ -12,11 +12,15 @@
 // entry comes due.
 //
 // Sockets enter the engine at accept and stay registered with one loop's epoll until closed.
-// Before relaying, one goroutine per connection uses them as Conns (net.Conns whose waits are
-// served by the loop, not Go's netpoller) to peek, route and dial the upstream on the same loop;
-// Splice then hands the pair to the loop. So a connection costs no netpoller registration, no
-// duplicated descriptors and no blocked thread. Routing is the caller's: the engine never
-// parses what it reads.
+// An Acceptor puts the listening socket in every loop's epoll set; the loop that accepts a
+// connection runs the Acceptor's handler with it, on the loop's goroutine. The handler can read
+// what the client sent (TryRead), dial the upstream on the same loop and send it those bytes
+// (DialNoWait), and start relaying (SpliceOnLoop), all without waiting; a step that would wait
+// continues on a goroutine, which uses the sockets as Conns (net.Conns whose waits are served
+// by the loop, not Go's netpoller) and hands the pair to the loop with Splice. So a connection
+// costs no netpoller registration, no duplicated descriptors and no blocked thread, and in the
+// common case no goroutine at all. Routing is the caller's: the engine never parses what it
+// reads.
 //
 // It does not run on systems without epoll and splice (New returns ErrUnsupported; the caller
 // accepts, dials and relays with package net and goroutines).
@@ -24,10 +28,12 @@
 //	e, err := splice.New(splice.Options{})
 //	if err != nil { /* package net and io.Copy instead */ }
 //	defer e.Close()
-//	a, err := e.NewAcceptor(ln)
-//	c, err := a.Accept()                            // a *Conn: read the ClientHello from it
-//	u, err := c.Dial(upstream, deadline, hello)     // on c's loop; sends hello first
-//	p, err := e.Splice(c, u, time.Minute, func(r splice.Result) { log(r.Up, r.Down, r.Err) })
+//	a, err := e.NewAcceptor(ln, h) // h.Accepted(c) runs on the loop for each connection
+//	// in h.Accepted, on the loop:
+//	n, err := c.TryRead(hello)                        // the ClientHello, if it is there
+//	u, sent, err := c.DialNoWait(upstream, hello[:n]) // on c's loop; sends hello first
+//	p, err := e.SpliceOnLoop(c, u, time.Minute, func(r splice.Result) { log(r.Up, r.Down, r.Err) })
+//	// when a step would wait: c.Watch(), then on a goroutine Read, Dial and Splice
 //	...
 //	p.Cut() // at a drain deadline: done runs with Reason == Cut
 //
@@ -83,6 +89,9 @@ var (
 	ErrUnsupported = errors.New("splice: relay engine not supported on this system")
 	// ErrClosed: the engine is closed.
 	ErrClosed = errors.New("splice: engine closed")
+	// ErrNotReady: the socket has nothing to read yet (TryRead), or the upstream is still
+	// connecting (DialNoWait).
+	ErrNotReady = errors.New("splice: not ready")
 )
 
 // Stats are gauges of an engine.

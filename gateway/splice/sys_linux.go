@@ -56,18 +56,6 @@ func setNoDelay(fd int) {
 	unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, uintptr(unsafe.Pointer(&one)), 4, 0)
 }
 
-// sysAccept accepts a connection (non-blocking, close-on-exec) and returns its peer's address.
-func sysAccept(lfd int) (int, netip.AddrPort, syscall.Errno) {
-	var rsa unix.RawSockaddrAny
-	n := uint32(unsafe.Sizeof(rsa))
-	r, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)),
-		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
-	if e != 0 {
-		return -1, netip.AddrPort{}, e
-	}
-	return int(r), fromRaw(&rsa), 0
-}
-
 // sysConnect starts a non-blocking connect to ap from a new socket.
 func sysConnect(ap netip.AddrPort) (fd int, op string, e syscall.Errno) {
 	var rsa unix.RawSockaddrAny

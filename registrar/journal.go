@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"os"
 	"sync"
+	"syscall"
 
 	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
@@ -249,6 +250,9 @@ func (j *journal) write(buf []byte) error {
 		// Not reported done: make sure no replay finds these records (best effort: the next
 		// successful write overwrites them anyway).
 		_, _ = j.f.WriteAt(make([]byte, len(buf)), j.pos)
+		if errors.Is(err, syscall.ENOSPC) {
+			return fmt.Errorf("journal %s: %w (free space on the store's volume)", j.path, err)
+		}
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
 	j.pos += int64(len(buf))

@@ -101,6 +101,7 @@ func (j *journal) size() int64 {
 func (j *journal) read() (recs []*journalEntry, damaged string, lost int) {
 	data, err := io.ReadAll(j.f)
 	if err != nil {
+		j.discard()
 		return nil, fmt.Sprintf("unreadable (%v): nothing replayed", err), 0
 	}
 	j.pos = journalHeader
@@ -116,6 +117,7 @@ func (j *journal) read() (recs []*journalEntry, damaged string, lost int) {
 				return rs, "header damaged (epoch taken from its first record)", 0
 			}
 		}
+		j.discard()
 		return nil, "header damaged and no record readable: nothing replayed", 0
 	}
 	j.epoch = binary.LittleEndian.Uint64(data[8:16])
@@ -139,6 +141,10 @@ func (j *journal) read() (recs []*journalEntry, damaged string, lost int) {
 	}
 	return recs, damaged, 0
 }
+
+// discard empties a journal whose epoch is unknown, so that no record left in it can pass for
+// one of the epochs that follow.
+func (j *journal) discard() { _ = j.f.Truncate(0) }
 
 // cleanEnd reports whether b, what follows the last record read, is where a journal normally
 // ends: zeros (preallocated) or a record of an earlier epoch.

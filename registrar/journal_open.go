@@ -55,6 +55,10 @@ func openJournal(dir string, log *zap.Logger) (*journal, []*journalEntry, Recove
 			zap.String("journal", j.path), zap.String("damage", damaged), zap.Int("replayed", len(recs)), zap.Int("after_damage", lost))
 	}
 	failed, ferr := j.w.applyAll(recs)
+	if len(recs) > 0 {
+		log.Info("file store: journal replayed onto the files", zap.String("journal", j.path),
+			zap.Int("records", len(recs)), zap.Int("unwritten", len(failed)))
+	}
 	if len(failed) > 0 {
 		// Keep the epoch: its records stay in the journal (appended to from j.pos) until a
 		// checkpoint has written their files.

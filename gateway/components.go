@@ -276,7 +276,7 @@ func (p *components) openStores(cfg *config.File) error {
 		}
 		p.stores = []*store{{st: st, close: release, where: "kubernetes"}}
 	case cfg.ControlPlane.WorkloadEntriesDir != "":
-		st, err := registrar.OpenFileStore(cfg.ControlPlane.WorkloadEntriesDir)
+		st, err := registrar.OpenFileStoreWith(cfg.ControlPlane.WorkloadEntriesDir, registrar.FileStoreOptions{Logger: p.log.Named("store")})
 		if err != nil {
 			return fmt.Errorf("control_plane.workload_entries_dir: %w", err)
 		}

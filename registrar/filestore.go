@@ -2,6 +2,7 @@ package registrar
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -43,15 +45,29 @@ func (s *MemoryStore) Leases() Leases { return s.leases }
 // YAML file per object (what `kubectl get -o yaml` shows), at
 // <dir>/<plural>/<namespace>/<name>.yaml, e.g. workloadentries/vm-ns/web-10.0.0.5.yaml.
 //
-// Every write goes to a temporary file that is synced and renamed over the old one, then the
-// directory is synced: a crash leaves the old or the new object, never half of one. Objects are
+// A write is durable, and its caller released, once it is in the store's journal
+// (<dir>/.journal) and the journal is synced; writes that arrive together share one sync (group
+// commit). The YAML files are written shortly after, in place and unsynced, by a writer
+// goroutine: the journal keeps each write until a checkpoint has synced the files, and open
+// replays it, so a crash at any point leaves the old or the new object, never half of one, and
+// never loses a write reported done. A journal that cannot be replayed fully never stops the
+// store from opening: what could not be read is logged (Recovery). Objects are
 // indexed in memory; reads never touch the disk. One process only: OpenFileStore takes an
 // exclusive lock on the directory. Watches work within the process; resource versions go on from
 // the highest one found at start, and a watch cannot resume across a restart (ErrGone).
 type FileStore struct {
 	MemoryStore
 	dir    string
+	j      *journal
+	rec    Recovery
 	unlock func() error
+}
+
+// FileStoreOptions are the optional settings of OpenFileStoreWith.
+type FileStoreOptions struct {
+	// Logger receives what opening found wrong with the journal and the files the store could
+	// not write. If nil, nothing is logged.
+	Logger *zap.Logger
 }
 
 var plurals = map[string]string{
@@ -61,7 +77,15 @@ var plurals = map[string]string{
 }
 
 // OpenFileStore opens (creating it if needed) the store in dir and loads every object in it.
-func OpenFileStore(dir string) (*FileStore, error) {
+func OpenFileStore(dir string) (*FileStore, error) { return OpenFileStoreWith(dir, FileStoreOptions{}) }
+
+// OpenFileStoreWith is OpenFileStore with options. Its journal never makes it fail: only a
+// directory that cannot be created or locked, or a YAML file that cannot be read, does.
+func OpenFileStoreWith(dir string, opts FileStoreOptions) (*FileStore, error) {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("registrar: file store: %w", err)
 	}
@@ -69,48 +93,86 @@ func OpenFileStore(dir string) (*FileStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registrar: file store %s: %w", dir, err)
 	}
-	s := &FileStore{dir: dir, unlock: unlock}
+	j, unwritten, rec := openJournal(dir, log)
+	s := &FileStore{dir: dir, j: j, rec: rec, unlock: unlock}
 	rv := new(atomic.Uint64)
-	s.entries = newMemResource(KindWorkloadEntry, rv, filePersist[*WorkloadEntry](dir, KindWorkloadEntry, IstioAPIVersion))
-	s.groups = newMemResource(KindWorkloadGroup, rv, filePersist[*WorkloadGroup](dir, KindWorkloadGroup, IstioAPIVersion))
-	s.leases = newMemResource(KindLease, rv, filePersist[*Lease](dir, KindLease, LeaseAPIVersion))
+	s.entries = newMemResource(KindWorkloadEntry, rv, filePersist[*WorkloadEntry](j, KindWorkloadEntry))
+	s.groups = newMemResource(KindWorkloadGroup, rv, filePersist[*WorkloadGroup](j, KindWorkloadGroup))
+	s.leases = newMemResource(KindLease, rv, filePersist[*Lease](j, KindLease))
+	// Objects whose file the journal could not write are served from their last record.
+	skip := map[string]*journalEntry{}
+	for _, e := range unwritten {
+		skip[e.key()] = e
+	}
 	err = errors.Join(
-		loadKind(dir, KindWorkloadEntry, s.entries, rv),
-		loadKind(dir, KindWorkloadGroup, s.groups, rv),
-		loadKind(dir, KindLease, s.leases, rv),
+		loadKind(dir, KindWorkloadEntry, s.entries, rv, skip),
+		loadKind(dir, KindWorkloadGroup, s.groups, rv, skip),
+		loadKind(dir, KindLease, s.leases, rv, skip),
 	)
+	for _, e := range unwritten {
+		switch e.kind {
+		case KindWorkloadEntry:
+			overlay(s.entries, e, rv, log)
+		case KindWorkloadGroup:
+			overlay(s.groups, e, rv, log)
+		default:
+			overlay(s.leases, e, rv, log)
+		}
+	}
 	if err != nil {
-		_ = unlock()
+		_ = s.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// Close releases the directory lock. The store must not be used afterwards.
-func (s *FileStore) Close() error { return s.unlock() }
+// overlay puts the object of a journal record into r (or takes it out, for a delete).
+func overlay[T Object[T]](r *memResource[T], e *journalEntry, rv *atomic.Uint64, log *zap.Logger) {
+	if e.del {
+		r.mu.Lock()
+		r.remove(nsName{e.namespace, e.name})
+		r.mu.Unlock()
+		return
+	}
+	v, err := e.decode()
+	o, ok := v.(T)
+	if err != nil || !ok {
+		log.Error("file store: a journal record does not decode; the object is left as its file has it",
+			zap.String("object", e.key()), zap.Error(err))
+		return
+	}
+	if n := rvOf(o); n > rv.Load() {
+		rv.Store(n)
+	}
+	r.load(o)
+}
+
+// Recovery says what opening the store found in its journal.
+func (s *FileStore) Recovery() Recovery { return s.rec }
+
+// Flush waits until the YAML file of every write reported done so far is written (not synced:
+// the journal holds the writes until a checkpoint syncs them).
+func (s *FileStore) Flush() { s.j.flush() }
+
+// Close finishes the writes under way and releases the directory lock. Writes afterwards fail.
+func (s *FileStore) Close() error { return errors.Join(s.j.close(), s.unlock()) }
 
 // Dir returns the store's directory.
 func (s *FileStore) Dir() string { return s.dir }
 
-func filePersist[T Object[T]](dir, kind, apiVersion string) persistFunc[T] {
-	return func(o T, del bool) error {
+func filePersist[T Object[T]](j *journal, kind string) persistFunc[T] {
+	return func(o T, del bool, done func(error)) error {
 		m := o.Meta()
-		nsDir := filepath.Join(dir, plurals[kind], m.Namespace)
-		path := filepath.Join(nsDir, m.Name+".yaml")
-		if del {
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		e := &journalEntry{kind: kind, namespace: m.Namespace, name: m.Name, del: del, done: done}
+		if !del {
+			// o is not changed once committed: the writer renders its YAML from it.
+			var err error
+			if e.data, err = json.Marshal(o); err != nil {
 				return err
 			}
-			return syncDir(nsDir)
+			e.obj = o
 		}
-		data, err := encodeObject(o, apiVersion, kind)
-		if err != nil {
-			return err
-		}
-		if err := mkdirSynced(nsDir); err != nil {
-			return err
-		}
-		return writeFileAtomic(nsDir, m.Name+".yaml", data)
+		return j.submit(e)
 	}
 }
 
@@ -156,7 +218,7 @@ func DecodeObject[T Object[T]](data []byte, kind string, o T) error {
 	return yaml.Unmarshal(data, o)
 }
 
-func loadKind[T Object[T]](dir, kind string, r *memResource[T], rv *atomic.Uint64) error {
+func loadKind[T Object[T]](dir, kind string, r *memResource[T], rv *atomic.Uint64, skip map[string]*journalEntry) error {
 	root := filepath.Join(dir, plurals[kind])
 	nsDirs, err := os.ReadDir(root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -174,6 +236,9 @@ func loadKind[T Object[T]](dir, kind string, r *memResource[T], rv *atomic.Uint6
 			return fmt.Errorf("registrar: file store: %w", err)
 		}
 		for _, f := range files {
+			if skip[kind+"/"+ns.Name()+"/"+strings.TrimSuffix(f.Name(), ".yaml")] != nil {
+				continue // the journal has a later state than the file
+			}
 			if err := loadFile(filepath.Join(root, ns.Name(), f.Name()), kind, r, rv); err != nil {
 				return err
 			}
@@ -216,44 +281,6 @@ func newObject[T Object[T]]() T {
 	default:
 		return any(new(Lease)).(T)
 	}
-}
-
-func writeFileAtomic(dir, name string, data []byte) error {
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
-}
-
-func mkdirSynced(dir string) error {
-	if _, err := os.Stat(dir); err == nil {
-		return nil
-	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	// The namespace directory and perhaps the kind directory are new: sync both parents.
-	parent := filepath.Dir(dir)
-	if err := syncDir(parent); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(parent))
 }
 
 func syncDir(dir string) error {

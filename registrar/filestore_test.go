@@ -38,6 +38,7 @@ func TestFileStoreYAML(t *testing.T) {
 	if _, err := s.WorkloadEntries().Create(t.Context(), e); err != nil {
 		t.Fatal(err)
 	}
+	s.Flush() // the file is written shortly after the write is durable in the journal
 	data, err := os.ReadFile(filepath.Join(dir, "workloadentries", "vm-ns", "web-10.0.0.5-vm-net.yaml"))
 	if err != nil {
 		t.Fatal(err)

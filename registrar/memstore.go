@@ -22,8 +22,10 @@ type nsName struct{ namespace, name string }
 
 func (k nsName) String() string { return k.namespace + "/" + k.name }
 
-// persistFunc writes obj (deleted when del) to durable storage before the change is made visible.
-type persistFunc[T any] func(obj T, del bool) error
+// persistFunc queues obj (deleted when del) for durable storage and returns at once; done is
+// called (from another goroutine, in the order of the persist calls) once it is durable or has
+// failed. The change is made visible only then.
+type persistFunc[T any] func(obj T, del bool, done func(error)) error
 
 // memResource is an in-memory Resource with a watch history: the whole of the memory store and
 // the index of the file store, which adds persistence through persist.
@@ -33,11 +35,18 @@ type memResource[T Object[T]] struct {
 	persist persistFunc[T] // nil: memory only
 	now     func() time.Time
 
-	mu       sync.Mutex
-	objs     map[nsName]T
-	hist     []Event[T]
-	trimmed  uint64 // highest resource version dropped from hist
-	watchers map[*watcher[T]]struct{}
+	mu      sync.Mutex
+	written *sync.Cond      // on mu: a pending write finished
+	pending map[nsName]bool // keys with a write on its way to disk
+	objs    map[nsName]T
+	// byLabel indexes objs by the value of one label (indexLabel), so that a List selecting on
+	// it (the registrar looks up a VM's entries by LabelVM on every first write) does not scan
+	// every object.
+	indexLabel string
+	byLabel    map[string]map[nsName]struct{}
+	hist       []Event[T]
+	trimmed    uint64 // highest resource version dropped from hist
+	watchers   map[*watcher[T]]struct{}
 }
 
 type watcher[T any] struct {
@@ -47,9 +56,68 @@ type watcher[T any] struct {
 }
 
 func newMemResource[T Object[T]](kind string, rv *atomic.Uint64, p persistFunc[T]) *memResource[T] {
-	return &memResource[T]{
+	r := &memResource[T]{
 		kind: kind, rv: rv, persist: p, now: time.Now,
-		objs: map[nsName]T{}, watchers: map[*watcher[T]]struct{}{},
+		pending: map[nsName]bool{}, objs: map[nsName]T{}, watchers: map[*watcher[T]]struct{}{},
+	}
+	r.written = sync.NewCond(&r.mu)
+	if kind == KindWorkloadEntry {
+		r.indexLabel, r.byLabel = LabelVM, map[string]map[nsName]struct{}{}
+	}
+	return r
+}
+
+// put and remove keep objs and byLabel together. Called with r.mu held.
+func (r *memResource[T]) put(k nsName, o T) {
+	if old, ok := r.objs[k]; ok {
+		r.unindex(k, old)
+	}
+	r.objs[k] = o
+	if v, ok := o.Meta().Labels[r.indexLabel]; ok && r.byLabel != nil {
+		set := r.byLabel[v]
+		if set == nil {
+			set = map[nsName]struct{}{}
+			r.byLabel[v] = set
+		}
+		set[k] = struct{}{}
+	}
+}
+
+func (r *memResource[T]) remove(k nsName) {
+	if old, ok := r.objs[k]; ok {
+		r.unindex(k, old)
+		delete(r.objs, k)
+	}
+}
+
+func (r *memResource[T]) unindex(k nsName, o T) {
+	if v, ok := o.Meta().Labels[r.indexLabel]; ok && r.byLabel != nil {
+		delete(r.byLabel[v], k)
+		if len(r.byLabel[v]) == 0 {
+			delete(r.byLabel, v)
+		}
+	}
+}
+
+// candidates returns the keys a List with opts may return: those of the index when opts
+// selects on the indexed label, else nil and false (scan everything).
+func (r *memResource[T]) candidates(opts ListOptions) (map[nsName]struct{}, bool) {
+	if r.byLabel == nil {
+		return nil, false
+	}
+	v, ok := opts.LabelSelector[r.indexLabel]
+	if !ok {
+		return nil, false
+	}
+	return r.byLabel[v], true
+}
+
+// lockKey takes r.mu once no write to k is on its way to disk: a write checks the state its
+// predecessor left. Writes to other keys go on meanwhile, and share the store's syncs.
+func (r *memResource[T]) lockKey(k nsName) {
+	r.mu.Lock()
+	for r.pending[k] {
+		r.written.Wait()
 	}
 }
 
@@ -73,9 +141,18 @@ func (r *memResource[T]) List(_ context.Context, namespace string, opts ListOpti
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []T
-	for k, o := range r.objs {
+	keep := func(k nsName, o T) {
 		if (namespace == "" || k.namespace == namespace) && opts.matches(o.Meta()) {
 			out = append(out, o.DeepCopy())
+		}
+	}
+	if keys, ok := r.candidates(opts); ok {
+		for k := range keys {
+			keep(k, r.objs[k])
+		}
+	} else {
+		for k, o := range r.objs {
+			keep(k, o)
 		}
 	}
 	slices.SortFunc(out, func(a, b T) int {
@@ -101,14 +178,14 @@ func compareKeys(a, b *ObjectMeta) int {
 }
 
 func (r *memResource[T]) Create(_ context.Context, obj T) (T, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	var zero T
 	m := obj.Meta()
 	k := nsName{m.Namespace, m.Name}
 	if m.Name == "" {
 		return zero, fmt.Errorf("registrar: create %s: empty name", r.kind)
 	}
+	r.lockKey(k)
+	defer r.mu.Unlock()
 	if _, ok := r.objs[k]; ok {
 		return zero, r.errorf(ErrAlreadyExists, k)
 	}
@@ -141,11 +218,11 @@ func (r *memResource[T]) UpdateStatus(_ context.Context, obj T) (T, error) {
 // update checks obj's resource version and UID against the stored object and commits
 // merge(stored, copy of obj) with the stored identity fields.
 func (r *memResource[T]) update(obj T, merge func(cur, next T) T) (T, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	var zero T
 	m := obj.Meta()
 	k := nsName{m.Namespace, m.Name}
+	r.lockKey(k)
+	defer r.mu.Unlock()
 	cur, ok := r.objs[k]
 	if !ok {
 		return zero, r.errorf(ErrNotFound, k)
@@ -162,9 +239,9 @@ func (r *memResource[T]) update(obj T, merge func(cur, next T) T) (T, error) {
 }
 
 func (r *memResource[T]) Delete(_ context.Context, namespace, name string, pre Preconditions) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	k := nsName{namespace, name}
+	r.lockKey(k)
+	defer r.mu.Unlock()
 	cur, ok := r.objs[k]
 	if !ok {
 		return r.errorf(ErrNotFound, k)
@@ -181,20 +258,46 @@ func (r *memResource[T]) Delete(_ context.Context, namespace, name string, pre P
 	return nil
 }
 
-// commit persists o, makes it visible and tells the watchers. Called with r.mu held.
+// commit persists o, makes it visible and tells the watchers. Called with r.mu held; with a
+// persist function it lets go of r.mu while o goes to disk (k stays pending meanwhile).
 func (r *memResource[T]) commit(k nsName, o T, typ EventType) (T, error) {
 	var zero T
 	rv := r.rv.Add(1)
 	o.Meta().ResourceVersion = strconv.FormatUint(rv, 10)
-	if r.persist != nil {
-		if err := r.persist(o, typ == Deleted); err != nil {
-			return zero, fmt.Errorf("registrar: write %s %s: %w", r.kind, k, err)
-		}
+	if r.persist == nil {
+		r.apply(k, o, typ)
+		return o.DeepCopy(), nil
 	}
+	result := make(chan error, 1)
+	err := r.persist(o, typ == Deleted, func(err error) {
+		// Called in persist order, so watchers and the history see resource versions in order.
+		r.mu.Lock()
+		delete(r.pending, k)
+		if err == nil {
+			r.apply(k, o, typ)
+		}
+		r.written.Broadcast()
+		r.mu.Unlock()
+		result <- err
+	})
+	if err == nil {
+		r.pending[k] = true
+		r.mu.Unlock()
+		err = <-result
+		r.mu.Lock()
+	}
+	if err != nil {
+		return zero, fmt.Errorf("registrar: write %s %s: %w", r.kind, k, err)
+	}
+	return o.DeepCopy(), nil
+}
+
+// apply makes o visible and tells the watchers. Called with r.mu held.
+func (r *memResource[T]) apply(k nsName, o T, typ EventType) {
 	if typ == Deleted {
-		delete(r.objs, k)
+		r.remove(k)
 	} else {
-		r.objs[k] = o
+		r.put(k, o)
 	}
 	ev := Event[T]{Type: typ, Object: o}
 	r.hist = append(r.hist, ev)
@@ -208,7 +311,6 @@ func (r *memResource[T]) commit(k nsName, o T, typ EventType) (T, error) {
 			r.send(w, ev)
 		}
 	}
-	return o.DeepCopy(), nil
 }
 
 // send delivers ev without blocking; a watcher whose buffer is full is dropped.
@@ -269,7 +371,7 @@ func (r *memResource[T]) load(o T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m := o.Meta()
-	r.objs[nsName{m.Namespace, m.Name}] = o
+	r.put(nsName{m.Namespace, m.Name}, o)
 	if v := rvOf(o); v > r.trimmed {
 		r.trimmed = v // nothing before a restart can be replayed
 	}

@@ -163,7 +163,8 @@ func TestFullStoreDiskDegradesOnlyTheVMSide(t *testing.T) {
 	if _, err := ads.Recv(); err != nil {
 		t.Fatalf("first ADS response after recovery: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(store, "workloadentries", "vms", "web-10.1.2.3-vmnet.yaml")); err != nil {
-		t.Fatalf("no WorkloadEntry in the recovered store: %v", err)
-	}
+	testkit.Eventually(t, "the WorkloadEntry's file in the recovered store", func() bool {
+		_, err := os.Stat(filepath.Join(store, "workloadentries", "vms", "web-10.1.2.3-vmnet.yaml"))
+		return err == nil
+	})
 }

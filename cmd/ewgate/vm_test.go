@@ -160,9 +160,12 @@ func TestStandaloneVMOnboarding(t *testing.T) {
 		t.Fatalf("first ADS response: %v", err)
 	}
 	const entry = "web-10.1.2.3-vmnet"
-	if _, err := os.Stat(filepath.Join(env.dir, "store", "workloadentries", "vms", entry+".yaml")); err != nil {
-		t.Fatalf("no WorkloadEntry in the store after the first ADS response: %v", err)
-	}
+	// Registered (durable in the store's journal) before the first ADS response; its YAML file
+	// is written shortly after.
+	testkit.Eventually(t, "the WorkloadEntry's file in the store", func() bool {
+		_, err := os.Stat(filepath.Join(env.dir, "store", "workloadentries", "vms", entry+".yaml"))
+		return err == nil
+	})
 	if _, body := httpGet(t, admin+"/debug/registrations"); !strings.Contains(body, entry) {
 		t.Fatalf("/debug/registrations does not list %s:\n%s", entry, body)
 	}

@@ -125,8 +125,14 @@ func TestKubeconfigCredentials(t *testing.T) {
 case "$KUBERNETES_EXEC_INFO" in *'"server":"`+a.URL+`"'*) ;; *) echo "no cluster info: $KUBERNETES_EXEC_INFO" >&2; exit 1;; esac
 echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"from-'"$WHO"'"}}'
 `))
-	if err := os.Chmod(plugin, 0o755); err != nil {
-		t.Fatal(err)
+	cred, _ := json.Marshal(map[string]any{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+		"status": map[string]any{"clientCertificateData": string(a.client.PEM()), "clientKeyData": string(a.client.KeyPEM(t))}})
+	testkit.WriteFile(t, dir, "cred.json", cred)
+	certPlugin := testkit.WriteFile(t, dir, "cert-plugin.sh", []byte("#!/bin/sh\nexec cat \"$(dirname \"$0\")/cred.json\"\n"))
+	for _, p := range []string{plugin, certPlugin} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, c := range []struct{ name, user, want string }{
 		{"token", `    token: static-token`, "token:static-token"},
@@ -139,6 +145,9 @@ echo '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","s
       env: [{name: WHO, value: plugin}]
       provideClusterInfo: true
       interactiveMode: Never`, "token:from-plugin"},
+		{"exec plugin giving a client certificate", `    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: ./cert-plugin.sh`, "cert:admin"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := len(a.who())

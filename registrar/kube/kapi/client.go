@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -27,9 +28,15 @@ func New(cfg *Config) (*Client, error) {
 	if cfg == nil || cfg.Host == "" {
 		return nil, errors.New("kapi: a Config with a Host is required")
 	}
+	// As client-go's transport: 30 s to connect, TCP keepalive, and HTTP/2 pings on a quiet
+	// connection, so that a watch on a connection that died silently ends within a minute
+	// (and is resumed) instead of waiting for TCP to give up.
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
+		DialContext:         dialer.DialContext,
 		TLSClientConfig:     cfg.TLS.Clone(),
-		ForceAttemptHTTP2:   true, // one connection carries every request and watch, as client-go's
+		ForceAttemptHTTP2:   true, // one connection carries every request and watch
+		HTTP2:               &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 10 * time.Second,

@@ -58,7 +58,9 @@ func targetRows(r *Results) [][3]string {
 	if e, ok := med(r, "baserss", Ewgate); ok {
 		h, _ := med(r, "baserss", HAProxy)
 		n, _ := med(r, "baserss", Nginx)
-		rows = append(rows, [3]string{"RSS before any connection: at most 25 MiB (issue 22)", fmt.Sprintf("%.1f MiB (HAProxy %.1f, nginx %.1f)", e, h, n), verdict(e <= 25)})
+		// Issue 22 sets 25 MiB for the example config (docs/operations.md, "Memory at idle");
+		// the bench's config (one listener, no control plane) is lighter, so this row bounds it.
+		rows = append(rows, [3]string{"RSS before any connection, the bench's config: at most 25 MiB (issue 22's bound, set for the example config)", fmt.Sprintf("%.1f MiB (HAProxy %.1f, nginx %.1f)", e, h, n), verdict(e <= 25)})
 	}
 	if e, ok := med(r, "idlekib", Ewgate); ok {
 		if h, ok := med(r, "idlekib", HAProxy); ok {

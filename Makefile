@@ -12,13 +12,19 @@ VERSION ?= $(shell git describe --tags --match 'v[0-9]*' --dirty --abbrev=12 2>/
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 1)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
+# grpcnotrace: gRPC without golang.org/x/net/trace (its /debug/requests pages on the default
+# mux, which ewgate never serves). Those pages run html/template, and a linked template
+# executor keeps every exported method of every type in the binary (the linker cannot tell
+# which it may call by name), megabytes of generated protobuf code resident in every gateway
+# (docs/operations.md, "Memory"). A build without the tag works the same, only larger.
+TAGS := grpcnotrace
 
 .PHONY: all build run test unit vet fuzz tools browser e2e bench flood image clean
 
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ewgate ./cmd/ewgate
+	$(GO) build -trimpath -tags $(TAGS) -ldflags '$(LDFLAGS)' -o $(BIN)/ewgate ./cmd/ewgate
 	$(GO) build -trimpath -o $(BIN)/ewgate-demo ./cmd/ewgate-demo
 
 # The gateway on deploy/local/ewgate.yaml, loopback only, with a demo TLS backend behind it.
@@ -89,7 +95,7 @@ flood:
 # push it with skopeo/crane. deploy/image/Dockerfile builds an equivalent image with Docker.
 IMAGE_ARCH ?= $(shell $(GO) env GOARCH)
 image:
-	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -buildvcs=false -ldflags '$(LDFLAGS) -buildid=' -o $(BIN)/ewgate-linux-$(IMAGE_ARCH) ./cmd/ewgate
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -tags $(TAGS) -buildvcs=false -ldflags '$(LDFLAGS) -buildid=' -o $(BIN)/ewgate-linux-$(IMAGE_ARCH) ./cmd/ewgate
 	$(GO) run ./deploy/image -binary $(BIN)/ewgate-linux-$(IMAGE_ARCH) -arch $(IMAGE_ARCH) -tag $(VERSION) \
 		-revision $(REVISION) -created $(SOURCE_DATE_EPOCH) -out $(BIN)/ewgate-image.tar
 

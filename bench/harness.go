@@ -1,7 +1,7 @@
 // Package bench measures ewgate side by side with HAProxy, nginx and a direct connection on the
-// same work in the same run: bulk throughput, connection rate, fixed-rate latency and memory
-// per idle connection, plus ewgate's control-side Go benchmarks. It writes a Markdown report,
-// the raw runs as JSON and PNG charts. `make bench` runs it (cmd/ewbench); QUICK=1 is a
+// same work in the same run: RSS before any connection, bulk throughput, connection rate,
+// fixed-rate latency and memory per idle connection, plus ewgate's control-side Go benchmarks.
+// It writes a Markdown report, the raw runs as JSON and PNG charts. `make bench` runs it (cmd/ewbench); QUICK=1 is a
 // shorter pass; the package test runs it in a tiny mode that only checks the harness.
 //
 // Runs alternate between the targets (ewgate, HAProxy, nginx, direct, ewgate, ...) so drift on
@@ -62,6 +62,7 @@ type plan struct {
 	benchtime   string
 	benchCount  int
 	profileSecs int
+	baseIdle    time.Duration // how long a fresh proxy sits idle before its RSS is read
 }
 
 func planFor(m Mode) plan {
@@ -69,15 +70,15 @@ func planFor(m Mode) plan {
 	case Tiny:
 		return plan{reps: 1, bulkDur: 300 * time.Millisecond, bulkStreams: []int{1, 4}, rateDur: 300 * time.Millisecond,
 			rateConc: []int{4}, latConns: 2, latRate: 200, latDur: 500 * time.Millisecond, idleGoal: 50, idleReps: 1,
-			idleLimit: 20 * time.Second, benchtime: "100x", benchCount: 1, profileSecs: 1}
+			idleLimit: 20 * time.Second, benchtime: "100x", benchCount: 1, profileSecs: 1, baseIdle: 2 * time.Second}
 	case Quick:
 		return plan{reps: 3, bulkDur: time.Second, bulkStreams: []int{1, 8}, rateDur: time.Second,
 			rateConc: []int{16, 64}, latConns: 8, latRate: 2000, latDur: 1500 * time.Millisecond, idleGoal: 4000, idleReps: 1,
-			idleLimit: 30 * time.Second, benchtime: "300ms", benchCount: 1, profileSecs: 3}
+			idleLimit: 30 * time.Second, benchtime: "300ms", benchCount: 1, profileSecs: 3, baseIdle: 2 * time.Second}
 	default:
 		return plan{reps: 5, bulkDur: 3 * time.Second, bulkStreams: []int{1, 8, 16}, rateDur: 2500 * time.Millisecond,
 			rateConc: []int{4, 16, 64}, latConns: 8, latRate: 2000, latDur: 4 * time.Second, idleGoal: 9800, idleReps: 3,
-			idleLimit: 60 * time.Second, benchtime: "1s", benchCount: 3, profileSecs: 5}
+			idleLimit: 60 * time.Second, benchtime: "1s", benchCount: 3, profileSecs: 5, baseIdle: 2 * time.Second}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -49,6 +50,19 @@ func TestHarnessTiny(t *testing.T) {
 			t.Errorf("%s: bulk runs with data %d, connections %d", name, bulk, conns)
 		}
 	}
+	baseRuns := map[string]int{}
+	for _, r := range res.Baseline {
+		baseRuns[r.Target]++
+		// The kernel's VmRSS is exactly RssAnon + RssFile + RssShmem.
+		if r.RSSKiB <= 0 || r.AnonKiB <= 0 || r.FileKiB <= 0 || r.AnonKiB+r.FileKiB+r.ShmemKiB != r.RSSKiB || r.Binary <= 0 {
+			t.Errorf("%s: RSS before any connection %+v", r.Target, r)
+		}
+	}
+	for _, name := range AllTargets {
+		if want := map[bool]int{true: 0, false: planFor(Tiny).reps}[name == Direct]; baseRuns[name] != want {
+			t.Errorf("%s: %d RSS-before-any-connection runs, want %d", name, baseRuns[name], want)
+		}
+	}
 	for _, r := range res.Idle {
 		if r.Reached != r.Goal || r.FDsPerConn <= 0 {
 			t.Errorf("%s: idle %d of %d, %.2f fds per connection", r.Target, r.Reached, r.Goal, r.FDsPerConn)
@@ -62,8 +76,15 @@ func TestHarnessTiny(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatalf("JSON: %v", err)
 	}
-	if len(back.Figures) == 0 || len(back.Throughput) != len(res.Throughput) {
-		t.Errorf("JSON has %d figures, %d throughput runs", len(back.Figures), len(back.Throughput))
+	if len(back.Figures) == 0 || len(back.Throughput) != len(res.Throughput) || len(back.Baseline) != len(res.Baseline) {
+		t.Errorf("JSON has %d figures, %d throughput runs, %d baseline runs", len(back.Figures), len(back.Throughput), len(back.Baseline))
+	}
+	if f, ok := back.figure("baserss"); !ok || len(f.Values) != len(AllTargets)-1 {
+		t.Errorf("JSON figure baserss: %+v", f)
+	}
+	md, err := os.ReadFile(base + ".md")
+	if err != nil || !strings.Contains(string(md), "| RSS before any connection") {
+		t.Errorf("the report has no RSS-before-any-connection row (%v)", err)
 	}
 	for _, f := range []string{".md", "-throughput.png", "-rate.png", "-memory.png", "-latency.png"} {
 		if st, err := os.Stat(base + f); err != nil || st.Size() == 0 {
@@ -89,6 +110,24 @@ func TestPatternAndPercentiles(t *testing.T) {
 	cb := parseBench("authn", "BenchmarkVerifyCached-2   \t 1000\t  950.5 ns/op\t 1052000 verifications/s\t 120 B/op\t 3 allocs/op\n")
 	if len(cb) != 1 || cb[0].Name != "BenchmarkVerifyCached" || cb[0].Metrics["verifications/s"][0] != 1052000 {
 		t.Errorf("parseBench: %+v", cb)
+	}
+}
+
+// TestReadMem reads this test process's own memory: the parts must add up to VmRSS.
+func TestReadMem(t *testing.T) {
+	buf := make([]byte, 8<<20)
+	for i := range buf {
+		buf[i] = byte(i) // touch it, so RssAnon holds at least these 8 MiB
+	}
+	m := readMem([]int{os.Getpid()})
+	if m.anon < 8<<10 || m.file <= 0 || m.anon+m.file+m.shmem != m.rss {
+		t.Errorf("readMem: %+v", m)
+	}
+	if buf[len(buf)-1] != byte(len(buf)-1) {
+		t.Fatal("buffer changed")
+	}
+	if got := readMem([]int{os.Getpid(), os.Getpid()}); got.rss < 2*m.rss-4096 {
+		t.Errorf("two readings of one pid sum to %d KiB, one was %d KiB", got.rss, m.rss)
 	}
 }
 

@@ -95,7 +95,7 @@ func buildEwgate(ctx context.Context, repo, out string) (version string, err err
 	if err != nil || version == "" {
 		version = "dev"
 	}
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-ldflags", "-s -w -X main.version="+version, "-o", out, "./cmd/ewgate")
+	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-tags", "grpcnotrace", "-ldflags", "-s -w -X main.version="+version, "-o", out, "./cmd/ewgate")
 	cmd.Dir = repo
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("bench: build ewgate: %w\n%s", err, b)

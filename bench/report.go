@@ -187,9 +187,9 @@ func markdown(r *Results, name string, charts []chart) string {
 		}
 		w("| %s (%s; %s) | %s | %s | %s | %s | %s | %s | %s |\n", f.Name, f.Unit, better, cell(f, Ewgate), cell(f, EwgateGo), cell(f, HAProxy), cell(f, Nginx), cell(f, Direct), ratio(f, Ewgate, Direct), ratio(f, Ewgate, HAProxy))
 	}
-	w("\nAdded latency is each proxy's percentile minus the direct run's in the same cycle, then the median over cycles. Proxy CPU is user+system time from `/proc/<pid>/stat` of the proxy's processes (nginx: master and workers) across the timed window; RSS is `VmRSS` from `/proc/<pid>/status` summed over them, fds are counted in `/proc/<pid>/fd`, both measured with the connections held minus before they were opened.\n\n")
+	w("\nAdded latency is each proxy's percentile minus the direct run's in the same cycle, then the median over cycles. Proxy CPU is user+system time from `/proc/<pid>/stat` of the proxy's processes (nginx: master and workers) across the timed window; RSS is `VmRSS` from `/proc/<pid>/status` summed over them, fds are counted in `/proc/<pid>/fd`, both measured with the connections held minus before they were opened. RSS before any connection is read the same way (`VmRSS`, `RssAnon`, `RssFile`) from each proxy freshly started, ready (ewgate: `/healthz/ready`; HAProxy and nginx: their listener accepts) and then idle %gs, before any connection of the run, median of %d fresh starts.\n\n", p.BaseIdleSeconds, p.Reps)
 
-	w("## Against the targets of issues 8 and 9\n\n")
+	w("## Against the targets of issues 8, 9 and 22\n\n")
 	w("| target | measured | verdict |\n|---|---|---|\n")
 	for _, row := range targetRows(r) {
 		w("| %s | %s | %s |\n", row[0], row[1], row[2])

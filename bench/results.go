@@ -17,6 +17,7 @@ type Results struct {
 	Throughput []ThroughputRun `json:"throughput"`
 	Rate       []RateRun       `json:"rate"`
 	Latency    []LatencyRun    `json:"latency"`
+	Baseline   []BaseRun       `json:"baseline"`
 	Idle       []IdleRun       `json:"idle"`
 	Control    []ControlBench  `json:"control"`
 	Profiles   []Profile       `json:"profiles"`
@@ -45,18 +46,19 @@ type Meta struct {
 
 // PlanInfo is the plan in the JSON.
 type PlanInfo struct {
-	Reps         int     `json:"reps"`
-	BulkSeconds  float64 `json:"bulk_seconds"`
-	BulkStreams  []int   `json:"bulk_streams"`
-	RateSeconds  float64 `json:"rate_seconds"`
-	RateConc     []int   `json:"rate_concurrency"`
-	LatencyConns int     `json:"latency_conns"`
-	LatencyRate  int     `json:"latency_rate"`
-	LatencySecs  float64 `json:"latency_seconds"`
-	IdleGoal     int     `json:"idle_goal"`
-	IdleReps     int     `json:"idle_reps"`
-	ControlBench string  `json:"control_benchtime"`
-	ControlCount int     `json:"control_count"`
+	Reps            int     `json:"reps"`
+	BulkSeconds     float64 `json:"bulk_seconds"`
+	BulkStreams     []int   `json:"bulk_streams"`
+	RateSeconds     float64 `json:"rate_seconds"`
+	RateConc        []int   `json:"rate_concurrency"`
+	LatencyConns    int     `json:"latency_conns"`
+	LatencyRate     int     `json:"latency_rate"`
+	LatencySecs     float64 `json:"latency_seconds"`
+	IdleGoal        int     `json:"idle_goal"`
+	IdleReps        int     `json:"idle_reps"`
+	BaseIdleSeconds float64 `json:"base_idle_seconds"`
+	ControlBench    string  `json:"control_benchtime"`
+	ControlCount    int     `json:"control_count"`
 }
 
 // Profile is the top of one pprof CPU profile of ewgate.
@@ -99,7 +101,7 @@ func newResults(o Options, pl plan, version string) *Results {
 		Plan: PlanInfo{Reps: pl.reps, BulkSeconds: pl.bulkDur.Seconds(), BulkStreams: pl.bulkStreams,
 			RateSeconds: pl.rateDur.Seconds(), RateConc: pl.rateConc, LatencyConns: pl.latConns,
 			LatencyRate: pl.latRate, LatencySecs: pl.latDur.Seconds(), IdleGoal: pl.idleGoal,
-			IdleReps: pl.idleReps, ControlBench: pl.benchtime, ControlCount: pl.benchCount},
+			IdleReps: pl.idleReps, BaseIdleSeconds: pl.baseIdle.Seconds(), ControlBench: pl.benchtime, ControlCount: pl.benchCount},
 	}
 	m.Versions[Ewgate] = version
 	if b, err := exec.Command("uname", "-r").Output(); err == nil {
@@ -190,6 +192,7 @@ func (r *Results) compute() {
 	for _, p := range []struct{ k, n string }{{"p50", "p50"}, {"p99", "p99"}, {"p999", "p99.9"}} {
 		add("add"+p.k, "Added latency over direct, "+p.n, "µs", false, 0, added[p.k])
 	}
+	r.baselineFigures(add)
 	held, kib, fds := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	gor, stack := map[string][]float64{}, map[string][]float64{}
 	for _, x := range r.Idle {

@@ -54,6 +54,10 @@ func (s *session) stopAll() {
 func (s *session) measure(ctx context.Context) error {
 	pl, c := s.pl, s.c
 	verify := s.o.Mode == Tiny
+	// Memory before any connection first, while no proxy has carried a byte.
+	if err := s.baseline(ctx); err != nil {
+		return err
+	}
 	// Every target first proves it carries bytes intact both ways.
 	for _, name := range s.o.Targets {
 		t, err := s.get(ctx, name)

@@ -57,7 +57,7 @@ type store struct {
 type kubeOpener func(ctx context.Context, kubeconfig, leaseNamespace string, log *zap.Logger) (registrar.Store, func(), error)
 
 func openKube(ctx context.Context, kubeconfig, leaseNamespace string, log *zap.Logger) (registrar.Store, func(), error) {
-	rc, err := kube.RESTConfig(kubeconfig)
+	rc, err := kube.ClientConfig(kubeconfig)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -8,9 +8,9 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/rest"
 
 	"github.com/ewgate/ewgate/registrar/kube"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 )
 
 // Resources the registrar's kube store writes.
@@ -20,11 +20,14 @@ var (
 	LeasesGVR          = schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
 )
 
-// StoreConfig is the admin rest.Config for a registrar store: no overall request timeout
-// (client-go applies rest.Config.Timeout to watches too, which would end them after it).
-func (a *APIServer) StoreConfig() *rest.Config {
-	c := rest.CopyConfig(a.Config)
-	c.Timeout = 0
+// StoreConfig is the registrar store's client config: the admin kubeconfig (CA data and a
+// token) read by the store's own loader, as a gateway given that kubeconfig reads it.
+func (a *APIServer) StoreConfig(t testing.TB) *kapi.Config {
+	t.Helper()
+	c, err := kube.ClientConfig(a.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 
@@ -34,7 +37,7 @@ func (a *APIServer) StoreConfig() *rest.Config {
 func (a *APIServer) NewKubeStore(t testing.TB, o kube.Options) *kube.Store {
 	t.Helper()
 	if o.Config == nil {
-		o.Config = a.StoreConfig()
+		o.Config = a.StoreConfig(t)
 	}
 	if o.SyncTimeout == 0 {
 		o.SyncTimeout = time.Minute

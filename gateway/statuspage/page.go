@@ -3,10 +3,8 @@ package statuspage
 import (
 	"bytes"
 	"encoding/json"
-	"html/template"
 	"net/http"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/ewgate/ewgate/authn"
@@ -32,7 +30,7 @@ func capRows[T any](all []T) rows[T] {
 	return rows[T]{Rows: all[:MaxRows], More: len(all) - MaxRows}
 }
 
-// view is what the template renders.
+// view is what render writes.
 type view struct {
 	S         Status
 	Uptime    string
@@ -70,11 +68,8 @@ func newView(s Status) view {
 // Handler serves GET / (the HTML page) from gather; pass it the debug admin's mux as "GET /{$}".
 func Handler(gather func() Status) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		var b bytes.Buffer // rendered whole first: a template error is a 500, not half a page
-		if err := page.Execute(&b, newView(gather())); err != nil {
-			http.Error(w, "status page: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
+		var b bytes.Buffer
+		render(&b, newView(gather()))
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("Cache-Control", "no-store")
@@ -95,28 +90,3 @@ func JSONHandler(gather func() Status) http.Handler {
 		enc.Encode(gather())
 	})
 }
-
-var funcs = template.FuncMap{
-	"ts": func(t time.Time) string {
-		if t.IsZero() {
-			return "-"
-		}
-		return t.UTC().Format("2006-01-02 15:04:05Z")
-	},
-	"tsp": func(t *time.Time) string {
-		if t == nil || t.IsZero() {
-			return "-"
-		}
-		return t.UTC().Format("2006-01-02 15:04:05Z")
-	},
-	"ago": func(now, t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return "(" + now.Sub(t).Truncate(time.Second).String() + " ago)"
-	},
-	"join": strings.Join,
-	"sub":  func(a, b int) int { return a - b },
-}
-
-var page = template.Must(template.New("status").Funcs(funcs).Parse(pageHTML))

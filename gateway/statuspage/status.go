@@ -7,7 +7,7 @@
 // data plane's Status, computed from the view behind GET /debug/routes; the xDS client's
 // Status; authn's issuer status, as GET /debug/authn; the registrars' registrations, as GET
 // /debug/registrations). The page needs no JavaScript; everything on it is escaped by
-// html/template (server names, node ids and VM addresses are chosen by clients), and each table
+// html.EscapeString (server names, node ids and VM addresses are chosen by clients), and each table
 // shows at most MaxRows rows, then says how many more there are.
 package statuspage
 

@@ -2,16 +2,13 @@ package kube
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/client-go/tools/cache"
-
 	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 )
 
 type nsName struct{ namespace, name string }
@@ -20,16 +17,16 @@ type nsName struct{ namespace, name string }
 // the object as the API server sent it, the base of later updates.
 type cached[T any] struct {
 	obj T
-	raw *unstructured.Unstructured
+	raw kapi.Object
 }
 
-// objectCache is the store a client-go Reflector fills (cache.Store): a cluster-wide list+watch
-// of one kind. Unlike client-go's thread-safe store it keeps the resource version of the last
+// objectCache is what the store's reflector (reflector.go) fills: a cluster-wide list+watch
+// of one kind. It keeps the resource version of the last
 // change it applied under the same lock as the objects, so that List returns a listing and the
 // version it is exact at: a Watch from that version has neither a gap nor a replay.
 type objectCache[T registrar.Object[T]] struct {
 	kind   string
-	decode func(*unstructured.Unstructured) (T, error)
+	decode func(kapi.Object) (T, error)
 	onErr  func(error)
 
 	mu      sync.RWMutex
@@ -40,18 +37,13 @@ type objectCache[T registrar.Object[T]] struct {
 	changed chan struct{} // closed and replaced at every change
 }
 
-func newObjectCache[T registrar.Object[T]](kind string, decode func(*unstructured.Unstructured) (T, error), onErr func(error)) *objectCache[T] {
+func newObjectCache[T registrar.Object[T]](kind string, decode func(kapi.Object) (T, error), onErr func(error)) *objectCache[T] {
 	return &objectCache[T]{kind: kind, decode: decode, onErr: onErr, objs: map[nsName]cached[T]{}, changed: make(chan struct{})}
 }
 
-var _ cache.Store = (*objectCache[*registrar.WorkloadEntry])(nil)
-
-func (c *objectCache[T]) put(obj any, del bool) error {
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return fmt.Errorf("registrar/kube: %s cache: unexpected %T", c.kind, obj)
-	}
-	k := nsName{u.GetNamespace(), u.GetName()}
+// put applies one watch event: the object added or changed, or deleted.
+func (c *objectCache[T]) put(u kapi.Object, del bool) {
+	k := nsName{u.Namespace(), u.Name()}
 	var o T
 	if !del {
 		var err error
@@ -67,8 +59,14 @@ func (c *objectCache[T]) put(obj any, del bool) error {
 	} else {
 		c.objs[k] = cached[T]{obj: o, raw: u}
 	}
-	c.setRVLocked(u.GetResourceVersion())
-	return nil
+	c.setRVLocked(u.ResourceVersion())
+}
+
+// bookmark records a version the watch reached without a change.
+func (c *objectCache[T]) bookmark(rv string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.setRVLocked(rv)
 }
 
 // setRVLocked records the version the cache is now exact at and wakes the waiters.
@@ -79,83 +77,25 @@ func (c *objectCache[T]) setRVLocked(rv string) {
 	c.changed = make(chan struct{})
 }
 
-func (c *objectCache[T]) Add(obj any) error    { return c.put(obj, false) }
-func (c *objectCache[T]) Update(obj any) error { return c.put(obj, false) }
-func (c *objectCache[T]) Delete(obj any) error {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	return c.put(obj, true)
-}
-
 // Replace installs a whole listing (the Reflector's list, and every relist).
-func (c *objectCache[T]) Replace(items []any, rv string) error {
+func (c *objectCache[T]) replace(items []kapi.Object, rv string) {
 	objs := make(map[nsName]cached[T], len(items))
-	for _, it := range items {
-		u, ok := it.(*unstructured.Unstructured)
-		if !ok {
-			return fmt.Errorf("registrar/kube: %s cache: unexpected %T", c.kind, it)
-		}
+	for _, u := range items {
 		o, err := c.decode(u)
 		if err != nil {
 			c.onErr(err)
 			continue
 		}
-		objs[nsName{u.GetNamespace(), u.GetName()}] = cached[T]{obj: o, raw: u}
+		objs[nsName{u.Namespace(), u.Name()}] = cached[T]{obj: o, raw: u}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.objs, c.synced = objs, true
 	c.setRVLocked(rv)
-	return nil
-}
-
-func (c *objectCache[T]) Resync() error { return nil }
-
-func (c *objectCache[T]) List() []any {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make([]any, 0, len(c.objs))
-	for _, o := range c.objs {
-		out = append(out, o.raw)
-	}
-	return out
-}
-
-func (c *objectCache[T]) ListKeys() []string {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make([]string, 0, len(c.objs))
-	for k := range c.objs {
-		out = append(out, k.namespace+"/"+k.name)
-	}
-	return out
-}
-
-func (c *objectCache[T]) Get(obj any) (any, bool, error) {
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return nil, false, fmt.Errorf("registrar/kube: %s cache: unexpected %T", c.kind, obj)
-	}
-	return c.GetByKey(u.GetNamespace() + "/" + u.GetName())
-}
-
-func (c *objectCache[T]) GetByKey(key string) (any, bool, error) {
-	ns, name, err := cache.SplitMetaNamespaceKey(key)
-	if err != nil {
-		return nil, false, err
-	}
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	o, ok := c.objs[nsName{ns, name}]
-	if !ok {
-		return nil, false, nil
-	}
-	return o.raw, true, nil
 }
 
 // get returns a copy of the object and its raw form.
-func (c *objectCache[T]) get(ns, name string) (T, *unstructured.Unstructured, bool) {
+func (c *objectCache[T]) get(ns, name string) (T, kapi.Object, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	o, ok := c.objs[nsName{ns, name}]
@@ -202,6 +142,11 @@ func (c *objectCache[T]) hasSynced() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.synced
+}
+
+// waitSynced waits until the first listing is in, ctx ends or d passes.
+func (c *objectCache[T]) waitSynced(ctx context.Context, d time.Duration) bool {
+	return c.waitFor(ctx, d, func() bool { return c.synced })
 }
 
 // waitFor waits until cond holds for the cache (checked under its lock), ctx ends or d passes.

@@ -5,33 +5,26 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 )
 
 // The registrar's types are Kubernetes-shaped (their JSON is the objects' JSON), so conversion
-// to and from the dynamic client's unstructured objects is a JSON round trip.
-
-// GVRs of the Istio kinds the store serves.
-var (
-	workloadEntriesGVR = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
-	workloadGroupsGVR  = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadgroups"}
-)
+// to and from the API's JSON objects (kapi.Object) is a JSON round trip.
 
 // fromUnstructured decodes u into a new object of the registrar's type.
-func fromUnstructured[T any](u *unstructured.Unstructured, into T) (T, error) {
-	data, err := json.Marshal(u.Object)
+func fromObject[T any](u kapi.Object, into T) (T, error) {
+	data, err := json.Marshal(u)
 	if err != nil {
 		return into, err
 	}
 	if err := json.Unmarshal(data, into); err != nil {
-		return into, fmt.Errorf("registrar/kube: decode %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+		return into, fmt.Errorf("registrar/kube: decode %s %s/%s: %w", u.Kind(), u.Namespace(), u.Name(), err)
 	}
 	return into, nil
 }
 
 // toMap encodes a registrar object as the JSON map of the Kubernetes object, with numbers
-// kept as json.Number (which unstructured objects deep-copy and encode as they are).
+// kept as json.Number (exact, and encoded again as they are).
 func toMap(obj any, apiVersion, kind string) (map[string]any, error) {
 	data, err := json.Marshal(obj)
 	if err != nil {
@@ -50,13 +43,13 @@ func toMap(obj any, apiVersion, kind string) (map[string]any, error) {
 // createBody is what Create sends: the caller's metadata without the server-set fields (the API
 // server refuses a create that carries a resourceVersion), and no status (the status
 // subresource ignores it on create anyway).
-func createBody(m map[string]any) *unstructured.Unstructured {
+func createBody(m map[string]any) kapi.Object {
 	meta, _ := m["metadata"].(map[string]any)
 	for _, k := range []string{"resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"} {
 		delete(meta, k)
 	}
 	delete(m, "status")
-	return &unstructured.Unstructured{Object: m}
+	return kapi.Object(m)
 }
 
 // managedMeta are the metadata fields the registrar's types carry and Update replaces; the rest
@@ -65,12 +58,12 @@ var managedMeta = []string{"labels", "annotations", "ownerReferences"}
 
 // updateBody overlays what the caller manages (metadata above and spec) on base, the object
 // as last seen, so that an Update changes nothing it does not model.
-func updateBody(base *unstructured.Unstructured, m map[string]any, rv string) *unstructured.Unstructured {
+func updateBody(base kapi.Object, m map[string]any, rv string) kapi.Object {
 	body := base.DeepCopy()
-	meta, _ := body.Object["metadata"].(map[string]any)
+	meta, _ := body["metadata"].(map[string]any)
 	if meta == nil {
 		meta = map[string]any{}
-		body.Object["metadata"] = meta
+		body["metadata"] = meta
 	}
 	in, _ := m["metadata"].(map[string]any)
 	for _, k := range managedMeta {
@@ -85,22 +78,22 @@ func updateBody(base *unstructured.Unstructured, m map[string]any, rv string) *u
 	}
 	meta["resourceVersion"] = rv
 	if spec, ok := m["spec"]; ok {
-		body.Object["spec"] = spec
+		body["spec"] = spec
 	} else {
-		delete(body.Object, "spec")
+		delete(body, "spec")
 	}
 	return body
 }
 
 // statusBody puts the caller's status on base, for the status subresource.
-func statusBody(base *unstructured.Unstructured, m map[string]any, rv string) *unstructured.Unstructured {
+func statusBody(base kapi.Object, m map[string]any, rv string) kapi.Object {
 	body := base.DeepCopy()
 	if st, ok := m["status"]; ok {
-		body.Object["status"] = st
+		body["status"] = st
 	} else {
-		delete(body.Object, "status")
+		delete(body, "status")
 	}
-	if meta, ok := body.Object["metadata"].(map[string]any); ok {
+	if meta, ok := body["metadata"].(map[string]any); ok {
 		meta["resourceVersion"] = rv
 	}
 	return body

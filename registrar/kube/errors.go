@@ -4,9 +4,8 @@ import (
 	"errors"
 	"fmt"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-
 	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 )
 
 // apiError maps an API server error onto the registrar's sentinels (404 -> ErrNotFound,
@@ -17,14 +16,15 @@ func apiError(op, resource, ns, name string, err error) error {
 		return nil
 	}
 	var sentinel error
+	reason, code := kapi.ReasonOf(err), kapi.CodeOf(err)
 	switch {
-	case apierrors.IsAlreadyExists(err): // a 409 too: checked before IsConflict
+	case reason == kapi.ReasonAlreadyExists: // a 409 too: checked before Conflict
 		sentinel = registrar.ErrAlreadyExists
-	case apierrors.IsNotFound(err):
+	case reason == kapi.ReasonNotFound || code == 404:
 		sentinel = registrar.ErrNotFound
-	case apierrors.IsConflict(err):
+	case reason == kapi.ReasonConflict || code == 409:
 		sentinel = registrar.ErrConflict
-	case apierrors.IsGone(err), apierrors.IsResourceExpired(err):
+	case reason == kapi.ReasonGone || reason == kapi.ReasonExpired || code == 410:
 		sentinel = registrar.ErrGone
 	}
 	where := resource + " " + ns + "/" + name

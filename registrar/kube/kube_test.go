@@ -2,17 +2,17 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 	"github.com/ewgate/ewgate/registrar/storetest"
 )
 
@@ -30,11 +30,11 @@ func TestEntryRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &unstructured.Unstructured{Object: m}
-	if u.GetAPIVersion() != "networking.istio.io/v1" || u.GetKind() != "WorkloadEntry" || u.GetResourceVersion() != "42" {
+	u := kapi.Object(m)
+	if u["apiVersion"] != "networking.istio.io/v1" || u.Kind() != "WorkloadEntry" || u.ResourceVersion() != "42" {
 		t.Fatalf("encoded object: %v", m)
 	}
-	back, err := fromUnstructured(u.DeepCopy(), &registrar.WorkloadEntry{})
+	back, err := fromObject(u.DeepCopy(), &registrar.WorkloadEntry{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,21 +52,21 @@ func TestCreateBodyDropsServerFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	u := createBody(m)
-	if ts := u.GetCreationTimestamp(); u.GetResourceVersion() != "" || u.GetUID() != "" || !ts.IsZero() {
-		t.Fatalf("create body keeps server fields: %v", u.Object["metadata"])
+	if _, ts := u["metadata"].(map[string]any)["creationTimestamp"]; u.ResourceVersion() != "" || u.UID() != "" || ts {
+		t.Fatalf("create body keeps server fields: %v", u["metadata"])
 	}
-	if _, ok := u.Object["status"]; ok {
+	if _, ok := u["status"]; ok {
 		t.Fatal("create body has a status")
 	}
-	if u.GetLabels()["app"] != "web" || len(u.GetOwnerReferences()) != 1 {
-		t.Fatalf("create body lost metadata: %v", u.Object["metadata"])
+	if meta := u["metadata"].(map[string]any); meta["labels"].(map[string]any)["app"] != "web" || len(meta["ownerReferences"].([]any)) != 1 {
+		t.Fatalf("create body lost metadata: %v", u["metadata"])
 	}
 }
 
 // TestUpdateBodyKeepsUnmodelled: finalizers and spec come from the right places; labels the
 // caller dropped are dropped.
 func TestUpdateBodyKeepsUnmodelled(t *testing.T) {
-	base := &unstructured.Unstructured{Object: map[string]any{
+	base := kapi.Object{
 		"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
 		"metadata": map[string]any{
 			"name": "x", "namespace": "ns", "resourceVersion": "5", "uid": "u",
@@ -75,7 +75,7 @@ func TestUpdateBodyKeepsUnmodelled(t *testing.T) {
 		},
 		"spec":   map[string]any{"address": "10.0.0.1"},
 		"status": map[string]any{"conditions": []any{map[string]any{"type": "Healthy", "status": "True"}}},
-	}}
+	}
 	in := storetest.Entry("ns", "x")
 	in.Labels = nil
 	m, err := toMap(in, registrar.IstioAPIVersion, registrar.KindWorkloadEntry)
@@ -83,34 +83,39 @@ func TestUpdateBodyKeepsUnmodelled(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := updateBody(base, m, "5")
-	if len(b.GetFinalizers()) != 1 || b.GetLabels() != nil || b.GetResourceVersion() != "5" {
-		t.Fatalf("update body metadata: %v", b.Object["metadata"])
+	bm := b["metadata"].(map[string]any)
+	if _, labels := bm["labels"]; len(bm["finalizers"].([]any)) != 1 || labels || b.ResourceVersion() != "5" {
+		t.Fatalf("update body metadata: %v", bm)
 	}
-	if addr, _, _ := unstructured.NestedString(b.Object, "spec", "address"); addr != "10.0.0.5" {
+	if addr := b["spec"].(map[string]any)["address"]; addr != "10.0.0.5" {
 		t.Fatalf("update body spec address %q", addr)
 	}
-	if base.GetLabels()["old"] != "1" {
+	if base["metadata"].(map[string]any)["labels"].(map[string]any)["old"] != "1" {
 		t.Fatal("updateBody modified its base")
 	}
 	in.Status.Conditions = nil
 	m, _ = toMap(in, registrar.IstioAPIVersion, registrar.KindWorkloadEntry)
 	st := statusBody(base, m, "6")
-	if _, ok := st.Object["status"]; ok || st.GetResourceVersion() != "6" {
-		t.Fatalf("status body: %v", st.Object)
+	if _, ok := st["status"]; ok || st.ResourceVersion() != "6" {
+		t.Fatalf("status body: %v", st)
 	}
 }
 
+// TestAPIErrorSentinels maps refusals as the API server words them (metav1.Status reason and
+// code) onto the registrar's sentinels.
 func TestAPIErrorSentinels(t *testing.T) {
-	gr := schema.GroupResource{Group: "networking.istio.io", Resource: "workloadentries"}
+	st := func(code int, reason string) error {
+		return fmt.Errorf("kapi: PUT /x: %w", &kapi.StatusError{Code: code, Reason: reason, Message: "m"})
+	}
 	for _, c := range []struct {
 		err  error
 		want error
 	}{
-		{apierrors.NewNotFound(gr, "x"), registrar.ErrNotFound},
-		{apierrors.NewAlreadyExists(gr, "x"), registrar.ErrAlreadyExists},
-		{apierrors.NewConflict(gr, "x", errors.New("the object has been modified")), registrar.ErrConflict},
-		{apierrors.NewGone("too old resource version"), registrar.ErrGone},
-		{apierrors.NewResourceExpired("too old resource version"), registrar.ErrGone},
+		{st(404, "NotFound"), registrar.ErrNotFound},
+		{st(409, "AlreadyExists"), registrar.ErrAlreadyExists},
+		{st(409, "Conflict"), registrar.ErrConflict},
+		{st(410, "Gone"), registrar.ErrGone},
+		{st(410, "Expired"), registrar.ErrGone},
 	} {
 		got := apiError("update", "workloadentries", "ns", "x", c.err)
 		if !errors.Is(got, c.want) || !errors.Is(got, c.err) {
@@ -122,16 +127,16 @@ func TestAPIErrorSentinels(t *testing.T) {
 			}
 		}
 	}
-	if err := apiError("get", "leases", "ns", "x", apierrors.NewForbidden(gr, "x", errors.New("no"))); errors.Is(err, registrar.ErrNotFound) {
+	if err := apiError("get", "leases", "ns", "x", st(403, "Forbidden")); errors.Is(err, registrar.ErrNotFound) {
 		t.Errorf("forbidden mapped to not found: %v", err)
 	}
 }
 
-func raw(ns, name, rv string) *unstructured.Unstructured {
+func raw(ns, name, rv string) kapi.Object {
 	m, _ := toMap(storetest.Entry(ns, name), registrar.IstioAPIVersion, registrar.KindWorkloadEntry)
-	u := &unstructured.Unstructured{Object: m}
+	u := kapi.Object(m)
 	u.SetResourceVersion(rv)
-	u.SetUID(k8sUID("uid-" + name))
+	u["metadata"].(map[string]any)["uid"] = "uid-" + name
 	return u
 }
 
@@ -139,27 +144,21 @@ func raw(ns, name, rv string) *unstructured.Unstructured {
 // the listing; waiters wake when a write's version arrives and give up after their bound.
 func TestCacheVersionFollowsChanges(t *testing.T) {
 	var errs []error
-	c := newObjectCache("workloadentries", func(u *unstructured.Unstructured) (*registrar.WorkloadEntry, error) {
-		return fromUnstructured(u, &registrar.WorkloadEntry{})
+	c := newObjectCache("workloadentries", func(u kapi.Object) (*registrar.WorkloadEntry, error) {
+		return fromObject(u, &registrar.WorkloadEntry{})
 	}, func(err error) { errs = append(errs, err) })
 	if c.hasSynced() {
 		t.Fatal("synced before the first listing")
 	}
-	if err := c.Replace([]any{raw("a", "x", "10"), raw("b", "y", "9")}, "12"); err != nil {
-		t.Fatal(err)
-	}
+	c.replace([]kapi.Object{raw("a", "x", "10"), raw("b", "y", "9")}, "12")
 	items, rv := c.list("", func(*registrar.ObjectMeta) bool { return true })
 	if !c.hasSynced() || rv != "12" || len(items) != 2 || items[0].Name != "x" || items[1].Name != "y" {
 		t.Fatalf("after replace: rv %s, %d items", rv, len(items))
 	}
 	got := make(chan bool)
 	go func() { got <- c.waitRV(context.Background(), 5*time.Second, "14") }()
-	if err := c.Add(raw("a", "z", "13")); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Delete(raw("a", "x", "14")); err != nil {
-		t.Fatal(err)
-	}
+	c.put(raw("a", "z", "13"), false)
+	c.put(raw("a", "x", "14"), true)
 	if !<-got {
 		t.Fatal("waiter not woken by the change to version 14")
 	}
@@ -183,9 +182,14 @@ func TestCacheVersionFollowsChanges(t *testing.T) {
 		t.Fatal("cache shares objects with callers")
 	}
 	bad := raw("a", "bad", "15")
-	bad.Object["spec"] = "not an object"
-	if err := c.Update(bad); err != nil || len(errs) != 1 {
-		t.Fatalf("undecodable object: err %v, reported %d", err, len(errs))
+	bad["spec"] = "not an object"
+	c.put(bad, false)
+	if len(errs) != 1 {
+		t.Fatalf("undecodable object: reported %d", len(errs))
+	}
+	c.bookmark("20")
+	if _, rv := c.list("", func(*registrar.ObjectMeta) bool { return true }); rv != "20" {
+		t.Fatalf("after a bookmark: rv %s", rv)
 	}
 	if _, _, ok := c.get("a", "bad"); ok {
 		t.Fatal("undecodable object cached")
@@ -199,16 +203,22 @@ func TestLeaseConversion(t *testing.T) {
 		Spec:       registrar.LeaseSpec{HolderIdentity: "gw-1", LeaseDurationSeconds: 30, AcquireTime: at, RenewTime: at},
 	}
 	k := leaseToKube(in)
-	if *k.Spec.HolderIdentity != "gw-1" || *k.Spec.LeaseDurationSeconds != 30 || k.ResourceVersion != "3" {
+	if *k.Spec.HolderIdentity != "gw-1" || *k.Spec.LeaseDurationSeconds != 30 || k.Metadata.ResourceVersion != "3" ||
+		*k.Spec.RenewTime != "2026-01-02T03:04:05.123456Z" {
 		t.Fatalf("to kube: %+v", k)
 	}
-	back := leaseFromKube(k)
-	if back.Spec.HolderIdentity != "gw-1" || !back.Spec.RenewTime.Equal(at) || back.Name != "gw-1" {
-		t.Fatalf("from kube: %+v", back)
+	// Through JSON, as the API server sees it: MicroTime keeps microseconds.
+	var back kubeLease
+	if b, err := json.Marshal(k); err != nil || json.Unmarshal(b, &back) != nil {
+		t.Fatalf("lease JSON: %v", err)
 	}
-	empty := leaseFromKube(leaseToKube(&registrar.Lease{ObjectMeta: registrar.ObjectMeta{Name: "n"}}))
-	if !empty.Spec.RenewTime.IsZero() || !empty.Expired(at) {
-		t.Fatalf("lease without renew time: %+v", empty)
+	got, err := leaseFromKube("get", &back)
+	if err != nil || got.Spec.HolderIdentity != "gw-1" || !got.Spec.RenewTime.Equal(at.Truncate(time.Microsecond)) || got.Name != "gw-1" {
+		t.Fatalf("from kube: %+v, %v", got, err)
+	}
+	empty, err := leaseFromKube("get", leaseToKube(&registrar.Lease{ObjectMeta: registrar.ObjectMeta{Name: "n"}}))
+	if err != nil || !empty.Spec.RenewTime.IsZero() || !empty.Expired(at) {
+		t.Fatalf("lease without renew time: %+v, %v", empty, err)
 	}
 	l := &leases{namespace: "istio-system"}
 	if _, err := l.Get(context.Background(), "other", "gw-1"); err == nil {
@@ -218,6 +228,6 @@ func TestLeaseConversion(t *testing.T) {
 
 func TestNewNeedsConfig(t *testing.T) {
 	if _, err := New(context.Background(), Options{}); err == nil {
-		t.Fatal("New without a rest.Config succeeded")
+		t.Fatal("New without a Config succeeded")
 	}
 }

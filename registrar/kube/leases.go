@@ -2,61 +2,55 @@ package kube
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-
-	coordinationv1 "k8s.io/api/coordination/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	k8stypes "k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
+	"time"
 
 	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 )
 
 // leases reads and writes coordination.k8s.io/v1 Leases directly: a replica renews its own and
 // reads a dead owner's now and then, too few requests to be worth a watch (and RBAC on leases
 // then needs only get, create and update).
-//
-// Through the dynamic client, not client-go's typed one: a typed client links
-// k8s.io/client-go/kubernetes/scheme, which registers every built-in API group at start-up and
-// keeps about 14 MiB of the binary resident in every gateway, kube store or not.
 type leases struct {
-	client    dynamic.NamespaceableResourceInterface
+	client    kapi.Resource
 	namespace string // if set, the only namespace allowed
 }
 
-var leasesGVR = schema.GroupVersionResource{Group: "coordination.k8s.io", Version: "v1", Resource: "leases"}
-
-func (l *leases) send(ctx context.Context, op string, in *coordinationv1.Lease) (*registrar.Lease, error) {
-	in.APIVersion, in.Kind = "coordination.k8s.io/v1", "Lease"
-	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(in)
-	if err != nil {
-		return nil, fmt.Errorf("registrar/kube: %s lease %s/%s: %w", op, in.Namespace, in.Name, err)
-	}
-	u := &unstructured.Unstructured{Object: obj}
-	c := l.client.Namespace(in.Namespace)
-	if op == "create" {
-		u, err = c.Create(ctx, u, metav1.CreateOptions{})
-	} else {
-		u, err = c.Update(ctx, u, metav1.UpdateOptions{})
-	}
-	if err != nil {
-		return nil, apiError(op, "leases", in.Namespace, in.Name, err)
-	}
-	return leaseFromUnstructured(op, u)
-}
-
-func leaseFromUnstructured(op string, u *unstructured.Unstructured) (*registrar.Lease, error) {
-	var k coordinationv1.Lease
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &k); err != nil {
-		return nil, fmt.Errorf("registrar/kube: %s lease %s/%s: %w", op, u.GetNamespace(), u.GetName(), err)
-	}
-	return leaseFromKube(&k), nil
-}
-
 var _ registrar.Leases = (*leases)(nil)
+
+// microTime is the API's MicroTime: RFC 3339 with exactly six fractional digits.
+const microTime = "2006-01-02T15:04:05.000000Z07:00"
+
+// kubeLease is a coordination.k8s.io/v1 Lease as JSON. The registrar's ObjectMeta is
+// Kubernetes-shaped already; the spec's times are MicroTime and its optional fields pointers.
+type kubeLease struct {
+	APIVersion string               `json:"apiVersion"`
+	Kind       string               `json:"kind"`
+	Metadata   registrar.ObjectMeta `json:"metadata"`
+	Spec       struct {
+		HolderIdentity       *string `json:"holderIdentity,omitempty"`
+		LeaseDurationSeconds *int32  `json:"leaseDurationSeconds,omitempty"`
+		AcquireTime          *string `json:"acquireTime,omitempty"`
+		RenewTime            *string `json:"renewTime,omitempty"`
+	} `json:"spec"`
+}
+
+func (l *leases) send(ctx context.Context, op string, in *kubeLease) (*registrar.Lease, error) {
+	in.APIVersion, in.Kind = "coordination.k8s.io/v1", "Lease"
+	var out kubeLease
+	var err error
+	if op == "create" {
+		err = l.client.CreateSub(ctx, in.Metadata.Namespace, "", "", in, &out)
+	} else {
+		err = l.client.Put(ctx, in.Metadata.Namespace, in.Metadata.Name, in, &out)
+	}
+	if err != nil {
+		return nil, apiError(op, "leases", in.Metadata.Namespace, in.Metadata.Name, err)
+	}
+	return leaseFromKube(op, &out)
+}
 
 func (l *leases) check(op, ns, name string) error {
 	if l.namespace != "" && ns != l.namespace {
@@ -69,11 +63,19 @@ func (l *leases) Get(ctx context.Context, namespace, name string) (*registrar.Le
 	if err := l.check("get", namespace, name); err != nil {
 		return nil, err
 	}
-	u, err := l.client.Namespace(namespace).Get(ctx, name, metav1.GetOptions{})
+	o, err := l.client.Get(ctx, namespace, name)
 	if err != nil {
 		return nil, apiError("get", "leases", namespace, name, err)
 	}
-	return leaseFromUnstructured("get", u)
+	raw, err := json.Marshal(o)
+	if err != nil {
+		return nil, err
+	}
+	var k kubeLease
+	if err := json.Unmarshal(raw, &k); err != nil {
+		return nil, fmt.Errorf("registrar/kube: get lease %s/%s: %w", namespace, name, err)
+	}
+	return leaseFromKube("get", &k)
 }
 
 func (l *leases) Create(ctx context.Context, in *registrar.Lease) (*registrar.Lease, error) {
@@ -81,7 +83,7 @@ func (l *leases) Create(ctx context.Context, in *registrar.Lease) (*registrar.Le
 		return nil, err
 	}
 	k := leaseToKube(in)
-	k.ResourceVersion, k.UID, k.CreationTimestamp = "", "", metav1.Time{}
+	k.Metadata.ResourceVersion, k.Metadata.UID, k.Metadata.CreationTimestamp = "", "", time.Time{}
 	return l.send(ctx, "create", k)
 }
 
@@ -94,8 +96,9 @@ func (l *leases) Update(ctx context.Context, in *registrar.Lease) (*registrar.Le
 
 // leaseToKube converts a registrar Lease. Kubernetes keeps acquire and renew times in
 // microseconds (MicroTime): finer precision is lost on the way.
-func leaseToKube(in *registrar.Lease) *coordinationv1.Lease {
-	k := &coordinationv1.Lease{ObjectMeta: metaToKube(in.ObjectMeta)}
+func leaseToKube(in *registrar.Lease) *kubeLease {
+	k := &kubeLease{Metadata: in.ObjectMeta}
+	k.Metadata.CreationTimestamp = time.Time{} // server-set; never written
 	s := in.Spec
 	if s.HolderIdentity != "" {
 		h := s.HolderIdentity
@@ -106,60 +109,37 @@ func leaseToKube(in *registrar.Lease) *coordinationv1.Lease {
 		k.Spec.LeaseDurationSeconds = &d
 	}
 	if !s.AcquireTime.IsZero() {
-		t := metav1.NewMicroTime(s.AcquireTime)
+		t := s.AcquireTime.UTC().Format(microTime)
 		k.Spec.AcquireTime = &t
 	}
 	if !s.RenewTime.IsZero() {
-		t := metav1.NewMicroTime(s.RenewTime)
+		t := s.RenewTime.UTC().Format(microTime)
 		k.Spec.RenewTime = &t
 	}
 	return k
 }
 
-func leaseFromKube(k *coordinationv1.Lease) *registrar.Lease {
-	l := &registrar.Lease{ObjectMeta: metaFromKube(k.ObjectMeta)}
+func leaseFromKube(op string, k *kubeLease) (*registrar.Lease, error) {
+	l := &registrar.Lease{ObjectMeta: k.Metadata}
+	l.CreationTimestamp = l.CreationTimestamp.UTC()
 	if k.Spec.HolderIdentity != nil {
 		l.Spec.HolderIdentity = *k.Spec.HolderIdentity
 	}
 	if k.Spec.LeaseDurationSeconds != nil {
 		l.Spec.LeaseDurationSeconds = *k.Spec.LeaseDurationSeconds
 	}
-	if k.Spec.AcquireTime != nil {
-		l.Spec.AcquireTime = k.Spec.AcquireTime.UTC()
+	for _, t := range []struct {
+		in  *string
+		out *time.Time
+	}{{k.Spec.AcquireTime, &l.Spec.AcquireTime}, {k.Spec.RenewTime, &l.Spec.RenewTime}} {
+		if t.in == nil {
+			continue
+		}
+		v, err := time.Parse(time.RFC3339Nano, *t.in)
+		if err != nil {
+			return nil, fmt.Errorf("registrar/kube: %s lease %s/%s: %w", op, k.Metadata.Namespace, k.Metadata.Name, err)
+		}
+		*t.out = v.UTC()
 	}
-	if k.Spec.RenewTime != nil {
-		l.Spec.RenewTime = k.Spec.RenewTime.UTC()
-	}
-	return l
+	return l, nil
 }
-
-func metaToKube(m registrar.ObjectMeta) metav1.ObjectMeta {
-	k := metav1.ObjectMeta{
-		Name: m.Name, Namespace: m.Namespace, ResourceVersion: m.ResourceVersion,
-		Labels: m.Labels, Annotations: m.Annotations,
-	}
-	k.UID = k8sUID(m.UID)
-	for _, o := range m.OwnerReferences {
-		k.OwnerReferences = append(k.OwnerReferences, metav1.OwnerReference{
-			APIVersion: o.APIVersion, Kind: o.Kind, Name: o.Name, UID: k8sUID(o.UID),
-			Controller: o.Controller, BlockOwnerDeletion: o.BlockOwnerDeletion,
-		})
-	}
-	return k
-}
-
-func metaFromKube(k metav1.ObjectMeta) registrar.ObjectMeta {
-	m := registrar.ObjectMeta{
-		Name: k.Name, Namespace: k.Namespace, UID: string(k.UID), ResourceVersion: k.ResourceVersion,
-		CreationTimestamp: k.CreationTimestamp.UTC(), Labels: k.Labels, Annotations: k.Annotations,
-	}
-	for _, o := range k.OwnerReferences {
-		m.OwnerReferences = append(m.OwnerReferences, registrar.OwnerReference{
-			APIVersion: o.APIVersion, Kind: o.Kind, Name: o.Name, UID: string(o.UID),
-			Controller: o.Controller, BlockOwnerDeletion: o.BlockOwnerDeletion,
-		})
-	}
-	return m
-}
-
-func k8sUID(s string) k8stypes.UID { return k8stypes.UID(s) }

@@ -5,13 +5,8 @@ import (
 	"errors"
 	"fmt"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/dynamic"
-
 	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 )
 
 // resource is a registrar.Resource over one Istio kind: reads from the cache, writes to the
@@ -21,7 +16,7 @@ type resource[T registrar.Object[T]] struct {
 	name       string // the plural resource name, for errors
 	apiVersion string
 	kind       string
-	client     dynamic.NamespaceableResourceInterface
+	client     kapi.Resource
 	cache      *objectCache[T]
 	hasStatus  bool
 }
@@ -65,13 +60,13 @@ func (r *resource[T]) encode(obj T) (map[string]any, error) {
 
 // written decodes what the API server returned for a write and waits until the cache has it,
 // so that this process reads its own writes.
-func (r *resource[T]) written(ctx context.Context, u *unstructured.Unstructured) (T, error) {
+func (r *resource[T]) written(ctx context.Context, u kapi.Object) (T, error) {
 	var zero T
 	o, err := r.cache.decode(u)
 	if err != nil {
 		return zero, err
 	}
-	r.s.settle(ctx, r.cache.waitRV(ctx, r.s.opts.CacheWait, u.GetResourceVersion()))
+	r.s.settle(ctx, r.cache.waitRV(ctx, r.s.opts.CacheWait, u.ResourceVersion()))
 	return o, nil
 }
 
@@ -85,7 +80,7 @@ func (r *resource[T]) Create(ctx context.Context, obj T) (T, error) {
 	if err != nil {
 		return zero, err
 	}
-	u, err := r.client.Namespace(meta.Namespace).Create(ctx, createBody(m), metav1.CreateOptions{})
+	u, err := r.client.Create(ctx, meta.Namespace, createBody(m))
 	if err != nil {
 		return zero, apiError("create", r.name, meta.Namespace, meta.Name, err)
 	}
@@ -93,8 +88,8 @@ func (r *resource[T]) Create(ctx context.Context, obj T) (T, error) {
 }
 
 func (r *resource[T]) Update(ctx context.Context, obj T) (T, error) {
-	return r.update(ctx, obj, "update", func(base *unstructured.Unstructured, m map[string]any, rv string) (*unstructured.Unstructured, error) {
-		return r.client.Namespace(base.GetNamespace()).Update(ctx, updateBody(base, m, rv), metav1.UpdateOptions{})
+	return r.update(ctx, obj, "update", func(base kapi.Object, m map[string]any, rv string) (kapi.Object, error) {
+		return r.client.Update(ctx, updateBody(base, m, rv))
 	})
 }
 
@@ -103,12 +98,12 @@ func (r *resource[T]) UpdateStatus(ctx context.Context, obj T) (T, error) {
 		var zero T
 		return zero, fmt.Errorf("registrar/kube: %w: %s has no status the registrar writes", registrar.ErrNotFound, r.name)
 	}
-	return r.update(ctx, obj, "update status", func(base *unstructured.Unstructured, m map[string]any, rv string) (*unstructured.Unstructured, error) {
-		return r.client.Namespace(base.GetNamespace()).UpdateStatus(ctx, statusBody(base, m, rv), metav1.UpdateOptions{})
+	return r.update(ctx, obj, "update status", func(base kapi.Object, m map[string]any, rv string) (kapi.Object, error) {
+		return r.client.UpdateStatus(ctx, statusBody(base, m, rv))
 	})
 }
 
-type putFunc func(base *unstructured.Unstructured, m map[string]any, rv string) (*unstructured.Unstructured, error)
+type putFunc func(base kapi.Object, m map[string]any, rv string) (kapi.Object, error)
 
 // update writes obj over the stored object. The body starts from the object as last seen (the
 // cache, or a GET when the cache does not have it or is behind), so that fields the
@@ -124,14 +119,14 @@ func (r *resource[T]) update(ctx context.Context, obj T, op string, put putFunc)
 	_, base, ok := r.cache.get(meta.Namespace, meta.Name)
 	for attempt := 0; ; attempt++ {
 		if !ok || (meta.ResourceVersion == "" && attempt > 0) {
-			base, err = r.client.Namespace(meta.Namespace).Get(ctx, meta.Name, metav1.GetOptions{})
+			base, err = r.client.Get(ctx, meta.Namespace, meta.Name)
 			if err != nil {
 				return zero, apiError(op, r.name, meta.Namespace, meta.Name, err)
 			}
 		}
 		rv := meta.ResourceVersion
 		if rv == "" {
-			rv = base.GetResourceVersion()
+			rv = base.ResourceVersion()
 		}
 		u, err := put(base, m, rv)
 		if err == nil {
@@ -146,23 +141,11 @@ func (r *resource[T]) update(ctx context.Context, obj T, op string, put putFunc)
 }
 
 func (r *resource[T]) Delete(ctx context.Context, namespace, name string, pre registrar.Preconditions) error {
-	opts := metav1.DeleteOptions{}
-	if pre.UID != "" || pre.ResourceVersion != "" {
-		opts.Preconditions = &metav1.Preconditions{}
-		if pre.UID != "" {
-			uid := k8sUID(pre.UID)
-			opts.Preconditions.UID = &uid
-		}
-		if pre.ResourceVersion != "" {
-			rv := pre.ResourceVersion
-			opts.Preconditions.ResourceVersion = &rv
-		}
-	}
 	uid := pre.UID
 	if cur, _, ok := r.cache.get(namespace, name); ok && uid == "" {
 		uid = cur.Meta().UID
 	}
-	if err := r.client.Namespace(namespace).Delete(ctx, name, opts); err != nil {
+	if err := r.client.Delete(ctx, namespace, name, kapi.Preconditions{UID: pre.UID, ResourceVersion: pre.ResourceVersion}); err != nil {
 		return apiError("delete", r.name, namespace, name, err)
 	}
 	r.s.settle(ctx, r.cache.waitGone(ctx, r.s.opts.CacheWait, namespace, name, uid))
@@ -174,18 +157,14 @@ func (r *resource[T]) Delete(ctx context.Context, namespace, name string, pre re
 // version starts by replaying every existing object as ADDED. A version the API server no
 // longer has (410 Gone) ends the watch at once: the channel closes and the caller lists again.
 func (r *resource[T]) Watch(ctx context.Context, namespace, resourceVersion string) (<-chan registrar.Event[T], error) {
-	client := dynamic.ResourceInterface(r.client)
-	if namespace != "" {
-		client = r.client.Namespace(namespace)
-	}
 	if resourceVersion == "" {
-		l, err := client.List(ctx, metav1.ListOptions{Limit: 1})
+		l, err := r.client.List(ctx, namespace, kapi.ListOptions{Limit: 1})
 		if err != nil {
 			return nil, apiError("watch (current version)", r.name, namespace, "", err)
 		}
-		resourceVersion = l.GetResourceVersion()
+		resourceVersion = l.Metadata.ResourceVersion
 	}
-	w, err := client.Watch(ctx, metav1.ListOptions{ResourceVersion: resourceVersion})
+	w, err := r.client.Watch(ctx, namespace, resourceVersion)
 	if err != nil {
 		return nil, apiError("watch", r.name, namespace, "", err)
 	}
@@ -203,12 +182,12 @@ func (r *resource[T]) Watch(ctx context.Context, namespace, resourceVersion stri
 }
 
 // pump converts the API server's events until the watch or ctx ends.
-func (r *resource[T]) pump(ctx context.Context, w watch.Interface, ch chan<- registrar.Event[T]) {
+func (r *resource[T]) pump(ctx context.Context, w *kapi.Watcher, ch chan<- registrar.Event[T]) {
 	for {
-		var ev watch.Event
+		var ev kapi.Event
 		var ok bool
 		select {
-		case ev, ok = <-w.ResultChan():
+		case ev, ok = <-w.C:
 			if !ok {
 				return
 			}
@@ -217,23 +196,19 @@ func (r *resource[T]) pump(ctx context.Context, w watch.Interface, ch chan<- reg
 		}
 		var typ registrar.EventType
 		switch ev.Type {
-		case watch.Added:
+		case "ADDED":
 			typ = registrar.Added
-		case watch.Modified:
+		case "MODIFIED":
 			typ = registrar.Modified
-		case watch.Deleted:
+		case "DELETED":
 			typ = registrar.Deleted
-		case watch.Error:
-			r.s.logError(fmt.Errorf("registrar/kube: watch %s: %v", r.name, errorObject(ev.Object)))
+		case "ERROR":
+			r.s.logError(fmt.Errorf("registrar/kube: watch %s: %w", r.name, kapi.StatusOf(ev.Object)))
 			return
 		default:
 			continue // bookmarks
 		}
-		u, isU := ev.Object.(*unstructured.Unstructured)
-		if !isU {
-			continue
-		}
-		o, err := r.cache.decode(u)
+		o, err := r.cache.decode(ev.Object)
 		if err != nil {
 			r.s.logError(err)
 			continue
@@ -244,15 +219,6 @@ func (r *resource[T]) pump(ctx context.Context, w watch.Interface, ch chan<- reg
 			return
 		}
 	}
-}
-
-func errorObject(o runtime.Object) string {
-	if u, ok := o.(*unstructured.Unstructured); ok {
-		msg, _, _ := unstructured.NestedString(u.Object, "message")
-		code, _, _ := unstructured.NestedInt64(u.Object, "code")
-		return fmt.Sprintf("%d %s", code, msg)
-	}
-	return fmt.Sprintf("%T", o)
 }
 
 // settle notes a write the cache did not show within CacheWait (reads may be stale for a while;

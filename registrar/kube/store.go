@@ -9,24 +9,17 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ewgate/ewgate/registrar"
+	"github.com/ewgate/ewgate/registrar/kube/kapi"
 )
 
 // Options configure a Store.
 type Options struct {
-	// Config reaches the API server (see RESTConfig). Required. If its QPS and Burst are zero,
-	// DefaultQPS and DefaultBurst are used instead of client-go's 5 and 10, which would hold a
-	// fleet's registrations to five writes per second.
-	Config *rest.Config
+	// Config reaches the API server (see ClientConfig). Required. If its QPS and Burst are
+	// zero, DefaultQPS and DefaultBurst are used (client-go's 5 and 10 would hold a fleet's
+	// registrations to five writes per second).
+	Config *kapi.Config
 	// LeaseNamespace, if set, is the only namespace Leases may be read or written in: the
 	// registrar's lease_namespace, where the replica's Role grants leases access.
 	LeaseNamespace string
@@ -41,7 +34,7 @@ type Options struct {
 	Logger *zap.Logger
 }
 
-// Client rate limits used when the rest.Config leaves them zero.
+// Client rate limits used when the Config leaves them zero.
 const (
 	DefaultQPS   = 100
 	DefaultBurst = 200
@@ -53,6 +46,7 @@ type Store struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+	client  *kapi.Client
 	entries *resource[*registrar.WorkloadEntry]
 	groups  *resource[*registrar.WorkloadGroup]
 	leases  *leases
@@ -74,19 +68,18 @@ func (s *Store) Leases() registrar.Leases { return s.leases }
 // CacheLag returns how many writes the cache had not shown within CacheWait.
 func (s *Store) CacheLag() int64 { return s.cacheLag.Load() }
 
-// RESTConfig returns the configuration of the cluster ewgate runs in when kubeconfig is
+// ClientConfig returns the configuration of the cluster ewgate runs in when kubeconfig is
 // empty, else of the kubeconfig file's current context.
-func RESTConfig(kubeconfig string) (*rest.Config, error) {
+func ClientConfig(kubeconfig string) (*kapi.Config, error) {
+	var c *kapi.Config
+	var err error
 	if kubeconfig == "" {
-		c, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("registrar/kube: in-cluster config: %w", err)
-		}
-		return c, nil
+		c, err = kapi.InCluster()
+	} else {
+		c, err = kapi.Kubeconfig(kubeconfig)
 	}
-	c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("registrar/kube: kubeconfig: %w", err)
+		return nil, fmt.Errorf("registrar/kube: %w", err)
 	}
 	return c, nil
 }
@@ -107,41 +100,41 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
-	cfg := rest.CopyConfig(opts.Config)
+	cfg := *opts.Config
 	if cfg.QPS == 0 && cfg.Burst == 0 {
 		cfg.QPS, cfg.Burst = DefaultQPS, DefaultBurst
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	client, err := kapi.New(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("registrar/kube: %w", err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
-	s := &Store{opts: opts, ctx: sctx, cancel: cancel}
-	s.leases = &leases{client: dyn.Resource(leasesGVR), namespace: opts.LeaseNamespace}
+	s := &Store{opts: opts, ctx: sctx, cancel: cancel, client: client}
+	s.leases = &leases{client: client.Resource("coordination.k8s.io", "v1", "leases"), namespace: opts.LeaseNamespace}
 	s.entries = &resource[*registrar.WorkloadEntry]{
 		s: s, name: "workloadentries", apiVersion: registrar.IstioAPIVersion, kind: registrar.KindWorkloadEntry,
-		client: dyn.Resource(workloadEntriesGVR), hasStatus: true,
-		cache: newObjectCache("workloadentries", func(u *unstructured.Unstructured) (*registrar.WorkloadEntry, error) {
-			return fromUnstructured(u, &registrar.WorkloadEntry{})
+		client: client.Resource("networking.istio.io", "v1", "workloadentries"), hasStatus: true,
+		cache: newObjectCache("workloadentries", func(u kapi.Object) (*registrar.WorkloadEntry, error) {
+			return fromObject(u, &registrar.WorkloadEntry{})
 		}, s.logError),
 	}
 	s.groups = &resource[*registrar.WorkloadGroup]{
 		s: s, name: "workloadgroups", apiVersion: registrar.IstioAPIVersion, kind: registrar.KindWorkloadGroup,
-		client: dyn.Resource(workloadGroupsGVR),
-		cache: newObjectCache("workloadgroups", func(u *unstructured.Unstructured) (*registrar.WorkloadGroup, error) {
-			return fromUnstructured(u, &registrar.WorkloadGroup{})
+		client: client.Resource("networking.istio.io", "v1", "workloadgroups"),
+		cache: newObjectCache("workloadgroups", func(u kapi.Object) (*registrar.WorkloadGroup, error) {
+			return fromObject(u, &registrar.WorkloadGroup{})
 		}, s.logError),
 	}
 	// A missing CRD or permission shows here as an error, not as a cache that never syncs.
-	for _, c := range []dynamic.NamespaceableResourceInterface{s.entries.client, s.groups.client} {
-		if _, err := c.List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+	for _, r := range []kapi.Resource{s.entries.client, s.groups.client} {
+		if _, err := r.List(ctx, "", kapi.ListOptions{Limit: 1}); err != nil {
 			cancel()
+			client.Close()
 			return nil, fmt.Errorf("registrar/kube: list: %w", err)
 		}
 	}
-	stop := sctx.Done()
-	startReflector(s, s.entries.client, s.entries.cache, "workloadentries", stop)
-	startReflector(s, s.groups.client, s.groups.cache, "workloadgroups", stop)
+	s.wg.Go(func() { runReflector(sctx, s, s.entries.client, s.entries.cache, "workloadentries") })
+	s.wg.Go(func() { runReflector(sctx, s, s.groups.client, s.groups.cache, "workloadgroups") })
 	if err := s.waitSynced(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -149,30 +142,13 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// startReflector lists and watches one kind in all namespaces into c until stop closes.
-// Lists are consistent reads (no resourceVersion), not the API server's possibly older watch
-// cache, so that a new Store never shows objects deleted before it started.
-func startReflector[T registrar.Object[T]](s *Store, client dynamic.NamespaceableResourceInterface, c *objectCache[T], name string, stop <-chan struct{}) {
-	lw := &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
-			o.ResourceVersion, o.ResourceVersionMatch = "", ""
-			return client.List(s.ctx, o)
-		},
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
-			return client.Watch(s.ctx, o)
-		},
-	}
-	r := cache.NewReflectorWithOptions(lw, &unstructured.Unstructured{}, c, cache.ReflectorOptions{
-		Name: "registrar/kube " + name, TypeDescription: name,
-	})
-	s.wg.Go(func() { r.Run(stop) })
-}
-
 func (s *Store) waitSynced(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.SyncTimeout)
 	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), s.entries.cache.hasSynced, s.groups.cache.hasSynced) {
-		return fmt.Errorf("registrar/kube: caches not synced within %s", s.opts.SyncTimeout)
+	for _, synced := range []func(context.Context, time.Duration) bool{s.entries.cache.waitSynced, s.groups.cache.waitSynced} {
+		if !synced(ctx, s.opts.SyncTimeout) {
+			return fmt.Errorf("registrar/kube: caches not synced within %s", s.opts.SyncTimeout)
+		}
 	}
 	return nil
 }
@@ -181,6 +157,7 @@ func (s *Store) waitSynced(ctx context.Context) error {
 func (s *Store) Close() {
 	s.cancel()
 	s.wg.Wait()
+	s.client.Close()
 }
 
 func (s *Store) logError(err error) {

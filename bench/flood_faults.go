@@ -128,9 +128,11 @@ func (e *floodEnv) faultKill(ctx context.Context, n int, token string) (string, 
 	return fmt.Sprintf("%d of %d registered before SIGKILL, %d entries in the store at restart", registered.Load(), n, before), leaks, nil
 }
 
-// faultFullStore: the store's tmpfs is filled, VMs try to register (each wait ends in
-// Unavailable after register_timeout) and go away, space returns; nothing they asked for may
-// be left once the registrar's retries land and the grace period has passed.
+// faultFullStore: the store's tmpfs is filled, VMs try to register and go away, space returns;
+// nothing they asked for may be left once the registrar's retries land and the grace period has
+// passed. While the store's journal has room (it is preallocated: up to 1/16 of the free space)
+// a registration is durable in it and its file is written once space returns; after that each
+// wait ends in Unavailable after register_timeout.
 func (e *floodEnv) faultFullStore(ctx context.Context, n int, token string) (string, []string, error) {
 	filler := filepath.Join(e.storeDir, "filler")
 	if err := fill(filler); err != nil {
@@ -146,7 +148,7 @@ func (e *floodEnv) faultFullStore(ctx context.Context, n int, token string) (str
 	var registered, failed atomic.Int64
 	var wg sync.WaitGroup
 	wg.Go(func() { e.registrations(ctx, n, token, release, &registered, &failed) })
-	// Every VM's wait ends (register_timeout 2s) in an error, or registers if a write fits.
+	// Every VM's wait ends (register_timeout 2s) in an error, or registers if the journal has room.
 	waitFor(ctx, nil, "registrations ended", 15*time.Second, func() bool { return registered.Load()+failed.Load() >= int64(n) })
 	close(release)
 	wg.Wait()

@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"sort"
 	"strings"
@@ -16,8 +15,6 @@ import (
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -26,79 +23,6 @@ import (
 
 	"github.com/ewgate/ewgate/sni"
 )
-
-// resources are the xDS resources of one kind of client, by type URL.
-type resources map[resource.Type][]types.Resource
-
-// built is everything one push serves: the gateway's view and the proxyless gRPC view, and a
-// digest of both, so that an unchanged input is never pushed.
-type built struct {
-	gateway, grpc resources
-	digest        [32]byte
-	endpoints     int
-}
-
-// buildResources turns the model into the two views. network is the gateway's own network:
-// the gateway is sent only endpoints of it (or of no network), as istiod does with
-// REQUESTED_NETWORK_VIEW, so that traffic never bounces to a third network. locality is the
-// gateway's: its view's endpoints get priorities relative to it (the proxyless view is for
-// clients elsewhere and keeps every endpoint at priority 0).
-func buildResources(ports []*servicePort, network, locality string, meshPort uint32) *built {
-	b := &built{gateway: resources{}, grpc: resources{}}
-	var chains []*listenerv3.FilterChain
-	for _, p := range ports {
-		b.endpoints += len(p.endpoints)
-		// Proxyless gRPC: every service, every endpoint.
-		gname := p.grpcCluster()
-		b.grpc[resource.ClusterType] = append(b.grpc[resource.ClusterType], edsCluster(gname))
-		b.grpc[resource.EndpointType] = append(b.grpc[resource.EndpointType], loadAssignment(gname, p.endpoints, ""))
-		lname := p.listenerName()
-		b.grpc[resource.ListenerType] = append(b.grpc[resource.ListenerType], apiListener(lname))
-		b.grpc[resource.RouteType] = append(b.grpc[resource.RouteType], routeConfig(lname, p.host, gname))
-		if !p.internal {
-			continue
-		}
-		// The gateway: MESH_INTERNAL services, mTLS endpoints of its own network.
-		var eps []endpoint
-		for _, e := range p.endpoints {
-			if e.mtls && (network == "" || e.network == "" || e.network == network) {
-				eps = append(eps, e)
-			}
-		}
-		name := p.gatewayCluster()
-		b.gateway[resource.ClusterType] = append(b.gateway[resource.ClusterType], edsCluster(name))
-		b.gateway[resource.EndpointType] = append(b.gateway[resource.EndpointType], loadAssignment(name, eps, locality))
-		chains = append(chains, passthroughChain(name))
-	}
-	b.gateway[resource.ListenerType] = []types.Resource{meshListener(meshPort, chains)}
-	b.digest = digest(b.gateway, b.grpc)
-	return b
-}
-
-// digest hashes the deterministic encoding of every resource, in a fixed order.
-func digest(views ...resources) [32]byte {
-	h := sha256.New()
-	opts := proto.MarshalOptions{Deterministic: true}
-	var buf []byte
-	for _, v := range views {
-		typs := make([]string, 0, len(v))
-		for t := range v {
-			typs = append(typs, t)
-		}
-		sort.Strings(typs)
-		for _, t := range typs {
-			fmt.Fprintf(h, "%s:%d;", t, len(v[t]))
-			for _, r := range v[t] {
-				buf, _ = opts.MarshalAppend(buf[:0], r) // our own messages: they marshal
-				fmt.Fprintf(h, "%d:", len(buf))
-				h.Write(buf)
-			}
-		}
-	}
-	var d [32]byte
-	copy(d[:], h.Sum(nil))
-	return d
-}
 
 func adsSource() *corev3.ConfigSource {
 	return &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3,

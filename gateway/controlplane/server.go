@@ -27,6 +27,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -82,6 +83,7 @@ type Server struct {
 	svcs    []config.Service
 	entries map[string]*registrar.WorkloadEntry // namespace/name
 	last    *built
+	builder *builder // only the push loop uses it
 	version atomic.Value // string
 	pushes  atomic.Uint64
 	synced  chan struct{} // closed after the first push
@@ -109,6 +111,7 @@ func New(opts Options) *Server {
 		svcs:    opts.Services,
 		entries: map[string]*registrar.WorkloadEntry{},
 		synced:  make(chan struct{}),
+		builder: newBuilder(opts.Network, opts.Locality, opts.MeshPort),
 	}
 	// Not go-control-plane's ADS mode: in that mode a request naming only some of a type's
 	// resources is never answered (it expects Envoy to name them all), and proxyless grpc-go
@@ -238,7 +241,9 @@ func (s *Server) pushLoop(ctx context.Context) {
 	}
 }
 
-// push builds the resources and serves them if they changed.
+// push builds the resources and serves them if they changed. Only the service ports whose
+// content changed are built anew (build.go), and each resource type keeps its version while
+// its content is unchanged, so a client is sent only the types that changed.
 func (s *Server) push(ctx context.Context) {
 	start := time.Now()
 	s.mu.Lock()
@@ -250,19 +255,15 @@ func (s *Server) push(ctx context.Context) {
 	prev := s.last
 	s.mu.Unlock()
 	s.dns.push(svcs, entries)
-	b := buildResources(buildModel(svcs, entries), s.opts.Network, s.opts.Locality, s.opts.MeshPort)
+	b := s.builder.build(buildModel(svcs, entries))
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	if prev != nil && prev.digest == b.digest {
 		s.m.builds.WithLabelValues("unchanged").Inc()
 		return
 	}
 	version := hex.EncodeToString(b.digest[:8])
-	for group, res := range map[string]resources{groupGateway: b.gateway, groupGRPC: b.grpc} {
-		snap, err := cache.NewSnapshot(version, res)
-		if err == nil {
-			err = s.cache.SetSnapshot(ctx, group, snap)
-		}
-		if err != nil {
+	for group, view := range map[string]map[resource.Type]typed{groupGateway: b.gateway, groupGRPC: b.grpc} {
+		if err := s.cache.SetSnapshot(ctx, group, snapshot(view)); err != nil {
 			s.m.builds.WithLabelValues("failed").Inc()
 			s.log.Error("control plane: snapshot refused", zap.String("group", group), zap.Error(err))
 			return
@@ -277,6 +278,16 @@ func (s *Server) push(ctx context.Context) {
 	}
 	s.m.builds.WithLabelValues("pushed").Inc()
 	s.m.endpoints.Set(float64(b.endpoints))
+	s.m.rebuilt.Add(float64(b.rebuilt))
 	s.log.Info("control plane: pushed", zap.String("version", version), zap.Int("services", len(svcs)),
-		zap.Int("workload_entries", len(entries)), zap.Duration("build", time.Since(start)))
+		zap.Int("workload_entries", len(entries)), zap.Int("ports_rebuilt", b.rebuilt), zap.Duration("build", time.Since(start)))
+}
+
+// snapshot gives each type of the view its own version.
+func snapshot(view map[resource.Type]typed) *cache.Snapshot {
+	snap := &cache.Snapshot{}
+	for t, v := range view {
+		snap.Resources[cache.GetResponseType(t)] = cache.NewResources(v.version, v.items)
+	}
+	return snap
 }

@@ -26,6 +26,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -75,6 +76,7 @@ type Server struct {
 	opts  Options
 	log   *zap.Logger
 	cache cache.SnapshotCache
+	eds   map[string]*cache.LinearCache // by node group: endpoints, versioned per resource (eds.go)
 	dns   *dnsTable // the NameTable type, in a cache of its own (dns.go)
 	m     *cpMetrics
 
@@ -83,7 +85,7 @@ type Server struct {
 	svcs    []config.Service
 	entries map[string]*registrar.WorkloadEntry // namespace/name
 	last    *built
-	builder *builder // only the push loop uses it
+	builder *builder     // only the push loop uses it
 	version atomic.Value // string
 	pushes  atomic.Uint64
 	synced  chan struct{} // closed after the first push
@@ -119,6 +121,10 @@ func New(opts Options) *Server {
 	// built whole in one snapshot, and the gateway client applies only complete sets, so the
 	// ordering ADS mode adds is not needed.
 	s.cache = cache.NewSnapshotCache(false, nodeGroup{}, nil)
+	s.eds = map[string]*cache.LinearCache{
+		groupGateway: cache.NewLinearCache(resource.EndpointType),
+		groupGRPC:    cache.NewLinearCache(resource.EndpointType),
+	}
 	s.dns = newDNSTable(opts.DNSVIPRange, opts.Services, s.log)
 	s.version.Store("")
 	return s
@@ -262,7 +268,20 @@ func (s *Server) push(ctx context.Context) {
 		return
 	}
 	version := hex.EncodeToString(b.digest[:8])
-	for group, view := range map[string]map[resource.Type]typed{groupGateway: b.gateway, groupGRPC: b.grpc} {
+	views := map[string]map[resource.Type]typed{groupGateway: b.gateway, groupGRPC: b.grpc}
+	// Endpoints first: a client sees a new cluster only once its endpoints can be had.
+	for group, view := range views {
+		var was []types.Resource
+		if prev != nil {
+			was = prev.view(group)[resource.EndpointType].items
+		}
+		if err := updateEndpoints(s.eds[group], was, view[resource.EndpointType].items); err != nil {
+			s.m.builds.WithLabelValues("failed").Inc()
+			s.log.Error("control plane: endpoints refused", zap.String("group", group), zap.Error(err))
+			return
+		}
+	}
+	for group, view := range views {
 		if err := s.cache.SetSnapshot(ctx, group, snapshot(view)); err != nil {
 			s.m.builds.WithLabelValues("failed").Inc()
 			s.log.Error("control plane: snapshot refused", zap.String("group", group), zap.Error(err))
@@ -283,11 +302,3 @@ func (s *Server) push(ctx context.Context) {
 		zap.Int("workload_entries", len(entries)), zap.Int("ports_rebuilt", b.rebuilt), zap.Duration("build", time.Since(start)))
 }
 
-// snapshot gives each type of the view its own version.
-func snapshot(view map[resource.Type]typed) *cache.Snapshot {
-	snap := &cache.Snapshot{}
-	for t, v := range view {
-		snap.Resources[cache.GetResponseType(t)] = cache.NewResources(v.version, v.items)
-	}
-	return snap
-}

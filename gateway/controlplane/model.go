@@ -1,8 +1,10 @@
 package controlplane
 
 import (
+	"cmp"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,40 +57,62 @@ func (p *servicePort) listenerName() string {
 
 // buildModel resolves every service's endpoints: its static ones, or the WorkloadEntries of
 // its namespace whose labels include its selector. The result is sorted, so the same input
-// always gives the same resources.
+// always gives the same resources. (A push updates the model incrementally: modelcache.go.)
 func buildModel(services []config.Service, entries []*registrar.WorkloadEntry) []*servicePort {
 	byNS := entriesByNamespace(entries)
 	var out []*servicePort
 	for i := range services {
-		s := &services[i]
-		selected := selectEntries(s, byNS)
-		for _, h := range s.Hosts {
-			for _, p := range s.Ports {
-				sp := &servicePort{host: strings.ToLower(h), port: p, internal: s.Location == config.MeshInternal}
-				for _, e := range s.Endpoints {
-					sp.endpoints = append(sp.endpoints, staticEndpoint(e, p))
-				}
-				for _, e := range selected {
-					sp.endpoints = append(sp.endpoints, entryEndpoint(e, p))
-				}
-				sort.Slice(sp.endpoints, func(i, j int) bool {
-					a, b := sp.endpoints[i], sp.endpoints[j]
-					if a.host != b.host {
-						return a.host < b.host
-					}
-					return a.port < b.port
-				})
-				out = append(out, sp)
+		out = append(out, servicePorts(&services[i], selectEntries(&services[i], byNS))...)
+	}
+	sortPorts(out)
+	return out
+}
+
+// servicePorts is one service's ports, each with the service's static endpoints and those of
+// the selected entries, sorted by address and port.
+func servicePorts(s *config.Service, selected []*registrar.WorkloadEntry) []*servicePort {
+	var out []*servicePort
+	for _, h := range s.Hosts {
+		for _, p := range s.Ports {
+			sp := &servicePort{host: strings.ToLower(h), port: p, internal: s.Location == config.MeshInternal}
+			sp.endpoints = make([]endpoint, 0, len(s.Endpoints)+len(selected))
+			for _, e := range s.Endpoints {
+				sp.endpoints = append(sp.endpoints, staticEndpoint(e, p))
 			}
+			for _, e := range selected {
+				sp.endpoints = append(sp.endpoints, entryEndpoint(e, p))
+			}
+			slices.SortFunc(sp.endpoints, compareEndpoints)
+			out = append(out, sp)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].host != out[j].host {
-			return out[i].host < out[j].host
-		}
-		return out[i].port.Number < out[j].port.Number
-	})
 	return out
+}
+
+// compareEndpoints orders by every field, so that the order (and so the version) never depends
+// on the order the entries came in.
+func compareEndpoints(a, b endpoint) int {
+	return cmp.Or(cmp.Compare(a.host, b.host), cmp.Compare(a.port, b.port), cmp.Compare(a.weight, b.weight),
+		cmp.Compare(a.network, b.network), cmp.Compare(a.locality, b.locality), compareBool(a.mtls, b.mtls))
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+func sortPorts(ps []*servicePort) {
+	sort.Slice(ps, func(i, j int) bool {
+		if ps[i].host != ps[j].host {
+			return ps[i].host < ps[j].host
+		}
+		return ps[i].port.Number < ps[j].port.Number
+	})
 }
 
 func entriesByNamespace(entries []*registrar.WorkloadEntry) map[string][]*registrar.WorkloadEntry {

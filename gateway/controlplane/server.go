@@ -18,6 +18,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -77,13 +78,16 @@ type Server struct {
 	log   *zap.Logger
 	cache cache.SnapshotCache
 	eds   map[string]*cache.LinearCache // by node group: endpoints, versioned per resource (eds.go)
-	dns   *dnsTable // the NameTable type, in a cache of its own (dns.go)
+	dns   *dnsTable                     // the NameTable type, in a cache of its own (dns.go)
 	m     *cpMetrics
 
 	trigger chan struct{} // capacity 1: "something changed"
-	mu      sync.Mutex    // guards services, entries, last
+	mu      sync.Mutex    // guards svcs, entries, dirty, full, last
 	svcs    []config.Service
 	entries map[string]*registrar.WorkloadEntry // namespace/name
+	dirty   map[string]bool                     // entries changed since the last push
+	full    bool                                // services changed or entries relisted: rebuild the whole model
+	model   modelCache                          // only the push loop uses it
 	last    *built
 	builder *builder     // only the push loop uses it
 	version atomic.Value // string
@@ -112,6 +116,7 @@ func New(opts Options) *Server {
 		trigger: make(chan struct{}, 1),
 		svcs:    opts.Services,
 		entries: map[string]*registrar.WorkloadEntry{},
+		dirty:   map[string]bool{},
 		synced:  make(chan struct{}),
 		builder: newBuilder(opts.Network, opts.Locality, opts.MeshPort),
 	}
@@ -144,6 +149,7 @@ func (nodeGroup) ID(n *corev3.Node) string {
 func (s *Server) SetServices(svcs []config.Service) {
 	s.mu.Lock()
 	s.svcs = svcs
+	s.full = true
 	s.mu.Unlock()
 	s.poke()
 }
@@ -258,10 +264,27 @@ func (s *Server) push(ctx context.Context) {
 	for _, e := range s.entries {
 		entries = append(entries, e)
 	}
+	var all, changed map[string]*registrar.WorkloadEntry
+	if s.full || !s.model.valid {
+		all = maps.Clone(s.entries)
+	} else {
+		changed = make(map[string]*registrar.WorkloadEntry, len(s.dirty))
+		for k := range s.dirty {
+			changed[k] = s.entries[k] // nil: deleted
+		}
+	}
+	clear(s.dirty)
+	s.full = false
 	prev := s.last
 	s.mu.Unlock()
+	var ports []*servicePort
+	if all != nil {
+		ports = s.model.rebuild(svcs, all)
+	} else {
+		ports = s.model.update(changed)
+	}
 	s.dns.push(svcs, entries)
-	b := s.builder.build(buildModel(svcs, entries))
+	b := s.builder.build(ports)
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	if prev != nil && prev.digest == b.digest {
 		s.m.builds.WithLabelValues("unchanged").Inc()
@@ -301,4 +324,3 @@ func (s *Server) push(ctx context.Context) {
 	s.log.Info("control plane: pushed", zap.String("version", version), zap.Int("services", len(svcs)),
 		zap.Int("workload_entries", len(entries)), zap.Int("ports_rebuilt", b.rebuilt), zap.Duration("build", time.Since(start)))
 }
-

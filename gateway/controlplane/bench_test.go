@@ -43,7 +43,7 @@ func BenchmarkBuild10kEndpoints(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ms/build")
 }
 
-// Pushes for a burst of 1,000 registrations (default debounce 100ms, max delay 1s).
+// Pushes for a burst of 1,000 registrations (the default debounce and max delay).
 func BenchmarkBurst1000Registrations(b *testing.B) {
 	svcs, entries := benchInput(10, 100)
 	for b.Loop() {

@@ -9,8 +9,8 @@
 //     endpoints, and API listeners + route configurations named <host>:<port>, so that a grpc-go
 //     client resolves xds:///<host>:<port>.
 //
-// Changes are coalesced (a debounce with a maximum delay) and pushed only when the resources
-// changed; the version is a digest of the content. With a CA, the Istio certificate service is
+// Changes are coalesced (a debounce with a maximum delay) and pushed incrementally (build.go,
+// eds.go, modelcache.go), only when the resources changed; versions are digests of the content. With a CA, the Istio certificate service is
 // served on the same gRPC server.
 package controlplane
 
@@ -59,8 +59,8 @@ type Options struct {
 	// (resources.go, localityPriority). Empty: every endpoint at priority 0.
 	Locality string
 	MeshPort uint32        // zero: 15443
-	Debounce time.Duration // zero: 100ms of quiet before a push
-	MaxDelay time.Duration // zero: 1s; a change is never held longer
+	Debounce time.Duration // zero: config.DefaultDebounce (20ms) of quiet before a push
+	MaxDelay time.Duration // zero: config.DefaultMaxPushDelay (1s); a change is never held longer
 	// DNSVIPRange is the IPv4 CIDR of the virtual IPs of service hosts without addresses in the
 	// name table (NDS); zero: config.DefaultVIPRange.
 	DNSVIPRange string

@@ -49,6 +49,7 @@ func pushEntry(name, addr, app string) *registrar.WorkloadEntry {
 type gatewayStream struct {
 	t      *testing.T
 	s      *Server
+	addr   string
 	store  registrar.Resource[*registrar.WorkloadEntry]
 	stream discoverygrpc.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 }
@@ -89,7 +90,7 @@ func startGatewayStream(t *testing.T, svcs []config.Service, entries ...*registr
 			t.Error(err)
 		}
 	})
-	return &gatewayStream{t: t, s: s, store: store, stream: stream}
+	return &gatewayStream{t: t, s: s, addr: ln.Addr().String(), store: store, stream: stream}
 }
 
 func (g *gatewayStream) send(typ, version, nonce string, names ...string) {

@@ -79,9 +79,17 @@ func (d *dnsTable) push(svcs []config.Service, entries []*registrar.WorkloadEntr
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.svcs, d.entries, d.stale = svcs, entries, true
-	if d.cache.NumCacheWatches() > 0 {
+	if d.watched() {
 		d.refreshLocked()
 	}
+}
+
+// watched reports whether a watch is open on the table. Not the cache's NumCacheWatches: a
+// count that go-control-plane v0.14 decrements twice for a watch it answered and whose stream
+// then cancelled it (on the client's next request), so it reads 0 while a pilot-agent's watch
+// is open; NumWatches counts the watches themselves.
+func (d *dnsTable) watched() bool {
+	return d.cache.NumWatches(nameTableResource) > 0
 }
 
 // refreshLocked builds the table of the last push, if not yet built, and serves it if it changed.

@@ -276,7 +276,7 @@ func compactSorted(s []string) []string {
 }
 
 // xdsCache is what the ADS server answers from: the NameTable type from the name table's cache,
-// endpoints from the linear cache of the node's group (eds.go), every other type from the
+// endpoints from the linear cache of the node's group (build.go), every other type from the
 // snapshot cache.
 func (s *Server) xdsCache() cache.Cache {
 	const snapshots, names = "snapshots", "nds"

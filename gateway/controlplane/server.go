@@ -9,9 +9,9 @@
 //     endpoints, and API listeners + route configurations named <host>:<port>, so that a grpc-go
 //     client resolves xds:///<host>:<port>.
 //
-// Changes are coalesced (a debounce with a maximum delay) and pushed incrementally (build.go,
-// eds.go, modelcache.go), only when the resources changed; versions are digests of the content. With a CA, the Istio certificate service is
-// served on the same gRPC server.
+// Changes are coalesced (a debounce with a maximum delay) and pushed incrementally (model.go,
+// build.go), only when the resources changed; versions are digests of the content. With a CA,
+// the Istio certificate service is served on the same gRPC server.
 package controlplane
 
 import (
@@ -77,7 +77,7 @@ type Server struct {
 	opts  Options
 	log   *zap.Logger
 	cache cache.SnapshotCache
-	eds   map[string]*cache.LinearCache // by node group: endpoints, versioned per resource (eds.go)
+	eds   map[string]*cache.LinearCache // by node group: endpoints, versioned per resource (build.go)
 	dns   *dnsTable                     // the NameTable type, in a cache of its own (dns.go)
 	m     *cpMetrics
 

@@ -122,9 +122,10 @@ func New(opts Options) *Server {
 	}
 	// Not go-control-plane's ADS mode: in that mode a request naming only some of a type's
 	// resources is never answered (it expects Envoy to name them all), and proxyless grpc-go
-	// subscribes to exactly the listener, route, cluster and endpoints it dials. Both views are
-	// built whole in one snapshot, and the gateway client applies only complete sets, so the
-	// ordering ADS mode adds is not needed.
+	// subscribes to exactly the listener, route, cluster and endpoints it dials. Each view's
+	// clusters, listeners and routes are one snapshot, its endpoints a linear cache updated
+	// first (build.go), and the gateway client applies only complete sets, so the ordering ADS
+	// mode adds is not needed.
 	s.cache = cache.NewSnapshotCache(false, nodeGroup{}, nil)
 	s.eds = map[string]*cache.LinearCache{
 		groupGateway: cache.NewLinearCache(resource.EndpointType),

@@ -77,3 +77,29 @@ func BenchmarkBurst1000Registrations(b *testing.B) {
 		<-done
 	}
 }
+
+// A push after one of 10,000 WorkloadEntries (100 services x 100) changed: the incremental
+// model and build the push loop does (BenchmarkBuild10kEndpoints is the full build of the first
+// push).
+func BenchmarkPushOneChangeOf10k(b *testing.B) {
+	svcs, entries := benchInput(100, 100)
+	all := map[string]*registrar.WorkloadEntry{}
+	for _, e := range entries {
+		all[e.Namespace+"/"+e.Name] = e
+	}
+	var m modelCache
+	bd := newBuilder("", "", 15443)
+	bd.build(m.rebuild(svcs, all))
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		e := entries[i%len(entries)].DeepCopy()
+		e.Spec.Weight = uint32(2 + i%2) // a change of one endpoint of one service
+		i++
+		built := bd.build(m.update(map[string]*registrar.WorkloadEntry{e.Namespace + "/" + e.Name: e}))
+		if built.rebuilt != 1 || built.endpoints != 10000 {
+			b.Fatalf("rebuilt %d ports, %d endpoints", built.rebuilt, built.endpoints)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ms/push")
+}

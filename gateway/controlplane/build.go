@@ -222,33 +222,35 @@ func hashShape(p *servicePort) [32]byte {
 }
 
 // hashEndpoints covers one view's load assignment: the port's shape and its endpoints in order.
+// The fields are appended to one buffer hashed at once (a hash.Hash's Write of each string
+// would copy it to the heap: 60,000 allocations for 10,000 endpoints).
 func hashEndpoints(shape [32]byte, view string, eps []endpoint) [32]byte {
-	h := sha256.New()
-	h.Write(shape[:])
-	writeStrings(h, view)
-	writeUint(h, uint64(len(eps)))
+	buf := make([]byte, 0, 64+len(eps)*48)
+	buf = append(buf, shape[:]...)
+	buf = appendString(buf, 1, view)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(len(eps)))
 	for i := range eps {
 		e := &eps[i]
-		writeStrings(h, e.host, e.network, e.locality)
-		writeUint(h, uint64(e.port)<<32|uint64(e.weight))
+		buf = appendString(buf, 1, e.host)
+		buf = appendString(buf, 2, e.network)
+		buf = appendString(buf, 3, e.locality)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(e.port)<<32|uint64(e.weight))
 		if e.mtls {
-			writeUint(h, 1)
+			buf = append(buf, 1)
 		} else {
-			writeUint(h, 0)
+			buf = append(buf, 0)
 		}
 	}
-	var sum [32]byte
-	h.Sum(sum[:0])
-	return sum
+	return sha256.Sum256(buf)
 }
 
 // writeStrings writes each string with its length first, so that no two lists hash alike.
 func writeStrings(h hash.Hash, ss ...string) {
-	var n [binary.MaxVarintLen64]byte
+	var buf []byte
 	for _, s := range ss {
-		h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
-		h.Write([]byte(s))
+		buf = appendString(buf, 1, s)
 	}
+	h.Write(buf)
 }
 
 func writeUint(h hash.Hash, v uint64) {

@@ -39,9 +39,13 @@ func TestIncrementalModelMatchesFull(t *testing.T) {
 	m.rebuild(svcs, all)
 	for step := range 2000 {
 		changed := map[string]*registrar.WorkloadEntry{}
-		for range 1 + rng.IntN(4) {
+		n := 1 + rng.IntN(4) // edited into the sorted endpoints
+		if step%50 == 0 {
+			n = 10 * maxMoves // more than maxMoves in a service: it is built again
+		}
+		for range n {
 			ns := []string{"ns", "other"}[rng.IntN(2)]
-			name := fmt.Sprintf("vm-%d", rng.IntN(30))
+			name := fmt.Sprintf("vm-%d", rng.IntN(100))
 			key := ns + "/" + name
 			if rng.IntN(5) == 0 {
 				delete(all, key)

@@ -229,13 +229,14 @@ func (m *modelCache) rebuild(svcs []config.Service, entries map[string]*registra
 }
 
 // update applies changed entries (namespace/name to the entry now, nil: deleted): each is
-// taken out of the services that selected it and put in those that select it now; only the
-// services whose members changed get their ports built again.
+// taken out of the services that selected it and put in those that select it now. A service
+// with a few such moves has its endpoints edited in place (each sorted list keeps its order: a
+// removal and an insertion by binary search); one with many is built again from its members.
 func (m *modelCache) update(changed map[string]*registrar.WorkloadEntry) []*servicePort {
-	touched := make([]bool, len(m.svcs))
+	moves := map[int][]move{}
 	for k, e := range changed {
 		for i := range m.svcs {
-			_, was := m.members[i][k]
+			old, was := m.members[i][k]
 			now := e != nil && member(&m.svcs[i], e)
 			switch {
 			case now:
@@ -245,15 +246,54 @@ func (m *modelCache) update(changed map[string]*registrar.WorkloadEntry) []*serv
 			default:
 				continue
 			}
-			touched[i] = true
+			mv := move{old: old}
+			if now {
+				mv.now = e
+			}
+			moves[i] = append(moves[i], mv)
 		}
 	}
-	for i, t := range touched {
-		if t {
+	for i, mvs := range moves {
+		if len(mvs) > maxMoves {
 			m.ports[i] = servicePorts(&m.svcs[i], m.selected(i))
+			continue
 		}
+		m.ports[i] = m.moved(i, mvs)
 	}
 	return m.model()
+}
+
+// maxMoves is how many entry changes of one service are edited into its sorted endpoints
+// (each costs a copy of the list) before building the list again (a sort) is cheaper.
+const maxMoves = 16
+
+// move is one entry leaving (old), joining (now) or changing in a service.
+type move struct{ old, now *registrar.WorkloadEntry }
+
+// moved returns service i's ports with the moves applied: new servicePorts (the builder
+// compares content, not these) over edited copies of the sorted endpoint lists.
+func (m *modelCache) moved(i int, mvs []move) []*servicePort {
+	s := &m.svcs[i]
+	out := make([]*servicePort, len(m.ports[i]))
+	for j, sp := range m.ports[i] {
+		p := s.Ports[j%len(s.Ports)] // servicePorts lists each host's ports in order
+		eps := slices.Clone(sp.endpoints)
+		for _, mv := range mvs {
+			if mv.old != nil {
+				e := entryEndpoint(mv.old, p)
+				if at, ok := slices.BinarySearchFunc(eps, e, compareEndpoints); ok {
+					eps = slices.Delete(eps, at, at+1)
+				}
+			}
+			if mv.now != nil {
+				e := entryEndpoint(mv.now, p)
+				at, _ := slices.BinarySearchFunc(eps, e, compareEndpoints)
+				eps = slices.Insert(eps, at, e)
+			}
+		}
+		out[j] = &servicePort{host: sp.host, port: sp.port, internal: sp.internal, endpoints: eps}
+	}
+	return out
 }
 
 // member: the entry is in the service's namespace, selected by its selector, and healthy.

@@ -7,6 +7,7 @@ import (
 	"hash"
 	"sort"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -146,10 +147,12 @@ func views(res map[resource.Type][]types.Resource, vers map[resource.Type]*typeH
 // port returns the port's resources: prev's where their hashes are unchanged, new ones where
 // not; rebuilt reports whether anything was built.
 func (bd *builder) port(p *servicePort, prev *portBuild) (pb *portBuild, rebuilt bool) {
+	var gwIdx []int // the endpoints the gateway gets: mTLS ones of its own network (or of none)
 	var gwEndpoints []endpoint
 	if p.internal {
-		for _, e := range p.endpoints {
+		for i, e := range p.endpoints {
 			if e.mtls && (bd.network == "" || e.network == "" || e.network == bd.network) {
+				gwIdx = append(gwIdx, i)
 				gwEndpoints = append(gwEndpoints, e)
 			}
 		}
@@ -173,13 +176,26 @@ func (bd *builder) port(p *servicePort, prev *portBuild) (pb *portBuild, rebuilt
 			pb.gwCluster, pb.chain = edsCluster(name), passthroughChain(name)
 		}
 	}
-	if prev == nil || prev.grpcEps != grpcEps {
-		// Proxyless gRPC: every endpoint, at priority 0 (its clients are elsewhere).
-		pb.grpcCLA = loadAssignment(p.grpcCluster(), p.endpoints, "")
+	newGRPC := prev == nil || prev.grpcEps != grpcEps
+	newGW := p.internal && (prev == nil || prev.gwEps != gwEps || pb.gwCLA == nil)
+	var lbs, gwLbs []*endpointv3.LbEndpoint
+	if newGRPC && newGW { // one message per endpoint, for both views
+		lbs = make([]*endpointv3.LbEndpoint, len(p.endpoints))
+		for i, e := range p.endpoints {
+			lbs[i] = lbEndpoint(e)
+		}
+		gwLbs = make([]*endpointv3.LbEndpoint, len(gwIdx))
+		for j, i := range gwIdx {
+			gwLbs[j] = lbs[i]
+		}
 	}
-	if p.internal && (prev == nil || prev.gwEps != gwEps || pb.gwCLA == nil) {
+	if newGRPC {
+		// Proxyless gRPC: every endpoint, at priority 0 (its clients are elsewhere).
+		pb.grpcCLA = loadAssignment(p.grpcCluster(), p.endpoints, lbs, "")
+	}
+	if newGW {
 		// The gateway: mTLS endpoints of its own network, by closeness to its locality.
-		pb.gwCLA = loadAssignment(p.gatewayCluster(), gwEndpoints, bd.locality)
+		pb.gwCLA = loadAssignment(p.gatewayCluster(), gwEndpoints, gwLbs, bd.locality)
 	}
 	return pb, true
 }

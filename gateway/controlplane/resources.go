@@ -43,31 +43,25 @@ func edsCluster(name string) *clusterv3.Cluster {
 
 // loadAssignment groups endpoints by locality. Each locality gets a weight of at least 1: a
 // grpc-go client drops a locality without one ("no targets to pick from"). With the client's
-// own locality (from), each locality gets its priority by closeness to it.
-func loadAssignment(cluster string, eps []endpoint, from string) *endpointv3.ClusterLoadAssignment {
+// own locality (from), each locality gets its priority by closeness to it. lbs, when not nil,
+// are the endpoints' messages already built (lbEndpoint), index for index: the two views share
+// them (a message is never changed once built).
+func loadAssignment(cluster string, eps []endpoint, lbs []*endpointv3.LbEndpoint, from string) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
 	byLoc := map[string]*endpointv3.LocalityLbEndpoints{}
 	var order []string
-	for _, e := range eps {
+	for i, e := range eps {
 		l := byLoc[e.locality]
 		if l == nil {
 			l = &endpointv3.LocalityLbEndpoints{Locality: locality(e.locality), LoadBalancingWeight: wrapperspb.UInt32(0)}
 			byLoc[e.locality] = l
 			order = append(order, e.locality)
 		}
-		lb := &endpointv3.LbEndpoint{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: socketAddress(e.host, e.port),
-			}},
-			HealthStatus:        corev3.HealthStatus_HEALTHY,
-			LoadBalancingWeight: wrapperspb.UInt32(e.weight),
+		if lbs != nil {
+			l.LbEndpoints = append(l.LbEndpoints, lbs[i])
+		} else {
+			l.LbEndpoints = append(l.LbEndpoints, lbEndpoint(e))
 		}
-		if e.network != "" {
-			lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
-				"istio": {Fields: map[string]*structpb.Value{"network": structpb.NewStringValue(e.network)}},
-			}}
-		}
-		l.LbEndpoints = append(l.LbEndpoints, lb)
 		l.LoadBalancingWeight.Value += e.weight
 	}
 	sort.Strings(order)
@@ -78,6 +72,22 @@ func loadAssignment(cluster string, eps []endpoint, from string) *endpointv3.Clu
 		assignPriorities(cla.Endpoints, locality(from))
 	}
 	return cla
+}
+
+func lbEndpoint(e endpoint) *endpointv3.LbEndpoint {
+	lb := &endpointv3.LbEndpoint{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: socketAddress(e.host, e.port),
+		}},
+		HealthStatus:        corev3.HealthStatus_HEALTHY,
+		LoadBalancingWeight: wrapperspb.UInt32(e.weight),
+	}
+	if e.network != "" {
+		lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			"istio": {Fields: map[string]*structpb.Value{"network": structpb.NewStringValue(e.network)}},
+		}}
+	}
+	return lb
 }
 
 // localityPriority is istiod's default locality failover (a DestinationRule with

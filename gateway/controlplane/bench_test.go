@@ -43,7 +43,7 @@ func BenchmarkBuild10kEndpoints(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ms/build")
 }
 
-// Pushes for a burst of 1,000 registrations (default debounce 100ms, max delay 1s).
+// Pushes for a burst of 1,000 registrations (the default debounce and max delay).
 func BenchmarkBurst1000Registrations(b *testing.B) {
 	svcs, entries := benchInput(10, 100)
 	for b.Loop() {
@@ -76,4 +76,30 @@ func BenchmarkBurst1000Registrations(b *testing.B) {
 		cancel()
 		<-done
 	}
+}
+
+// A push after one of 10,000 WorkloadEntries (100 services x 100) changed: the incremental
+// model and build the push loop does (BenchmarkBuild10kEndpoints is the full build of the first
+// push).
+func BenchmarkPushOneChangeOf10k(b *testing.B) {
+	svcs, entries := benchInput(100, 100)
+	all := map[string]*registrar.WorkloadEntry{}
+	for _, e := range entries {
+		all[e.Namespace+"/"+e.Name] = e
+	}
+	var m modelCache
+	bd := newBuilder("", "", 15443)
+	bd.build(m.rebuild(svcs, all))
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		e := entries[i%len(entries)].DeepCopy()
+		e.Spec.Weight = uint32(2 + i%2) // a change of one endpoint of one service
+		i++
+		built := bd.build(m.update(map[string]*registrar.WorkloadEntry{e.Namespace + "/" + e.Name: e}))
+		if built.rebuilt != 1 || built.endpoints != 10000 {
+			b.Fatalf("rebuilt %d ports, %d endpoints", built.rebuilt, built.endpoints)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ms/push")
 }

@@ -6,11 +6,13 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/registrar"
@@ -31,13 +33,24 @@ const nameTableResource = "nametable"
 // dnsTable serves the NameTable to everyone who asks (in practice pilot-agents with DNS capture:
 // ewgate's own gateway client never asks). It lives in a go-control-plane LinearCache of its own
 // type, beside the snapshot cache: a snapshot accepts only the Envoy types it knows, a linear
-// cache any type URL. Only the push loop calls push.
+// cache any type URL.
+//
+// The table has a name per registered workload, so with 10,000 VMs it is the largest thing a
+// push builds; it is built only while someone watches it. A push with no watcher only records
+// its input (stale); a watch arriving then builds the table from it before the cache answers
+// (ndsCache). mu is held across both, so a push never misses a watch being created.
 type dnsTable struct {
-	vips   netip.Prefix
-	cache  *cache.LinearCache
-	log    *zap.Logger
-	digest [32]byte
-	pushed bool
+	vips  netip.Prefix
+	cache *cache.LinearCache
+	log   *zap.Logger
+
+	mu      sync.Mutex
+	svcs    []config.Service
+	entries []*registrar.WorkloadEntry
+	stale   bool // svcs and entries not yet built into the cache
+	digest  [32]byte
+	pushed  bool
+	builds  int // tables built (tests)
 }
 
 // newDNSTable starts with the table of the initial services, so that an agent connecting before
@@ -60,22 +73,62 @@ func parseVIPRange(s string) (netip.Prefix, error) {
 	return config.ParseVIPRange(s)
 }
 
-// push serves the table of these services and workloads if it changed.
+// push takes the services and workloads of a push; the table is built now if someone watches
+// it, else when someone does.
 func (d *dnsTable) push(svcs []config.Service, entries []*registrar.WorkloadEntry) {
-	table := buildNameTable(svcs, entries, d.vips)
-	msg := nameTableMessage(table)
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
-	if err != nil {
-		d.log.Error("control plane: name table", zap.Error(err))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.svcs, d.entries, d.stale = svcs, entries, true
+	if d.watched() {
+		d.refreshLocked()
+	}
+}
+
+// watched reports whether a watch is open on the table. Not the cache's NumCacheWatches: a
+// count that go-control-plane v0.14 decrements twice for a watch it answered and whose stream
+// then cancelled it (on the client's next request), so it reads 0 while a pilot-agent's watch
+// is open; NumWatches counts the watches themselves.
+func (d *dnsTable) watched() bool {
+	return d.cache.NumWatches(nameTableResource) > 0
+}
+
+// refreshLocked builds the table of the last push, if not yet built, and serves it if it changed.
+func (d *dnsTable) refreshLocked() {
+	if !d.stale {
 		return
 	}
+	d.stale = false
+	d.builds++
+	table := buildNameTable(d.svcs, d.entries, d.vips)
+	b := encodeNameTable(table)
 	dg := sha256.Sum256(b)
 	if d.pushed && dg == d.digest {
 		return
 	}
-	d.cache.SetResources(map[string]types.Resource{nameTableResource: msg})
+	d.cache.SetResources(map[string]types.Resource{nameTableResource: nameTableFromBytes(b)})
 	d.digest, d.pushed = dg, true
 	d.log.Info("control plane: name table pushed", zap.Int("hosts", len(table)))
+}
+
+// ndsCache is the name table's cache as the ADS server sees it: a watch first brings the
+// table up to date with the last push.
+type ndsCache struct {
+	*cache.LinearCache
+	d *dnsTable
+}
+
+func (c ndsCache) CreateWatch(r *cache.Request, sub cache.Subscription, ch chan cache.Response) (func(), error) {
+	c.d.mu.Lock()
+	defer c.d.mu.Unlock()
+	c.d.refreshLocked()
+	return c.LinearCache.CreateWatch(r, sub, ch)
+}
+
+func (c ndsCache) CreateDeltaWatch(r *cache.DeltaRequest, sub cache.Subscription, ch chan cache.DeltaResponse) (func(), error) {
+	c.d.mu.Lock()
+	defer c.d.mu.Unlock()
+	c.d.refreshLocked()
+	return c.LinearCache.CreateDeltaWatch(r, sub, ch)
 }
 
 // buildNameTable maps every service host to the service's addresses or, for a service without
@@ -223,22 +276,26 @@ func compactSorted(s []string) []string {
 }
 
 // xdsCache is what the ADS server answers from: the NameTable type from the name table's cache,
-// every other type from the snapshot cache.
+// endpoints from the linear cache of the node's group (build.go), every other type from the
+// snapshot cache.
 func (s *Server) xdsCache() cache.Cache {
 	const snapshots, names = "snapshots", "nds"
+	classify := func(typeURL string, node *corev3.Node) string {
+		switch typeURL {
+		case NameTableType:
+			return names
+		case resource.EndpointType:
+			return "eds-" + nodeGroup{}.ID(node)
+		}
+		return snapshots
+	}
+	caches := map[string]cache.Cache{snapshots: s.cache, names: ndsCache{s.dns.cache, s.dns}}
+	for group, c := range s.eds {
+		caches["eds-"+group] = c
+	}
 	return &cache.MuxCache{
-		Classify: func(r *cache.Request) string {
-			if r.GetTypeUrl() == NameTableType {
-				return names
-			}
-			return snapshots
-		},
-		ClassifyDelta: func(r *cache.DeltaRequest) string {
-			if r.GetTypeUrl() == NameTableType {
-				return names
-			}
-			return snapshots
-		},
-		Caches: map[string]cache.Cache{snapshots: s.cache, names: s.dns.cache},
+		Classify:      func(r *cache.Request) string { return classify(r.GetTypeUrl(), r.GetNode()) },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return classify(r.GetTypeUrl(), r.GetNode()) },
+		Caches:        caches,
 	}
 }

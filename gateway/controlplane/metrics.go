@@ -13,6 +13,7 @@ import (
 type cpMetrics struct {
 	builds       *prometheus.CounterVec // result: pushed, unchanged, failed
 	buildSeconds prometheus.Histogram
+	rebuilt      prometheus.Counter
 	endpoints    prometheus.Gauge
 	entryEvents  prometheus.Counter
 	streams      prometheus.Gauge
@@ -28,6 +29,9 @@ func newCPMetrics(reg prometheus.Registerer) *cpMetrics {
 			Name: "ewgate_controlplane_build_seconds", Help: "Time to build the control plane's resources from services and WorkloadEntries.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
+		rebuilt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ewgate_controlplane_ports_rebuilt_total", Help: "Service ports whose resources a push built anew (the others' were reused unchanged).",
+		}),
 		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ewgate_controlplane_endpoints", Help: "Endpoints (service port x address) in the served resources.",
 		}),
@@ -42,7 +46,7 @@ func newCPMetrics(reg prometheus.Registerer) *cpMetrics {
 		}, []string{"type"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.builds, m.buildSeconds, m.endpoints, m.entryEvents, m.streams, m.nacks)
+		reg.MustRegister(m.builds, m.buildSeconds, m.rebuilt, m.endpoints, m.entryEvents, m.streams, m.nacks)
 	}
 	return m
 }

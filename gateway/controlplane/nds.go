@@ -4,6 +4,7 @@ import (
 	"sort"
 	"sync"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -110,30 +111,52 @@ type nameInfo struct {
 	Namespace string // its namespace; Kubernetes registry only
 }
 
-// nameTableMessage encodes the table as Istio's NameTable (a dynamicpb message).
+// nameTableMessage is the table as Istio's NameTable: a dynamicpb message of the descriptor
+// above whose content is the hand-encoded table (encodeNameTable) held as its unknown fields.
+// Marshalling it writes those bytes as they are, so the xDS cache's marshal is a copy, and no
+// map of 10,000 reflective messages is built per push; the bytes are what the deterministic
+// marshal of the same table built field by field gives (nds_test.go compares the two).
 func nameTableMessage(table map[string]nameInfo) proto.Message {
-	d := ndsTypes()
-	m := dynamicpb.NewMessage(d.nameTable)
-	mp := m.Mutable(d.tableF).Map()
+	return nameTableFromBytes(encodeNameTable(table))
+}
+
+func nameTableFromBytes(b []byte) proto.Message {
+	m := dynamicpb.NewMessage(ndsTypes().nameTable)
+	m.SetUnknown(b)
+	return m
+}
+
+// encodeNameTable writes the NameTable wire form: one table (1) map entry per host in sorted
+// order (a deterministic marshal sorts map keys), each with its key (1) and NameInfo value (2):
+// ips (1), then registry (2), shortname (3) and namespace (4) when not empty.
+func encodeNameTable(table map[string]nameInfo) []byte {
 	hosts := make([]string, 0, len(table))
 	for h := range table {
 		hosts = append(hosts, h)
 	}
 	sort.Strings(hosts)
-	f := d.nameInfo.Fields()
+	var out, entry, info []byte
 	for _, h := range hosts {
 		ni := table[h]
-		info := dynamicpb.NewMessage(d.nameInfo)
-		ips := info.Mutable(f.ByName("ips")).List()
+		info = info[:0]
 		for _, ip := range ni.IPs {
-			ips.Append(protoreflect.ValueOfString(ip))
+			info = appendString(info, 1, ip)
 		}
-		for name, v := range map[protoreflect.Name]string{"registry": ni.Registry, "shortname": ni.Shortname, "namespace": ni.Namespace} {
+		for i, v := range []string{ni.Registry, ni.Shortname, ni.Namespace} {
 			if v != "" {
-				info.Set(f.ByName(name), protoreflect.ValueOfString(v))
+				info = appendString(info, protowire.Number(2+i), v)
 			}
 		}
-		mp.Set(protoreflect.ValueOfString(h).MapKey(), protoreflect.ValueOfMessage(info))
+		entry = appendString(entry[:0], 1, h)
+		entry = protowire.AppendTag(entry, 2, protowire.BytesType)
+		entry = protowire.AppendBytes(entry, info)
+		out = protowire.AppendTag(out, 1, protowire.BytesType)
+		out = protowire.AppendBytes(out, entry)
 	}
-	return m
+	return out
+}
+
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
 }

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/dynamicpb"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -71,6 +72,8 @@ func TestNameTableWireFormat(t *testing.T) {
 	in := map[string]nameInfo{
 		"web.ns1.svc.cluster.local": {IPs: []string{"240.240.1.2"}, Registry: registryKubernetes, Shortname: "web", Namespace: "ns1"},
 		"db.example.com":            {IPs: []string{"10.0.0.1", "fd00::1"}, Registry: registryExternal},
+		"a-1.db.example.com":        {IPs: []string{"10.0.0.9"}, Registry: registryExternal},
+		"empty.example.com":         {},
 	}
 	msg := nameTableMessage(in)
 	a, err := anypb.New(msg)
@@ -83,18 +86,22 @@ func TestNameTableWireFormat(t *testing.T) {
 	if got := wireNameTable(t, a.Value); !reflect.DeepEqual(got, in) {
 		t.Fatalf("hand-parsed table %+v, want %+v", got, in)
 	}
-	// A dynamicpb of the descriptor decodes it back, and the deterministic encoding is stable.
+	// The hand encoding is the deterministic marshal of the same table built field by field
+	// through the descriptor, and that message decodes it back.
+	ref := reflectNameTable(in)
+	want, err := proto.MarshalOptions{Deterministic: true}.Marshal(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(a.Value, want) {
+		t.Fatalf("hand-encoded table\n%x\nwant the reflective encoding\n%x", a.Value, want)
+	}
 	back := dynamicpb.NewMessage(ndsTypes().nameTable)
 	if err := proto.Unmarshal(a.Value, back); err != nil {
 		t.Fatal(err)
 	}
-	if !proto.Equal(back, msg) {
-		t.Fatal("round trip changed the message")
-	}
-	b1, _ := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
-	b2, _ := proto.MarshalOptions{Deterministic: true}.Marshal(nameTableMessage(in))
-	if !slices.Equal(b1, b2) {
-		t.Fatal("the same table encodes differently")
+	if !proto.Equal(back, ref) {
+		t.Fatal("the hand-encoded table decodes to another message")
 	}
 	d := ndsTypes()
 	if d.file.Path() != "pkg/dns/proto/nds.proto" || d.nameTable.FullName() != "istio.networking.nds.v1.NameTable" ||
@@ -168,4 +175,27 @@ func TestAllocateVIPsCollisions(t *testing.T) {
 	if len(two) != 2 {
 		t.Fatalf("/31: %v", two)
 	}
+}
+
+// reflectNameTable builds the table field by field through the descriptor (what nds.go did
+// before the hand encoding): the reference the hand encoding is compared with.
+func reflectNameTable(table map[string]nameInfo) proto.Message {
+	d := ndsTypes()
+	m := dynamicpb.NewMessage(d.nameTable)
+	mp := m.Mutable(d.tableF).Map()
+	f := d.nameInfo.Fields()
+	for h, ni := range table {
+		info := dynamicpb.NewMessage(d.nameInfo)
+		ips := info.Mutable(f.ByName("ips")).List()
+		for _, ip := range ni.IPs {
+			ips.Append(protoreflect.ValueOfString(ip))
+		}
+		for name, v := range map[protoreflect.Name]string{"registry": ni.Registry, "shortname": ni.Shortname, "namespace": ni.Namespace} {
+			if v != "" {
+				info.Set(f.ByName(name), protoreflect.ValueOfString(v))
+			}
+		}
+		mp.Set(protoreflect.ValueOfString(h).MapKey(), protoreflect.ValueOfMessage(info))
+	}
+	return m
 }

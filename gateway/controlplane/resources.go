@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"sort"
 	"strings"
@@ -16,8 +15,6 @@ import (
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -26,79 +23,6 @@ import (
 
 	"github.com/ewgate/ewgate/sni"
 )
-
-// resources are the xDS resources of one kind of client, by type URL.
-type resources map[resource.Type][]types.Resource
-
-// built is everything one push serves: the gateway's view and the proxyless gRPC view, and a
-// digest of both, so that an unchanged input is never pushed.
-type built struct {
-	gateway, grpc resources
-	digest        [32]byte
-	endpoints     int
-}
-
-// buildResources turns the model into the two views. network is the gateway's own network:
-// the gateway is sent only endpoints of it (or of no network), as istiod does with
-// REQUESTED_NETWORK_VIEW, so that traffic never bounces to a third network. locality is the
-// gateway's: its view's endpoints get priorities relative to it (the proxyless view is for
-// clients elsewhere and keeps every endpoint at priority 0).
-func buildResources(ports []*servicePort, network, locality string, meshPort uint32) *built {
-	b := &built{gateway: resources{}, grpc: resources{}}
-	var chains []*listenerv3.FilterChain
-	for _, p := range ports {
-		b.endpoints += len(p.endpoints)
-		// Proxyless gRPC: every service, every endpoint.
-		gname := p.grpcCluster()
-		b.grpc[resource.ClusterType] = append(b.grpc[resource.ClusterType], edsCluster(gname))
-		b.grpc[resource.EndpointType] = append(b.grpc[resource.EndpointType], loadAssignment(gname, p.endpoints, ""))
-		lname := p.listenerName()
-		b.grpc[resource.ListenerType] = append(b.grpc[resource.ListenerType], apiListener(lname))
-		b.grpc[resource.RouteType] = append(b.grpc[resource.RouteType], routeConfig(lname, p.host, gname))
-		if !p.internal {
-			continue
-		}
-		// The gateway: MESH_INTERNAL services, mTLS endpoints of its own network.
-		var eps []endpoint
-		for _, e := range p.endpoints {
-			if e.mtls && (network == "" || e.network == "" || e.network == network) {
-				eps = append(eps, e)
-			}
-		}
-		name := p.gatewayCluster()
-		b.gateway[resource.ClusterType] = append(b.gateway[resource.ClusterType], edsCluster(name))
-		b.gateway[resource.EndpointType] = append(b.gateway[resource.EndpointType], loadAssignment(name, eps, locality))
-		chains = append(chains, passthroughChain(name))
-	}
-	b.gateway[resource.ListenerType] = []types.Resource{meshListener(meshPort, chains)}
-	b.digest = digest(b.gateway, b.grpc)
-	return b
-}
-
-// digest hashes the deterministic encoding of every resource, in a fixed order.
-func digest(views ...resources) [32]byte {
-	h := sha256.New()
-	opts := proto.MarshalOptions{Deterministic: true}
-	var buf []byte
-	for _, v := range views {
-		typs := make([]string, 0, len(v))
-		for t := range v {
-			typs = append(typs, t)
-		}
-		sort.Strings(typs)
-		for _, t := range typs {
-			fmt.Fprintf(h, "%s:%d;", t, len(v[t]))
-			for _, r := range v[t] {
-				buf, _ = opts.MarshalAppend(buf[:0], r) // our own messages: they marshal
-				fmt.Fprintf(h, "%d:", len(buf))
-				h.Write(buf)
-			}
-		}
-	}
-	var d [32]byte
-	copy(d[:], h.Sum(nil))
-	return d
-}
 
 func adsSource() *corev3.ConfigSource {
 	return &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3,
@@ -119,31 +43,25 @@ func edsCluster(name string) *clusterv3.Cluster {
 
 // loadAssignment groups endpoints by locality. Each locality gets a weight of at least 1: a
 // grpc-go client drops a locality without one ("no targets to pick from"). With the client's
-// own locality (from), each locality gets its priority by closeness to it.
-func loadAssignment(cluster string, eps []endpoint, from string) *endpointv3.ClusterLoadAssignment {
+// own locality (from), each locality gets its priority by closeness to it. lbs, when not nil,
+// are the endpoints' messages already built (lbEndpoint), index for index: the two views share
+// them (a message is never changed once built).
+func loadAssignment(cluster string, eps []endpoint, lbs []*endpointv3.LbEndpoint, from string) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
 	byLoc := map[string]*endpointv3.LocalityLbEndpoints{}
 	var order []string
-	for _, e := range eps {
+	for i, e := range eps {
 		l := byLoc[e.locality]
 		if l == nil {
 			l = &endpointv3.LocalityLbEndpoints{Locality: locality(e.locality), LoadBalancingWeight: wrapperspb.UInt32(0)}
 			byLoc[e.locality] = l
 			order = append(order, e.locality)
 		}
-		lb := &endpointv3.LbEndpoint{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: socketAddress(e.host, e.port),
-			}},
-			HealthStatus:        corev3.HealthStatus_HEALTHY,
-			LoadBalancingWeight: wrapperspb.UInt32(e.weight),
+		if lbs != nil {
+			l.LbEndpoints = append(l.LbEndpoints, lbs[i])
+		} else {
+			l.LbEndpoints = append(l.LbEndpoints, lbEndpoint(e))
 		}
-		if e.network != "" {
-			lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
-				"istio": {Fields: map[string]*structpb.Value{"network": structpb.NewStringValue(e.network)}},
-			}}
-		}
-		l.LbEndpoints = append(l.LbEndpoints, lb)
 		l.LoadBalancingWeight.Value += e.weight
 	}
 	sort.Strings(order)
@@ -154,6 +72,22 @@ func loadAssignment(cluster string, eps []endpoint, from string) *endpointv3.Clu
 		assignPriorities(cla.Endpoints, locality(from))
 	}
 	return cla
+}
+
+func lbEndpoint(e endpoint) *endpointv3.LbEndpoint {
+	lb := &endpointv3.LbEndpoint{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: socketAddress(e.host, e.port),
+		}},
+		HealthStatus:        corev3.HealthStatus_HEALTHY,
+		LoadBalancingWeight: wrapperspb.UInt32(e.weight),
+	}
+	if e.network != "" {
+		lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			"istio": {Fields: map[string]*structpb.Value{"network": structpb.NewStringValue(e.network)}},
+		}}
+	}
+	return lb
 }
 
 // localityPriority is istiod's default locality failover (a DestinationRule with

@@ -9,15 +9,16 @@
 //     endpoints, and API listeners + route configurations named <host>:<port>, so that a grpc-go
 //     client resolves xds:///<host>:<port>.
 //
-// Changes are coalesced (a debounce with a maximum delay) and pushed only when the resources
-// changed; the version is a digest of the content. With a CA, the Istio certificate service is
-// served on the same gRPC server.
+// Changes are coalesced (a debounce with a maximum delay) and pushed incrementally (model.go,
+// build.go), only when the resources changed; versions are digests of the content. With a CA,
+// the Istio certificate service is served on the same gRPC server.
 package controlplane
 
 import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -26,7 +27,9 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -56,8 +59,8 @@ type Options struct {
 	// (resources.go, localityPriority). Empty: every endpoint at priority 0.
 	Locality string
 	MeshPort uint32        // zero: 15443
-	Debounce time.Duration // zero: 100ms of quiet before a push
-	MaxDelay time.Duration // zero: 1s; a change is never held longer
+	Debounce time.Duration // zero: config.DefaultDebounce (20ms) of quiet before a push
+	MaxDelay time.Duration // zero: config.DefaultMaxPushDelay (1s); a change is never held longer
 	// DNSVIPRange is the IPv4 CIDR of the virtual IPs of service hosts without addresses in the
 	// name table (NDS); zero: config.DefaultVIPRange.
 	DNSVIPRange string
@@ -74,14 +77,19 @@ type Server struct {
 	opts  Options
 	log   *zap.Logger
 	cache cache.SnapshotCache
-	dns   *dnsTable // the NameTable type, in a cache of its own (dns.go)
+	eds   map[string]*cache.LinearCache // by node group: endpoints, versioned per resource (build.go)
+	dns   *dnsTable                     // the NameTable type, in a cache of its own (dns.go)
 	m     *cpMetrics
 
 	trigger chan struct{} // capacity 1: "something changed"
-	mu      sync.Mutex    // guards services, entries, last
+	mu      sync.Mutex    // guards svcs, entries, dirty, full, last
 	svcs    []config.Service
 	entries map[string]*registrar.WorkloadEntry // namespace/name
+	dirty   map[string]bool                     // entries changed since the last push
+	full    bool                                // services changed or entries relisted: rebuild the whole model
+	model   modelCache                          // only the push loop uses it
 	last    *built
+	builder *builder     // only the push loop uses it
 	version atomic.Value // string
 	pushes  atomic.Uint64
 	synced  chan struct{} // closed after the first push
@@ -108,14 +116,21 @@ func New(opts Options) *Server {
 		trigger: make(chan struct{}, 1),
 		svcs:    opts.Services,
 		entries: map[string]*registrar.WorkloadEntry{},
+		dirty:   map[string]bool{},
 		synced:  make(chan struct{}),
+		builder: newBuilder(opts.Network, opts.Locality, opts.MeshPort),
 	}
 	// Not go-control-plane's ADS mode: in that mode a request naming only some of a type's
 	// resources is never answered (it expects Envoy to name them all), and proxyless grpc-go
-	// subscribes to exactly the listener, route, cluster and endpoints it dials. Both views are
-	// built whole in one snapshot, and the gateway client applies only complete sets, so the
-	// ordering ADS mode adds is not needed.
+	// subscribes to exactly the listener, route, cluster and endpoints it dials. Each view's
+	// clusters, listeners and routes are one snapshot, its endpoints a linear cache updated
+	// first (build.go), and the gateway client applies only complete sets, so the ordering ADS
+	// mode adds is not needed.
 	s.cache = cache.NewSnapshotCache(false, nodeGroup{}, nil)
+	s.eds = map[string]*cache.LinearCache{
+		groupGateway: cache.NewLinearCache(resource.EndpointType),
+		groupGRPC:    cache.NewLinearCache(resource.EndpointType),
+	}
 	s.dns = newDNSTable(opts.DNSVIPRange, opts.Services, s.log)
 	s.version.Store("")
 	return s
@@ -135,6 +150,7 @@ func (nodeGroup) ID(n *corev3.Node) string {
 func (s *Server) SetServices(svcs []config.Service) {
 	s.mu.Lock()
 	s.svcs = svcs
+	s.full = true
 	s.mu.Unlock()
 	s.poke()
 }
@@ -238,7 +254,9 @@ func (s *Server) pushLoop(ctx context.Context) {
 	}
 }
 
-// push builds the resources and serves them if they changed.
+// push builds the resources and serves them if they changed. Only the service ports whose
+// content changed are built anew (build.go), and each resource type keeps its version while
+// its content is unchanged, so a client is sent only the types that changed.
 func (s *Server) push(ctx context.Context) {
 	start := time.Now()
 	s.mu.Lock()
@@ -247,22 +265,48 @@ func (s *Server) push(ctx context.Context) {
 	for _, e := range s.entries {
 		entries = append(entries, e)
 	}
+	var all, changed map[string]*registrar.WorkloadEntry
+	if s.full || !s.model.valid {
+		all = maps.Clone(s.entries)
+	} else {
+		changed = make(map[string]*registrar.WorkloadEntry, len(s.dirty))
+		for k := range s.dirty {
+			changed[k] = s.entries[k] // nil: deleted
+		}
+	}
+	clear(s.dirty)
+	s.full = false
 	prev := s.last
 	s.mu.Unlock()
+	var ports []*servicePort
+	if all != nil {
+		ports = s.model.rebuild(svcs, all)
+	} else {
+		ports = s.model.update(changed)
+	}
 	s.dns.push(svcs, entries)
-	b := buildResources(buildModel(svcs, entries), s.opts.Network, s.opts.Locality, s.opts.MeshPort)
+	b := s.builder.build(ports)
 	s.m.buildSeconds.Observe(time.Since(start).Seconds())
 	if prev != nil && prev.digest == b.digest {
 		s.m.builds.WithLabelValues("unchanged").Inc()
 		return
 	}
 	version := hex.EncodeToString(b.digest[:8])
-	for group, res := range map[string]resources{groupGateway: b.gateway, groupGRPC: b.grpc} {
-		snap, err := cache.NewSnapshot(version, res)
-		if err == nil {
-			err = s.cache.SetSnapshot(ctx, group, snap)
+	views := map[string]map[resource.Type]typed{groupGateway: b.gateway, groupGRPC: b.grpc}
+	// Endpoints first: a client sees a new cluster only once its endpoints can be had.
+	for group, view := range views {
+		var was []types.Resource
+		if prev != nil {
+			was = prev.view(group)[resource.EndpointType].items
 		}
-		if err != nil {
+		if err := updateEndpoints(s.eds[group], was, view[resource.EndpointType].items); err != nil {
+			s.m.builds.WithLabelValues("failed").Inc()
+			s.log.Error("control plane: endpoints refused", zap.String("group", group), zap.Error(err))
+			return
+		}
+	}
+	for group, view := range views {
+		if err := s.cache.SetSnapshot(ctx, group, snapshot(view)); err != nil {
 			s.m.builds.WithLabelValues("failed").Inc()
 			s.log.Error("control plane: snapshot refused", zap.String("group", group), zap.Error(err))
 			return
@@ -277,6 +321,7 @@ func (s *Server) push(ctx context.Context) {
 	}
 	s.m.builds.WithLabelValues("pushed").Inc()
 	s.m.endpoints.Set(float64(b.endpoints))
+	s.m.rebuilt.Add(float64(b.rebuilt))
 	s.log.Info("control plane: pushed", zap.String("version", version), zap.Int("services", len(svcs)),
-		zap.Int("workload_entries", len(entries)), zap.Duration("build", time.Since(start)))
+		zap.Int("workload_entries", len(entries)), zap.Int("ports_rebuilt", b.rebuilt), zap.Duration("build", time.Since(start)))
 }

@@ -49,6 +49,7 @@ func (s *Server) listAndWatch(ctx context.Context) bool {
 	}
 	s.mu.Lock()
 	s.entries = m
+	s.full = true
 	s.mu.Unlock()
 	s.poke()
 	ch, err := s.opts.Entries.Watch(ctx, "", rv)
@@ -66,6 +67,7 @@ func (s *Server) listAndWatch(ctx context.Context) bool {
 		} else {
 			s.entries[k] = ev.Object
 		}
+		s.dirty[k] = true
 		s.mu.Unlock()
 		s.m.entryEvents.Inc()
 		s.poke()

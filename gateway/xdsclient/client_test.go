@@ -190,13 +190,17 @@ func (s *countingSink) SetMeshClusters(_ string, cs []dataplane.ClusterSpec) err
 }
 
 // Time from a WorkloadEntry being created to the gateway's xDS client applying a table with it
-// (debounce 100ms, the default, and 5ms), with no other VM registered and with 10,000.
+// (debounce 5ms, 100ms, and the default: config.DefaultDebounce and DefaultMaxPushDelay), with no
+// other VM registered and with 10,000.
 func BenchmarkRegistrationToPush(b *testing.B) {
 	for _, registered := range []int{0, 10000} {
-		for _, debounce := range []time.Duration{5 * time.Millisecond, 100 * time.Millisecond} {
+		for _, debounce := range []time.Duration{5 * time.Millisecond, 100 * time.Millisecond, 0} {
 			name := debounce.String()
+			if debounce == 0 {
+				name = "default"
+			}
 			if registered > 0 {
-				name = fmt.Sprintf("registered%d/%s", registered, debounce)
+				name = fmt.Sprintf("registered%d/%s", registered, name)
 			}
 			b.Run(name, func(b *testing.B) { benchRegistrationToPush(b, registered, debounce) })
 		}
@@ -213,7 +217,11 @@ func benchRegistrationToPush(b *testing.B, registered int, debounce time.Duratio
 		}
 	}
 	ln := listen(b, "127.0.0.1:0")
-	runCP(b, ln, controlplane.Options{Services: reviewsService(), Entries: entries, Debounce: debounce, MaxDelay: 10 * debounce})
+	opts := controlplane.Options{Services: reviewsService(), Entries: entries, Debounce: debounce, MaxDelay: 10 * debounce}
+	if debounce == 0 {
+		opts.Debounce, opts.MaxDelay = config.DefaultDebounce, config.DefaultMaxPushDelay
+	}
+	runCP(b, ln, opts)
 	sink := &countingSink{wake: make(chan struct{}, 1)}
 	f, _ := config.Parse([]byte("{}"), "b.yaml")
 	c := xdsclient.New(xdsclient.Options{Target: ln.Addr().String(), Node: xdsclient.NewNode(f.XDS.Node, "bench"), Listeners: []string{"mesh"}, Sink: sink})

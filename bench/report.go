@@ -222,7 +222,7 @@ func markdown(r *Results, name string, charts []chart) string {
 		}
 		w("\n")
 	}
-	w("Time from a registration to the xDS push: `gateway/xdsclient.BenchmarkRegistrationToPush` (ns/op: a WorkloadEntry written until a subscribed gateway has applied the route, with a 5 ms debounce); `gateway/controlplane.BenchmarkBurst1000Registrations` reports the pushes a burst of 1,000 registrations causes.\n\n")
+	w("Time from a registration to the xDS push: `gateway/xdsclient.BenchmarkRegistrationToPush` (ns/op: a WorkloadEntry written until a subscribed gateway has applied the route, with a debounce of 5 ms, 100 ms or the default 20 ms, and with none or 10,000 other VMs registered); `gateway/controlplane.BenchmarkBurst1000Registrations` reports the pushes a burst of 1,000 registrations causes.\n\n")
 
 	if len(r.Profiles) > 0 {
 		w("## ewgate CPU profiles\n\n")

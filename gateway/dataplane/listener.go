@@ -122,7 +122,12 @@ func (g *Gateway) open(l *listener, s clientSocket) *conn {
 // s and returns nil (over max_connections or max_connections_per_source).
 func (g *Gateway) admit(l *listener, s clientSocket) *conn {
 	t := g.snap.Load().Table(l.name)
-	peer := addrPort(s.RemoteAddr())
+	var peer netip.AddrPort
+	if sc, ok := s.(*splice.Conn); ok {
+		peer = sc.RemoteAddrPort() // no net.Addr made and dropped per connection
+	} else {
+		peer = addrPort(s.RemoteAddr())
+	}
 	if t == nil || l.active.Load() >= int64(t.Listener.MaxConnections) {
 		g.refuseAtAccept(l, s, peer, resultOverLimit)
 		return nil

@@ -70,3 +70,6 @@ func (*Engine) Stats() Stats { return Stats{} }
 
 // Cut does nothing.
 func (*Pair) Cut() {}
+
+// RemoteAddrPort returns the zero AddrPort.
+func (*Conn) RemoteAddrPort() netip.AddrPort { return netip.AddrPort{} }

@@ -116,24 +116,7 @@ func TestFileStoreSurvivesSIGKILL(t *testing.T) {
 		return
 	}
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFileStoreSurvivesSIGKILL$", "-test.count=1")
-	cmd.Env = append(os.Environ(), crashDirEnv+"="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1024)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
+	cmd, lines := startChild(t, "TestFileStoreSurvivesSIGKILL", crashDirEnv, dir)
 	var done []string
 	deadline := time.After(2 * time.Minute)
 	for len(done) < 500 {
@@ -162,6 +145,31 @@ func TestFileStoreSurvivesSIGKILL(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes reported done before SIGKILL, all present after reopening", len(done))
+}
+
+// startChild runs test of this test binary as a child process, with env set to dir, and returns
+// it with the lines it prints (the channel is closed when its output ends).
+func startChild(t *testing.T, test, env, dir string) (*exec.Cmd, <-chan string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env+"="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1024)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	return cmd, lines
 }
 
 // crashChild writes until killed (at most 100,000 entries).

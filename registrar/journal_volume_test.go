@@ -3,12 +3,10 @@
 package registrar_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -54,24 +52,7 @@ func TestFileStoreSmallVolumeSIGKILL(t *testing.T) {
 	}
 	dir := filepath.Join(vol, "store")
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFileStoreSmallVolumeSIGKILL$", "-test.count=1")
-	cmd.Env = append(os.Environ(), fullChildEnv+"="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1024)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
+	cmd, lines := startChild(t, "TestFileStoreSmallVolumeSIGKILL", fullChildEnv, dir)
 	var done, failed []string
 	take := func(l string) {
 		if name, ok := strings.CutPrefix(l, "done "); ok {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"hash"
+	"slices"
 	"sort"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -120,7 +121,7 @@ func (bd *builder) build(ports []*servicePort) *built {
 		chainNames = append(chainNames, p.gatewayCluster())
 	}
 	bd.ports = next
-	if bd.mesh.listener == nil || !equalStrings(bd.mesh.names, chainNames) {
+	if bd.mesh.listener == nil || !slices.Equal(bd.mesh.names, chainNames) {
 		bd.mesh = meshBuild{names: chainNames, listener: meshListener(bd.meshPort, chains)}
 	}
 	gw[resource.ListenerType] = []types.Resource{bd.mesh.listener}
@@ -273,18 +274,6 @@ func writeUint(h hash.Hash, v uint64) {
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], v)
 	h.Write(n[:])
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // sortedTypes lists a view's types in a fixed order.

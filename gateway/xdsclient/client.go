@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -250,7 +251,7 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 		}
 		// New clusters referenced: subscribe to their endpoints.
 		if resp.GetTypeUrl() != typeEndpoint {
-			if want := c.wantEDS(); !equalStrings(want, c.st.edsNames) && len(want) > 0 {
+			if want := c.wantEDS(); !slices.Equal(want, c.st.edsNames) && len(want) > 0 {
 				c.st.edsNames = want
 				if err := send(typeEndpoint, want, c.edsNonce, nil); err != nil {
 					return progressed, err
@@ -270,18 +271,6 @@ func short(typeURL string) string {
 		return "eds"
 	}
 	return "other"
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // errUnknownType is NACKed: the client subscribed to nothing of that type.

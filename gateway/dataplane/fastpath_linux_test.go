@@ -3,9 +3,6 @@ package dataplane
 import (
 	"crypto/tls"
 	"net"
-	"os"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -118,7 +115,7 @@ func (s *splitConn) Write(b []byte) (int, error) {
 func TestSlowConnectIsHandedOff(t *testing.T) {
 	pki := newPKI(t)
 	be := startBackend(t, pki, reviews)
-	full := fullListener(t)
+	full := blackHole(t)
 	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", full, be.addr())+
 		"    connect_timeout: 200ms\n    max_connect_attempts: 2\n"))
 	for i := range 4 { // round robin: some of them try the full endpoint first
@@ -134,41 +131,4 @@ func TestSlowConnectIsHandedOff(t *testing.T) {
 	if h := g.handoffs(stepDial); testRelay != RelayGoroutines && h != failed {
 		t.Errorf("%v dials handed off, %v connects failed; want each failed connect handed off", h, failed)
 	}
-}
-
-// fullListener returns the address of a loopback listener whose accept queue is full: a new
-// connection's SYN is dropped, so its connect stays in progress.
-func fullListener(t *testing.T) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), "full-listener")
-	t.Cleanup(func() { f.Close() })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-	// A backlog of 0 holds one connection; fill it (and one more, in case the kernel allows it),
-	// non-blocking, and check that a further connect does not complete.
-	for range 2 {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			break
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	if c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond); err == nil {
-		c.Close()
-		t.Fatal("the listener's queue is not full: a connect completed")
-	}
-	return addr
 }

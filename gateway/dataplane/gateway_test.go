@@ -533,6 +533,19 @@ func TestAcceptOutOfFilesBacksOff(t *testing.T) {
 		}
 	}
 	defer raw.Close()
+	// The client sends its hello at once: the listener defers accepting (TCP_DEFER_ACCEPT) until
+	// a connection has data, so the accept that fails is this connection's.
+	c := tls.Client(raw, pki.clientConfig(reviews, "istio"))
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	type result struct {
+		got []byte
+		err error
+	}
+	exchanged := make(chan result, 1)
+	go func() {
+		got, err := exchange(c, []byte("after the drought"))
+		exchanged <- result{got, err}
+	}()
 	testkit.Eventually(t, "the accept failure logged and counted", func() bool {
 		return g.logs.FilterMessage("accept failed; backing off").Len() > 0 &&
 			g.counter("ewgate_accept_failures_total", map[string]string{"listener": "mesh"}) > 0
@@ -542,10 +555,8 @@ func TestAcceptOutOfFilesBacksOff(t *testing.T) {
 	}
 	fill = nil
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
-	c := tls.Client(raw, pki.clientConfig(reviews, "istio"))
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	if got, err := exchange(c, []byte("after the drought")); err != nil || string(got) != "after the drought" {
-		t.Fatalf("exchange once files were free: %q, %v", got, err)
+	if r := <-exchanged; r.err != nil || string(r.got) != "after the drought" {
+		t.Fatalf("exchange once files were free: %q, %v", r.got, r.err)
 	}
 }
 

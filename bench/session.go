@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,11 +113,16 @@ func (s *session) measure(ctx context.Context) error {
 	}
 	s.logf("latency: %d connections, %d req/s of 1 KiB, %d x %s per target", pl.latConns, pl.latRate, pl.reps, pl.latDur)
 	for rep := range pl.reps {
-		for _, name := range s.o.Targets {
+		// Each rep starts with the next target: a stall of the client's own (its garbage from
+		// the step before) or of the machine does not land on the same target every time.
+		n := len(s.o.Targets)
+		for i := range n {
+			name := s.o.Targets[(rep+i)%n]
 			t, err := s.get(ctx, name)
 			if err != nil {
 				return err
 			}
+			runtime.GC() // the client's garbage from the last run is not collected during this one
 			r, err := c.latency(ctx, t, pl.latConns, pl.latRate, pl.latDur)
 			if err != nil {
 				return err

@@ -91,7 +91,7 @@ func TestStandaloneVMOnboardsWithoutIstiod(t *testing.T) {
 	}
 
 	// Its ADS stream registered it (before its first response, so it is there by now).
-	b, err := os.ReadFile(entryFile(store, ns, name))
+	b, err := readEntryFile(t, entryFile(store, ns, name))
 	if err != nil {
 		t.Fatalf("no WorkloadEntry %s in the file store: %v", name, err)
 	}

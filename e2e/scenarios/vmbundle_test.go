@@ -195,7 +195,7 @@ func TestVMConfigBundleStandalone(t *testing.T) {
 	if err := client.WaitLog(harness.Context(t, 60*time.Second), "xds-client: rpc ok SERVING"); err != nil {
 		t.Fatalf("%v\n---- xds client ----\n%s\n---- ewgate ----\n%s", err, client.Tail(30), gw.Proc.Tail(40))
 	}
-	b, err := os.ReadFile(entryFile(store, ns, name))
+	b, err := readEntryFile(t, entryFile(store, ns, name))
 	if err != nil {
 		t.Fatalf("no WorkloadEntry %s in the file store: %v", name, err)
 	}

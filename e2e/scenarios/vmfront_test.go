@@ -77,6 +77,19 @@ func entryFile(store, ns, name string) string {
 	return filepath.Join(store, "workloadentries", ns, name+".yaml")
 }
 
+// readEntryFile reads an entry's file in the file store, waiting up to 10 s for it: a
+// registration is durable in the store's journal when it is done, and its file follows shortly.
+func readEntryFile(t *testing.T, path string) ([]byte, error) {
+	t.Helper()
+	var b []byte
+	err := harness.Poll(harness.Context(t, 10*time.Second), 20*time.Millisecond, func() (bool, error) {
+		var err error
+		b, err = os.ReadFile(path)
+		return err == nil, err
+	})
+	return b, err
+}
+
 // yamlQuote quotes s for a YAML flow scalar.
 var yamlQuote = harness.YAMLQuote
 

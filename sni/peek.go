@@ -54,7 +54,10 @@ func Peek(conn net.Conn, opts PeekOptions) (*Hello, []byte, error) {
 	if maxSize <= 0 {
 		maxSize = DefaultMaxSize
 	}
-	if err := conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+	// A closed connection (net.Pipe also says so when only its peer closed) cannot take a
+	// deadline, and needs none: the read below reports the EOF or the close.
+	if err := conn.SetReadDeadline(time.Now().Add(timeout)); err != nil &&
+		!errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, net.ErrClosed) {
 		return nil, nil, fmt.Errorf("sni: setting read deadline: %w", err)
 	}
 	// Clearing can only fail on a closed conn, which the caller finds out on its next use.

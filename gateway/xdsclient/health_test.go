@@ -9,13 +9,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 
 	"github.com/ewgate/ewgate/gateway/controlplane"
 	"github.com/ewgate/ewgate/gateway/testkit"
@@ -58,7 +54,7 @@ func TestEDSHealthStatusesHonoured(t *testing.T) {
 		FilterChains: []*listenerv3.FilterChain{chain(reviewsSNI, reviewsSNI)}}
 	addr := serveSnapshot(t, map[resource.Type][]types.Resource{
 		resource.ListenerType: {l}, resource.ClusterType: {c}, resource.EndpointType: {cla},
-	})
+	}, nil)
 
 	g := startGateway(t)
 	cl := runClient(t, addr, g, prometheus.NewRegistry())
@@ -68,28 +64,6 @@ func TestEDSHealthStatusesHonoured(t *testing.T) {
 	if got := reached(gw, p, reviewsSNI, 40); !only(got, want...) {
 		t.Fatalf("reached %v; want only %v", got, want)
 	}
-}
-
-// serveSnapshot serves one snapshot for the test node over ADS (go-control-plane) and returns its
-// address.
-func serveSnapshot(t *testing.T, res map[resource.Type][]types.Resource) string {
-	t.Helper()
-	snapCache := cache.NewSnapshotCache(true, cache.IDHash{}, nil)
-	snap, err := cache.NewSnapshot("1", res)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := snapCache.SetSnapshot(context.Background(), xdsNode(t).GetId(), snap); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	gs := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, server.NewServer(ctx, snapCache, nil))
-	ln := listen(t, "127.0.0.1:0")
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
-	return ln.Addr().String()
 }
 
 // The built-in control plane uses an entry with proxy.istio.io/health-checks-enabled only while

@@ -11,6 +11,11 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -21,6 +26,7 @@ import (
 	"github.com/ewgate/ewgate/gateway/testkit"
 	"github.com/ewgate/ewgate/gateway/xdsclient"
 	"github.com/ewgate/ewgate/registrar"
+	"google.golang.org/grpc"
 )
 
 // backend is a TLS server that answers each session with its name and then echoes.
@@ -176,4 +182,26 @@ func reviewsService() []config.Service {
 		panic(err)
 	}
 	return f.Services
+}
+
+// serveSnapshot serves one snapshot for the test node over ADS (go-control-plane), with the
+// server's callbacks cb (nil: none), and returns its address.
+func serveSnapshot(t *testing.T, res map[resource.Type][]types.Resource, cb server.Callbacks) string {
+	t.Helper()
+	snapCache := cache.NewSnapshotCache(true, cache.IDHash{}, nil)
+	snap, err := cache.NewSnapshot("1", res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snapCache.SetSnapshot(context.Background(), xdsNode(t).GetId(), snap); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gs := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, server.NewServer(ctx, snapCache, cb))
+	ln := listen(t, "127.0.0.1:0")
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(ln) }()
+	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
+	return ln.Addr().String()
 }

@@ -11,15 +11,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -89,25 +85,11 @@ func TestPrioritiesOverprovisioningAndOutlierDetectionFromEDS(t *testing.T) {
 		}}
 	l := &listenerv3.Listener{Name: "0.0.0.0_15443", Address: sock("0.0.0.0", 15443),
 		FilterChains: []*listenerv3.FilterChain{chain(reviewsSNI, reviewsSNI)}}
-	snapCache := cache.NewSnapshotCache(true, cache.IDHash{}, nil)
-	snap, err := cache.NewSnapshot("1", map[resource.Type][]types.Resource{
+	addr := serveSnapshot(t, map[resource.Type][]types.Resource{
 		resource.ListenerType: {l}, resource.ClusterType: {cl}, resource.EndpointType: {cla},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := snapCache.SetSnapshot(context.Background(), xdsNode(t).GetId(), snap); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	gs := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, server.NewServer(ctx, snapCache, nil))
-	ln := listen(t, "127.0.0.1:0")
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
+	}, nil)
 
-	c := runClient(t, ln.Addr().String(), g, prometheus.NewRegistry())
+	c := runClient(t, addr, g, prometheus.NewRegistry())
 	testkit.Eventually(t, "client ready", c.Ready)
 	gw := g.Addr("mesh").String()
 	got := map[string]int{}

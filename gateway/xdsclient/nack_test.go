@@ -1,7 +1,6 @@
 package xdsclient_test
 
 import (
-	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -13,11 +12,9 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ewgate/ewgate/gateway/testkit"
@@ -55,7 +52,6 @@ func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
 		}
 		return nil
 	}}
-	snapCache := cache.NewSnapshotCache(true, cache.IDHash{}, nil)
 	ads := func() *corev3.ConfigSource {
 		return &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
 	}
@@ -69,26 +65,12 @@ func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: reviewsSNI, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: sock("127.0.0.1", a.port())}}}},
 	}}}
-	snap, err := cache.NewSnapshot("1", map[resource.Type][]types.Resource{
+	addr := serveSnapshot(t, map[resource.Type][]types.Resource{
 		resource.ListenerType: {l}, resource.ClusterType: {good, bad}, resource.EndpointType: {cla},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := xdsNode(t)
-	if err := snapCache.SetSnapshot(context.Background(), f.GetId(), snap); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	gs := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, server.NewServer(ctx, snapCache, cb))
-	ln := listen(t, "127.0.0.1:0")
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(ln) }()
-	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
+	}, cb)
 
 	reg := prometheus.NewRegistry()
-	c := runClient(t, ln.Addr().String(), g, reg)
+	c := runClient(t, addr, g, reg)
 	testkit.Eventually(t, "ready despite the rejected parts", c.Ready)
 	gw := g.Addr("mesh").String()
 	testkit.Eventually(t, "good route serves", func() bool { return only(reached(gw, p, reviewsSNI, 1), "a") })
@@ -106,7 +88,7 @@ func TestNACKedResourceLeavesTheRestWorking(t *testing.T) {
 	// What /debug/xds, the status page and `ewgate status` show: connected, each type's NACK with
 	// its error, and the endpoints ACKed at version 1 (the cds and lds versions stay unACKed).
 	st := c.Status()
-	if st.Server != ln.Addr().String() || !st.Connected || st.ConnectedSince == nil || !st.Ready || st.LastApplied == nil {
+	if st.Server != addr || !st.Connected || st.ConnectedSince == nil || !st.Ready || st.LastApplied == nil {
 		t.Fatalf("status %+v; want connected and ready", st)
 	}
 	types := map[string]xdsclient.TypeStatus{}

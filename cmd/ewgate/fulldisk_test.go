@@ -13,11 +13,6 @@ import (
 	"syscall"
 	"testing"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/types/known/structpb"
-
 	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
@@ -153,19 +148,7 @@ func TestFullStoreDiskDegradesOnlyTheVMSide(t *testing.T) {
 
 	// The VM endpoint serves: a VM of the group registers.
 	cc, _, asVM := env.vmClient(t, control)
-	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, _ := structpb.NewStruct(map[string]any{"AUTO_REGISTER_GROUP": "web", "INSTANCE_IPS": "10.1.2.3", "NETWORK": "vmnet",
-		"CLUSTER_ID": "cluster1", "NAMESPACE": "vms"})
-	node := &corev3.Node{Id: "sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local", Metadata: md}
-	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ads.Recv(); err != nil {
-		t.Fatalf("first ADS response after recovery: %v", err)
-	}
+	registerWebVM(t, cc, asVM, nil)
 	testkit.Eventually(t, "the WorkloadEntry's file in the recovered store", func() bool {
 		_, err := os.Stat(filepath.Join(store, "workloadentries", "vms", "web-10.1.2.3-vmnet.yaml"))
 		return err == nil

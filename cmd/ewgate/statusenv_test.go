@@ -10,11 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/types/known/structpb"
-
 	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
@@ -83,19 +78,7 @@ func startBusyGateway(t *testing.T) *busyGateway {
 
 	// A VM registers as pilot-agent does: its ADS stream over the control endpoint.
 	cc, _, asVM := env.vmClient(t, g.p.addr(t, "control"))
-	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, _ := structpb.NewStruct(map[string]any{"AUTO_REGISTER_GROUP": "web", "INSTANCE_IPS": "10.1.2.3", "NETWORK": "vmnet",
-		"CLUSTER_ID": "cluster1", "NAMESPACE": "vms"})
-	node := &corev3.Node{Id: "sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local", Metadata: md}
-	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ads.Recv(); err != nil {
-		t.Fatalf("the VM's first ADS response: %v", err)
-	}
+	registerWebVM(t, cc, asVM, nil)
 	testkit.Eventually(t, "the refusal and the open connection counted", func() bool {
 		_, body := httpGet(t, g.admin+"/debug/status")
 		return strings.Contains(body, `"reason": "unknown_sni"`) && strings.Contains(body, `"active_connections": 1`)

@@ -73,6 +73,33 @@ func (e *vmTestEnv) vmClient(t *testing.T, addr string) (*grpc.ClientConn, conte
 	return cc, ctx, metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.token(t, "vms", "web"), "ClusterID", "cluster1")
 }
 
+// registerWebVM opens the ADS stream of VM 10.1.2.3 (network vmnet) of group vms/web on cc, as
+// pilot-agent does (asVM carries its token), with labels (nil: none), and waits for the first
+// response: the VM is registered by then.
+func registerWebVM(t *testing.T, cc *grpc.ClientConn, asVM context.Context, labels map[string]any) {
+	t.Helper()
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := map[string]any{"AUTO_REGISTER_GROUP": "web", "INSTANCE_IPS": "10.1.2.3", "NETWORK": "vmnet",
+		"CLUSTER_ID": "cluster1", "NAMESPACE": "vms"}
+	if labels != nil {
+		meta["LABELS"] = labels
+	}
+	md, err := structpb.NewStruct(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local", Metadata: md}
+	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ads.Recv(); err != nil {
+		t.Fatalf("the VM's first ADS response: %v", err)
+	}
+}
+
 func (e *vmTestEnv) config() string {
 	return fmt.Sprintf(`
 admin: {address: 127.0.0.1:0}
@@ -146,19 +173,7 @@ func TestStandaloneVMOnboarding(t *testing.T) {
 		t.Fatalf("certificate for %q; want the caller's identity", id)
 	}
 
-	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	md, _ := structpb.NewStruct(map[string]any{"AUTO_REGISTER_GROUP": "web", "INSTANCE_IPS": "10.1.2.3", "NETWORK": "vmnet",
-		"CLUSTER_ID": "cluster1", "NAMESPACE": "vms", "LABELS": map[string]any{"version": "v1"}})
-	node := &corev3.Node{Id: "sidecar~10.1.2.3~web-1.vms~vms.svc.cluster.local", Metadata: md}
-	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ads.Recv(); err != nil {
-		t.Fatalf("first ADS response: %v", err)
-	}
+	registerWebVM(t, cc, asVM, map[string]any{"version": "v1"})
 	const entry = "web-10.1.2.3-vmnet"
 	// Registered (durable in the store's journal) before the first ADS response; its YAML file
 	// is written shortly after.

@@ -8,20 +8,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	securityv1alpha1 "istio.io/api/security/v1alpha1"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
@@ -33,17 +28,7 @@ import (
 // exist yet, and a VM fell out of the mesh when its token expired.
 func TestBuiltinCACertificatesAuthenticateVMs(t *testing.T) {
 	s := newVMSetup(t)
-	path := filepath.Join(s.dir, "ewgate.yaml")
-	os.WriteFile(path, []byte(s.cfg), 0o600)
-	cfg, err := config.Parse([]byte(s.cfg), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	core, logs := observer.New(zap.InfoLevel)
-	g, err := Start(cfg, Options{Path: path, Loaded: []byte(s.cfg), Logger: zap.New(core), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, logs := s.start(t)
 	t.Cleanup(func() { g.Shutdown(context.Background()) })
 	control := listening(t, logs, "control")
 	testkit.Eventually(t, "ready", func() bool { return get(g.handler(), "/healthz/ready") == 200 })

@@ -84,6 +84,26 @@ services:
 
 func (s *vmSetup) token(t *testing.T) string { return s.issuer.Token(t, "vms", "web") }
 
+// start writes the setup's config to ewgate.yaml in its directory and starts a Gateway on it,
+// logging at info to the returned observer; the caller shuts it down.
+func (s *vmSetup) start(t *testing.T) (*Gateway, *observer.ObservedLogs) {
+	t.Helper()
+	path := filepath.Join(s.dir, "ewgate.yaml")
+	if err := os.WriteFile(path, []byte(s.cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(s.cfg), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	g, err := Start(cfg, Options{Path: path, Loaded: []byte(s.cfg), Logger: zap.New(core), Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, logs
+}
+
 func get(h http.Handler, path string) int {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
@@ -136,17 +156,7 @@ func gatewayFrames() []string {
 func TestShutdownContract(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last, once the test's gRPC client is closed
 	s := newVMSetup(t)
-	path := filepath.Join(s.dir, "ewgate.yaml")
-	os.WriteFile(path, []byte(s.cfg), 0o600)
-	cfg, err := config.Parse([]byte(s.cfg), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	core, logs := observer.New(zap.InfoLevel)
-	g, err := Start(cfg, Options{Path: path, Loaded: []byte(s.cfg), Logger: zap.New(core), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, logs := s.start(t)
 	h := g.handler()
 	mesh, control := listening(t, logs, "mesh"), listening(t, logs, "control")
 	testkit.Eventually(t, "ready", func() bool { return get(h, "/healthz/ready") == 200 && get(h, "/healthz/control") == 200 })

@@ -6,18 +6,14 @@ import (
 	"encoding/json"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/ewgate/ewgate/gateway/config"
 	"github.com/ewgate/ewgate/gateway/testkit"
 )
 
@@ -48,17 +44,7 @@ func TestMonitoringQueriesUseExportedMetrics(t *testing.T) {
 	}
 
 	s := newVMSetup(t)
-	path := filepath.Join(s.dir, "ewgate.yaml")
-	os.WriteFile(path, []byte(s.cfg), 0o600)
-	cfg, err := config.Parse([]byte(s.cfg), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	core, _ := observer.New(zap.InfoLevel)
-	g, err := Start(cfg, Options{Path: path, Loaded: []byte(s.cfg), Logger: zap.New(core), Version: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, _ := s.start(t)
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

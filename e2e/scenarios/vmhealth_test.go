@@ -109,21 +109,7 @@ xds:
 		return fmt.Sprintf("\n---- agent ----\n%s\n---- front ----\n%s\n---- xds client ----\n%s",
 			vm.Proc.Tail(30), front.Gw.Proc.Tail(30), client.Tail(10))
 	}
-	health := func(want string) {
-		t.Helper()
-		if _, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
-			if u.GetAnnotations()["proxy.istio.io/health-checks-enabled"] != "true" {
-				return fmt.Errorf("annotations %v lack proxy.istio.io/health-checks-enabled: \"true\"", u.GetAnnotations())
-			}
-			c, err := wantHealthy(u.Object, want)
-			if err == nil {
-				t.Logf("entry %s: Healthy condition %v", name, c)
-			}
-			return err
-		}); err != nil {
-			t.Fatalf("%v%s", err, onFail())
-		}
-	}
+	health := func(want string) { t.Helper(); waitKubeEntryHealth(t, cluster.API, ns, name, want, onFail) }
 
 	health("True")
 	istiodEDS(t, ns, tok, edsName, svc.addr(), true, other.addr())
@@ -518,19 +504,10 @@ func TestVMGRPCProbeFromBundle(t *testing.T) {
 	name := vm.AutoRegisteredName()
 	health := func(want string) {
 		t.Helper()
-		if _, err := cluster.API.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
-			if u.GetAnnotations()["proxy.istio.io/health-checks-enabled"] != "true" {
-				return fmt.Errorf("annotations %v lack proxy.istio.io/health-checks-enabled: \"true\"", u.GetAnnotations())
-			}
-			c, err := wantHealthy(u.Object, want)
-			if err == nil {
-				t.Logf("entry %s: Healthy condition %v", name, c)
-			}
-			return err
-		}); err != nil {
-			t.Fatalf("%v\n---- agent ----\n%s\n---- front ----\n%s\n---- xds client ----\n%s", err,
+		waitKubeEntryHealth(t, cluster.API, ns, name, want, func() string {
+			return fmt.Sprintf("\n---- agent ----\n%s\n---- front ----\n%s\n---- xds client ----\n%s",
 				vm.Proc.Tail(30), front.Gw.Proc.Tail(20), client.Tail(10))
-		}
+		})
 	}
 	health("False") // NotFound: the server has no status for the named service yet
 	probed.hs.SetServingStatus(service, healthpb.HealthCheckResponse_SERVING)
@@ -560,4 +537,22 @@ func startGRPCHealth(t *testing.T, ip string, port int) *grpcHealth {
 	go g.srv.Serve(lis)
 	t.Cleanup(g.srv.Stop)
 	return g
+}
+
+// waitKubeEntryHealth waits until the WorkloadEntry ns/name in api has health checks enabled
+// and a Healthy condition of want ("True" or "False"); on failure onFail adds the peers' logs.
+func waitKubeEntryHealth(t *testing.T, api *harness.APIServer, ns, name, want string, onFail func() string) {
+	t.Helper()
+	if _, err := api.WaitWorkloadEntry(harness.Context(t, 30*time.Second), ns, name, func(u *unstructured.Unstructured) error {
+		if u.GetAnnotations()["proxy.istio.io/health-checks-enabled"] != "true" {
+			return fmt.Errorf("annotations %v lack proxy.istio.io/health-checks-enabled: \"true\"", u.GetAnnotations())
+		}
+		c, err := wantHealthy(u.Object, want)
+		if err == nil {
+			t.Logf("entry %s: Healthy condition %v", name, c)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("%v%s", err, onFail())
+	}
 }

@@ -3,6 +3,7 @@ package registrar_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -112,7 +113,7 @@ const crashDirEnv = "EWGATE_TEST_CRASH_STORE_DIR"
 // the store when it is opened again.
 func TestFileStoreSurvivesSIGKILL(t *testing.T) {
 	if dir := os.Getenv(crashDirEnv); dir != "" {
-		crashChild(dir)
+		writerChild(dir, 8, 100000/8, false) // until killed
 		return
 	}
 	dir := t.TempDir()
@@ -172,8 +173,11 @@ func startChild(t *testing.T, test, env, dir string) (*exec.Cmd, <-chan string) 
 	return cmd, lines
 }
 
-// crashChild writes until killed (at most 100,000 entries).
-func crashChild(dir string) {
+// writerChild is a child process of a crash test: it writes entries from writers goroutines
+// (perWriter each) until killed, printing "done NAME" once a write has returned. A failed write
+// ends it with status 2, unless reportFailures: then it prints "fail ERROR" and goes on (a
+// name that exists already is not reported).
+func writerChild(dir string, writers, perWriter int, reportFailures bool) {
 	s, err := registrar.OpenFileStore(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -181,16 +185,21 @@ func crashChild(dir string) {
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for w := range 8 {
+	for w := range writers {
 		wg.Go(func() {
-			for i := range 100000 / 8 {
+			for i := range perWriter {
 				name := fmt.Sprintf("vm-%d-%d", w, i)
-				if _, err := s.WorkloadEntries().Create(context.Background(), storetest.Entry("ns", name)); err != nil {
+				_, err := s.WorkloadEntries().Create(context.Background(), storetest.Entry("ns", name))
+				if err != nil && !reportFailures {
 					fmt.Fprintln(os.Stderr, err)
 					os.Exit(2)
 				}
 				mu.Lock()
-				fmt.Printf("done %s\n", name)
+				if err == nil {
+					fmt.Printf("done %s\n", name)
+				} else if !errors.Is(err, registrar.ErrAlreadyExists) {
+					fmt.Printf("fail %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+				}
 				mu.Unlock()
 			}
 		})

@@ -3,18 +3,13 @@
 package registrar_test
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/ewgate/ewgate/registrar"
 	"github.com/ewgate/ewgate/registrar/storetest"
 )
 
@@ -28,7 +23,7 @@ const fullChildEnv = "EWGATE_TEST_FULL_STORE_DIR"
 // succeed, and once space returns takes writes and writes every file.
 func TestFileStoreSmallVolumeSIGKILL(t *testing.T) {
 	if dir := os.Getenv(fullChildEnv); dir != "" {
-		fullChild(dir)
+		writerChild(dir, 4, 2000, true) // until killed, reporting each failure
 		return
 	}
 	if os.Geteuid() != 0 {
@@ -116,33 +111,4 @@ func TestFileStoreSmallVolumeSIGKILL(t *testing.T) {
 			t.Fatalf("file of a write reported done: %v", err)
 		}
 	}
-}
-
-// fullChild writes entries from 4 goroutines, printing "done NAME" for each write that returned
-// and "fail ERROR" for each that failed, until killed (at most 2,000 attempts each).
-func fullChild(dir string) {
-	s, err := registrar.OpenFileStore(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Go(func() {
-			for i := range 2000 {
-				name := fmt.Sprintf("vm-%d-%d", w, i)
-				_, err := s.WorkloadEntries().Create(context.Background(), storetest.Entry("ns", name))
-				mu.Lock()
-				if err == nil {
-					fmt.Printf("done %s\n", name)
-				} else if !errors.Is(err, registrar.ErrAlreadyExists) {
-					fmt.Printf("fail %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	os.Exit(0)
 }

@@ -282,27 +282,8 @@ func exchange1(c *tls.Conn) ([]byte, error) {
 func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 	pki := newPKI(t)
 	be := startBackend(t, pki, reviews)
-	f, err := parseConfig([]byte(meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr()))), "t.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Relay.Engine = testRelay
-	var (
-		mu  sync.Mutex
-		now = time.Unix(1_800_000_000, 0)
-	)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	core, logs := observer.New(zap.InfoLevel)
-	reg := prometheus.NewRegistry()
-	g := &testGateway{Gateway: New(Options{Logger: zap.New(core), Registerer: reg, Now: clock}), t: t, reg: reg, logs: logs}
-	if err := g.Apply(f); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		g.Shutdown(ctx)
-	})
+	clock := newTestClock()
+	g := startGatewayClock(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())), clock.Now)
 	alpn := []string{"istio"}
 	for i := range 200 {
 		alpn = append(alpn, fmt.Sprintf("%03d-%s", i, strings.Repeat("a", 246)))
@@ -327,7 +308,7 @@ func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 	flood(n)
 	testkit.Eventually(t, "every refusal counted", func() bool { return refused() == n })
 	lines := func() []observer.LoggedEntry {
-		return logs.Filter(func(e observer.LoggedEntry) bool {
+		return g.logs.Filter(func(e observer.LoggedEntry) bool {
 			return e.Message == "connection" && e.ContextMap()["result"] == "unknown_sni"
 		}).All()
 	}
@@ -345,9 +326,7 @@ func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 		}
 		buf.Free()
 	}
-	mu.Lock()
-	now = now.Add(refusalLogInterval)
-	mu.Unlock()
+	clock.Advance(refusalLogInterval)
 	flood(1)
 	testkit.Eventually(t, "the next window's line", func() bool { return len(lines()) == refusalLogBurst+1 })
 	if d := lines()[refusalLogBurst].ContextMap()["dropped"]; d != uint64(n-refusalLogBurst) {
@@ -362,7 +341,7 @@ func TestRefusalLogsAreCappedAndSampled(t *testing.T) {
 		c.Close()
 	}
 	testkit.Eventually(t, "a line per relayed connection", func() bool {
-		return logs.Filter(func(e observer.LoggedEntry) bool {
+		return g.logs.Filter(func(e observer.LoggedEntry) bool {
 			return e.Message == "connection" && e.ContextMap()["endpoint"] != nil
 		}).Len() == 2*refusalLogBurst
 	})

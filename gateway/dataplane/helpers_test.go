@@ -163,7 +163,10 @@ func parseConfig(data []byte, name string) (*Config, error) {
 	return c, nil
 }
 
-func startGateway(t testing.TB, yaml string) *testGateway {
+func startGateway(t testing.TB, yaml string) *testGateway { return startGatewayClock(t, yaml, nil) }
+
+// startGatewayClock is startGateway with now as the gateway's clock (nil: time.Now).
+func startGatewayClock(t testing.TB, yaml string, now func() time.Time) *testGateway {
 	t.Helper()
 	f, err := parseConfig([]byte(yaml), "test.yaml")
 	if err != nil {
@@ -172,7 +175,7 @@ func startGateway(t testing.TB, yaml string) *testGateway {
 	f.Relay.Engine = testRelay
 	core, logs := observer.New(zap.DebugLevel)
 	reg := prometheus.NewRegistry()
-	g := New(Options{Logger: zap.New(core), Registerer: reg})
+	g := New(Options{Logger: zap.New(core), Registerer: reg, Now: now})
 	if err := g.Apply(f); err != nil {
 		t.Fatal(err)
 	}
@@ -182,6 +185,26 @@ func startGateway(t testing.TB, yaml string) *testGateway {
 		g.Shutdown(ctx)
 	})
 	return &testGateway{Gateway: g, t: t, reg: reg, logs: logs}
+}
+
+// testClock is a gateway clock the test moves (ejections, log sampling windows).
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newTestClock() *testClock { return &testClock{now: time.Unix(1_800_000_000, 0)} }
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
 }
 
 func (g *testGateway) addr(listener string) string { return g.Addr(listener).String() }

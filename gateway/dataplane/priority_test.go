@@ -1,15 +1,9 @@
 package dataplane
 
 import (
-	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
 )
 
 // levelsOf builds a prioritized balancer whose level i has totals[i] endpoints, the first
@@ -180,28 +174,8 @@ func TestPriorityFailoverAndFailBack(t *testing.T) {
 	a1 := startBackend(t, pki, reviews)
 	a2 := startBackend(t, pki, reviews)
 	b := startBackend(t, pki, reviews)
-	f, err := parseConfig([]byte(xdsYAML), "t.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Relay.Engine = testRelay
-	var (
-		mu  sync.Mutex
-		now = time.Unix(1_800_000_000, 0)
-	)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
-	core, logs := observer.New(zap.InfoLevel)
-	reg := prometheus.NewRegistry()
-	g := &testGateway{Gateway: New(Options{Logger: zap.New(core), Registerer: reg, Now: clock}), t: t, reg: reg, logs: logs}
-	if err := g.Apply(f); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		g.Shutdown(ctx)
-	})
+	clock := newTestClock()
+	g := startGatewayClock(t, xdsYAML, clock.Now)
 	spec := ClusterSpec{Name: reviews,
 		OutlierDetection: &OutlierDetection{ConsecutiveFailures: 1, BaseEjectionTime: 10 * time.Second, MaxEjectionTime: time.Minute},
 		Endpoints: []EndpointSpec{
@@ -244,7 +218,7 @@ func TestPriorityFailoverAndFailBack(t *testing.T) {
 	// Both come back; after the ejection time priority 0 takes everything again.
 	a1 = startBackendOn(t, pki, a1Addr, reviews)
 	a2 = startBackendOn(t, pki, a2.addr(), reviews)
-	advance(11 * time.Second)
+	clock.Advance(11 * time.Second)
 	if p0, p1 := run(20); p0 != 20 || p1 != 0 {
 		t.Fatalf("after fail-back: priority 0 got %d, priority 1 %d; want 20 and 0", p0, p1)
 	}

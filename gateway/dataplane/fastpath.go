@@ -64,12 +64,12 @@ func (c *conn) dialFast(s *splice.Conn) {
 	cl := c.cluster
 	now := c.g.now()
 	e := cl.lb.pick(c.hash(), nil, now.UnixNano())
-	if e == nil {
-		c.toGoroutine(s, stepDial, func() { c.finish(true, c.dial(nil, nil)) })
-		return
+	var ap netip.AddrPort
+	var err error
+	if e != nil {
+		ap, err = netip.ParseAddrPort(e.Address)
 	}
-	ap, err := netip.ParseAddrPort(e.Address)
-	if err != nil { // a host name: the lookup waits
+	if e == nil || err != nil { // no endpoint (dial says so), or a host name: the lookup waits
 		c.toGoroutine(s, stepDial, func() { c.finish(true, c.dial(nil, nil)) })
 		return
 	}

@@ -165,18 +165,18 @@ func filePersist[T Object[T]](j *journal, kind string) persistFunc[T] {
 		m := o.Meta()
 		e := &journalEntry{kind: kind, namespace: m.Namespace, name: m.Name, del: del, done: done}
 		if !del {
-			// o is not changed once committed: the writer renders its YAML from it.
+			// The writer renders the YAML file from this JSON (renderYAML).
 			var err error
 			if e.data, err = json.Marshal(o); err != nil {
 				return err
 			}
-			e.obj = o
 		}
 		return j.submit(e)
 	}
 }
 
-// encodeObject renders o as Kubernetes YAML: apiVersion and kind first, then the object.
+// encodeObject renders o as Kubernetes YAML through yaml.v3: apiVersion and kind first, then the
+// object. The file store wrote its files so before renderYAML; they still load.
 func encodeObject(o any, apiVersion, kind string) ([]byte, error) {
 	var n yaml.Node
 	if err := n.Encode(o); err != nil {

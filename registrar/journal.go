@@ -57,23 +57,16 @@ type journalEntry struct {
 	del                   bool
 	yaml                  bool   // data is the YAML of the file, not JSON
 	data                  []byte // what the record holds
-	obj                   any    // the object, when the record was written by this process
 	done                  func(error)
 }
 
-// render returns the YAML file of a write: the object's, as `kubectl get -o yaml` shows it.
-func (e *journalEntry) render() ([]byte, error) {
+// render appends the YAML file of a write to dst: the object's, as `kubectl get -o yaml` shows
+// it, converted straight from the record's JSON.
+func (e *journalEntry) render(dst []byte) ([]byte, error) {
 	if e.yaml {
-		return e.data, nil
+		return append(dst, e.data...), nil
 	}
-	o := e.obj
-	if o == nil {
-		var err error
-		if o, err = e.decode(); err != nil {
-			return nil, err
-		}
-	}
-	return encodeObject(o, apiVersions[e.kind], e.kind)
+	return renderYAML(dst, apiVersions[e.kind], e.kind, e.data)
 }
 
 // decode returns the object of a write record.

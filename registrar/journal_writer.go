@@ -34,7 +34,8 @@ type fileWriter struct {
 
 	// Owned by whoever holds the writer idle (the writer goroutine while busy, the committer
 	// after drain).
-	dirty   map[string]bool // files and directories written since the last checkpoint
+	dirty   map[string]bool // files and directories written since the last checkpoint (if trackFiles)
+	buf     []byte          // the file being written
 	fileErr error           // the first file of this epoch that could not be written
 }
 
@@ -147,30 +148,54 @@ func (w *fileWriter) write(batch []*journalEntry) {
 
 // apply writes e's YAML file in place (or removes it) without syncing: the journal holds the
 // write until the next checkpoint, and a file torn by a crash is rewritten by the replay at
-// open. In place, because creating a file costs far more than rewriting one (a new inode).
+// open. In place, because creating a file costs far more than rewriting one (a new inode). The
+// file is opened first and its directory made only when that fails: no stat per file.
 func (w *fileWriter) apply(e *journalEntry) error {
-	nsDir := filepath.Join(w.j.dir, plurals[e.kind], e.namespace)
-	path := filepath.Join(nsDir, e.name+".yaml")
-	w.dirty[nsDir] = true
+	nsDir := w.j.dir + string(filepath.Separator) + plurals[e.kind] + string(filepath.Separator) + e.namespace
+	path := nsDir + string(filepath.Separator) + e.name + ".yaml"
+	if trackFiles {
+		w.dirty[nsDir] = true
+	}
 	if e.del {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		return nil
 	}
-	if err := os.MkdirAll(nsDir, 0o750); err != nil {
+	var err error
+	if w.buf, err = e.render(w.buf[:0]); err != nil {
 		return err
 	}
-	w.dirty[filepath.Dir(nsDir)] = true
-	w.dirty[path] = true
-	data, err := e.render()
-	if err != nil {
-		return err
+	if trackFiles {
+		w.dirty[path] = true
 	}
-	err = os.WriteFile(path, data, 0o640)
+	err = writeFile(path, w.buf)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(nsDir, 0o750); err != nil {
+			return err
+		}
+		if trackFiles {
+			w.dirty[filepath.Dir(nsDir)] = true
+			w.dirty[filepath.Dir(filepath.Dir(nsDir))] = true
+		}
+		err = writeFile(path, w.buf)
+	}
 	if err != nil {
 		// A file cut short by a full disk would not load: take it away; the journal has it.
 		_ = os.Remove(path)
+	}
+	return err
+}
+
+// writeFile is os.WriteFile, telling a missing directory (fs.ErrNotExist) from the rest.
+func writeFile(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
 	return err
 }

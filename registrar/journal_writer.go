@@ -13,11 +13,17 @@ import (
 )
 
 // fileWriter writes the YAML files of committed records, in journal order, off the callers'
-// path. Creating a file costs several times a registration's CPU on some disks (a new inode:
-// about 0.8 ms of kernel time on the development machine's ext4), so the writer gives way to
-// the callers: it writes once no record has been committed for writerIdle, or when what waits
-// reaches half the journal, or when asked to drain (checkpoint, Flush, Close). Its queue is
-// bounded by the journal: a checkpoint (journal full) drains it first.
+// path. Creating a file is the costly part (a new inode: 25-30 us of kernel CPU on a quiet
+// ext4; up to 0.3-0.5 ms on an ext4 without a journal when many files were deleted in the last
+// minutes, as its inode allocator then skips each recently deleted inode in turn), so the
+// writer gives way to the callers while what waits is small: it writes once no record has been
+// committed for writerIdle, or when what waits reaches writerBacklog of the journal (about 700
+// WorkloadEntries), or when asked to drain (checkpoint, Flush, Close). A burst below that
+// costs the callers no file; a sustained load has the writer writing alongside the callers,
+// so that a checkpoint, which must wait for every file of its epoch, finds little left to
+// write (with half the journal, each checkpoint stalled the callers while some 2,700 files
+// were created). Its queue is bounded by the journal: a checkpoint (journal full) drains it
+// first.
 type fileWriter struct {
 	j    *journal
 	kick chan struct{} // capacity 1: something changed
@@ -41,6 +47,10 @@ type fileWriter struct {
 
 // writerIdle is how long the store must have been quiet before the writer writes files.
 const writerIdle = 5 * time.Millisecond
+
+// writerBacklog is the fraction of the journal (1/writerBacklog) that may wait for its files
+// while the store is busy.
+const writerBacklog = 8
 
 func (w *fileWriter) start(j *journal) {
 	w.j, w.dirty = j, map[string]bool{}
@@ -105,7 +115,7 @@ func (w *fileWriter) run() {
 			continue
 		}
 		all := w.drainers > 0 || w.stopped
-		if wait := time.Until(w.last.Add(writerIdle)); !all && w.queued < w.j.limit/2 && wait > 0 {
+		if wait := time.Until(w.last.Add(writerIdle)); !all && w.queued < w.j.limit/writerBacklog && wait > 0 {
 			w.mu.Unlock()
 			quiet.Reset(wait)
 			select {

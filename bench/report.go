@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // writeOutputs writes <base>.md, <base>.json and <base>-*.png and returns base.
@@ -172,8 +173,8 @@ func markdown(r *Results, name string, charts []chart) string {
 		m.Versions[Ewgate], m.Workers, m.Versions[HAProxy], m.Workers, m.Versions[Nginx], m.Workers)
 	w("- Traffic: TLS 1.3 (ECDSA P-256 certificate from a CA made for the run, X25519, no resumption: every connection is a full handshake), SNI `%s`, ALPN `istio`; the proxies pass it through by SNI to one Go TLS backend on loopback. *direct* is the same client talking to the backend with no proxy.\n", SNI)
 	w("- Processes and cores: the client (the harness, Go), the backend (its own Go process, so client and backend sockets draw on separate open-file budgets) and the proxy all shared both cores; nothing was pinned with `taskset`. On 2 cores, pinning the proxy to one core and client+backend to the other would give the *direct* baseline half the machine while proxied runs got all of it, and TLS in client and backend needs more than one core; sharing both cores is the setup in which the ratios vs direct mean \"what the proxy costs\". The latency client sleeps with `nanosleep` on its own threads (1 ns timer slack), never spinning.\n")
-	w("- Sizes: bulk %gs per run (%v streams); connection rate %gs per run at %v concurrent clients; latency %gs per run, %d persistent connections, %d req/s in total (fixed schedule, far below saturation); idle: up to %d connections per proxy, %d run(s), each proxy restarted before it; control side: `go test -bench -benchtime %s -count %d`.\n\n",
-		p.BulkSeconds, p.BulkStreams, p.RateSeconds, p.RateConc, p.LatencySecs, p.LatencyConns, p.LatencyRate, p.IdleGoal, p.IdleReps, p.ControlBench, p.ControlCount)
+	w("- Sizes: bulk %gs per run (%v streams); connection rate %gs per run at %v concurrent clients; latency %gs per target per run, %d persistent connections per target, %d req/s in total (fixed schedule, far below saturation), all targets measured together in turns of %s (a target sends only in its turns), so that the machine's own stalls fall on every target alike; idle: up to %d connections per proxy, %d run(s), each proxy restarted before it; control side: `go test -bench -benchtime %s -count %d`.\n\n",
+		p.BulkSeconds, p.BulkStreams, p.RateSeconds, p.RateConc, p.LatencySecs, p.LatencyConns, p.LatencyRate, min(latencySlice, time.Duration(p.LatencySecs*float64(time.Second))/4), p.IdleGoal, p.IdleReps, p.ControlBench, p.ControlCount)
 	if len(r.Integrity) > 0 {
 		w("Before measuring, each target (%s) echoed 256 KiB of random data and streamed 200 ms of bulk data, checked byte for byte.\n\n", strings.Join(r.Integrity, ", "))
 	}
@@ -187,7 +188,7 @@ func markdown(r *Results, name string, charts []chart) string {
 		}
 		w("| %s (%s; %s) | %s | %s | %s | %s | %s | %s | %s |\n", f.Name, f.Unit, better, cell(f, Ewgate), cell(f, EwgateGo), cell(f, HAProxy), cell(f, Nginx), cell(f, Direct), ratio(f, Ewgate, Direct), ratio(f, Ewgate, HAProxy))
 	}
-	w("\nAdded latency is each proxy's percentile minus the direct run's in the same cycle, then the median over cycles. Proxy CPU is user+system time from `/proc/<pid>/stat` of the proxy's processes (nginx: master and workers) across the timed window; RSS is `VmRSS` from `/proc/<pid>/status` summed over them, fds are counted in `/proc/<pid>/fd`, both measured with the connections held minus before they were opened. RSS before any connection is read the same way (`VmRSS`, `RssAnon`, `RssFile`) from each proxy freshly started, ready (ewgate: `/healthz/ready`; HAProxy and nginx: their listener accepts) and then idle %gs, before any connection of the run, median of %d fresh starts.\n\n", p.BaseIdleSeconds, p.Reps)
+	w("\nAdded latency is each proxy's percentile minus direct's in the same run (measured in the same turns), then the median over runs. Proxy CPU is user+system time from `/proc/<pid>/stat` of the proxy's processes (nginx: master and workers) across the timed window; RSS is `VmRSS` from `/proc/<pid>/status` summed over them, fds are counted in `/proc/<pid>/fd`, both measured with the connections held minus before they were opened. RSS before any connection is read the same way (`VmRSS`, `RssAnon`, `RssFile`) from each proxy freshly started, ready (ewgate: `/healthz/ready`; HAProxy and nginx: their listener accepts) and then idle %gs, before any connection of the run, median of %d fresh starts.\n\n", p.BaseIdleSeconds, p.Reps)
 
 	w("## Against the targets of issues 8, 9 and 22\n\n")
 	w("| target | measured | verdict |\n|---|---|---|\n")

@@ -111,25 +111,29 @@ func (s *session) measure(ctx context.Context) error {
 			}
 		}
 	}
-	s.logf("latency: %d connections, %d req/s of 1 KiB, %d x %s per target", pl.latConns, pl.latRate, pl.reps, pl.latDur)
+	s.logf("latency: %d connections per target, %d req/s of 1 KiB, %d x %s per target, targets in turns of %s",
+		pl.latConns, pl.latRate, pl.reps, pl.latDur, min(latencySlice, pl.latDur/4))
 	for rep := range pl.reps {
-		// Each rep starts with the next target: a stall of the client's own (its garbage from
-		// the step before) or of the machine does not land on the same target every time.
+		// Each rep starts its turns with the next target, so that no target always follows the
+		// same one.
 		n := len(s.o.Targets)
+		ts := make([]*target, n)
 		for i := range n {
-			name := s.o.Targets[(rep+i)%n]
-			t, err := s.get(ctx, name)
+			t, err := s.get(ctx, s.o.Targets[(rep+i)%n])
 			if err != nil {
 				return err
 			}
-			runtime.GC() // the client's garbage from the last run is not collected during this one
-			r, err := c.latency(ctx, t, pl.latConns, pl.latRate, pl.latDur)
-			if err != nil {
-				return err
-			}
+			ts[i] = t
+		}
+		runtime.GC() // the client's garbage from the last step is not collected during this one
+		runs, err := c.latency(ctx, ts, pl.latConns, pl.latRate, pl.latDur)
+		if err != nil {
+			return err
+		}
+		for _, r := range runs {
 			r.Rep = rep
 			s.res.Latency = append(s.res.Latency, r)
-			s.logf("  %-8s p50 %.0f us, p99 %.0f us, p99.9 %.0f us (%d sent, %d errors)", name, r.P50, r.P99, r.P999, r.Sent, r.Errors)
+			s.logf("  %-8s p50 %.0f us, p99 %.0f us, p99.9 %.0f us (%d sent, %d errors)", r.Target, r.P50, r.P99, r.P999, r.Sent, r.Errors)
 		}
 	}
 	s.logf("idle connections: up to %d per proxy, %d run(s) each, each proxy restarted fresh", pl.idleGoal, pl.idleReps)

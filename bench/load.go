@@ -238,6 +238,12 @@ type LatencyRun struct {
 	Samples []float64 `json:"-"` // µs, sorted
 }
 
+// latencyWarmUp is how long a latency rep sends before it keeps answers (at most half a target's
+// time): the client starts a thread per sleeping sender and the targets wake from the previous
+// step, and in the first second or so hundreds of answers took over 3 ms through any target,
+// the direct connection included, which fell on the first targets' turns.
+const latencyWarmUp = time.Second
+
 // latencySlice is how long a target has the machine to itself in a latency rep before the next
 // target's turn (at most a quarter of a target's time per rep).
 const latencySlice = 250 * time.Millisecond
@@ -282,7 +288,8 @@ func (c *client) latency(ctx context.Context, ts []*target, conns, rate int, dur
 	slice := min(latencySlice, dur/4)
 	interval := time.Duration(float64(time.Second) * float64(conns) / float64(rate))
 	start := time.Now().Add(20 * time.Millisecond)
-	end := start.Add(dur * time.Duration(n))
+	from := start.Add(min(latencyWarmUp, dur/2)) // answers to requests meant before are not kept
+	end := from.Add(dur * time.Duration(n))
 	per := make([][]float64, len(open)) // by connection: target i has open[i*conns:(i+1)*conns]
 	errs := make([]atomic.Int64, n)
 	var wg sync.WaitGroup
@@ -290,7 +297,7 @@ func (c *client) latency(ctx context.Context, ts []*target, conns, rate int, dur
 		i, k := j/conns, j%conns
 		mine := func(t time.Time) bool { return int(t.Sub(start)/slice)%n == i }
 		first := start.Add(interval * time.Duration(k) / time.Duration(conns))
-		wg.Go(func() { per[j] = c.requests(ctx, tc, first, interval, end, mine, &errs[i]) })
+		wg.Go(func() { per[j] = c.requests(ctx, tc, first, interval, from, end, mine, &errs[i]) })
 	}
 	wg.Wait()
 	runs := make([]LatencyRun, n)
@@ -312,8 +319,9 @@ func (c *client) latency(ctx context.Context, ts []*target, conns, rate int, dur
 }
 
 // requests sends a 1 KiB request on tc at first and every interval after it until end, at the
-// times mine accepts, reads each answer, and returns the latencies (µs) from the intended times.
-func (c *client) requests(ctx context.Context, tc *tls.Conn, first time.Time, interval time.Duration, end time.Time,
+// times mine accepts, reads each answer, and returns the latencies (µs) from the intended times
+// of the requests meant from on.
+func (c *client) requests(ctx context.Context, tc *tls.Conn, first time.Time, interval time.Duration, from, end time.Time,
 	mine func(time.Time) bool, errs *atomic.Int64) []float64 {
 	const size = 1024
 	req := make([]byte, size)
@@ -349,7 +357,9 @@ func (c *client) requests(ctx context.Context, tc *tls.Conn, first time.Time, in
 			errs.Add(1)
 			break
 		}
-		out = append(out, float64(time.Since(intended).Nanoseconds())/1e3)
+		if !intended.Before(from) {
+			out = append(out, float64(time.Since(intended).Nanoseconds())/1e3)
+		}
 	}
 	return out
 }

@@ -111,8 +111,8 @@ func (s *session) measure(ctx context.Context) error {
 			}
 		}
 	}
-	s.logf("latency: %d connections per target, %d req/s of 1 KiB, %d x %s per target, targets in turns of %s",
-		pl.latConns, pl.latRate, pl.reps, pl.latDur, min(latencySlice, pl.latDur/4))
+	s.logf("latency: %d connections per target, %d req/s of 1 KiB, %d x %s per target, targets in turns of %s after a warm-up of %s",
+		pl.latConns, pl.latRate, pl.reps, pl.latDur, min(latencySlice, pl.latDur/4), min(latencyWarmUp, pl.latDur/2))
 	for rep := range pl.reps {
 		// Each rep starts its turns with the next target, so that no target always follows the
 		// same one.

@@ -119,15 +119,8 @@ func (r *yamlRenderer) mapping(indent int, inline bool) error {
 		if err := r.member(indent); err != nil {
 			return err
 		}
-		r.ws()
-		switch r.peek() {
-		case ',':
-			r.pos++
-		case '}':
-			r.pos++
-			return nil
-		default:
-			return r.errorf("expected ',' or '}'")
+		if end, err := r.next('}'); end || err != nil {
+			return err
 		}
 	}
 }
@@ -182,17 +175,24 @@ func (r *yamlRenderer) sequence(indent int, inline bool) error {
 		if err != nil {
 			return err
 		}
-		r.ws()
-		switch r.peek() {
-		case ',':
-			r.pos++
-		case ']':
-			r.pos++
-			return nil
-		default:
-			return r.errorf("expected ',' or ']'")
+		if end, err := r.next(']'); end || err != nil {
+			return err
 		}
 	}
+}
+
+// next passes the ',' after a member or an item (end false) or the container's closing c.
+func (r *yamlRenderer) next(c byte) (end bool, err error) {
+	r.ws()
+	switch r.peek() {
+	case ',':
+		r.pos++
+		return false, nil
+	case c:
+		r.pos++
+		return true, nil
+	}
+	return false, r.errorf("expected ',' or '" + string(c) + "'")
 }
 
 // scalar writes the string, number, bool or null at pos.

@@ -248,6 +248,11 @@ const latencyWarmUp = time.Second
 // target's turn (at most a quarter of a target's time per rep).
 const latencySlice = 250 * time.Millisecond
 
+// latencyTurns returns the turn and the warm-up of a latency rep whose targets have dur each.
+func latencyTurns(dur time.Duration) (turn, warmUp time.Duration) {
+	return min(latencySlice, dur/4), min(latencyWarmUp, dur/2)
+}
+
 // latency measures the targets of one rep together. Each keeps conns persistent connections,
 // all open at once; time is cut into slices handed to the targets in turn, and a target sends
 // 1 KiB requests at rate per second in total (its connections' slots interleaved) during its own
@@ -285,10 +290,10 @@ func (c *client) latency(ctx context.Context, ts []*target, conns, rate int, dur
 		}
 	}
 	n := len(ts)
-	slice := min(latencySlice, dur/4)
+	slice, warmUp := latencyTurns(dur)
 	interval := time.Duration(float64(time.Second) * float64(conns) / float64(rate))
 	start := time.Now().Add(20 * time.Millisecond)
-	from := start.Add(min(latencyWarmUp, dur/2)) // answers to requests meant before are not kept
+	from := start.Add(warmUp) // answers to requests meant before are not kept
 	end := from.Add(dur * time.Duration(n))
 	per := make([][]float64, len(open)) // by connection: target i has open[i*conns:(i+1)*conns]
 	errs := make([]atomic.Int64, n)

@@ -111,8 +111,9 @@ func (s *session) measure(ctx context.Context) error {
 			}
 		}
 	}
+	turn, warmUp := latencyTurns(pl.latDur)
 	s.logf("latency: %d connections per target, %d req/s of 1 KiB, %d x %s per target, targets in turns of %s after a warm-up of %s",
-		pl.latConns, pl.latRate, pl.reps, pl.latDur, min(latencySlice, pl.latDur/4), min(latencyWarmUp, pl.latDur/2))
+		pl.latConns, pl.latRate, pl.reps, pl.latDur, turn, warmUp)
 	for rep := range pl.reps {
 		// Each rep starts its turns with the next target, so that no target always follows the
 		// same one.

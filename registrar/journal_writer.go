@@ -178,7 +178,7 @@ func (w *fileWriter) apply(e *journalEntry) error {
 	if trackFiles {
 		w.dirty[path] = true
 	}
-	err = writeFile(path, w.buf)
+	err = os.WriteFile(path, w.buf, 0o640)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(nsDir, 0o750); err != nil {
 			return err
@@ -187,24 +187,11 @@ func (w *fileWriter) apply(e *journalEntry) error {
 			w.dirty[filepath.Dir(nsDir)] = true
 			w.dirty[filepath.Dir(filepath.Dir(nsDir))] = true
 		}
-		err = writeFile(path, w.buf)
+		err = os.WriteFile(path, w.buf, 0o640)
 	}
 	if err != nil {
 		// A file cut short by a full disk would not load: take it away; the journal has it.
 		_ = os.Remove(path)
-	}
-	return err
-}
-
-// writeFile is os.WriteFile, telling a missing directory (fs.ErrNotExist) from the rest.
-func writeFile(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	return err
 }

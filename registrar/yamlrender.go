@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -280,7 +281,7 @@ func (r *yamlRenderer) decodeStr() error {
 			if !ok {
 				return r.errorf("bad \\u escape")
 			}
-			if utf16IsSurrogate(ru) {
+			if utf16.IsSurrogate(ru) {
 				lo := rune(-1)
 				if r.pos+1 < len(r.in) && r.in[r.pos] == '\\' && r.in[r.pos+1] == 'u' {
 					r.pos += 2
@@ -288,7 +289,7 @@ func (r *yamlRenderer) decodeStr() error {
 						return r.errorf("bad \\u escape")
 					}
 				}
-				ru = utf16Decode(ru, lo)
+				ru = utf16.DecodeRune(ru, lo) // U+FFFD unless a valid pair, as encoding/json does
 			}
 			r.scratch = utf8.AppendRune(r.scratch, ru)
 		default:
@@ -308,16 +309,6 @@ func (r *yamlRenderer) hex4() (rune, bool) {
 	}
 	r.pos += 4
 	return rune(v), true
-}
-
-func utf16IsSurrogate(r rune) bool { return r >= 0xD800 && r < 0xE000 }
-
-// utf16Decode joins a surrogate pair; anything else is U+FFFD, as encoding/json does.
-func utf16Decode(hi, lo rune) rune {
-	if hi < 0xDC00 && lo >= 0xDC00 && lo < 0xE000 {
-		return (hi-0xD800)<<10 | (lo - 0xDC00) + 0x10000
-	}
-	return utf8.RuneError
 }
 
 func appendScalarString(dst []byte, s string) []byte { return appendScalar(dst, []byte(s)) }

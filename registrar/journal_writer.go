@@ -160,11 +160,9 @@ func (w *fileWriter) write(batch []*journalEntry) {
 // open. In place, because creating a file costs far more than rewriting one (a new inode). The
 // file is opened first and its directory made only when that fails: no stat per file.
 func (w *fileWriter) apply(e *journalEntry) error {
-	nsDir := w.j.dir + string(filepath.Separator) + plurals[e.kind] + string(filepath.Separator) + e.namespace
-	path := nsDir + string(filepath.Separator) + e.name + ".yaml"
-	if trackFiles {
-		w.dirty[nsDir] = true
-	}
+	nsDir := filepath.Join(w.j.dir, plurals[e.kind], e.namespace)
+	path := filepath.Join(nsDir, e.name+".yaml")
+	w.note(nsDir)
 	if e.del {
 		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
@@ -175,18 +173,13 @@ func (w *fileWriter) apply(e *journalEntry) error {
 	if w.buf, err = e.render(w.buf[:0]); err != nil {
 		return err
 	}
-	if trackFiles {
-		w.dirty[path] = true
-	}
+	w.note(path)
 	err = os.WriteFile(path, w.buf, 0o640)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(nsDir, 0o750); err != nil {
 			return err
 		}
-		if trackFiles {
-			w.dirty[filepath.Dir(nsDir)] = true
-			w.dirty[filepath.Dir(filepath.Dir(nsDir))] = true
-		}
+		w.note(filepath.Dir(nsDir), filepath.Dir(filepath.Dir(nsDir)))
 		err = os.WriteFile(path, w.buf, 0o640)
 	}
 	if err != nil {
@@ -194,6 +187,17 @@ func (w *fileWriter) apply(e *journalEntry) error {
 		_ = os.Remove(path)
 	}
 	return err
+}
+
+// note records paths written since the last checkpoint, where a checkpoint syncs each of them
+// (trackFiles).
+func (w *fileWriter) note(paths ...string) {
+	if !trackFiles {
+		return
+	}
+	for _, p := range paths {
+		w.dirty[p] = true
+	}
 }
 
 // applyAll writes the files of recs in order and returns, per key, the last record whose file

@@ -113,6 +113,20 @@ func TestPatternAndPercentiles(t *testing.T) {
 	}
 }
 
+// TestPairedRuns: a rep counts when ewgate and HAProxy both ran in it; ties go to ewgate.
+func TestPairedRuns(t *testing.T) {
+	r := &Results{Latency: []LatencyRun{
+		{Target: Ewgate, Rep: 0, P99: 300}, {Target: HAProxy, Rep: 0, P99: 400},
+		{Target: Ewgate, Rep: 1, P99: 900}, {Target: HAProxy, Rep: 1, P99: 500},
+		{Target: Ewgate, Rep: 2, P99: 500}, {Target: HAProxy, Rep: 2, P99: 500}, {Target: Direct, Rep: 2, P99: 100},
+		{Target: Ewgate, Rep: 3, P99: 100}, // HAProxy missing: not a pair
+	}}
+	won, runs := pairedRuns(r, func(x LatencyRun) float64 { return x.P99 })
+	if won != 2 || runs != 3 {
+		t.Errorf("pairedRuns = %d of %d, want 2 of 3", won, runs)
+	}
+}
+
 // TestReadMem reads this test process's own memory: the parts must add up to VmRSS.
 func TestReadMem(t *testing.T) {
 	buf := make([]byte, 8<<20)

@@ -114,7 +114,7 @@ func (c *conn) route() bool {
 	// The relay engine's loop may have read the first bytes already (fast).
 	hello, peeked, err := sni.Peek(c.client, sni.PeekOptions{Timeout: remaining, MaxSize: lc.MaxHelloBytes,
 		Buf: *c.helloBuf, Have: len(c.peeked)})
-	c.g.m.peek.WithLabelValues(c.l.name).Observe(time.Since(c.start).Seconds())
+	c.l.series.peek.Observe(time.Since(c.start).Seconds())
 	c.hello, c.peeked = hello, peeked
 	if err != nil {
 		if errors.Is(err, sni.ErrNoSNI) { // a whole hello, but nothing to route by
@@ -228,7 +228,7 @@ func (c *conn) done() {
 	c.log()
 	c.g.untrack(c)
 	c.l.active.Add(-1)
-	c.g.m.active.WithLabelValues(c.l.name).Dec()
+	c.l.series.active.Dec()
 	c.g.wg.Done()
 }
 

@@ -52,7 +52,7 @@ func (c *conn) fast(s *splice.Conn) {
 		c.toGoroutine(s, stepRefused, c.serve)
 		return
 	}
-	c.g.m.peek.WithLabelValues(c.l.name).Observe(time.Since(c.start).Seconds())
+	c.l.series.peek.Observe(time.Since(c.start).Seconds())
 	c.hello, c.cluster = hello, cl
 	c.dialFast(s)
 }

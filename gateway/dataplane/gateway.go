@@ -190,7 +190,8 @@ func (g *Gateway) bindNew(f *Config) (map[string]*listener, error) {
 			}
 			return nil, fmt.Errorf("dataplane: listener %q: %w", lc.Name, err)
 		}
-		bound[lc.Name] = &listener{g: g, name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener)}
+		bound[lc.Name] = &listener{g: g, name: lc.Name, address: lc.Address, ln: ln.(*net.TCPListener),
+			series: g.m.listenerSeries(lc.Name)}
 	}
 	return bound, nil
 }

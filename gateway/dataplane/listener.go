@@ -20,6 +20,7 @@ type listener struct {
 	address string // as configured
 	ln      *net.TCPListener
 	acc     *splice.Acceptor // accepts on the relay engine's loops; nil: acceptLoop accepts
+	series  listenerSeries
 	active  atomic.Int64
 	sources conncap.Sources
 	closed  atomic.Bool
@@ -111,8 +112,8 @@ func (g *Gateway) open(l *listener, s clientSocket) *conn {
 	}
 	c.start = g.now()
 	l.active.Add(1)
-	g.m.active.WithLabelValues(l.name).Inc()
-	g.m.opened.WithLabelValues(l.name).Inc()
+	l.series.active.Inc()
+	l.series.opened.Inc()
 	g.track(c)
 	g.wg.Add(1)
 	return c

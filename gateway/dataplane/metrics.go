@@ -124,13 +124,24 @@ var refusalResults = []string{
 // initListener creates a listener's series at zero (they stay after the listener is removed:
 // counters of a name reused later continue).
 func (m *metrics) initListener(name string) {
-	m.active.WithLabelValues(name)
-	m.opened.WithLabelValues(name)
+	m.listenerSeries(name)
 	m.acceptFails.WithLabelValues(name)
-	m.peek.WithLabelValues(name)
 	for _, r := range refusalResults {
 		m.conns.WithLabelValues(name, "", r)
 	}
+}
+
+// listenerSeries are the series of one listener that every connection touches, looked up once
+// when the listener is bound rather than by label on each connection (the series are never
+// deleted, so the handles stay valid).
+type listenerSeries struct {
+	active prometheus.Gauge
+	opened prometheus.Counter
+	peek   prometheus.Observer
+}
+
+func (m *metrics) listenerSeries(name string) listenerSeries {
+	return listenerSeries{m.active.WithLabelValues(name), m.opened.WithLabelValues(name), m.peek.WithLabelValues(name)}
 }
 
 // configApplied records the outcome of a configuration load in the last-reload gauges.

@@ -110,6 +110,9 @@ func (l *loop) addAcceptor(a *Acceptor) error {
 	} else {
 		l.lns[i] = a
 	}
+	if l.back {
+		return nil // registered when the loop steps forward
+	}
 	if err := l.armAcceptor(i, a); err != nil {
 		l.lns[i] = nil
 		return err
@@ -181,6 +184,9 @@ func (l *loop) resumeAcceptor(a *Acceptor) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.back {
+		return // registered when the loop steps forward
+	}
 	for i, x := range l.lns {
 		if x == a {
 			l.armAcceptor(int32(i), a)

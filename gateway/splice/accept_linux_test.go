@@ -135,3 +135,55 @@ func (h *onLoop) AcceptFailed(err error) time.Duration {
 	h.errs <- err
 	return time.Second
 }
+
+// The loops share the connections: whichever loop wakes first would take nearly all of them,
+// so a loop ahead of the least loaded one by more than the slack steps back from accepting.
+// After the connections, a new Acceptor of the same socket still accepts (a loop that stepped
+// back registers it when it steps forward; the others at once).
+func TestAcceptorsBalanceTheLoops(t *testing.T) {
+	for _, loops := range []int{2, 3} {
+		e := newEngine(t, Options{Loops: loops})
+		ln := listen(t)
+		q := newQueue()
+		a, err := e.NewAcceptor(ln, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var clients []net.Conn
+		for range 64 {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients = append(clients, c)
+			defer c.Close()
+			defer q.next(t).Close()
+		}
+		least, most := e.loops[0].owned.Load(), e.loops[0].owned.Load()
+		for _, l := range e.loops {
+			least, most = min(least, l.owned.Load()), max(most, l.owned.Load())
+		}
+		// A loop steps back once it is ahead by more than the slack: with one connection
+		// arriving at a time (each accepted before the next dial), by at most one more.
+		if most-least > slack(most)+1 || least == 0 {
+			var owned []int32
+			for _, l := range e.loops {
+				owned = append(owned, l.owned.Load())
+			}
+			t.Errorf("%d loops own %v of 64 connections: more apart than the slack (%d)", loops, owned, slack(most))
+		}
+		a.Close()
+		q2 := newQueue()
+		b, err := e.NewAcceptor(ln, q2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		q2.next(t).Close()
+	}
+}

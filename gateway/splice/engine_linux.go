@@ -11,13 +11,15 @@ import (
 	"time"
 )
 
-// Engine owns a fixed set of event loops; pairs are spread over them round robin.
+// Engine owns a fixed set of event loops; a pair belongs to the loop that accepted its client,
+// and the loops take turns accepting so that they own about as many pairs (balance_linux.go).
 type Engine struct {
 	opts  Options
 	loops []*loop
-	next  atomic.Uint32
-	wg    sync.WaitGroup
-	start time.Time // the loops' clock is nanoseconds since start (monotonic)
+	// balanceMu: one loop at a time steps back from accepting (balance_linux.go).
+	balanceMu sync.Mutex
+	wg        sync.WaitGroup
+	start     time.Time // the loops' clock is nanoseconds since start (monotonic)
 
 	pairs, inUse, pooled atomic.Int64
 }

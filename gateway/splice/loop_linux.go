@@ -56,11 +56,14 @@ type loop struct {
 	stopped bool        // no pair is taken any more
 	free    []int32     // slots to reuse
 	lns     []*Acceptor // the listening sockets in the epoll set, by event slot -2-i; nil: free
+	back    bool        // stepped back from accepting: lns are out of the epoll set (balance_linux.go)
 	nextGn  uint32
 	// slots maps the slot in an epoll event to its pair. A pair's slot is filled before its
 	// sockets are registered, so their first events find it.
 	slots  atomic.Pointer[[]atomic.Pointer[Pair]]
 	stopCh chan struct{} // closed when the loop stops: Conns waiting on it give up
+
+	owned atomic.Int32 // pairs with a slot here (balance_linux.go)
 
 	timers []*Pair // min-heap on due
 	again  []*Pair
@@ -176,6 +179,7 @@ func (l *loop) run() {
 			if ev.Fd < wakeSlot {
 				if a := l.acceptor(ev.Fd); a != nil {
 					l.accept(a)
+					l.balance()
 				}
 				continue
 			}

@@ -26,6 +26,7 @@ func (l *loop) newPair(fd int, remote netip.AddrPort) (*Conn, error) {
 	p.gen = l.nextGn & (1<<31 - 1)
 	p.slot = l.slotLocked()
 	(*l.slots.Load())[p.slot].Store(p)
+	l.owned.Add(1)
 	return c, nil
 }
 
@@ -47,6 +48,7 @@ func (l *loop) releaseLocked(p *Pair) {
 	(*l.slots.Load())[p.slot].Store(nil)
 	l.free = append(l.free, p.slot)
 	p.slot = -1
+	l.owned.Add(-1)
 }
 
 // slotLocked returns a free slot, growing the table when none is left. l.mu is held.

@@ -149,13 +149,11 @@ func TestAcceptorsBalanceTheLoops(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var clients []net.Conn
 		for range 64 {
 			c, err := net.Dial("tcp", ln.Addr().String())
 			if err != nil {
 				t.Fatal(err)
 			}
-			clients = append(clients, c)
 			defer c.Close()
 			defer q.next(t).Close()
 		}

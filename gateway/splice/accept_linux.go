@@ -14,10 +14,10 @@ import (
 )
 
 // Acceptor accepts a listener's connections on the engine's loops: the listening socket is in
-// every loop's epoll set (EPOLLEXCLUSIVE: a connection wakes one loop), and the loop that
-// accepts a connection runs the Acceptor's handler with it at once, on the loop's goroutine.
-// The socket then stays with that loop until it is closed. No goroutine takes part unless the
-// handler starts one.
+// the epoll set of every loop that has not stepped back from accepting (balance_linux.go), and
+// the loop that accepts a connection runs the Acceptor's handler with it at once, on the loop's
+// goroutine. The socket then stays with that loop until it is closed. No goroutine takes part
+// unless the handler starts one.
 type Acceptor struct {
 	e      *Engine
 	fd     int // its own descriptor of the listening socket

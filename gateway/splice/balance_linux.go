@@ -16,33 +16,29 @@ func slack(n int32) int32 { return 4 + n/8 }
 // balance runs on l after it accepted connections, and steps l back when it is ahead.
 func (l *loop) balance() {
 	e := l.e
-	if len(e.loops) < 2 || !e.ahead(l) {
+	if len(e.loops) < 2 || e.behind(l) == nil {
 		return
 	}
 	e.balanceMu.Lock() // one change of the balance at a time: some loop always accepts
 	defer e.balanceMu.Unlock()
-	if !e.ahead(l) {
-		return
-	}
-	if e.leastLoaded().setBack(false) {
+	if least := e.behind(l); least != nil && least.setBack(false) {
 		l.setBack(true)
 	}
 }
 
-// ahead reports whether l owns more pairs than the least loaded loop by more than the slack.
-func (e *Engine) ahead(l *loop) bool {
-	n := l.owned.Load()
-	return n > e.leastLoaded().owned.Load()+slack(n)
-}
-
-func (e *Engine) leastLoaded() *loop {
+// behind returns the least loaded loop when l owns more pairs than it by more than the slack,
+// nil otherwise.
+func (e *Engine) behind(l *loop) *loop {
 	least := e.loops[0]
 	for _, x := range e.loops[1:] {
 		if x.owned.Load() < least.owned.Load() {
 			least = x
 		}
 	}
-	return least
+	if n := l.owned.Load(); n > least.owned.Load()+slack(n) {
+		return least
+	}
+	return nil
 }
 
 // setBack steps l back from accepting (back) or forward, and reports whether l is now where it

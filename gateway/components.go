@@ -47,19 +47,30 @@ type components struct {
 // kubernetes.clusters the API server of one cluster.
 type store struct {
 	cluster string
-	st      registrar.Store
-	close   func() // releases the store
-	where   string // where the store is, for logs
+	st      registrar.Store // nil while a store out of reach at start is not open (latestore.go)
+	close   func()          // releases the store; nil while st is
+	where   string          // where the store is, for logs
+
+	// A Kubernetes store: reopen opens it again, err is why the first open failed (latestore.go
+	// retries it), field is its config field, log its logger.
+	reopen func(ctx context.Context) (registrar.Store, func(), error)
+	err    error
+	field  string
+	log    *zap.Logger
 }
 
 // kubeOpener opens the Kubernetes store of a kubeconfig ("" : in-cluster) and returns it with
 // its release. Gateway tests, which have no API server, stand memory stores in for it.
 type kubeOpener func(ctx context.Context, kubeconfig, leaseNamespace string, log *zap.Logger) (registrar.Store, func(), error)
 
+// errKubeconfig marks a kubeconfig the store refuses: retrying cannot mend it, so it stops the
+// start, where an API server out of reach does not (latestore.go).
+var errKubeconfig = errors.New("kubeconfig refused")
+
 func openKube(ctx context.Context, kubeconfig, leaseNamespace string, log *zap.Logger) (registrar.Store, func(), error) {
 	rc, err := kube.ClientConfig(kubeconfig)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%w: %w", errKubeconfig, err)
 	}
 	st, err := kube.New(ctx, kube.Options{Config: rc, LeaseNamespace: leaseNamespace, Logger: log})
 	if err != nil {
@@ -154,7 +165,7 @@ func (p *components) startControlPlane(cfg *config.File, reg prometheus.Register
 		Debounce: cpc.Debounce, MaxDelay: cpc.MaxPushDelay, DNSVIPRange: cpc.DNS.VIPRange, Logger: p.log.Named("controlplane"), Registerer: reg,
 	}
 	if st := p.entriesStore(cfg); st != nil {
-		opts.Entries = st.WorkloadEntries()
+		opts.Entries = st.st.WorkloadEntries()
 	}
 	if cpc.CA.DataDir != "" || cpc.CA.CertFile != "" {
 		a, err := meshca.Open(meshca.Options{DataDir: cpc.CA.DataDir, CertFile: cpc.CA.CertFile, KeyFile: cpc.CA.KeyFile,
@@ -247,34 +258,41 @@ func (p *components) stop() {
 	p.wg.Wait()
 	p.vm.close()
 	for _, st := range p.stores {
-		st.close()
+		if st.close != nil { // nil: a store never reached
+			st.close()
+		}
 	}
 }
 
 // openStores opens the stores of WorkloadEntries and WorkloadGroups that the registrar writes
 // and the built-in control plane reads: the API server (one, or one per cluster), or a
-// directory. A store out of reach stops the start, as before stores per cluster.
+// directory. An API server out of reach does not stop the start (latestore.go): its store is
+// left unopened and retried while the rest serves, unless the built-in control plane serves
+// its WorkloadEntries. A directory that does not open stops the start.
 func (p *components) openStores(cfg *config.File) error {
 	leaseNS := ""
 	if cfg.Registrar != nil {
 		leaseNS = cfg.Registrar.LeaseNamespace
 	}
+	kubeStore := func(cluster, kubeconfig, field string, log *zap.Logger) {
+		s := &store{cluster: cluster, where: "kubernetes", field: field, log: log}
+		if cluster != "" {
+			s.where += " " + cluster
+		}
+		s.reopen = func(ctx context.Context) (registrar.Store, func(), error) {
+			return p.openKube(ctx, kubeconfig, leaseNS, log)
+		}
+		s.st, s.close, s.err = s.reopen(p.ctx)
+		p.stores = append(p.stores, s)
+	}
 	switch {
 	case cfg.PerClusterStores():
 		for i, c := range cfg.Kubernetes.Clusters {
-			log := p.log.Named("kube").With(zap.String("cluster", c.Cluster))
-			st, release, err := p.openKube(p.ctx, c.Kubeconfig, leaseNS, log)
-			if err != nil {
-				return fmt.Errorf("kubernetes.clusters[%d] (%s): %w", i, c.Cluster, err)
-			}
-			p.stores = append(p.stores, &store{cluster: c.Cluster, st: st, close: release, where: "kubernetes " + c.Cluster})
+			kubeStore(c.Cluster, c.Kubeconfig, fmt.Sprintf("kubernetes.clusters[%d] (%s)", i, c.Cluster),
+				p.log.Named("kube").With(zap.String("cluster", c.Cluster)))
 		}
 	case cfg.Kubernetes != nil:
-		st, release, err := p.openKube(p.ctx, cfg.Kubernetes.Kubeconfig, leaseNS, p.log.Named("kube"))
-		if err != nil {
-			return fmt.Errorf("kubernetes: %w", err)
-		}
-		p.stores = []*store{{st: st, close: release, where: "kubernetes"}}
+		kubeStore("", cfg.Kubernetes.Kubeconfig, "kubernetes", p.log.Named("kube"))
 	case cfg.ControlPlane.WorkloadEntriesDir != "":
 		st, err := registrar.OpenFileStoreWith(cfg.ControlPlane.WorkloadEntriesDir, registrar.FileStoreOptions{Logger: p.log.Named("store")})
 		if err != nil {
@@ -282,15 +300,39 @@ func (p *components) openStores(cfg *config.File) error {
 		}
 		p.stores = []*store{{st: st, close: func() { st.Close() }, where: st.Dir()}}
 	}
+	return p.storesOutOfReach(cfg)
+}
+
+// storesOutOfReach checks the Kubernetes stores that did not open: a refused kubeconfig, or the
+// store of the built-in control plane's entries, stops the start; the others are logged and
+// retried once the VM side runs (latestore.go).
+func (p *components) storesOutOfReach(cfg *config.File) error {
+	for _, st := range p.stores {
+		switch {
+		case st.err == nil:
+		case errors.Is(st.err, errKubeconfig):
+			return fmt.Errorf("%s: %w", st.field, st.err)
+		case cfg.ControlPlaneEnabled() && st == p.entriesStore(cfg):
+			return fmt.Errorf("%s: %w (the built-in control plane serves the WorkloadEntries of this store: it must be reached at start)", st.field, st.err)
+		}
+	}
+	for _, st := range p.stores {
+		if st.err != nil {
+			st.log.Error("registration store out of reach at start: the mesh listeners and the other clusters' VMs are served, "+
+				"VMs of this store's cluster are refused (Unavailable, they retry) until it is reached. "+
+				"Check the kubeconfig and that the API server is reachable; ewgate retries with backoff and recovers by itself",
+				zap.String("field", st.field), zap.Error(st.err))
+		}
+	}
 	return nil
 }
 
 // entriesStore is the store whose WorkloadEntries the built-in control plane serves: the one
 // store, or with a store per cluster the store of the built-in upstream's cluster (the VMs that
 // control plane serves); nil when there is none.
-func (p *components) entriesStore(cfg *config.File) registrar.Store {
+func (p *components) entriesStore(cfg *config.File) *store {
 	if len(p.stores) == 1 && p.stores[0].cluster == "" {
-		return p.stores[0].st
+		return p.stores[0]
 	}
 	if cfg.Control == nil {
 		return nil
@@ -298,7 +340,7 @@ func (p *components) entriesStore(cfg *config.File) registrar.Store {
 	for _, u := range cfg.Control.Upstreams {
 		for _, st := range p.stores {
 			if u.Builtin && st.cluster == u.Cluster {
-				return st.st
+				return st
 			}
 		}
 	}

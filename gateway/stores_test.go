@@ -88,6 +88,31 @@ type twoClusters struct {
 
 func startTwoClusters(t *testing.T, stores map[string]registrar.Store) *twoClusters {
 	t.Helper()
+	var opened []string
+	tc := startTwoClustersOpen(t, func(kubeconfig string) (registrar.Store, error) {
+		opened = append(opened, kubeconfig)
+		return stores[kubeconfig], nil
+	})
+	if fmt.Sprint(opened) != "[a.kubeconfig b.kubeconfig]" {
+		t.Fatalf("stores opened: %v; want one per cluster", opened)
+	}
+	return tc
+}
+
+// startTwoClustersOpen starts the gateway of startTwoClusters with open standing in for the
+// opening of each API server's store (by the base name of its kubeconfig).
+func startTwoClustersOpen(t *testing.T, open func(kubeconfig string) (registrar.Store, error)) *twoClusters {
+	t.Helper()
+	tc, err := tryTwoClusters(t, open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc
+}
+
+// tryTwoClusters is startTwoClustersOpen returning Start's error.
+func tryTwoClusters(t *testing.T, open func(kubeconfig string) (registrar.Store, error)) (*twoClusters, error) {
+	t.Helper()
 	dir := t.TempDir()
 	issuerA, issuerB := testkit.NewIssuer(t, "https://a.test"), testkit.NewIssuer(t, "https://b.test")
 	ca := testkit.NewCA(t, "15012 test CA")
@@ -132,25 +157,49 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	var opened []string
 	core, logs := observer.New(zap.InfoLevel)
 	g, err := Start(cfg, Options{Logger: zap.New(core), Version: "test",
 		openKube: func(_ context.Context, kubeconfig, _ string, _ *zap.Logger) (registrar.Store, func(), error) {
-			opened = append(opened, filepath.Base(kubeconfig))
-			return stores[filepath.Base(kubeconfig)], func() {}, nil
+			st, err := open(filepath.Base(kubeconfig))
+			if err != nil {
+				return nil, nil, err
+			}
+			return st, func() {}, nil
 		}})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() {
 		if err := g.Shutdown(context.Background()); err != nil {
 			t.Error(err)
 		}
 	})
-	if fmt.Sprint(opened) != "[a.kubeconfig b.kubeconfig]" {
-		t.Fatalf("stores opened: %v; want one per cluster", opened)
+	return &twoClusters{g: g, b: b, issuerA: issuerA, issuerB: issuerB, ca: ca, logs: logs}, nil
+}
+
+// register opens the ADS stream of a VM of cluster at ip through the control endpoint, as
+// pilot-agent with AUTO_REGISTER_GROUP does, and returns the error of its first response.
+func (tc *twoClusters) register(t *testing.T, iss *testkit.Issuer, cluster, ip string) error {
+	t.Helper()
+	cc, err := grpc.NewClient(listening(t, tc.logs, "control"), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: tc.ca.Pool(), ServerName: serverName})))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return &twoClusters{g: g, b: b, issuerA: issuerA, issuerB: issuerB, ca: ca, logs: logs}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+iss.Token(t, "vms", "web"), "ClusterID", cluster)
+	ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": cluster, "NAMESPACE": "vms", "AUTO_REGISTER_GROUP": "web", "INSTANCE_IPS": ip})
+	node := &corev3.Node{Id: "sidecar~" + ip + "~web.vms~vms.svc.cluster.local", Metadata: md}
+	if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ads.Recv()
+	return err
 }
 
 // TestStorePerCluster: one gateway fronting cluster-a (the built-in control plane) and
@@ -163,47 +212,16 @@ services:
 func TestStorePerCluster(t *testing.T) {
 	storeA, storeB := registrar.NewMemoryStore(), registrar.NewMemoryStore()
 	tc := startTwoClusters(t, map[string]registrar.Store{"a.kubeconfig": storeA, "b.kubeconfig": storeB})
-	g, b, issuerA, issuerB, ca, logs := tc.g, tc.b, tc.issuerA, tc.issuerB, tc.ca, tc.logs
+	g, b, issuerA, issuerB := tc.g, tc.b, tc.issuerA, tc.issuerB
 	h := g.handler()
 	testkit.Eventually(t, "ready", func() bool { return get(h, "/healthz/ready") == 200 && get(h, "/healthz/control") == 200 })
-	groups := func(s *registrar.MemoryStore) string {
-		list, _, err := s.WorkloadGroups().List(t.Context(), "vms", registrar.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var names []string
-		for _, g := range list {
-			names = append(names, g.Name)
-		}
-		return fmt.Sprint(names)
-	}
-	if a, bb := groups(storeA), groups(storeB); a != "[web]" || bb != "[db web]" {
+	if a, bb := names(t, storeA), names(t, storeB); a != "[web]" || bb != "[db web]" {
 		t.Fatalf("groups in a's store %s, in b's %s; want [web] and [db web]", a, bb)
 	}
 
-	control := listening(t, logs, "control")
-	cc, err := grpc.NewClient(control, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: ca.Pool(), ServerName: serverName})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	// register opens the ADS stream of a VM of cluster at ip, as pilot-agent with
-	// AUTO_REGISTER_GROUP does, and reads its first response.
 	register := func(iss *testkit.Issuer, cluster, ip string) {
 		t.Helper()
-		asVM := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+iss.Token(t, "vms", "web"), "ClusterID", cluster)
-		ads, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(asVM)
-		if err != nil {
-			t.Fatal(err)
-		}
-		md, _ := structpb.NewStruct(map[string]any{"CLUSTER_ID": cluster, "NAMESPACE": "vms", "AUTO_REGISTER_GROUP": "web", "INSTANCE_IPS": ip})
-		node := &corev3.Node{Id: "sidecar~" + ip + "~web.vms~vms.svc.cluster.local", Metadata: md}
-		if err := ads.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ads.Recv(); err != nil {
+		if err := tc.register(t, iss, cluster, ip); err != nil {
 			t.Fatalf("VM of %s: first ADS response: %v", cluster, err)
 		}
 	}

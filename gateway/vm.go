@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -21,17 +23,38 @@ import (
 // store.
 type vmSide struct {
 	verifier *authn.Verifier
-	regs     []*storeRegistrar // one per store; none without a registrar
+	regs     []*storeRegistrar // one per store, in the order of components.stores; none without a registrar
+	rcfg     registrar.Config
+	mreg     prometheus.Registerer // the registrars' metrics
 	front    *vmcontrol.Front
 	served   <-chan struct{} // closed when the front's Run has returned; nil without a front
 }
 
 // storeRegistrar is the registrar of one store and the sync of that store's workload groups.
-// Leases, grace periods, cleanup, the group watch and the sweeps are each registrar's own.
+// Leases, grace periods, cleanup, the group watch and the sweeps are each registrar's own. It is
+// the front's registrar of its cluster, and refuses VMs while its store has not been reached
+// (latestore.go).
 type storeRegistrar struct {
 	cluster string // the store's cluster; empty: the one store of every cluster
-	reg     *registrar.Registrar
-	groups  *groupSync
+	st      *store
+	reg     atomic.Pointer[registrar.Registrar] // nil until the store is open
+
+	mu      sync.Mutex                 // orders group updates: a reload's and the store's late opening
+	groups  *groupSync                 // nil until the store is open
+	want    []*registrar.WorkloadGroup // the config's groups, for a store not open yet
+	pending error                      // why the store is not open; nil once it is
+}
+
+// Connect registers the VM with the store's registrar, or refuses it while the store is out of
+// reach.
+func (sr *storeRegistrar) Connect(ctx context.Context, req registrar.Request) (*registrar.Session, error) {
+	if r := sr.reg.Load(); r != nil {
+		return r.Connect(ctx, req)
+	}
+	sr.mu.Lock()
+	err := sr.pending
+	sr.mu.Unlock()
+	return nil, fmt.Errorf("the registration store of cluster %q has not been reached yet (the gateway retries): %w", sr.cluster, err)
 }
 
 // startVM builds the verifier, the registrar and the front the config asks for into p.vm (so
@@ -55,11 +78,11 @@ func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error 
 			return err
 		}
 		if len(vm.regs) == 1 && vm.regs[0].cluster == "" {
-			opts.Registrar = vm.regs[0].reg
+			opts.Registrar = vm.regs[0]
 		} else {
 			opts.Registrars = map[string]vmcontrol.Registrar{}
 			for _, r := range vm.regs {
-				opts.Registrars[r.cluster] = r.reg
+				opts.Registrars[r.cluster] = r
 			}
 		}
 	}
@@ -68,34 +91,60 @@ func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error 
 }
 
 // startRegistrars builds a registrar per store (validation made sure there is at least one) and
-// writes each store's workload groups. With a store per cluster, each registrar's metrics carry
-// the constant label cluster, so that they share the registry; the one store of every cluster
-// keeps its series unlabelled, as before.
+// writes each store's workload groups; a store not reached at start gets them when it is
+// (latestore.go). With a store per cluster, each registrar's metrics carry the constant label
+// cluster, so that they share the registry; the one store of every cluster keeps its series
+// unlabelled, as before.
 func (vm *vmSide) startRegistrars(p *components, cfg *config.File, reg prometheus.Registerer) error {
+	vm.rcfg, vm.mreg = *cfg.Registrar, reg
 	for _, st := range p.stores {
-		log, mreg := p.log.Named("registrar"), reg
-		if st.cluster != "" {
-			log = log.With(zap.String("cluster", st.cluster))
-			mreg = prometheus.WrapRegistererWith(prometheus.Labels{"cluster": st.cluster}, reg)
+		sr := &storeRegistrar{cluster: st.cluster, st: st, want: cfg.GroupsFor(st.cluster)}
+		vm.regs = append(vm.regs, sr)
+		if st.st == nil {
+			sr.pending = st.err
+			p.health.set(func(h *controlHealth) { h.groupsDown.Add(1) }) // until it is reached
+			continue
 		}
-		r, err := registrar.New(*cfg.Registrar, registrar.Options{Store: st.st, Logger: log, Registerer: mreg})
-		if err != nil {
+		if err := vm.open(p, sr); err != nil {
 			return err
 		}
-		// A store that refuses the groups (a full disk, an API server away) degrades the VM
-		// side only: the data plane serves on and the groups are retried (health.go).
-		sr := &storeRegistrar{cluster: st.cluster, reg: r, groups: newGroupSync(st.st.WorkloadGroups(), st.where, log, p.health)}
-		_ = sr.groups.update(p.ctx, cfg.GroupsFor(st.cluster))
-		vm.regs = append(vm.regs, sr)
 	}
 	return nil
 }
 
-// run starts the registrar and the front (after the control plane they may forward to).
+// open builds the registrar of an open store and writes the store's workload groups. A store
+// that refuses the groups (a full disk, an API server away) degrades the VM side only: the
+// data plane serves on and the groups are retried (health.go).
+func (vm *vmSide) open(p *components, sr *storeRegistrar) error {
+	st := sr.st
+	log, mreg := p.log.Named("registrar"), vm.mreg
+	if st.cluster != "" {
+		log = log.With(zap.String("cluster", st.cluster))
+		mreg = prometheus.WrapRegistererWith(prometheus.Labels{"cluster": st.cluster}, mreg)
+	}
+	r, err := registrar.New(vm.rcfg, registrar.Options{Store: st.st, Logger: log, Registerer: mreg})
+	if err != nil {
+		return err
+	}
+	sr.mu.Lock()
+	defer sr.mu.Unlock()
+	sr.groups = newGroupSync(st.st.WorkloadGroups(), st.where, log, p.health)
+	_ = sr.groups.update(p.ctx, sr.want)
+	sr.want, sr.pending = nil, nil
+	sr.reg.Store(r)
+	return nil
+}
+
+// run starts the registrars with their group syncs, and the retries of the stores not reached
+// (latestore.go); then the front (after the control plane it may forward to).
 func (vm *vmSide) run(p *components) {
 	for _, r := range vm.regs {
-		p.goRun("registrar", r.reg.Run)
-		p.goRun("workload group sync", r.groups.run)
+		if reg := r.reg.Load(); reg != nil {
+			p.goRun("registrar", reg.Run)
+			p.goRun("workload group sync", r.groups.run)
+		} else {
+			p.goRun("registration store "+r.st.where, func(ctx context.Context) error { return vm.reach(ctx, p, r) })
+		}
 	}
 	if vm.front != nil {
 		vm.served = p.goRun("control endpoint", vm.front.Run)
@@ -133,7 +182,7 @@ func (vm *vmSide) syncGroups(ctx context.Context, cfg *config.File) error {
 	}
 	var errs []error
 	for _, r := range vm.regs {
-		if err := r.groups.update(ctx, cfg.GroupsFor(r.cluster)); err != nil {
+		if err := r.update(ctx, cfg.GroupsFor(r.cluster)); err != nil {
 			if r.cluster != "" {
 				err = fmt.Errorf("cluster %s: %w", r.cluster, err)
 			}
@@ -167,7 +216,9 @@ func (vm *vmSide) pages(log *zap.Logger) pages {
 func (vm *vmSide) registrations() []registrar.Registration {
 	out := []registrar.Registration{}
 	for _, r := range vm.regs {
-		out = append(out, r.reg.Registrations()...)
+		if reg := r.reg.Load(); reg != nil {
+			out = append(out, reg.Registrations()...)
+		}
 	}
 	return out
 }

@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
+	"testing"
 	"time"
 
 	apiextclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
@@ -297,4 +299,28 @@ func (a *APIServer) Stop() error {
 	// An apiserver whose etcd is gone ignores SIGTERM for 30 s+: stop it first, with a short
 	// grace period.
 	return a.Proc.Stop(10 * time.Second)
+}
+
+// LateKubeconfig writes a kubeconfig of a that reaches it through a free loopback address
+// nothing listens on yet (an API server out of reach), and returns it with open, which starts
+// forwarding that address to a. The forwarder stops when the test ends.
+func (a *APIServer) LateKubeconfig(t testing.TB) (path string, open func()) {
+	t.Helper()
+	addr := freeLoopback(t)
+	via := *a
+	via.URL = "https://" + addr
+	path = filepath.Join(t.TempDir(), "late-kubeconfig")
+	if err := via.writeKubeconfig(path); err != nil {
+		t.Fatal(err)
+	}
+	target := strings.TrimPrefix(a.URL, "https://")
+	return path, func() {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("harness: late API server address %s: %v", addr, err)
+		}
+		serveForward(t, ln, func(ctx context.Context) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", target)
+		})
+	}
 }

@@ -41,6 +41,31 @@ func TestVMFrontTwoClusters(t *testing.T) {
 	ctx := harness.Context(t, 3*time.Minute)
 	ns := mc.Namespace(t, "vmfront")
 	groups := map[*harness.Member]string{mc.A: "vm-a", mc.B: "vm-b"}
+	tokens := vmClusters(t, ctx, ns, groups)
+	front := harness.StartVMFront(t, mc.A.Peers.PilotAgent(), harness.VMFrontOptions{
+		Clusters: frontedClusters(), Instance: "ewgate-e2e-vmfront2",
+		Config: func(v map[string]string) string { return harness.DocBlock(t, "multicluster.md", "vm-front", v) },
+	})
+	t.Logf("ewgate config:\n%s", front.Config)
+
+	for i, m := range []*harness.Member{mc.B, mc.A} {
+		t.Run("vm of "+m.ID, func(t *testing.T) {
+			vm := front.StartVM(t, harness.VMOptions{Name: fmt.Sprintf("vm%d", i), Namespace: ns, ServiceAccount: "vm",
+				Group: groups[m], IP: fmt.Sprintf("127.0.10.%d", 10+i), Network: m.Network, ClusterID: m.ID, Token: tokens[m]})
+			onboardedIn(t, ctx, front, vm, m)
+		})
+	}
+
+	t.Run("refused", func(t *testing.T) {
+		refusedVMs(t, ctx, front, ns, tokens[mc.B])
+	})
+}
+
+// vmClusters makes, in namespace ns of each cluster, the service accounts vm and observer, the
+// cluster's WorkloadGroup (groups[m], created in that apiserver, not by ewgate) and a
+// ServiceEntry selecting the group's labels; it returns each cluster's token of vm.
+func vmClusters(t *testing.T, ctx context.Context, ns string, groups map[*harness.Member]string) map[*harness.Member]string {
+	t.Helper()
 	tokens := map[*harness.Member]string{}
 	for _, m := range mc.Members() {
 		for _, sa := range []string{"vm", "observer"} {
@@ -67,27 +92,17 @@ func TestVMFrontTwoClusters(t *testing.T) {
 		}
 		tokens[m] = tok
 	}
-	var fronted []harness.FrontedCluster
+	return tokens
+}
+
+// frontedClusters are both clusters as a VM front sees them, each with its istiod under the
+// shared root.
+func frontedClusters() []harness.FrontedCluster {
+	var out []harness.FrontedCluster
 	for _, m := range mc.Members() {
-		fronted = append(fronted, harness.FrontedCluster{ID: m.ID, API: m.API, Istiod: m.Istiod, IstiodRoot: mc.RootPEM})
+		out = append(out, harness.FrontedCluster{ID: m.ID, API: m.API, Istiod: m.Istiod, IstiodRoot: mc.RootPEM})
 	}
-	front := harness.StartVMFront(t, mc.A.Peers.PilotAgent(), harness.VMFrontOptions{
-		Clusters: fronted, Instance: "ewgate-e2e-vmfront2",
-		Config: func(v map[string]string) string { return harness.DocBlock(t, "multicluster.md", "vm-front", v) },
-	})
-	t.Logf("ewgate config:\n%s", front.Config)
-
-	for i, m := range []*harness.Member{mc.B, mc.A} {
-		t.Run("vm of "+m.ID, func(t *testing.T) {
-			vm := front.StartVM(t, harness.VMOptions{Name: fmt.Sprintf("vm%d", i), Namespace: ns, ServiceAccount: "vm",
-				Group: groups[m], IP: fmt.Sprintf("127.0.10.%d", 10+i), Network: m.Network, ClusterID: m.ID, Token: tokens[m]})
-			onboardedIn(t, ctx, front, vm, m)
-		})
-	}
-
-	t.Run("refused", func(t *testing.T) {
-		refusedVMs(t, ctx, front, ns, tokens[mc.B])
-	})
+	return out
 }
 
 // onboardedIn checks that vm, of cluster m, went only to m: its certificate from m's istiod,

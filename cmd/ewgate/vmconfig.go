@@ -133,6 +133,7 @@ type bundle struct {
 	ExternalIP  string
 	Root        []byte // ewgate's serving CA + the mesh root
 	Token       string
+	note        string // said to the operator after the files are written
 }
 
 // files renders the bundle as istioctl x workload entry configure does.
@@ -365,6 +366,9 @@ func cmdVMConfig(args []string, stdout, stderr io.Writer) int {
 	// Never the token: only where it went.
 	fmt.Fprintf(stdout, "wrote %s for WorkloadGroup %s/%s (VM connects to %s; token valid %s)\n",
 		strings.Join(bundleFiles, ", ")+" to "+f.out, b.Group.Namespace, b.Group.Name, b.discovery(), f.duration)
+	if b.note != "" {
+		fmt.Fprintf(stderr, "ewgate vm-config: note: %s\n", b.note)
+	}
 	return 0
 }
 

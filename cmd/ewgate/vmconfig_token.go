@@ -34,7 +34,9 @@ import (
 
 	"github.com/ewgate/ewgate/authn"
 	"github.com/ewgate/ewgate/gateway/config"
+	"github.com/ewgate/ewgate/gateway/config/field"
 	"github.com/ewgate/ewgate/gateway/meshca"
+	"github.com/ewgate/ewgate/registrar"
 )
 
 const (
@@ -159,21 +161,12 @@ func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("VM token key: %w", err)
 	}
-	cfg, err := config.Load(f.config)
+	cfg, note, err := loadWithKey(f, pre)
 	if err != nil {
 		return nil, err
 	}
 	ns, name := f.namespaceName()
-	b := &bundle{TrustDomain: cfg.ControlPlane.CA.TrustDomain, Network: cfg.XDS.Node.Network}
-	found := false
-	for _, g := range cfg.WorkloadGroups {
-		if g.Name == name && g.Namespace == ns {
-			b.Group, found = g.WorkloadGroup, true
-		}
-	}
-	if !found {
-		return nil, fmt.Errorf("%s: no workload_groups entry %s/%s", f.config, ns, name)
-	}
+	b := &bundle{TrustDomain: cfg.ControlPlane.CA.TrustDomain, Network: cfg.XDS.Node.Network, note: note}
 	accepted := acceptedClusters(cfg, is)
 	if f.clusterID != "" && !slices.Contains(accepted, f.clusterID) {
 		return nil, fmt.Errorf("--cluster-id %s: ewgate refuses it for tokens of %s (%s accepts cluster %s): leave --cluster-id out or pass one of those",
@@ -191,6 +184,13 @@ func standaloneBundle(f *vmFlags, now time.Time) (*bundle, error) {
 	}
 	if b.ClusterID == "" && f.clusterID == "" {
 		return nil, fmt.Errorf("%s: no control.upstreams entry with builtin: true; pass --cluster-id", f.config)
+	}
+	cluster := b.ClusterID
+	if f.clusterID != "" {
+		cluster = f.clusterID
+	}
+	if b.Group, err = groupOf(cfg, f.config, ns, name, cluster); err != nil {
+		return nil, err
 	}
 	if b.Token, err = signVMToken(key, kid, f.issuer, ns, serviceAccountOf(&b.Group), now, f.duration); err != nil {
 		return nil, err
@@ -255,4 +255,53 @@ func acceptedClusters(cfg *config.File, is *authn.IssuerConfig) []string {
 		}
 	}
 	return out
+}
+
+// loadWithKey loads the whole config once the key set of this run's issuer exists. The key
+// sets of other standalone issuers (each written by vm-config for its own --issuer) may not
+// exist yet: then the config as checked offline (pre) stands in, and note names them.
+func loadWithKey(f *vmFlags, pre *config.File) (cfg *config.File, note string, err error) {
+	cfg, err = config.Load(f.config)
+	var fe field.Errors
+	if err == nil || !errors.As(err, &fe) {
+		return cfg, "", err
+	}
+	var missing []string
+	for _, e := range fe {
+		i := -1
+		for k, is := range pre.Authn.Issuers {
+			if e.Path == fmt.Sprintf("authn.issuers[%d].jwks_file", k) && is.Issuer != f.issuer {
+				i = k
+			}
+		}
+		if i < 0 || !e.IsCannotRead() {
+			return nil, "", err
+		}
+		if _, serr := os.Stat(pre.Authn.Issuers[i].JWKSFile); !errors.Is(serr, os.ErrNotExist) {
+			return nil, "", err
+		}
+		missing = append(missing, pre.Authn.Issuers[i].Issuer)
+	}
+	return pre, fmt.Sprintf("the key sets of %s do not exist yet: run vm-config with each as --issuer before ewgate serve, which needs them",
+		strings.Join(missing, ", ")), nil
+}
+
+// groupOf is the workload_groups entry ns/name the VM of cluster joins: with a store per
+// cluster, the same name may be a group in several clusters, each with its own template.
+func groupOf(cfg *config.File, file, ns, name, cluster string) (registrar.WorkloadGroup, error) {
+	var others []string
+	for _, g := range cfg.WorkloadGroups {
+		if g.Name != name || g.Namespace != ns {
+			continue
+		}
+		if g.Cluster == "" || g.Cluster == cluster {
+			return g.WorkloadGroup, nil
+		}
+		others = append(others, g.Cluster)
+	}
+	if len(others) > 0 {
+		return registrar.WorkloadGroup{}, fmt.Errorf("%s: workload_groups %s/%s is a group of cluster %s, not of the VM's cluster %s (that of the --issuer's tokens): add it for %s, or pass the --issuer of a cluster that has it",
+			file, ns, name, strings.Join(others, ", "), cluster, cluster)
+	}
+	return registrar.WorkloadGroup{}, fmt.Errorf("%s: no workload_groups entry %s/%s", file, ns, name)
 }

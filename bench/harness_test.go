@@ -127,6 +127,34 @@ func TestPairedRuns(t *testing.T) {
 	}
 }
 
+// TestTurnOrder: every rep's order is a permutation of the targets, and with 5 targets (prime)
+// each target follows each other exactly once in the cycles of 4 reps (rotating one order gave
+// every target the same predecessor in every rep).
+func TestTurnOrder(t *testing.T) {
+	for _, n := range []int{1, 2, 4, 5, 6} {
+		for rep := range 8 {
+			o := turnOrder(n, rep)
+			seen := map[int]bool{}
+			for _, k := range o {
+				seen[k] = true
+			}
+			if len(o) != n || len(seen) != n {
+				t.Fatalf("turnOrder(%d, %d) = %v: not a permutation", n, rep, o)
+			}
+		}
+	}
+	follows := map[[2]int]int{}
+	for rep := range 4 {
+		o := turnOrder(5, rep)
+		for i := range o {
+			follows[[2]int{o[(i+4)%5], o[i]}]++
+		}
+	}
+	if len(follows) != 20 {
+		t.Fatalf("in 4 reps of 5 targets, %d (predecessor, target) pairs occur; want all 20 once: %v", len(follows), follows)
+	}
+}
+
 // TestReadMem reads this test process's own memory: the parts must add up to VmRSS.
 func TestReadMem(t *testing.T) {
 	buf := make([]byte, 8<<20)

@@ -115,12 +115,10 @@ func (s *session) measure(ctx context.Context) error {
 	s.logf("latency: %d connections per target, %d req/s of 1 KiB, %d x %s per target, targets in turns of %s after a warm-up of %s",
 		pl.latConns, pl.latRate, pl.reps, pl.latDur, turn, warmUp)
 	for rep := range pl.reps {
-		// Each rep starts its turns with the next target, so that no target always follows the
-		// same one.
-		n := len(s.o.Targets)
-		ts := make([]*target, n)
-		for i := range n {
-			t, err := s.get(ctx, s.o.Targets[(rep+i)%n])
+		order := turnOrder(len(s.o.Targets), rep)
+		ts := make([]*target, len(order))
+		for i, k := range order {
+			t, err := s.get(ctx, s.o.Targets[k])
 			if err != nil {
 				return err
 			}

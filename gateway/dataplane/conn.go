@@ -127,7 +127,7 @@ func (c *conn) route() bool {
 		c.alert = alertFor(err)
 		return c.fail(refusal(err), err)
 	}
-	c.cluster = cl
+	c.hello, c.cluster = cl.share(hello), cl
 	return true
 }
 

@@ -53,7 +53,7 @@ func (c *conn) fast(s *splice.Conn) {
 		return
 	}
 	c.l.series.peek.Observe(time.Since(c.start).Seconds())
-	c.hello, c.cluster = hello, cl
+	c.hello, c.cluster = cl.share(hello), cl
 	c.dialFast(s)
 }
 

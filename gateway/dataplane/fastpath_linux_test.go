@@ -3,10 +3,12 @@ package dataplane
 import (
 	"crypto/tls"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/ewgate/ewgate/gateway/testkit"
+	"github.com/ewgate/ewgate/sni"
 )
 
 // handoffs is the listener's count of connections handed to a goroutine at step.
@@ -130,5 +132,47 @@ func TestSlowConnectIsHandedOff(t *testing.T) {
 	}
 	if h := g.handoffs(stepDial); testRelay != RelayGoroutines && h != failed {
 		t.Errorf("%v dials handed off, %v connects failed; want each failed connect handed off", h, failed)
+	}
+}
+
+// Open connections routed to one cluster keep one hello between them when their clients sent the
+// same name and protocols (on the loop's path and on a goroutine's alike); a client offering
+// other protocols keeps its own, and its access-log fields are its own.
+func TestOpenConnectionsShareTheirHello(t *testing.T) {
+	pki := newPKI(t)
+	be := startBackend(t, pki, reviews)
+	g := startGateway(t, meshYAML("", cluster(reviews, "mesh", "round_robin", be.addr())))
+	open := func(alpn ...string) {
+		c, err := tls.Dial("tcp", g.addr("mesh"), pki.clientConfig(reviews, alpn...))
+		if err != nil {
+			t.Fatalf("dial through the gateway: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		open("istio-peer-exchange", "istio")
+	}
+	open("istio")
+	testkit.Eventually(t, "4 connections open", func() bool { return g.ActiveConnections() == 4 })
+	hellos := map[*sni.Hello]int{}
+	g.connsMu.Lock()
+	for c := range g.conns {
+		hellos[c.hello]++
+	}
+	g.connsMu.Unlock()
+	if len(hellos) != 2 {
+		t.Fatalf("4 open connections keep %d hellos; want 2 (3 alike share one)", len(hellos))
+	}
+	for h, n := range hellos {
+		want := 3
+		if !slices.Equal(h.ALPN, []string{"istio-peer-exchange", "istio"}) {
+			want = 1
+		}
+		if h.ServerName != reviews || n != want {
+			t.Errorf("hello %q %v kept by %d connections; want %d", h.ServerName, h.ALPN, n, want)
+		}
 	}
 }

@@ -3,8 +3,10 @@ package dataplane
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ewgate/ewgate/sni"
@@ -51,7 +53,20 @@ type Cluster struct {
 	Config    ClusterConfig
 	Endpoints []*Endpoint
 	lb        balancer
-	alpn      []string // from an xDS filter chain: the client must offer one of these
+	alpn      []string                  // from an xDS filter chain: the client must offer one of these
+	hello     atomic.Pointer[sni.Hello] // shared by the connections whose hellos say the same (share)
+}
+
+// share returns h, or an equal hello an earlier connection routed here keeps. A connection keeps
+// its hello until it ends, for its log line, and a mesh's sidecars all send a cluster the same
+// name and protocols: idle connections then hold one copy between them, not about 150 bytes
+// each. A different hello (another client's protocols) becomes the one shared next.
+func (c *Cluster) share(h *sni.Hello) *sni.Hello {
+	if last := c.hello.Load(); last != nil && last.ServerName == h.ServerName && slices.Equal(last.ALPN, h.ALPN) {
+		return last
+	}
+	c.hello.Store(h)
+	return h
 }
 
 // Route returns the cluster for a ClientHello from client on this table's listener, or the

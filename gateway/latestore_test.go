@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,8 +21,8 @@ var errRefused = errors.New("dial tcp 127.0.0.1:6443: connect: connection refuse
 // TestStoreReachedLate: cluster-b's API server is out of reach when the gateway starts. The
 // gateway starts anyway: cluster-a's VMs register, the VM side says it is degraded, a VM of
 // cluster-b is refused with Unavailable naming its cluster, and b's store is retried in the
-// background. Once it opens, b's groups are written to it and the VM of cluster-b registers
-// there and reaches b's istiod.
+// background. A reload meanwhile changes b's groups. Once b's store opens, the reloaded groups
+// are written to it and the VM of cluster-b registers there and reaches b's istiod.
 func TestStoreReachedLate(t *testing.T) {
 	storeA, storeB := registrar.NewMemoryStore(), registrar.NewMemoryStore()
 	var up atomic.Bool
@@ -57,10 +58,22 @@ func TestStoreReachedLate(t *testing.T) {
 	}
 	testkit.Eventually(t, "retried", func() bool { return attempts.Load() >= 3 })
 
+	// A reload while b is out of reach drops b's group db: b gets the reloaded groups.
+	dropDB := strings.Replace(tc.yaml, `  - cluster: cluster-b
+    metadata: {name: db, namespace: vms}
+    spec: {template: {serviceAccount: db}}
+`, "", 1)
+	if dropDB == tc.yaml {
+		t.Fatal("test: the config has no group db of cluster-b to drop")
+	}
+	testkit.WriteFile(t, filepath.Dir(tc.path), filepath.Base(tc.path), []byte(dropDB))
+	tc.g.Reload("test")
+	testkit.Eventually(t, "reloaded", func() bool { return tc.logs.FilterMessage("config reloaded").Len() >= 1 })
+
 	up.Store(true)
 	testkit.Eventually(t, "cluster-b's store reached", func() bool { return get(h, "/healthz/control") == 200 })
-	if got := names(t, storeB); got != "[db web]" {
-		t.Fatalf("groups in cluster-b's store once reached: %s; want [db web]", got)
+	if got := names(t, storeB); got != "[web]" {
+		t.Fatalf("groups in cluster-b's store once reached: %s; want [web], the reloaded config's", got)
 	}
 	if err := tc.register(t, tc.issuerB, "cluster-b", "10.0.2.1"); err != nil {
 		t.Fatalf("VM of cluster-b once its store is reached: %v", err)

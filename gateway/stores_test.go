@@ -84,6 +84,7 @@ type twoClusters struct {
 	issuerA, issuerB *testkit.Issuer
 	ca               *testkit.Cert
 	logs             *observer.ObservedLogs
+	path, yaml       string // the config file, and what it holds at start
 }
 
 func startTwoClusters(t *testing.T, stores map[string]registrar.Store) *twoClusters {
@@ -153,12 +154,13 @@ workload_groups:
 services:
   - {name: web, namespace: vms, hosts: [web.vms.svc.cluster.local], ports: [{number: 8080, name: http, protocol: TLS}], workload_selector: {labels: {app: web}}}
 `, dir, issuerA.JWKS(t), issuerB.JWKS(t), certFile, keyFile, b.addr, caFile)
-	cfg, err := config.Parse([]byte(y), filepath.Join(dir, "ewgate.yaml"))
+	path := testkit.WriteFile(t, dir, "ewgate.yaml", []byte(y))
+	cfg, err := config.Parse([]byte(y), path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.InfoLevel)
-	g, err := Start(cfg, Options{Logger: zap.New(core), Version: "test",
+	g, err := Start(cfg, Options{Logger: zap.New(core), Version: "test", Path: path,
 		openKube: func(_ context.Context, kubeconfig, _ string, _ *zap.Logger) (registrar.Store, func(), error) {
 			st, err := open(filepath.Base(kubeconfig))
 			if err != nil {
@@ -174,7 +176,7 @@ services:
 			t.Error(err)
 		}
 	})
-	return &twoClusters{g: g, b: b, issuerA: issuerA, issuerB: issuerB, ca: ca, logs: logs}, nil
+	return &twoClusters{g: g, b: b, issuerA: issuerA, issuerB: issuerB, ca: ca, logs: logs, path: path, yaml: y}, nil
 }
 
 // register opens the ADS stream of a VM of cluster at ip through the control endpoint, as

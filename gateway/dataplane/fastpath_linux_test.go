@@ -156,13 +156,24 @@ func TestOpenConnectionsShareTheirHello(t *testing.T) {
 		open("istio-peer-exchange", "istio")
 	}
 	open("istio")
-	testkit.Eventually(t, "4 connections open", func() bool { return g.ActiveConnections() == 4 })
-	hellos := map[*sni.Hello]int{}
-	g.connsMu.Lock()
-	for c := range g.conns {
-		hellos[c.hello]++
-	}
-	g.connsMu.Unlock()
+	// A connection's hello is set before its relay (setRelay, under c.mu): read it once the
+	// relay is, under the same lock.
+	var hellos map[*sni.Hello]int
+	testkit.Eventually(t, "4 connections relaying", func() bool {
+		hellos = map[*sni.Hello]int{}
+		relaying := 0
+		g.connsMu.Lock()
+		defer g.connsMu.Unlock()
+		for c := range g.conns {
+			c.mu.Lock()
+			if c.relaying != nil {
+				hellos[c.hello]++
+				relaying++
+			}
+			c.mu.Unlock()
+		}
+		return relaying == 4
+	})
 	if len(hellos) != 2 {
 		t.Fatalf("4 open connections keep %d hellos; want 2 (3 alike share one)", len(hellos))
 	}

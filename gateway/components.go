@@ -51,8 +51,9 @@ type store struct {
 	close   func()          // releases the store; nil while st is
 	where   string          // where the store is, for logs
 
-	// A Kubernetes store: reopen opens it again, err is why the first open failed (latestore.go
-	// retries it), field is its config field, log its logger.
+	// A Kubernetes store: reopen opens it again, err is why the last open failed (nil once open;
+	// after start guarded by its storeRegistrar's mu, latestore.go retries it), field is its
+	// config field, log its logger.
 	reopen func(ctx context.Context) (registrar.Store, func(), error)
 	err    error
 	field  string
@@ -307,12 +308,16 @@ func (p *components) openStores(cfg *config.File) error {
 // store of the built-in control plane's entries, stops the start; the others are logged and
 // retried once the VM side runs (latestore.go).
 func (p *components) storesOutOfReach(cfg *config.File) error {
+	var builtin *store // must open at start
+	if cfg.ControlPlaneEnabled() {
+		builtin = p.entriesStore(cfg)
+	}
 	for _, st := range p.stores {
 		switch {
 		case st.err == nil:
 		case errors.Is(st.err, errKubeconfig):
 			return fmt.Errorf("%s: %w", st.field, st.err)
-		case cfg.ControlPlaneEnabled() && st == p.entriesStore(cfg):
+		case st == builtin:
 			return fmt.Errorf("%s: %w (the built-in control plane serves the WorkloadEntries of this store: it must be reached at start)", st.field, st.err)
 		}
 	}

@@ -45,7 +45,7 @@ func (vm *vmSide) reach(ctx context.Context, p *components, sr *storeRegistrar) 
 				return nil
 			}
 			sr.mu.Lock()
-			sr.pending = err
+			st.err = err
 			sr.mu.Unlock()
 			if failures%storeLogEvery == 0 {
 				st.log.Error("registration store still out of reach: VMs of its cluster are refused until it is reached; ewgate retries",

@@ -35,14 +35,14 @@ type vmSide struct {
 // the front's registrar of its cluster, and refuses VMs while its store has not been reached
 // (latestore.go).
 type storeRegistrar struct {
-	cluster string // the store's cluster; empty: the one store of every cluster
-	st      *store
-	reg     atomic.Pointer[registrar.Registrar] // nil until the store is open
+	// st: its cluster (empty: the one store of every cluster) and, until it is open, why not
+	// (st.err, under mu).
+	st  *store
+	reg atomic.Pointer[registrar.Registrar] // nil until the store is open
 
-	mu      sync.Mutex                 // orders group updates: a reload's and the store's late opening
-	groups  *groupSync                 // nil until the store is open
-	want    []*registrar.WorkloadGroup // the config's groups, for a store not open yet
-	pending error                      // why the store is not open; nil once it is
+	mu     sync.Mutex                 // orders group updates: a reload's and the store's late opening
+	groups *groupSync                 // nil until the store is open
+	want   []*registrar.WorkloadGroup // the config's groups, for a store not open yet
 }
 
 // Connect registers the VM with the store's registrar, or refuses it while the store is out of
@@ -52,9 +52,9 @@ func (sr *storeRegistrar) Connect(ctx context.Context, req registrar.Request) (*
 		return r.Connect(ctx, req)
 	}
 	sr.mu.Lock()
-	err := sr.pending
+	err := sr.st.err
 	sr.mu.Unlock()
-	return nil, fmt.Errorf("the registration store of cluster %q has not been reached yet (the gateway retries): %w", sr.cluster, err)
+	return nil, fmt.Errorf("the registration store of cluster %q has not been reached yet (the gateway retries): %w", sr.st.cluster, err)
 }
 
 // startVM builds the verifier, the registrar and the front the config asks for into p.vm (so
@@ -77,12 +77,12 @@ func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error 
 		if err := vm.startRegistrars(p, cfg, reg); err != nil {
 			return err
 		}
-		if len(vm.regs) == 1 && vm.regs[0].cluster == "" {
+		if len(vm.regs) == 1 && vm.regs[0].st.cluster == "" {
 			opts.Registrar = vm.regs[0]
 		} else {
 			opts.Registrars = map[string]vmcontrol.Registrar{}
 			for _, r := range vm.regs {
-				opts.Registrars[r.cluster] = r
+				opts.Registrars[r.st.cluster] = r
 			}
 		}
 	}
@@ -98,10 +98,9 @@ func (p *components) startVM(cfg *config.File, reg prometheus.Registerer) error 
 func (vm *vmSide) startRegistrars(p *components, cfg *config.File, reg prometheus.Registerer) error {
 	vm.rcfg, vm.mreg = *cfg.Registrar, reg
 	for _, st := range p.stores {
-		sr := &storeRegistrar{cluster: st.cluster, st: st, want: cfg.GroupsFor(st.cluster)}
+		sr := &storeRegistrar{st: st, want: cfg.GroupsFor(st.cluster)}
 		vm.regs = append(vm.regs, sr)
 		if st.st == nil {
-			sr.pending = st.err
 			p.health.set(func(h *controlHealth) { h.groupsDown.Add(1) }) // until it is reached
 			continue
 		}
@@ -130,7 +129,7 @@ func (vm *vmSide) open(p *components, sr *storeRegistrar) error {
 	defer sr.mu.Unlock()
 	sr.groups = newGroupSync(st.st.WorkloadGroups(), st.where, log, p.health)
 	_ = sr.groups.update(p.ctx, sr.want)
-	sr.want, sr.pending = nil, nil
+	sr.want, st.err = nil, nil
 	sr.reg.Store(r)
 	return nil
 }
@@ -182,9 +181,9 @@ func (vm *vmSide) syncGroups(ctx context.Context, cfg *config.File) error {
 	}
 	var errs []error
 	for _, r := range vm.regs {
-		if err := r.update(ctx, cfg.GroupsFor(r.cluster)); err != nil {
-			if r.cluster != "" {
-				err = fmt.Errorf("cluster %s: %w", r.cluster, err)
+		if err := r.update(ctx, cfg.GroupsFor(r.st.cluster)); err != nil {
+			if r.st.cluster != "" {
+				err = fmt.Errorf("cluster %s: %w", r.st.cluster, err)
 			}
 			errs = append(errs, err)
 		}

@@ -266,15 +266,16 @@ func loadWithKey(f *vmFlags, pre *config.File) (cfg *config.File, note string, e
 	if err == nil || !errors.As(err, &fe) {
 		return cfg, "", err
 	}
+	others := map[string]int{} // the jwks_file field of each other issuer: its index
+	for k, is := range pre.Authn.Issuers {
+		if is.Issuer != f.issuer {
+			others[fmt.Sprintf("authn.issuers[%d].jwks_file", k)] = k
+		}
+	}
 	var missing []string
 	for _, e := range fe {
-		i := -1
-		for k, is := range pre.Authn.Issuers {
-			if e.Path == fmt.Sprintf("authn.issuers[%d].jwks_file", k) && is.Issuer != f.issuer {
-				i = k
-			}
-		}
-		if i < 0 || !e.IsCannotRead() {
+		i, ok := others[e.Path]
+		if !ok || !e.IsCannotRead() {
 			return nil, "", err
 		}
 		if _, serr := os.Stat(pre.Authn.Issuers[i].JWKSFile); !errors.Is(serr, os.ErrNotExist) {

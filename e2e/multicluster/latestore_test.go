@@ -19,8 +19,7 @@ func TestVMFrontStoreReachedLate(t *testing.T) {
 	mc.LogOnFailure(t)
 	ctx := harness.Context(t, 3*time.Minute)
 	ns := mc.Namespace(t, "latestore")
-	groups := map[*harness.Member]string{mc.A: "vm-a", mc.B: "vm-b"}
-	tokens := vmClusters(t, ctx, ns, groups)
+	groups, tokens := vmClusters(t, ctx, ns)
 	lateB, openB := mc.B.API.LateKubeconfig(t)
 	front := harness.StartVMFront(t, mc.A.Peers.PilotAgent(), harness.VMFrontOptions{
 		Clusters: frontedClusters(), Instance: "ewgate-e2e-latestore",

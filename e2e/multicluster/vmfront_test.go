@@ -40,8 +40,7 @@ func TestVMFrontTwoClusters(t *testing.T) {
 	mc.LogOnFailure(t)
 	ctx := harness.Context(t, 3*time.Minute)
 	ns := mc.Namespace(t, "vmfront")
-	groups := map[*harness.Member]string{mc.A: "vm-a", mc.B: "vm-b"}
-	tokens := vmClusters(t, ctx, ns, groups)
+	groups, tokens := vmClusters(t, ctx, ns)
 	front := harness.StartVMFront(t, mc.A.Peers.PilotAgent(), harness.VMFrontOptions{
 		Clusters: frontedClusters(), Instance: "ewgate-e2e-vmfront2",
 		Config: func(v map[string]string) string { return harness.DocBlock(t, "multicluster.md", "vm-front", v) },
@@ -62,11 +61,13 @@ func TestVMFrontTwoClusters(t *testing.T) {
 }
 
 // vmClusters makes, in namespace ns of each cluster, the service accounts vm and observer, the
-// cluster's WorkloadGroup (groups[m], created in that apiserver, not by ewgate) and a
-// ServiceEntry selecting the group's labels; it returns each cluster's token of vm.
-func vmClusters(t *testing.T, ctx context.Context, ns string, groups map[*harness.Member]string) map[*harness.Member]string {
+// cluster's WorkloadGroup (vm-a in A, vm-b in B: groups[m], created in that apiserver, not by
+// ewgate) and a ServiceEntry selecting the group's labels; it returns the groups and each
+// cluster's token of vm.
+func vmClusters(t *testing.T, ctx context.Context, ns string) (groups, tokens map[*harness.Member]string) {
 	t.Helper()
-	tokens := map[*harness.Member]string{}
+	groups = map[*harness.Member]string{mc.A: "vm-a", mc.B: "vm-b"}
+	tokens = map[*harness.Member]string{}
 	for _, m := range mc.Members() {
 		for _, sa := range []string{"vm", "observer"} {
 			if _, err := m.API.CreateServiceAccount(ctx, ns, sa); err != nil {
@@ -92,7 +93,7 @@ func vmClusters(t *testing.T, ctx context.Context, ns string, groups map[*harnes
 		}
 		tokens[m] = tok
 	}
-	return tokens
+	return groups, tokens
 }
 
 // frontedClusters are both clusters as a VM front sees them, each with its istiod under the
